@@ -1,0 +1,1 @@
+"""vram-gateway: config, workers, the OpenAI-compatible app and the CLI."""

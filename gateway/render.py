@@ -1,0 +1,195 @@
+"""Text, JSON and TOML views of model analyses and plans, for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from planner.devices import Device
+from planner.model_info import ModelInfo
+from planner.plan import Placement, Plan
+from planner.split import format_tensor_split
+from planner.units import MIB
+
+BAR_WIDTH = 40
+
+
+def _mib(b: float) -> str:
+    return f"{b / MIB:,.0f}"
+
+
+def analysis_text(path: str, info: ModelInfo) -> str:
+    """The PoC's model analysis block."""
+    sizes = info.layer_bytes
+    lines = [
+        f"[Model Analysis] {path}",
+        f"  Architecture: {info.architecture}" + (f" ({info.name})" if info.name else ""),
+        f"  Total size: {info.total_bytes / 1e9:.2f} GB ({info.total_bytes / MIB:,.2f} MiB)",
+        f"  Layers: {info.n_layers}",
+    ]
+    if sizes:
+        lines += [
+            f"  Avg layer size: {sum(sizes) / len(sizes) / MIB:.2f} MiB",
+            f"  Layer size range: {min(sizes) / MIB:.2f} - {max(sizes) / MIB:.2f} MiB",
+        ]
+    out_desc = (
+        f"{info.output_bytes / MIB:.2f} MiB"
+        if info.output_bytes is not None
+        else f"tied to token_embd ({info.token_embd_bytes / MIB:.2f} MiB copy on its device)"
+    )
+    lines += [
+        f"  token_embd: {info.token_embd_bytes / MIB:.2f} MiB (stays in host memory)",
+        f"  output: {out_desc}",
+        f"  Context (train): {info.context_length:,}; KV heads: {max(info.n_head_kv, default=0)}; "
+        f"head dims: {info.key_length}/{info.value_length}"
+        + (f"; sliding window {info.sliding_window} on {sum(info.swa_layers)} of {info.n_layers} layers" if info.sliding_window else ""),
+    ]
+    return "\n".join(lines)
+
+
+def analysis_json(info: ModelInfo) -> dict:
+    return {
+        "paths": list(info.paths),
+        "architecture": info.architecture,
+        "name": info.name,
+        "n_layers": info.n_layers,
+        "total_bytes": info.total_bytes,
+        "file_bytes": info.file_bytes,
+        "layers": [{"index": i, "bytes": b} for i, b in enumerate(info.layer_bytes)],
+        "token_embd_bytes": info.token_embd_bytes,
+        "output_bytes": info.output_bytes,
+        "output_norm_bytes": info.output_norm_bytes,
+        "tied_embeddings": info.output_bytes is None,
+        "n_embd": info.n_embd,
+        "n_head": info.n_head,
+        "n_head_kv": list(info.n_head_kv),
+        "key_length": info.key_length,
+        "value_length": info.value_length,
+        "n_vocab": info.n_vocab,
+        "context_length": info.context_length,
+        "sliding_window": info.sliding_window,
+        "swa_layers": [i for i, s in enumerate(info.swa_layers) if s],
+    }
+
+
+def gpus_text(plan: Plan, devices: Sequence[Device]) -> str:
+    if not devices:
+        return "[vram-llm] No NVIDIA GPU found: every model runs on the CPU."
+    lines = ["[vram-llm] GPUs sorted by the device order (GPU0 = first):"]
+    for pos, u in enumerate(plan.gpus):
+        d = u.device
+        lines.append(
+            f"  GPU {pos} (CUDA:{d.index}): {d.name} - {_mib(d.free_bytes)} / {_mib(d.total_bytes)} MiB free, "
+            f"{_mib(u.budget_bytes)} MiB usable"
+        )
+    for s in plan.skipped:
+        lines.append(f"  skipped CUDA:{s.device.index} ({s.device.name}): {s.reason}")
+    return "\n".join(lines)
+
+
+def _layer_ranges(p: Placement, n_layers: int) -> list[str]:
+    """Layer index ranges per GPU ('#26-72'); the output layer is shown as 'out'."""
+    start = n_layers + 1 - sum(p.layer_counts)
+    out = []
+    for c in p.layer_counts:
+        end = start + c - 1
+        label = f"#{start}-{min(end, n_layers - 1)}" if start <= n_layers - 1 else ""
+        if end == n_layers:
+            label = (label + "+out") if label else "out"
+        out.append(label)
+        start = end + 1
+    return out
+
+
+def plan_text(plan: Plan, infos: dict[str, ModelInfo]) -> str:
+    """Per-GPU usage bars, then each model's split."""
+    width = 70
+    lines = ["=" * width, "LAYER-TO-GPU ALLOCATION PLAN", "=" * width]
+    for u in plan.gpus:
+        used = plan.used_bytes(u.index)
+        total_used = sum(b for _, b in used)
+        frac = total_used / u.budget_bytes if u.budget_bytes else 0.0
+        filled = min(BAR_WIDTH, round(frac * BAR_WIDTH))
+        lines.append(
+            f"  GPU {u.index} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+            f"{_mib(total_used)} / {_mib(u.budget_bytes)} MiB ({frac:.1%})"
+        )
+        for name, b in used:
+            lines.append(f"      {name:<24} {_mib(b):>9} MiB")
+    for p in plan.placements:
+        info = infos[p.name]
+        lines.append("")
+        lines.append(f"model {p.name}: n_gpu_layers = {p.n_gpu_layers}, CUDA_VISIBLE_DEVICES = {p.cuda_visible_devices!r}")
+        ranges = _layer_ranges(p, info.n_layers)
+        for slot, (gpu, mem) in enumerate(zip(p.gpus, p.memory.devices)):
+            lines.append(
+                f"  GPU {gpu}: {p.layer_counts[slot]:3d} layers ({ranges[slot]}) | weights {_mib(mem.weights_bytes)} + "
+                f"KV {_mib(mem.kv_bytes)} + compute {_mib(mem.compute_bytes)} + CUDA {_mib(mem.overhead_bytes + mem.growth_bytes)} "
+                f"= {_mib(mem.total_bytes)} MiB"
+            )
+        h = p.memory.host
+        lines.append(
+            f"  host: weights {_mib(h.mapped_bytes)} + repacked {_mib(h.repack_bytes)} + KV {_mib(h.kv_bytes)} + "
+            f"compute {_mib(h.compute_bytes)} = {_mib(h.total_bytes)} MiB"
+        )
+        if p.tensor_split is not None:
+            lines.append(f'  TENSOR SPLIT: --tensor-split "{format_tensor_split(p.tensor_split)}"')
+        for note in p.notes:
+            lines.append(f"  note: {note}")
+    if plan.problems:
+        lines.append("")
+        lines.append("DOES NOT FIT:")
+        lines += [f"  {p}" for p in plan.problems]
+    return "\n".join(lines)
+
+
+def plan_json(plan: Plan) -> dict:
+    return {
+        "fits": plan.fits,
+        "gpus": [
+            {
+                "index": u.index,
+                "uuid": u.device.uuid,
+                "name": u.device.name,
+                "total_bytes": u.device.total_bytes,
+                "free_bytes": u.device.free_bytes,
+                "budget_bytes": u.budget_bytes,
+                "planned_bytes": sum(b for _, b in plan.used_bytes(u.index)),
+            }
+            for u in plan.gpus
+        ],
+        "skipped_gpus": [{"index": s.device.index, "name": s.device.name, "reason": s.reason} for s in plan.skipped],
+        "models": [
+            {
+                "name": p.name,
+                "devices": [
+                    {
+                        "gpu": gpu,
+                        "layers": p.layer_counts[slot],
+                        "weights_bytes": mem.weights_bytes,
+                        "kv_bytes": mem.kv_bytes,
+                        "compute_bytes": mem.compute_bytes,
+                        "overhead_bytes": mem.overhead_bytes + mem.growth_bytes,
+                        "total_bytes": mem.total_bytes,
+                    }
+                    for slot, (gpu, mem) in enumerate(zip(p.gpus, p.memory.devices))
+                ],
+                "host_bytes": p.memory.host.total_bytes,
+                "tensor_split": list(p.tensor_split) if p.tensor_split is not None else None,
+                "n_gpu_layers": p.n_gpu_layers,
+                "split_mode": p.split_mode,
+                "cuda_visible_devices": p.cuda_visible_devices,
+                "notes": list(p.notes),
+            }
+            for p in plan.placements
+        ],
+        "problems": list(plan.problems),
+    }
+
+
+def plan_toml_doc(plan: Plan) -> dict:
+    """The plan as a TOML document (``gateway plan --write``); None values are left out."""
+    doc = plan_json(plan)
+    for m in doc["models"]:
+        if m["tensor_split"] is None:
+            del m["tensor_split"]
+    return doc

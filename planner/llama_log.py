@@ -1,0 +1,66 @@
+"""Parse the buffer-size lines llama.cpp prints (llama-cpp-python with ``verbose=True``).
+
+They report what was really allocated, per buffer (``CUDA0``, ``CUDA_Host``, ``CPU``,
+``CPU_Mapped``, ``CPU_REPACK``...), so workers can serve planned and actual figures side by side
+and tests can hold the memory model to llama.cpp's own numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+_MODEL = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+_KV = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
+_KV_SIZE = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers")
+_OUTPUT = re.compile(r"llama_context:\s+(\S+)\s+output buffer size =\s+([\d.]+) MiB")
+_COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
+_OFFLOADED = re.compile(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU")
+
+
+@dataclass
+class AllocatedBuffers:
+    """MiB per buffer name, as llama.cpp printed them (SWA models print two KV lines: summed)."""
+
+    model: dict[str, float] = field(default_factory=dict)
+    kv: dict[str, float] = field(default_factory=dict)
+    kv_size_mib: float = 0.0  # from the "size =" lines: right even in a no_alloc dry run
+    output: dict[str, float] = field(default_factory=dict)
+    compute: dict[str, float] = field(default_factory=dict)
+    offloaded_layers: int | None = None
+    total_layers: int | None = None
+
+    def device_mib(self, buffer: str) -> float:
+        """Model + KV + output + compute MiB on one buffer name (e.g. ``CUDA0``)."""
+        return sum(d.get(buffer, 0.0) for d in (self.model, self.kv, self.output, self.compute))
+
+    def as_dict(self) -> dict:
+        return {
+            "model_mib": dict(self.model),
+            "kv_mib": dict(self.kv),
+            "output_mib": dict(self.output),
+            "compute_mib": dict(self.compute),
+            "offloaded_layers": self.offloaded_layers,
+            "total_layers": self.total_layers,
+        }
+
+
+def parse_buffer_lines(lines: Iterable[str]) -> AllocatedBuffers:
+    """Collect every buffer-size line; later lines for the same buffer add up."""
+    out = AllocatedBuffers()
+    for line in lines:
+        for pattern, target in ((_MODEL, out.model), (_KV, out.kv), (_OUTPUT, out.output), (_COMPUTE, out.compute)):
+            m = pattern.search(line)
+            if m:
+                target[m.group(1)] = target.get(m.group(1), 0.0) + float(m.group(2))
+                break
+        else:
+            m = _KV_SIZE.search(line)
+            if m:
+                out.kv_size_mib += float(m.group(1))
+                continue
+            m = _OFFLOADED.search(line)
+            if m:
+                out.offloaded_layers, out.total_layers = int(m.group(1)), int(m.group(2))
+    return out

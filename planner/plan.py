@@ -1,0 +1,431 @@
+"""The global planner: place every model of a config on the GPUs at once.
+
+``plan(models, devices, policy) -> Plan`` is a pure function: deterministic, no I/O, no logging.
+
+Rules, in order:
+- models are placed by priority (higher first), then size (larger first), then config order;
+- a model's offloaded layers go to its GPUs as contiguous ranges in device order, the output
+  layer on the last one (llama.cpp's rule, see planner.split);
+- fewer GPUs per model is better: each extra GPU costs a CUDA context (~530 MiB on the H200);
+  among the sets of the smallest size that fit, ``best_fit`` takes the one that leaves the
+  least memory unused on it (keeping big holes for later models), ``first_fit`` the first in
+  device order (the PoC's behaviour);
+- each GPU keeps its reserve; each model stays within its ``gpus`` and ``max_vram_mib``;
+- partial CPU offload (the last layers on GPUs, the rest on the CPU, as llama.cpp offloads) only
+  where ``allow_cpu_offload`` says so; a machine without any GPU runs every model on the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from planner.devices import Device, DevicePolicy, SkippedDevice, UsableDevice, select_devices
+from planner.memory import (
+    CudaCosts,
+    DeviceMemory,
+    MemoryEstimate,
+    RunSettings,
+    estimate_memory,
+    gpu_compute_bytes,
+    kv_cells,
+    kv_layer_bytes,
+)
+from planner.model_info import ModelInfo
+from planner.split import assign_layers, layer_counts, resolve_n_gpu_layers, tensor_split_for_counts
+from planner.units import MIB
+
+Packing = Literal["best_fit", "first_fit"]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One model to place: its header facts and the config settings that matter for memory."""
+
+    name: str
+    info: ModelInfo
+    settings: RunSettings = RunSettings()
+    n_gpu_layers: int = -1
+    split_mode: str = "layer"
+    tensor_split: tuple[float, ...] | None = None
+    gpus: tuple[int, ...] | None = None
+    max_vram_bytes: int | None = None
+    priority: int = 0
+    allow_cpu_offload: bool = False
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class PlanPolicy:
+    devices: DevicePolicy = DevicePolicy()
+    costs: CudaCosts = CudaCosts()
+    packing: Packing = "best_fit"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one model goes and what it costs there."""
+
+    name: str
+    gpus: tuple[int, ...]  # inventory indices, in the model's CUDA_VISIBLE_DEVICES order
+    layer_counts: tuple[int, ...]  # offloaded layers per GPU (the output layer included)
+    n_gpu_layers: int  # what to pass to llama.cpp: -1 all, 0 none
+    tensor_split: tuple[float, ...] | None
+    split_mode: str
+    memory: MemoryEstimate
+    notes: tuple[str, ...] = ()
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(str(g) for g in self.gpus)
+
+    @property
+    def vram_bytes(self) -> int:
+        return sum(d.total_bytes for d in self.memory.devices)
+
+
+@dataclass(frozen=True)
+class Plan:
+    gpus: tuple[UsableDevice, ...]  # usable GPUs in device order
+    skipped: tuple[SkippedDevice, ...]
+    placements: tuple[Placement, ...]  # in the order the models were given; placed ones only
+    problems: tuple[str, ...] = ()  # one line per model that does not fit
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def placement(self, name: str) -> Placement | None:
+        return next((p for p in self.placements if p.name == name), None)
+
+    def used_bytes(self, gpu: int) -> list[tuple[str, int]]:
+        """(model, bytes) on one inventory GPU."""
+        out = []
+        for p in self.placements:
+            for slot, idx in enumerate(p.gpus):
+                if idx == gpu:
+                    out.append((p.name, p.memory.devices[slot].total_bytes))
+        return out
+
+
+@dataclass
+class _Fit:
+    gpus: tuple[int, ...]
+    counts: tuple[int, ...]
+    memory: MemoryEstimate
+    slack: int
+
+
+@dataclass
+class _Shortfall:
+    gpu: int
+    short_bytes: int
+    placed_layers: int
+
+
+@dataclass
+class _Budgets:
+    remaining: dict[int, int] = field(default_factory=dict)
+
+
+class _Costs:
+    """O(1) per-device costs for contiguous layer ranges, from the same formulas as estimate_memory."""
+
+    def __init__(self, req: ModelRequest, costs: CudaCosts) -> None:
+        info, s = req.info, req.settings
+        self.req, self.info, self.settings = req, info, s
+        self.n = info.n_layers
+        kv = kv_layer_bytes(info, s) if s.offload_kqv else [0] * self.n
+        self.cells = kv_cells(info, s)
+        self.prefix = [0]
+        self.prefix_full = [0]  # layers whose cache is the largest (non-SWA or swa_full)
+        full = max(self.cells, default=0)
+        for il in range(self.n):
+            self.prefix.append(self.prefix[-1] + info.layer_bytes[il] + kv[il])
+            self.prefix_full.append(self.prefix_full[-1] + (self.cells[il] == full))
+        self.full_cells = full
+        self.swa_cells = min(self.cells, default=0)
+        self.overhead = costs.overhead_bytes
+        self.growth = costs.growth_for(s)
+        self.replicas = req.replicas
+
+    def device_cost(self, a: int, b: int, *, pipeline: bool) -> int:
+        """Bytes on one GPU holding layers a..b-1 (b == n + 1 includes the output layer)."""
+        reps = self.n
+        last = min(b, reps)
+        holds_output = b == reps + 1
+        weights_kv = self.prefix[last] - self.prefix[a] if last > a else 0
+        if holds_output:
+            weights_kv += self.info.output_layer_bytes + self.info.other_bytes
+        if last > a:
+            n_kv = self.full_cells if self.prefix_full[last] - self.prefix_full[a] else self.swa_cells
+        else:
+            n_kv = None
+        compute = gpu_compute_bytes(
+            self.info, self.settings, n_kv, holds_output=holds_output, input_from_elsewhere=a > 0, pipeline_parallel=pipeline
+        )
+        return (weights_kv + compute + self.growth) * self.replicas + self.overhead
+
+
+def _fill(costs: _Costs, gpus: Sequence[int], budgets: dict[int, int], m: int) -> tuple[list[int] | None, _Shortfall | None]:
+    """Greedily give each GPU as many of the last ``m`` layers as fit; the last GPU must take the rest.
+
+    Returns per-GPU layer counts, or the shortfall on the GPU where filling stopped.
+    """
+    n = costs.n
+    start = n + 1 - m
+    pipeline = len(gpus) > 1 and m == n + 1 and costs.settings.offload_kqv
+    counts: list[int] = []
+    a = start
+    for j, g in enumerate(gpus):
+        budget = budgets[g]
+        need = costs.device_cost(a, n + 1, pipeline=pipeline)
+        if need <= budget or j == len(gpus) - 1:
+            # The rest, output layer included, goes here: it fits, or this is the last GPU.
+            if need > budget:
+                return None, _Shortfall(g, need - budget, a - start)
+            counts.append(n + 1 - a)
+            return counts, None
+        # The largest b with cost(a, b) <= budget, leaving the output layer to later GPUs.
+        lo, hi = a, n
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if costs.device_cost(a, mid, pipeline=pipeline) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == a:
+            return None, _Shortfall(g, costs.device_cost(a, a + 1, pipeline=pipeline) - budget, a - start)
+        counts.append(lo - a)
+        a = lo
+    return None, None
+
+
+def _assignment(n: int, m: int, counts: Sequence[int]) -> list[int | None]:
+    out: list[int | None] = [None] * (n + 1 - m)
+    for slot, c in enumerate(counts):
+        out.extend([slot] * c)
+    return out
+
+
+def _try_sets(
+    req: ModelRequest, costs: _Costs, allowed: Sequence[int], budgets: dict[int, int], m: int, packing: Packing, policy: PlanPolicy
+) -> _Fit | None:
+    max_k = 1 if req.split_mode == "none" else len(allowed)
+    for k in range(1, max_k + 1):
+        best: _Fit | None = None
+        for combo in itertools.combinations(allowed, k):
+            counts, _ = _fill(costs, combo, budgets, m)
+            if counts is None or len(counts) < k:
+                continue  # a subset of this set holds the model: tried with fewer GPUs
+            memory = estimate_memory(
+                req.info, req.settings, _assignment(costs.n, m, counts), k, policy.costs, replicas=req.replicas
+            )
+            totals = [d.total_bytes for d in memory.devices]
+            if any(t > budgets[g] for t, g in zip(totals, combo)):
+                continue
+            if req.max_vram_bytes is not None and sum(totals) > req.max_vram_bytes:
+                continue
+            slack = sum(budgets[g] - t for t, g in zip(totals, combo))
+            fit = _Fit(tuple(combo), tuple(counts), memory, slack)
+            if packing == "first_fit":
+                return fit
+            if best is None or fit.slack < best.slack:
+                best = fit
+        if best is not None:
+            return best
+    return None
+
+
+def _max_offload(
+    req: ModelRequest, costs: _Costs, allowed: Sequence[int], budgets: dict[int, int], m_max: int, policy: PlanPolicy
+) -> _Fit | None:
+    """The placement with the most layers on GPUs, by bisection on the layer count."""
+    lo, hi, best = 1, m_max - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        fit = _try_sets(req, costs, allowed, budgets, mid, policy.packing, policy)
+        if fit is not None:
+            best, lo = (fit, mid), mid + 1
+        else:
+            hi = mid - 1
+    return best[0] if best else None
+
+
+def _placement(req: ModelRequest, fit: _Fit, m: int, notes: tuple[str, ...]) -> Placement:
+    n = req.info.n_layers
+    split = tensor_split_for_counts(fit.counts) if len(fit.gpus) > 1 else None
+    return Placement(
+        name=req.name,
+        gpus=fit.gpus,
+        layer_counts=fit.counts,
+        n_gpu_layers=-1 if m == n + 1 else m,
+        tensor_split=tuple(split) if split else None,
+        split_mode=req.split_mode,
+        memory=fit.memory,
+        notes=notes,
+    )
+
+
+def _cpu_placement(req: ModelRequest, policy: PlanPolicy, note: str) -> Placement:
+    memory = estimate_memory(
+        req.info, req.settings, [None] * (req.info.n_layers + 1), 0, policy.costs, replicas=req.replicas
+    )
+    return Placement(req.name, (), (), 0, None, req.split_mode, memory, (note,))
+
+
+def _mib(b: int) -> str:
+    return f"{(b + MIB - 1) // MIB:,} MiB"
+
+
+def _manual(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy) -> tuple[Placement | None, str | None]:
+    """Honour a manual tensor_split (the PoC's ``--tensor-split``) and check that it fits."""
+    split = req.tensor_split or ()
+    n = req.info.n_layers
+    if len(split) > len(allowed):
+        return None, (
+            f"model {req.name!r}: tensor_split has {len(split)} entries but only {len(allowed)} GPU(s) "
+            f"are usable for it ({', '.join(map(str, allowed)) or 'none'})"
+        )
+    devs = list(allowed[: len(split)])
+    assignment = assign_layers(split, len(devs), n, req.n_gpu_layers)
+    counts = layer_counts(assignment, len(devs))
+    # A zero-weight device gets no layers but would still get a CUDA context: leave it out.
+    # Dropping it leaves every cumulative fraction, and so every layer, where it was.
+    keep = [i for i, c in enumerate(counts) if c > 0]
+    remap = {old: new for new, old in enumerate(keep)}
+    assignment = [None if d is None else remap[d] for d in assignment]
+    gpus = tuple(devs[i] for i in keep)
+    weights = tuple(float(split[i]) for i in keep)
+    memory = estimate_memory(req.info, req.settings, assignment, len(gpus), policy.costs, replicas=req.replicas)
+    problems = []
+    for slot, g in enumerate(gpus):
+        need = memory.devices[slot].total_bytes
+        if need > budgets[g]:
+            problems.append(f"GPU {g} needs {_mib(need)} with {_mib(max(budgets[g], 0))} left (short by {_mib(need - budgets[g])})")
+    if req.max_vram_bytes is not None and sum(d.total_bytes for d in memory.devices) > req.max_vram_bytes:
+        total = sum(d.total_bytes for d in memory.devices)
+        problems.append(f"{_mib(total)} exceeds max_vram_mib = {req.max_vram_bytes // MIB:,}")
+    if problems:
+        return None, f"model {req.name!r}: the manual tensor_split {list(split)} does not fit: " + "; ".join(problems)
+    m = sum(1 for d in assignment if d is not None)
+    return (
+        Placement(
+            name=req.name,
+            gpus=gpus,
+            layer_counts=tuple(counts[i] for i in keep),
+            n_gpu_layers=-1 if m == n + 1 else m,
+            tensor_split=weights if len(gpus) > 1 else None,
+            split_mode=req.split_mode,
+            memory=memory,
+            notes=("manual tensor_split",),
+        ),
+        None,
+    )
+
+
+def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy, devices: dict[int, Device]) -> str:
+    """Which GPU, by how many MiB, and what would make the model fit."""
+    costs = _Costs(req, policy.costs)
+    m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
+    if not allowed:
+        return f"model {req.name!r}: no usable GPU for it" + (f" (gpus = {list(req.gpus)})" if req.gpus is not None else "")
+    # The closest attempt: all allowed GPUs in device order (one for split_mode none).
+    attempt = list(allowed[:1] if req.split_mode == "none" else allowed)
+    counts, short = _fill(costs, attempt, budgets, m)
+    if short is not None:
+        dev = devices[short.gpu]
+        where = f"on GPU {short.gpu} ({dev.name}, {_mib(max(budgets[short.gpu], 0))} left) it is short by {_mib(short.short_bytes)}"
+        if len(attempt) > 1:
+            where += (
+                f" for the last {m - short.placed_layers} of its {m} GPU layers, "
+                f"after filling GPUs {','.join(map(str, attempt[: attempt.index(short.gpu)]))}"
+            )
+    elif counts is not None and req.max_vram_bytes is not None:
+        assignment = _assignment(costs.n, m, counts)
+        est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs, replicas=req.replicas)
+        total = sum(d.total_bytes for d in est.devices)
+        where = f"it needs {_mib(total)}, over its max_vram_mib = {req.max_vram_bytes // MIB:,} by {_mib(total - req.max_vram_bytes)}"
+    else:
+        where = "no set of its GPUs holds it"
+    fixes = []
+    s = req.settings
+    n_ctx = s.n_ctx // 2
+    while n_ctx >= 256:
+        if _try_sets(replace(req, settings=replace(s, n_ctx=n_ctx)), _Costs(replace(req, settings=replace(s, n_ctx=n_ctx)), policy.costs), allowed, budgets, m, policy.packing, policy):
+            fixes.append(f"n_ctx = {n_ctx}")
+            break
+        n_ctx //= 2
+    if (s.type_k, s.type_v) != ("q8_0", "q8_0"):
+        q8 = replace(req, settings=replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True))
+        if _try_sets(q8, _Costs(q8, policy.costs), allowed, budgets, m, policy.packing, policy):
+            fixes.append('type_k = type_v = "q8_0" (with flash_attn = true)')
+    if not req.allow_cpu_offload:
+        fit = _max_offload(req, costs, allowed, budgets, m, policy)
+        if fit is not None:
+            fixes.append(f"allow_cpu_offload = true ({sum(fit.counts)} of {costs.n + 1} layers on GPU)")
+        else:
+            fixes.append("allow_cpu_offload = true with n_gpu_layers = 0 (CPU only)")
+    hint = "; would fit with " + ", or ".join(fixes) if fixes else "; it needs more free GPU memory or fewer models"
+    return f"model {req.name!r} does not fit: {where}{hint}"
+
+
+def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy = PlanPolicy()) -> Plan:
+    """Place all models on the GPUs together; see the module docstring for the rules."""
+    usable, skipped = select_devices(devices, policy.devices)
+    order = [u.index for u in usable]
+    by_index = {d.index: d for d in devices}
+    budgets = {u.index: u.budget_bytes for u in usable}
+    no_gpu_at_all = not devices
+
+    def size(req: ModelRequest) -> int:
+        return req.info.total_bytes + sum(kv_layer_bytes(req.info, req.settings))
+
+    ranked = sorted(range(len(models)), key=lambda i: (-models[i].priority, -size(models[i]), i))
+    placed: dict[int, Placement] = {}
+    problems: list[tuple[int, str]] = []
+    for i in ranked:
+        req = models[i]
+        allowed = [g for g in order if req.gpus is None or g in req.gpus]
+        if no_gpu_at_all or req.n_gpu_layers == 0:
+            why = "no GPU on this machine: runs on the CPU" if no_gpu_at_all else "n_gpu_layers = 0: runs on the CPU"
+            placed[i] = _cpu_placement(req, policy, why)
+            continue
+        if req.tensor_split is not None:
+            p, problem = _manual(req, allowed, budgets, policy)
+        else:
+            costs = _Costs(req, policy.costs)
+            m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
+            fit = _try_sets(req, costs, allowed, budgets, m, policy.packing, policy) if allowed else None
+            p, problem = None, None
+            if fit is not None:
+                notes = () if m == costs.n + 1 else (f"n_gpu_layers = {req.n_gpu_layers}: {m} of {costs.n + 1} layers on GPU",)
+                p = _placement(req, fit, m, notes)
+            elif req.allow_cpu_offload:
+                fit = _max_offload(req, costs, allowed, budgets, m, policy) if allowed else None
+                if fit is not None:
+                    m_fit = sum(fit.counts)
+                    p = _placement(req, fit, m_fit, (f"partial CPU offload: {m_fit} of {costs.n + 1} layers on GPU",))
+                else:
+                    p = _cpu_placement(req, policy, "allow_cpu_offload: no GPU has room, runs on the CPU")
+            else:
+                problem = _explain(req, allowed, budgets, policy, by_index)
+        if p is None:
+            problems.append((i, problem or f"model {req.name!r} does not fit"))
+            continue
+        for slot, g in enumerate(p.gpus):
+            budgets[g] -= p.memory.devices[slot].total_bytes
+        placed[i] = p
+    return Plan(
+        gpus=tuple(usable),
+        skipped=tuple(skipped),
+        placements=tuple(placed[i] for i in range(len(models)) if i in placed),
+        problems=tuple(msg for _, msg in sorted(problems)),
+    )
+
+
+def device_memory_rows(p: Placement) -> list[tuple[int, DeviceMemory]]:
+    """(inventory GPU index, predicted memory) for each GPU of a placement."""
+    return list(zip(p.gpus, p.memory.devices))

@@ -1,0 +1,214 @@
+"""The global planner (planner.plan) on declared inventories."""
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner.devices import DevicePolicy, declared_devices
+from planner.memory import CudaCosts, RunSettings
+from planner.plan import ModelRequest, PlanPolicy, plan
+from planner.split import assign_layers, layer_counts
+from tests.factories import GIB, MIB, model_info
+
+BOX = declared_devices(["24GiB", "24GiB", "12GiB"])
+NO_RESERVE = PlanPolicy(devices=DevicePolicy(reserve_mib=0, min_budget_mib=0))
+
+
+def req(name, layer_mib=100.0, n_layers=32, **kw):
+    return ModelRequest(name=name, info=model_info(n_layers=n_layers, layer_mib=layer_mib, name=name), **kw)
+
+
+def gpu_totals(p):
+    return [d.total_bytes for d in p.memory.devices]
+
+
+def test_plan_puts_small_model_on_one_gpu():
+    result = plan([req("small")], BOX)
+    (p,) = result.placements
+    assert result.fits
+    assert len(p.gpus) == 1
+    assert p.n_gpu_layers == -1
+    assert p.tensor_split is None
+    assert p.layer_counts == (33,)
+
+
+def test_best_fit_puts_small_model_on_smallest_gpu_that_holds_it():
+    (p,) = plan([req("small")], BOX).placements
+    assert p.gpus == (2,)  # the 12 GiB card: keeps the 24 GiB cards whole for bigger models
+
+
+def test_first_fit_follows_device_order_like_the_poc():
+    (p,) = plan([req("small")], BOX, PlanPolicy(packing="first_fit")).placements
+    assert p.gpus == (0,)
+
+
+def test_plan_spills_to_next_gpu_when_first_is_full():
+    # 80 layers of 500 MiB = 39 GiB of weights: more than one 24 GiB card.
+    result = plan([req("big", layer_mib=500, n_layers=80)], BOX)
+    (p,) = result.placements
+    assert len(p.gpus) == 2
+    assert sum(p.layer_counts) == 81
+    split = assign_layers(list(p.tensor_split), 2, 80, p.n_gpu_layers)
+    assert layer_counts(split, 2) == list(p.layer_counts)
+    budgets = {u.index: u.budget_bytes for u in result.gpus}
+    assert all(t <= budgets[g] for g, t in zip(p.gpus, gpu_totals(p)))
+
+
+def test_plan_prefers_one_gpu_over_two_when_one_holds_the_model():
+    # 15 GiB fits a 24 GiB card alone: splitting would pay a second CUDA context.
+    (p,) = plan([req("mid", layer_mib=480)], BOX).placements
+    assert len(p.gpus) == 1 and p.gpus[0] in (0, 1)
+
+
+def test_higher_priority_model_is_placed_first():
+    # Two 20 GiB models, one 24 GiB card usable: the higher priority one gets it.
+    policy = PlanPolicy(devices=DevicePolicy(devices=(0,)))
+    low = req("low", layer_mib=600)
+    high = req("high", layer_mib=600, priority=5)
+    result = plan([low, high], BOX, policy)
+    assert [p.name for p in result.placements] == ["high"]
+    assert len(result.problems) == 1 and result.problems[0].startswith("model 'low' does not fit")
+
+
+def test_reserve_is_kept_free_on_every_gpu():
+    result = plan([req(f"m{i}", layer_mib=300) for i in range(6)], BOX, PlanPolicy(devices=DevicePolicy(reserve_mib=2048)))
+    for u in result.gpus:
+        assert u.budget_bytes == u.device.free_bytes - 2048 * MIB
+        assert sum(b for _, b in result.used_bytes(u.index)) <= u.budget_bytes
+
+
+def test_model_stays_on_its_allowed_gpus():
+    (p,) = plan([req("pinned", gpus=(1,))], BOX).placements
+    assert p.gpus == (1,)
+
+
+def test_max_vram_budget_is_respected():
+    result = plan([req("capped", layer_mib=100, max_vram_bytes=2 * GIB)], BOX)
+    assert not result.fits
+    assert "max_vram_mib = 2,048" in result.problems[0]
+
+
+def test_min_budget_skips_small_gpu():
+    devices = declared_devices(["24GiB", "1.5GiB"])
+    result = plan([req("m")], devices, PlanPolicy(devices=DevicePolicy(reserve_mib=1024, min_budget_mib=1024)))
+    assert [u.index for u in result.gpus] == [0]
+    assert "under min_budget_mib = 1,024" in result.skipped[0].reason
+
+
+def test_device_filter_limits_the_gpus():
+    result = plan([req("m")], BOX, PlanPolicy(devices=DevicePolicy(devices=(1,))))
+    assert result.placements[0].gpus == (1,)
+
+
+def test_cpu_offload_only_where_allowed():
+    big = dict(layer_mib=2000, n_layers=40)  # 78 GiB: more than the whole box
+    refused = plan([req("big", **big)], BOX)
+    assert not refused.fits and not refused.placements
+    allowed = plan([req("big", allow_cpu_offload=True, **big)], BOX)
+    (p,) = allowed.placements
+    assert allowed.fits
+    assert 0 < p.n_gpu_layers < 41
+    assert sum(p.layer_counts) == p.n_gpu_layers
+    assert p.notes[0].startswith("partial CPU offload")
+    # The offloaded layers are the last ones and the CPU keeps the rest in host memory.
+    assert p.memory.host.mapped_bytes > 0
+
+
+def test_machine_without_gpus_runs_every_model_on_the_cpu():
+    result = plan([req("a"), req("b")], [])
+    assert result.fits
+    assert all(p.gpus == () and p.n_gpu_layers == 0 for p in result.placements)
+    assert result.placements[0].notes == ("no GPU on this machine: runs on the CPU",)
+
+
+def test_infeasible_plan_names_model_gpu_shortfall_and_fixes():
+    devices = declared_devices(["8GiB"])
+    chat = ModelRequest(name="chat", info=model_info(n_layers=32, layer_mib=150), settings=RunSettings(n_ctx=32768))
+    result = plan([chat], devices, PlanPolicy(devices=DevicePolicy(reserve_mib=1024)))
+    assert result.problems == (
+        "model 'chat' does not fit: on GPU 0 (declared GPU 0, 7,168 MiB left) it is short by 4,687 MiB; "
+        "would fit with n_ctx = 4096, or allow_cpu_offload = true (16 of 33 layers on GPU)",
+    )
+
+
+def test_infeasible_split_names_the_gpu_where_filling_stopped():
+    result = plan([req("huge", layer_mib=700, n_layers=80)], BOX)
+    assert result.problems == (
+        "model 'huge' does not fit: on GPU 2 (declared GPU 2, 11,264 MiB left) it is short by 2,767 MiB "
+        "for the last 19 of its 81 GPU layers, after filling GPUs 0,1; "
+        "would fit with allow_cpu_offload = true (77 of 81 layers on GPU)",
+    )
+
+
+def test_manual_tensor_split_is_honoured():
+    (p,) = plan([req("m", layer_mib=300, tensor_split=(1.0, 1.0))], BOX, PlanPolicy(packing="first_fit")).placements
+    assert p.layer_counts == (17, 16)  # x = 16/33 < 0.5 still lands on GPU 0
+    assert p.tensor_split == (1.0, 1.0)
+    assert p.notes == ("manual tensor_split",)
+
+
+def test_manual_tensor_split_zero_weight_gpu_is_left_invisible():
+    (p,) = plan([req("m", tensor_split=(0.0, 1.0))], BOX).placements
+    assert p.gpus == (1,)  # device order free_desc ties by index: 0, 1, 2
+    assert p.cuda_visible_devices == "1"
+
+
+def test_manual_tensor_split_that_overflows_a_gpu_is_refused():
+    result = plan([req("m", layer_mib=1000, tensor_split=(0.1, 0.1, 0.8))], BOX)
+    assert not result.fits
+    assert result.problems[0].startswith("model 'm': the manual tensor_split [0.1, 0.1, 0.8] does not fit: GPU 2 needs")
+
+
+def test_replicas_multiply_memory_but_share_the_cuda_context():
+    one = plan([req("m")], BOX).placements[0].memory.devices[0]
+    two = plan([req("m", replicas=2)], BOX).placements[0].memory.devices[0]
+    assert two.overhead_bytes == one.overhead_bytes
+    assert two.total_bytes == 2 * one.total_bytes - one.overhead_bytes
+
+
+def test_split_mode_none_keeps_a_model_on_one_gpu():
+    result = plan([req("big", layer_mib=500, n_layers=80, split_mode="none")], BOX)
+    assert not result.fits
+
+
+def test_plan_is_deterministic():
+    models = [req(f"m{i}", layer_mib=100 + 37 * i, priority=i % 3) for i in range(8)]
+    assert plan(models, BOX) == plan(models, BOX)
+
+
+@st.composite
+def scenarios(draw):
+    n_gpus = draw(st.integers(1, 4))
+    gpus = [f"{draw(st.integers(4, 48))}GiB" for _ in range(n_gpus)]
+    models = []
+    for i in range(draw(st.integers(1, 5))):
+        models.append(
+            req(
+                f"m{i}",
+                layer_mib=draw(st.integers(20, 900)),
+                n_layers=draw(st.integers(4, 64)),
+                priority=draw(st.integers(0, 2)),
+                allow_cpu_offload=draw(st.booleans()),
+                settings=RunSettings(n_ctx=draw(st.sampled_from([512, 2048, 8192])), flash_attn=draw(st.booleans())),
+            )
+        )
+    packing = draw(st.sampled_from(["best_fit", "first_fit"]))
+    return declared_devices(gpus), models, packing
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_every_plan_stays_within_each_gpu_budget_and_reproduces_its_split(case):
+    devices, models, packing = case
+    result = plan(models, devices, PlanPolicy(packing=packing))
+    budgets = {u.index: u.budget_bytes for u in result.gpus}
+    for u in result.gpus:
+        assert sum(b for _, b in result.used_bytes(u.index)) <= budgets[u.index]
+    for p in result.placements:
+        info = next(m.info for m in models if m.name == p.name)
+        if p.gpus:
+            split = list(p.tensor_split) if p.tensor_split else [1.0]
+            assignment = assign_layers(split, len(p.gpus), info.n_layers, p.n_gpu_layers)
+            assert layer_counts(assignment, len(p.gpus)) == list(p.layer_counts)
+    assert len(result.placements) + len(result.problems) == len(models)

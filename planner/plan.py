@@ -150,6 +150,29 @@ class _Costs:
         self.overhead = costs.overhead_bytes
         self.growth = costs.growth_for(s)
         self.replicas = req.replicas
+        self._compute: dict[tuple, int] = {}
+
+    def _compute_bytes(self, n_kv: int | None, holds_output: bool, input_from_elsewhere: bool, pipeline: bool) -> int:
+        # Only a handful of distinct cases per model: memoised, this keeps packing under 100 ms.
+        key = (n_kv, holds_output, input_from_elsewhere, pipeline)
+        got = self._compute.get(key)
+        if got is None:
+            got = self._compute[key] = gpu_compute_bytes(
+                self.info,
+                self.settings,
+                n_kv,
+                holds_output=holds_output,
+                input_from_elsewhere=input_from_elsewhere,
+                pipeline_parallel=pipeline,
+            )
+        return got
+
+    def lower_bound(self, m: int, k: int) -> int:
+        """Bytes that ``m`` offloaded layers need at least on ``k`` GPUs (no compute buffers)."""
+        n = self.n
+        start = n + 1 - m
+        layers = self.prefix[n] - self.prefix[min(start, n)]
+        return (layers + self.info.output_layer_bytes) * self.replicas + k * self.overhead
 
     def device_cost(self, a: int, b: int, *, pipeline: bool) -> int:
         """Bytes on one GPU holding layers a..b-1 (b == n + 1 includes the output layer)."""
@@ -163,9 +186,7 @@ class _Costs:
             n_kv = self.full_cells if self.prefix_full[last] - self.prefix_full[a] else self.swa_cells
         else:
             n_kv = None
-        compute = gpu_compute_bytes(
-            self.info, self.settings, n_kv, holds_output=holds_output, input_from_elsewhere=a > 0, pipeline_parallel=pipeline
-        )
+        compute = self._compute_bytes(n_kv, holds_output, a > 0, pipeline)
         return (weights_kv + compute + self.growth) * self.replicas + self.overhead
 
 
@@ -214,9 +235,15 @@ def _try_sets(
     req: ModelRequest, costs: _Costs, allowed: Sequence[int], budgets: dict[int, int], m: int, packing: Packing, policy: PlanPolicy
 ) -> _Fit | None:
     max_k = 1 if req.split_mode == "none" else len(allowed)
+    by_room = sorted((budgets[g] for g in allowed), reverse=True)
     for k in range(1, max_k + 1):
+        need = costs.lower_bound(m, k)
+        if sum(by_room[:k]) < need:
+            continue  # not even the k roomiest GPUs together hold the weights
         best: _Fit | None = None
         for combo in itertools.combinations(allowed, k):
+            if sum(budgets[g] for g in combo) < need:
+                continue
             counts, _ = _fill(costs, combo, budgets, m)
             if counts is None or len(counts) < k:
                 continue  # a subset of this set holds the model: tried with fewer GPUs

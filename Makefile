@@ -1,0 +1,34 @@
+# vram-gateway developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/demo.toml
+PYTEST_ARGS ?=
+
+.PHONY: venv serve test bench plan clean
+
+# The venv is rebuilt only when pyproject.toml changes. llama-cpp-python compiles llama.cpp
+# from source on first install (~9 minutes on 2 cores); pip caches the wheel afterwards.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/gateway serve --config $(CONFIG)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) bench/analyze.py
+	$(PY) bench/plan.py
+
+plan: $(VENV)/.installed
+	$(VENV)/bin/gateway plan --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,62 @@
+"""Planner speed: 20 models of mixed shapes on 8 declared GPUs (target: under 100 ms).
+
+Prints a table; run with `make bench` or `.venv/bin/python bench/plan.py`.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from planner.devices import declared_devices  # noqa: E402
+from planner.memory import RunSettings  # noqa: E402
+from planner.plan import ModelRequest, PlanPolicy, plan  # noqa: E402
+from tests.factories import model_info  # noqa: E402
+
+GPUS = ["80GiB", "80GiB", "48GiB", "48GiB", "24GiB", "24GiB", "24GiB", "12GiB"]
+
+
+def models() -> list[ModelRequest]:
+    out = []
+    for i in range(20):
+        n_layers = (28, 32, 40, 48, 64, 80)[i % 6]
+        layer_mib = (60, 120, 250, 400, 700)[i % 5]
+        out.append(
+            ModelRequest(
+                name=f"model-{i:02d}",
+                info=model_info(n_layers=n_layers, layer_mib=layer_mib, name=f"model-{i:02d}"),
+                settings=RunSettings(n_ctx=(4096, 8192, 32768)[i % 3], flash_attn=bool(i % 2)),
+                priority=i % 3,
+                allow_cpu_offload=i % 4 == 0,
+                replicas=1 + (i % 7 == 0),
+            )
+        )
+    return out
+
+
+def main() -> None:
+    devices = declared_devices(GPUS)
+    reqs = models()
+    rows = []
+    for packing in ("best_fit", "first_fit"):
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            result = plan(reqs, devices, PlanPolicy(packing=packing))
+            times.append(time.perf_counter() - t0)
+        on_gpu = sum(1 for p in result.placements if p.gpus)
+        rows.append((packing, statistics.median(times) * 1000, max(times) * 1000, len(result.placements), on_gpu, len(result.problems)))
+    print(f"planner: 20 models on 8 GPUs ({', '.join(GPUS)}); python {platform.python_version()} on {platform.machine()}")
+    print(f"{'packing':<10} {'median ms':>10} {'max ms':>8} {'placed':>7} {'on GPU':>7} {'refused':>8}")
+    for name, med, worst, placed, on_gpu, refused in rows:
+        print(f"{name:<10} {med:>10.1f} {worst:>8.1f} {placed:>7} {on_gpu:>7} {refused:>8}")
+    print("target: under 100 ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tomllib
@@ -252,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"serve": cmd_serve, "analyze": cmd_analyze, "plan": cmd_plan, "validate-config": cmd_validate}
     try:
         return handlers[args.command](args)
+    except BrokenPipeError:
+        # Output piped into `head` and friends: stop quietly, like any Unix tool.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)

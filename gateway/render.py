@@ -74,15 +74,15 @@ def analysis_json(info: ModelInfo) -> dict:
 def gpus_text(plan: Plan, devices: Sequence[Device]) -> str:
     if not devices:
         return "[vram-llm] No NVIDIA GPU found: every model runs on the CPU."
-    lines = ["[vram-llm] GPUs sorted by the device order (GPU0 = first):"]
-    for pos, u in enumerate(plan.gpus):
+    lines = ["[vram-llm] GPUs in device order (GPU n = NVML/PCI index, as in CUDA_VISIBLE_DEVICES):"]
+    for u in plan.gpus:
         d = u.device
         lines.append(
-            f"  GPU {pos} (CUDA:{d.index}): {d.name} - {_mib(d.free_bytes)} / {_mib(d.total_bytes)} MiB free, "
+            f"  GPU {d.index}: {d.name} - {_mib(d.free_bytes)} / {_mib(d.total_bytes)} MiB free, "
             f"{_mib(u.budget_bytes)} MiB usable"
         )
     for s in plan.skipped:
-        lines.append(f"  skipped CUDA:{s.device.index} ({s.device.name}): {s.reason}")
+        lines.append(f"  GPU {s.device.index}: {s.device.name} - skipped: {s.reason}")
     return "\n".join(lines)
 
 
@@ -133,6 +133,8 @@ def plan_text(plan: Plan, infos: dict[str, ModelInfo]) -> str:
         )
         if p.tensor_split is not None:
             lines.append(f'  TENSOR SPLIT: --tensor-split "{format_tensor_split(p.tensor_split)}"')
+        elif p.gpus:
+            lines.append("  TENSOR SPLIT: not needed (one GPU)")
         for note in p.notes:
             lines.append(f"  note: {note}")
     if plan.problems:

@@ -114,6 +114,17 @@ def kv_type(name: str) -> GGMLQuantizationType:
     return GGMLQuantizationType[name.upper()]
 
 
+def kv_type_problems(info: ModelInfo, settings: RunSettings) -> list[str]:
+    """Cache types llama.cpp would refuse for this model: a quantized block must divide the
+    head dimension ("K cache type q8_0 with block size 32 does not divide n_embd_head_k=16")."""
+    out = []
+    for key, name, dim in (("type_k", settings.type_k, info.key_length), ("type_v", settings.type_v, info.value_length)):
+        block = GGML_QUANT_SIZES[kv_type(name)][0]
+        if dim % block:
+            out.append(f"{key} = {name!r} needs a head dimension divisible by {block} (this model's is {dim})")
+    return out
+
+
 def row_bytes(ggml_type: GGMLQuantizationType, n: int) -> int:
     """ggml_row_size: bytes of ``n`` elements of a (possibly block-quantized) type."""
     block, size = GGML_QUANT_SIZES[ggml_type]

@@ -32,6 +32,7 @@ from planner.memory import (
     gpu_compute_bytes,
     kv_cells,
     kv_layer_bytes,
+    kv_type_problems,
 )
 from planner.model_info import ModelInfo
 from planner.split import assign_layers, layer_counts, resolve_n_gpu_layers, tensor_split_for_counts
@@ -416,6 +417,10 @@ def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: Plan
     for i in ranked:
         req = models[i]
         allowed = [g for g in order if req.gpus is None or g in req.gpus]
+        refused = kv_type_problems(req.info, req.settings)
+        if refused:
+            problems.append((i, f"model {req.name!r}: " + "; ".join(refused)))
+            continue
         if no_gpu_at_all or req.n_gpu_layers == 0:
             why = "no GPU on this machine: runs on the CPU" if no_gpu_at_all else "n_gpu_layers = 0: runs on the CPU"
             placed[i] = _cpu_placement(req, policy, why)

@@ -212,3 +212,11 @@ def test_every_plan_stays_within_each_gpu_budget_and_reproduces_its_split(case):
             assignment = assign_layers(split, len(p.gpus), info.n_layers, p.n_gpu_layers)
             assert layer_counts(assignment, len(p.gpus)) == list(p.layer_counts)
     assert len(result.placements) + len(result.problems) == len(models)
+
+
+def test_quantized_kv_cache_that_does_not_divide_the_head_dimension_is_refused():
+    info = model_info(head_dim=16)
+    result = plan([ModelRequest(name="tiny", info=info, settings=RunSettings(type_k="q8_0"))], BOX)
+    assert result.problems == (
+        "model 'tiny': type_k = 'q8_0' needs a head dimension divisible by 32 (this model's is 16)",
+    )

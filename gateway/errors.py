@@ -1,0 +1,84 @@
+"""The gateway's exceptions: the planner's tree plus what only the gateway can go wrong with.
+
+The HTTP layer maps these classes (never their message text) to OpenAI-shaped error bodies.
+"""
+
+from __future__ import annotations
+
+from planner.errors import DeviceError, GatewayError, ModelFileError, PlanError
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "DeviceError",
+    "EngineError",
+    "GatewayError",
+    "InvalidRequestError",
+    "ModelFileError",
+    "ModelNotFoundError",
+    "ModelUnavailableError",
+    "PlanError",
+    "QueueFullError",
+    "QueueTimeoutError",
+]
+
+
+class ConfigError(GatewayError):
+    """The configuration is unreadable or invalid.
+
+    ``problems`` holds one line per mistake, e.g. ``models[1].n_ctx: -5 (must be > 0)``; the
+    message is those lines joined by newlines. ``source`` names the file when there is one.
+    """
+
+    def __init__(self, problems: list[str], *, source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__("\n".join(self.problems))
+
+
+class EngineError(GatewayError):
+    """A model's engine (llama-cpp-python) failed to load or to run."""
+
+
+class ModelNotFoundError(GatewayError):
+    """A request named a model that is neither a configured name nor an alias."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = list(known)
+        listed = ", ".join(self.known) if self.known else "(none)"
+        super().__init__(f"model {name!r} not found; known models: {listed}")
+
+
+class ModelUnavailableError(GatewayError):
+    """The model exists but is not ready to serve (loading, failed, stopping or not placed)."""
+
+
+class InvalidRequestError(GatewayError):
+    """A request body is malformed or asks for something the model cannot do (400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+class AuthenticationError(GatewayError):
+    """A missing or wrong API key (401)."""
+
+
+class QueueFullError(GatewayError):
+    """The model's waiting room is full (429 with Retry-After)."""
+
+    def __init__(self, name: str, queue_size: int) -> None:
+        self.name = name
+        self.queue_size = queue_size
+        super().__init__(f"model {name!r} is busy: {queue_size} request(s) already waiting; retry later")
+
+
+class QueueTimeoutError(GatewayError):
+    """A request waited for a free slot longer than its timeout (503)."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name = name
+        self.timeout = timeout
+        super().__init__(f"model {name!r}: no free slot within {timeout:g} s; retry later")

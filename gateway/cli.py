@@ -19,6 +19,7 @@ import tomli_w
 
 from gateway.config import Config, dump_config, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
+from gateway.launch import launches_from_plan
 from gateway.planning import inventory, plan_config, read_models
 from gateway.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc
 from planner.devices import Device, parse_gpus_flag
@@ -126,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if len(models) == 1:
             # The PoC's client example asks for model "local".
             doc["models"][0]["aliases"] = ["local"]
+        # Validate once with GATEWAY_* applied, so the flags below are laid over env and file.
+        doc = tomllib.loads(dump_config(parse_config(tomli_w.dumps(doc))))
     planner = doc.setdefault("planner", {})
     for flag, key in (("reserve_mib", "reserve_mib"), ("min_budget_mib", "min_budget_mib"), ("device_order", "device_order")):
         if getattr(args, flag, None) is not None:
@@ -154,7 +157,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             model["use_mmap"] = False
         if getattr(args, "mlock", False):
             model["use_mlock"] = True
-    return parse_config(tomli_w.dumps(doc))
+    # GATEWAY_* already took effect above; command-line flags win over both.
+    return parse_config(tomli_w.dumps(doc), environ={})
 
 
 def _devices(config: Config) -> list[Device]:
@@ -241,11 +245,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise PlanError(list(result.problems))
     print(gpus_text(result, devices))
     print(plan_text(result, files.infos))
-    print(
-        "\nserving lands with the serving issue (#3): the plan above is what `gateway serve` will load.",
-        file=sys.stderr,
-    )
-    return 3
+    print(f"\nserving on http://{config.gateway.host}:{config.gateway.port}/v1 once every model is loaded", flush=True)
+    from gateway.serve import run_server  # granian is only needed to serve
+
+    run_server(config, launches_from_plan(result, {n: str(p) for n, p in files.paths.items()}), strict=args.strict)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

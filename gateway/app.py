@@ -1,0 +1,329 @@
+"""The OpenAI-compatible HTTP app (Litestar).
+
+``create_app(config, launches)`` takes everything explicitly; the lifespan owns the workers:
+it plans (when no launches are given), starts every model's worker in parallel, waits for them
+to load, and stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.response import Stream
+
+from gateway.config import Config
+from gateway.errors import (
+    AuthenticationError,
+    EngineError,
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    PlanError,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from gateway.launch import ModelLaunch, launches_from_plan
+from gateway.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
+from gateway.registry import ModelEntry, Registry
+
+log = logging.getLogger("gateway")
+
+RETRY_AFTER_S = "1"
+
+
+# ---------------------------------------------------------------- errors, mapped once
+
+
+def _error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _gateway_error_response(request: Request, exc: GatewayError) -> Response:
+    headers: dict[str, str] = {}
+    if isinstance(exc, ModelNotFoundError):
+        status, body = 404, _error_body(str(exc), "invalid_request_error", "model", "model_not_found")
+    elif isinstance(exc, InvalidRequestError):
+        status, body = 400, _error_body(str(exc), "invalid_request_error", exc.param)
+    elif isinstance(exc, AuthenticationError):
+        status, body = 401, _error_body(str(exc), "invalid_request_error", None, "invalid_api_key")
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, QueueFullError):
+        status, body = 429, _error_body(str(exc), "rate_limit_error", None, "queue_full")
+        headers["Retry-After"] = RETRY_AFTER_S
+    elif isinstance(exc, (QueueTimeoutError, ModelUnavailableError)):
+        code = "queue_timeout" if isinstance(exc, QueueTimeoutError) else "model_unavailable"
+        status, body = 503, _error_body(str(exc), "service_unavailable", None, code)
+        headers["Retry-After"] = RETRY_AFTER_S
+    else:
+        status, body = 500, _error_body(str(exc), "server_error", None, type(exc).__name__)
+    return Response(content=body, status_code=status, headers=headers)
+
+
+def _http_error_response(request: Request, exc: HTTPException) -> Response:
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return Response(content=_error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {})
+
+
+def _internal_error_response(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response(content=_error_body("internal server error", "server_error"), status_code=500)
+
+
+# ---------------------------------------------------------------- auth
+
+
+def _key_ok(connection: ASGIConnection, keys: list[str]) -> bool:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    # Compare against every key so the time taken does not tell which one nearly matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token.strip().encode(), key.encode())
+    return matched
+
+
+def _guard(kind: str):
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        settings = connection.app.state.config.gateway
+        if not settings.api_keys:
+            return
+        if kind == "health" and not settings.health_requires_key:
+            return
+        if not _key_ok(connection, settings.api_keys):
+            raise AuthenticationError("a valid API key is required (Authorization: Bearer <key>)")
+
+    return guard
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return body
+
+
+def _raise_worker_error(msg: dict[str, Any], name: str) -> None:
+    kind = msg.get("kind")
+    text = str(msg.get("message", "error"))
+    if kind == "invalid_request":
+        raise InvalidRequestError(text)
+    if kind == "worker_exited":
+        raise ModelUnavailableError(f"model {name!r}: {text}")
+    raise EngineError(f"model {name!r}: {text}")
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+async def _run(request: Request, op: str, params: dict[str, Any], stream: bool, usage: bool) -> Response | Stream:
+    registry = _registry(request)
+    entry: ModelEntry = registry.resolve(request.state.body.get("model"))
+    handle = entry.ready_handle()
+    timeout = registry.config.gateway.request_timeout_s
+    stack = contextlib.AsyncExitStack()
+    await stack.enter_async_context(entry.admission.slot(timeout))
+    if not stream:
+        async with stack:
+            async for msg in handle.request(op, params, stream=False):
+                if msg["type"] == "error":
+                    _raise_worker_error(msg, entry.name)
+                if msg["type"] == "result":
+                    data = msg["data"]
+                    if isinstance(data, dict):
+                        data["model"] = entry.name
+                    return Response(content=data, status_code=200)
+        raise EngineError(f"model {entry.name!r}: no result from the worker")
+
+    messages = handle.request(op, params, stream=True)
+    # Pull the first message before answering, so an early error still gets its real status.
+    first = await anext(messages)
+    if first["type"] == "error":
+        await messages.aclose()
+        await stack.aclose()
+        _raise_worker_error(first, entry.name)
+
+    async def events() -> AsyncIterator[bytes]:
+        last: dict[str, Any] | None = None
+        try:
+            msg: dict[str, Any] | None = first
+            while msg is not None:
+                if msg["type"] == "chunk":
+                    data = msg["data"]
+                    data["model"] = entry.name
+                    last = data
+                    yield _sse(data)
+                elif msg["type"] == "end":
+                    if usage and msg.get("usage") is not None:
+                        yield _sse(_usage_chunk(last, entry.name, msg["usage"]))
+                    break
+                elif msg["type"] == "error":
+                    # Headers are gone: report in-band, as OpenAI does, then end the stream.
+                    yield _sse(_error_body(str(msg.get("message")), "server_error"))
+                    break
+                msg = await anext(messages, None)
+            yield b"data: [DONE]\n\n"
+        finally:
+            await messages.aclose()
+            await stack.aclose()
+
+    return Stream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": (last or {}).get("id", f"chatcmpl-{uuid.uuid4().hex}"),
+        "object": (last or {}).get("object", "chat.completion.chunk"),
+        "created": (last or {}).get("created", int(time.time())),
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+# ---------------------------------------------------------------- routes
+
+
+@post("/v1/chat/completions", status_code=200, guards=[_guard("api")])
+async def chat_completions(request: Request) -> Response | Stream:
+    body = request.state.body = await _json_body(request)
+    stream = is_stream(body)
+    params = chat_params(body)
+    return await _run(request, "chat", params, stream, stream and include_usage(body))
+
+
+@post("/v1/completions", status_code=200, guards=[_guard("api")])
+async def completions(request: Request) -> Response | Stream:
+    body = request.state.body = await _json_body(request)
+    stream = is_stream(body)
+    params = completion_params(body)
+    return await _run(request, "completion", params, stream, stream and include_usage(body))
+
+
+@post("/v1/embeddings", status_code=200, guards=[_guard("api")])
+async def embeddings(request: Request) -> Response:
+    body = request.state.body = await _json_body(request)
+    entry = _registry(request).resolve(body.get("model"))
+    if not entry.config.embedding:
+        raise InvalidRequestError(f"model {entry.name!r} does not serve embeddings (set embedding = true)", param="model")
+    return await _run(request, "embedding", embedding_params(body), False, False)
+
+
+@get("/v1/models", guards=[_guard("api")])
+async def list_models(request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    return {"object": "list", "data": [registry.describe(e) for e in registry.entries.values()]}
+
+
+@get("/v1/models/{model_id:path}", guards=[_guard("api")])
+async def get_model(request: Request, model_id: str) -> dict[str, Any]:
+    registry = _registry(request)
+    return registry.describe(registry.resolve(model_id.lstrip("/")))
+
+
+@get("/health", guards=[_guard("health")])
+async def health(request: Request) -> Response:
+    registry = _registry(request)
+    states = {e.name: {"state": e.state, "reason": e.reason} for e in registry.entries.values()}
+    ready = sum(1 for s in states.values() if s["state"] == "ready")
+    if ready == len(states):
+        status, code = "ok", 200
+    elif ready:
+        status, code = "degraded", 200
+    else:
+        status, code = "unavailable", 503
+    return Response(content={"status": status, "models": states}, status_code=code)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def _plan_now(config: Config) -> tuple[dict[str, ModelLaunch], dict[str, str]]:
+    """Plan in-process (when ``create_app`` is called without launches, as tests do)."""
+    from gateway.planning import inventory, plan_config, read_models
+
+    files = read_models(config)
+    plan = plan_config(config, files.infos, inventory(config))
+    if not plan.fits:
+        raise PlanError(list(plan.problems))
+    return launches_from_plan(plan, {n: str(p) for n, p in files.paths.items()}), {}
+
+
+def create_app(
+    config: Config,
+    launches: dict[str, ModelLaunch] | None = None,
+    *,
+    strict: bool = False,
+    load_timeout_s: float | None = None,
+    base_env: dict[str, str] | None = None,
+) -> Litestar:
+    """The gateway app for one config; ``launches`` (from ``gateway serve``'s plan) or plan now."""
+
+    def on_event(name: str, event: dict[str, Any]) -> None:
+        model = event.get("model")
+        if name == "progress":
+            if event["percent"] % 25 == 0 or event["percent"] == 100:
+                log.info("model %s: loading %d%%", model, event["percent"])
+        elif name == "ready":
+            log.info("model %s: ready (loaded in %.1f s)", model, event.get("load_seconds") or 0.0)
+        elif name == "failed":
+            log.error("model %s: failed: %s", model, event.get("reason"))
+        elif name == "starting":
+            log.info("model %s: starting (pid %s)", model, event.get("pid"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        planned = launches if launches is not None else _plan_now(config)[0]
+        unplaced = {m.name: "not placed by the planner" for m in config.models if m.name not in planned}
+        env = dict(os.environ if base_env is None else base_env)
+        registry = Registry(config, planned, env, unplaced=unplaced, on_event=on_event)
+        app.state.registry = registry
+        try:
+            await registry.start_all(load_timeout_s)
+            failed = registry.failed()
+            if strict and failed:
+                raise EngineError("--strict: " + "; ".join(f"{n}: {r}" for n, r in failed.items()))
+            yield
+        finally:
+            await registry.stop_all(config.gateway.shutdown_grace_s or 10.0)
+
+    app = Litestar(
+        route_handlers=[chat_completions, completions, embeddings, list_models, get_model, health],
+        exception_handlers={
+            GatewayError: _gateway_error_response,
+            HTTPException: _http_error_response,
+            Exception: _internal_error_response,
+        },
+        lifespan=[lifespan],
+        openapi_config=None,
+        debug=False,
+    )
+    app.state.config = config
+    return app

@@ -1,0 +1,149 @@
+"""The served models: names and aliases, their workers and their waiting rooms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.admission import Admission
+from gateway.config import Config, ModelConfig
+from gateway.errors import InvalidRequestError, ModelNotFoundError, ModelUnavailableError
+from gateway.launch import ModelLaunch
+from gateway.supervisor import ModelState, WorkerHandle
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    launch: ModelLaunch | None  # None: the plan could not place it
+    handle: WorkerHandle | None
+    admission: Admission
+    created: int
+    unplaced_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def state(self) -> str:
+        if self.handle is None:
+            return ModelState.FAILED.value
+        return self.handle.state.value
+
+    @property
+    def reason(self) -> str | None:
+        return self.unplaced_reason if self.handle is None else self.handle.reason
+
+    def ready_handle(self) -> WorkerHandle:
+        """The worker, if it can take a request now; else a 503-mapped error."""
+        if self.handle is None or self.handle.state != ModelState.READY:
+            why = f" ({self.reason})" if self.reason else ""
+            raise ModelUnavailableError(f"model {self.name!r} is {self.state}{why}")
+        return self.handle
+
+
+class Registry:
+    """Routes model names to entries and owns every worker's life."""
+
+    def __init__(
+        self,
+        config: Config,
+        launches: dict[str, ModelLaunch],
+        base_env: dict[str, str],
+        unplaced: dict[str, str] | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        now = int(time.time())
+        self.entries: dict[str, ModelEntry] = {}
+        self._lookup: dict[str, str] = {}
+        for model in config.models:
+            launch = launches.get(model.name)
+            handle = (
+                WorkerHandle(launch.worker_spec(model), launch.worker_env(base_env), on_event=on_event)
+                if launch is not None
+                else None
+            )
+            self.entries[model.name] = ModelEntry(
+                config=model,
+                launch=launch,
+                handle=handle,
+                admission=Admission(model.name, model.max_concurrency, model.queue_size),
+                created=now,
+                unplaced_reason=(unplaced or {}).get(model.name, "not placed by the planner") if launch is None else None,
+            )
+            self._lookup[model.name] = model.name
+            for alias in model.aliases:
+                self._lookup[alias] = model.name
+
+    def resolve(self, requested: Any) -> ModelEntry:
+        """The entry for a request's ``model`` field: a name, an alias, or absent.
+
+        Absent goes to ``default_model``, else to the only model; never to a guess.
+        """
+        if requested is None or requested == "":
+            default = self.config.gateway.default_model
+            if default is not None:
+                return self.entries[self._lookup[default]]
+            if len(self.entries) == 1:
+                return next(iter(self.entries.values()))
+            raise InvalidRequestError(
+                f"'model' is required: this gateway serves {len(self.entries)} models ({', '.join(self.entries)})",
+                param="model",
+            )
+        if not isinstance(requested, str):
+            raise InvalidRequestError(f"'model' must be a string, not {type(requested).__name__}", param="model")
+        name = self._lookup.get(requested)
+        if name is None:
+            raise ModelNotFoundError(requested, sorted(self._lookup))
+        return self.entries[name]
+
+    async def start_all(self, timeout: float | None = None) -> None:
+        """Start every placed model's worker at once and wait until each is ready or failed."""
+        handles = [e.handle for e in self.entries.values() if e.handle is not None]
+        for h in handles:
+            await h.start()
+        await asyncio.gather(*(h.wait_ready(timeout) for h in handles))
+
+    async def stop_all(self, timeout: float = 10.0) -> None:
+        handles = [e.handle for e in self.entries.values() if e.handle is not None]
+        await asyncio.gather(*(h.stop(timeout) for h in handles), return_exceptions=True)
+
+    def kill_all_now(self) -> None:
+        for e in self.entries.values():
+            if e.handle is not None:
+                e.handle.kill_now()
+
+    def failed(self) -> dict[str, str]:
+        return {e.name: e.reason or "failed" for e in self.entries.values() if e.state == ModelState.FAILED.value}
+
+    def describe(self, entry: ModelEntry) -> dict[str, Any]:
+        """A /v1/models entry: OpenAI's fields plus state and planned vs allocated memory."""
+        h = entry.handle
+        return {
+            "id": entry.name,
+            "object": "model",
+            "created": entry.created,
+            "owned_by": "vram-gateway",
+            "aliases": list(entry.config.aliases),
+            "state": entry.state,
+            "reason": entry.reason,
+            "progress": h.progress if h is not None else 0,
+            "load_seconds": h.load_seconds if h is not None else None,
+            "planned": entry.launch.planned_json() if entry.launch is not None else None,
+            "allocated": h.allocated if h is not None else {},
+            "gpu_used_bytes": h.gpu_used_bytes if h is not None else {},
+            "queue": {
+                "running": entry.admission.running,
+                "waiting": entry.admission.waiting,
+                "max_concurrency": entry.admission.max_concurrency,
+                "queue_size": entry.admission.queue_size,
+            },
+        }

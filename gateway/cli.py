@@ -21,7 +21,7 @@ from gateway.config import Config, dump_config, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.launch import launches_from_plan
 from gateway.planning import inventory, plan_config, read_models
-from gateway.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc
+from gateway.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc, status_text
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
 
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--write", type=Path, metavar="FILE.toml", help="also write the plan as TOML")
     _add_allocation_flags(plan)
     _add_model_flags(plan)
+
+    status = sub.add_parser("status", help="planned vs allocated memory and state of each model of a running gateway")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
+    status.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
+    status.add_argument("--json", action="store_true", help="print the /v1/models answer as JSON")
 
     validate = sub.add_parser("validate-config", help="check a models.toml: schema, model files and fit")
     validate.add_argument("file", type=Path)
@@ -252,9 +257,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    key = args.api_key or os.environ.get("GATEWAY_API_KEY")
+    req = urllib.request.Request(args.url.rstrip("/") + "/v1/models")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise GatewayError(f"{args.url}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise GatewayError(f"{args.url}: cannot reach the gateway ({getattr(exc, 'reason', exc)})") from None
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(status_text(doc))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "analyze": cmd_analyze, "plan": cmd_plan, "validate-config": cmd_validate}
+    handlers = {
+        "serve": cmd_serve,
+        "analyze": cmd_analyze,
+        "plan": cmd_plan,
+        "validate-config": cmd_validate,
+        "status": cmd_status,
+    }
     try:
         return handlers[args.command](args)
     except BrokenPipeError:

@@ -195,3 +195,33 @@ def plan_toml_doc(plan: Plan) -> dict:
         if m["tensor_split"] is None:
             del m["tensor_split"]
     return doc
+
+
+def status_text(doc: dict) -> str:
+    """``gateway status``: each model's state, then planned vs allocated memory per device."""
+    lines = []
+    for m in doc.get("data", []):
+        head = f"{m['id']}: {m.get('state')}"
+        if m.get("state") == "starting":
+            head += f" ({m.get('progress', 0)}%)"
+        if m.get("reason"):
+            head += f" - {m['reason']}"
+        lines.append(head)
+        planned = m.get("planned") or {}
+        alloc = m.get("allocated") or {}
+        used = m.get("gpu_used_bytes") or {}
+        for slot, dev in enumerate(planned.get("devices", [])):
+            buf = f"CUDA{slot}"
+            actual = sum((alloc.get(k) or {}).get(buf, 0.0) for k in ("model_mib", "kv_mib", "output_mib", "compute_mib"))
+            nvml = used.get(str(dev["gpu"]))
+            lines.append(
+                f"  GPU {dev['gpu']}: planned {dev['total_bytes'] / MIB:,.0f} MiB "
+                f"(weights {dev['weights_bytes'] / MIB:,.0f}, KV {dev['kv_bytes'] / MIB:,.0f}, compute {dev['compute_bytes'] / MIB:,.0f}, "
+                f"CUDA {dev['overhead_bytes'] / MIB:,.0f}) | llama.cpp buffers {actual:,.0f} MiB"
+                + (f" | process on GPU {nvml / MIB:,.0f} MiB" if nvml is not None else "")
+            )
+        host_actual = sum(
+            v for k in ("model_mib", "kv_mib", "output_mib", "compute_mib") for b, v in (alloc.get(k) or {}).items() if not b.startswith("CUDA") or b == "CUDA_Host"
+        )
+        lines.append(f"  host: planned {planned.get('host_bytes', 0) / MIB:,.0f} MiB | llama.cpp buffers {host_actual:,.0f} MiB")
+    return "\n".join(lines) if lines else "no models"

@@ -23,9 +23,18 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+# llama-cpp-python's own server is the comparison in bench/gateway.py; its [server] extras live
+# in a separate venv so the project never depends on them.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	touch $@
+
+bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/analyze.py
 	$(PY) bench/plan.py
+	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
 
 plan: $(VENV)/.installed
 	$(VENV)/bin/gateway plan --config $(CONFIG)

@@ -7,6 +7,7 @@ to load, and stops them on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -42,6 +43,8 @@ from gateway.registry import ModelEntry, Registry
 log = logging.getLogger("gateway")
 
 RETRY_AFTER_S = "1"
+WORKER_STOP_TIMEOUT_S = 10.0
+ORPHAN_POLL_S = 0.5
 
 
 # ---------------------------------------------------------------- errors, mapped once
@@ -265,6 +268,21 @@ async def health(request: Request) -> Response:
 # ---------------------------------------------------------------- the app
 
 
+async def _exit_when_orphaned(registry: Registry) -> None:
+    """If the process that started us dies (kill -9 of `gateway serve`), take the workers down.
+
+    granian runs this app in a child process; nothing else would notice that the server process
+    is gone, and the model workers (who die with *their* parent, this process) would live on.
+    """
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(ORPHAN_POLL_S)
+        if os.getppid() != parent:
+            log.error("the gateway's server process is gone: stopping every model worker")
+            registry.kill_all_now()
+            os._exit(70)
+
+
 def _plan_now(config: Config) -> tuple[dict[str, ModelLaunch], dict[str, str]]:
     """Plan in-process (when ``create_app`` is called without launches, as tests do)."""
     from gateway.planning import inventory, plan_config, read_models
@@ -305,14 +323,18 @@ def create_app(
         env = dict(os.environ if base_env is None else base_env)
         registry = Registry(config, planned, env, unplaced=unplaced, on_event=on_event)
         app.state.registry = registry
+        orphan_watch = asyncio.create_task(_exit_when_orphaned(registry))
         try:
             await registry.start_all(load_timeout_s)
             failed = registry.failed()
             if strict and failed:
                 raise EngineError("--strict: " + "; ".join(f"{n}: {r}" for n, r in failed.items()))
             yield
+            # SIGTERM: the server stops accepting; requests in flight get the grace period.
+            await registry.drain(config.gateway.shutdown_grace_s)
         finally:
-            await registry.stop_all(config.gateway.shutdown_grace_s or 10.0)
+            orphan_watch.cancel()
+            await registry.stop_all(WORKER_STOP_TIMEOUT_S)
 
     app = Litestar(
         route_handlers=[chat_completions, completions, embeddings, list_models, get_model, health],

@@ -173,6 +173,9 @@ class ModelConfig(BaseModel):
     use_mlock: bool = False
     chat_format: NonEmptyStr | None = None
     embedding: bool = False
+    # How an embedding model pools token vectors into one; None keeps the model's own choice
+    # (llama.cpp reads it from the GGUF). A generative model used for embeddings needs "mean".
+    pooling: Literal["none", "mean", "cls", "last", "rank"] | None = None
     n_threads: Annotated[int, Field(gt=0)] | None = None
     max_concurrency: Annotated[int, Field(ge=1)] = 1
     queue_size: Annotated[int, Field(ge=0)] = 16

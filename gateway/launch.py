@@ -58,6 +58,7 @@ class ModelLaunch:
             use_mlock=model.use_mlock,
             chat_format=model.chat_format,
             embedding=model.embedding,
+            pooling=model.pooling,
             n_threads=model.n_threads,
             replicas=model.max_concurrency,
             gpu_indices=[d.gpu for d in self.devices],

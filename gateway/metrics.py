@@ -134,8 +134,8 @@ class _StateCollector(Collector):
         self._errors = collect_errors
 
     def describe(self) -> Iterable[Metric]:
-        # An empty describe() keeps the registry from calling collect() at registration time
-        # (with the app's registry not built yet); the names cannot clash, they are ours.
+        # Nothing up front: the series come from the callables, which may only work once the
+        # app has started, and the registry would otherwise call collect() to learn the names.
         return []
 
     def _read(self, source: str, read: Callable[[], Iterable[Any]]) -> list[Any]:

@@ -14,6 +14,7 @@ from granian.log import LogLevels
 from gateway.asgi import STATE_ENV
 from gateway.config import Config, dump_config
 from gateway.launch import ModelLaunch, encode_launches
+from gateway.logs import granian_log_config
 
 
 def write_state(config: Config, launches: dict[str, ModelLaunch], *, strict: bool, directory: Path | None = None) -> Path:
@@ -42,6 +43,7 @@ def run_server(config: Config, launches: dict[str, ModelLaunch], *, strict: bool
             port=config.gateway.port,
             workers=1,
             log_level=LogLevels(config.gateway.log_level),
+            log_dictconfig=granian_log_config(config.gateway.log_level, config.gateway.log_format == "json"),
             # The lifespan drains requests and stops the model workers: give it the grace
             # period plus time to SIGTERM/SIGKILL them before granian kills the app process.
             workers_kill_timeout=int(config.gateway.shutdown_grace_s) + 15,

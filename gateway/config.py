@@ -116,6 +116,11 @@ class GatewaySettings(BaseSettings):
     metrics_requires_key: bool = False
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
+    # A worker that crashes while serving is restarted after restart_backoff_s, doubling up to
+    # 30 s; after restart_max_failures crashes within restart_window_s the model stays failed.
+    restart_max_failures: Annotated[int, Field(ge=0)] = 5
+    restart_window_s: Annotated[float, Field(gt=0)] = 300.0
+    restart_backoff_s: Annotated[float, Field(ge=0)] = 1.0
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,8 @@ from gateway.supervisor import ModelState, WorkerHandle
 
 log = logging.getLogger("gateway")
 
+RESTART_BACKOFF_MAX_S = 30.0
+
 
 @dataclass
 class ModelEntry:
@@ -62,12 +64,16 @@ class Registry:
     ) -> None:
         self.config = config
         now = int(time.time())
+        self._on_event = on_event or (lambda name, event: None)
+        self._crashes: dict[str, list[float]] = {}
+        self._restart_tasks: set[asyncio.Task] = set()
+        self._stopping = False
         self.entries: dict[str, ModelEntry] = {}
         self._lookup: dict[str, str] = {}
         for model in config.models:
             launch = launches.get(model.name)
             handle = (
-                WorkerHandle(launch.worker_spec(model), launch.worker_env(base_env), on_event=on_event)
+                WorkerHandle(launch.worker_spec(model), launch.worker_env(base_env), on_event=self._handle_event)
                 if launch is not None
                 else None
             )
@@ -82,6 +88,38 @@ class Registry:
             self._lookup[model.name] = model.name
             for alias in model.aliases:
                 self._lookup[alias] = model.name
+
+    def _handle_event(self, name: str, event: dict[str, Any]) -> None:
+        self._on_event(name, event)
+        if name == "crashed" and not self._stopping:
+            task = asyncio.get_running_loop().create_task(self._restart(event["model"]))
+            self._restart_tasks.add(task)
+            task.add_done_callback(self._restart_tasks.discard)
+
+    async def _restart(self, name: str) -> None:
+        """Restart a crashed worker with exponential backoff, or give up and leave it failed."""
+        settings = self.config.gateway
+        entry = self.entries[name]
+        handle = entry.handle
+        if handle is None:
+            return
+        now = time.monotonic()
+        recent = [t for t in self._crashes.get(name, []) if now - t < settings.restart_window_s]
+        recent.append(now)
+        self._crashes[name] = recent
+        if len(recent) > settings.restart_max_failures:
+            handle.give_up(
+                f"gave up after {len(recent)} crashes within {settings.restart_window_s:g} s; last: {handle.reason}"
+            )
+            return
+        delay = min(RESTART_BACKOFF_MAX_S, settings.restart_backoff_s * 2 ** (len(recent) - 1))
+        log.warning("model %s: worker crashed (%s); restarting in %.1f s", name, handle.reason, delay)
+        await asyncio.sleep(delay)
+        if self._stopping:
+            return
+        self._on_event("restarting", {"model": name, "attempt": len(recent)})
+        await handle.start()
+        await handle.wait_ready()
 
     def resolve(self, requested: Any) -> ModelEntry:
         """The entry for a request's ``model`` field: a name, an alias, or absent.
@@ -122,6 +160,9 @@ class Registry:
             await asyncio.sleep(0.05)
 
     async def stop_all(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        for task in list(self._restart_tasks):
+            task.cancel()
         handles = [e.handle for e in self.entries.values() if e.handle is not None]
         await asyncio.gather(*(h.stop(timeout) for h in handles), return_exceptions=True)
 
@@ -146,6 +187,7 @@ class Registry:
             "reason": entry.reason,
             "progress": h.progress if h is not None else 0,
             "load_seconds": h.load_seconds if h is not None else None,
+            "pid": h.pid if h is not None and entry.state == "ready" else None,
             "planned": entry.launch.planned_json() if entry.launch is not None else None,
             "allocated": h.allocated if h is not None else {},
             "gpu_used_bytes": h.gpu_used_bytes if h is not None else {},

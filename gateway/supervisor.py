@@ -163,8 +163,17 @@ class WorkerHandle:
             self._ready.set()
             self._emit("stopped", {"code": code})
         elif self.state != ModelState.FAILED:
+            was_ready = self.state == ModelState.READY
             tail = " | ".join(list(self._stderr_tail)[-3:])
-            self._set_failed(f"worker exited with code {code}" + (f": {tail}" if tail else ""))
+            reason = f"worker exited with code {code}" + (f": {tail}" if tail else "")
+            self._set_failed(reason)
+            if was_ready:
+                # A crash while serving (not a load failure): the registry may restart it.
+                self._emit("crashed", {"reason": reason, "code": code})
+
+    def give_up(self, reason: str) -> None:
+        """Stay failed for good (the registry's restart budget is spent)."""
+        self._set_failed(reason)
 
     async def request(self, op: str, params: dict[str, Any], *, stream: bool) -> AsyncIterator[dict[str, Any]]:
         """Send one request; yield its messages up to and including the terminal one.

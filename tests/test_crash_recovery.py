@@ -1,0 +1,151 @@
+"""A worker killed under traffic: 503s (not hangs) for its model, nothing lost for the other,
+a restart with backoff, and a model left failed once its restart budget is spent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ggufmaker import write_tiny_llama
+
+pytestmark = pytest.mark.llama
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def two_models(tmp_path):
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    port = _free_port()
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(
+        f"""
+[gateway]
+port = {port}
+restart_backoff_s = 0.2
+restart_max_failures = 2
+restart_window_s = 60
+
+[[models]]
+name = "victim"
+path = "{tiny}"
+n_ctx = 256
+queue_size = 64
+
+[[models]]
+name = "bystander"
+path = "{tiny}"
+n_ctx = 256
+queue_size = 64
+"""
+    )
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    yield base, log
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _pid(base: str, model: str) -> int | None:
+    return httpx.get(f"{base}/v1/models/{model}", timeout=5).json()["pid"]
+
+
+def _ask(base: str, model: str) -> int:
+    try:
+        r = httpx.post(
+            f"{base}/v1/completions",
+            json={"model": model, "prompt": "a", "max_tokens": 8, "logit_bias": {"97": 50}},
+            timeout=10,
+        )
+        return r.status_code
+    except httpx.TimeoutException:
+        return -1  # a hang
+
+
+def test_killed_worker_gets_503s_others_serve_and_it_comes_back(two_models):
+    base, log = two_models
+    results: dict[str, Counter] = {"victim": Counter(), "bystander": Counter()}
+    stop = threading.Event()
+
+    def traffic(model: str) -> None:
+        while not stop.is_set():
+            results[model][_ask(base, model)] += 1
+
+    threads = [threading.Thread(target=traffic, args=(m,)) for m in ("victim", "bystander", "victim", "bystander")]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    old = _pid(base, "victim")
+    os.kill(old, signal.SIGKILL)
+    killed_at = time.monotonic()
+    back_after = None
+    while time.monotonic() - killed_at < 15:
+        pid = _pid(base, "victim")
+        if pid is not None and pid != old:
+            back_after = time.monotonic() - killed_at
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert back_after is not None and back_after < 10, log.read_text()[-2000:]
+    assert set(results["bystander"]) == {200}, results
+    assert -1 not in results["victim"], results  # no hangs
+    assert set(results["victim"]) <= {200, 503}, results
+    assert results["victim"][200] > 0
+    metrics = httpx.get(base + "/metrics", timeout=5).text
+    assert 'vram_gateway_worker_restarts_total{model="victim"} 1.0' in metrics
+
+
+def test_model_is_left_failed_after_too_many_crashes(two_models):
+    base, _ = two_models
+    for _ in range(3):
+        deadline = time.monotonic() + 15
+        pid = None
+        while time.monotonic() < deadline and pid is None:
+            pid = _pid(base, "victim")
+            time.sleep(0.05)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        model = httpx.get(base + "/v1/models/victim", timeout=5).json()
+        if model["state"] == "failed" and model["reason"].startswith("gave up"):
+            break
+        time.sleep(0.1)
+    assert model["state"] == "failed"
+    assert model["reason"].startswith("gave up after 3 crashes within 60 s; last: worker exited with code -9")
+    assert _ask(base, "victim") == 503
+    assert _ask(base, "bystander") == 200

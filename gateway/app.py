@@ -413,6 +413,7 @@ def create_app(
         },
         lifespan=[lifespan],
         openapi_config=None,
+        request_max_body_size=config.gateway.max_body_bytes,
         debug=False,
     )
     app.state.config = config

@@ -118,6 +118,8 @@ class GatewaySettings(BaseSettings):
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
     # A worker that crashes while serving is restarted after restart_backoff_s, doubling up to
     # 30 s; after restart_max_failures crashes within restart_window_s the model stays failed.
+    # Larger request bodies get 413 before they are read into memory.
+    max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024
     restart_max_failures: Annotated[int, Field(ge=0)] = 5
     restart_window_s: Annotated[float, Field(gt=0)] = 300.0
     restart_backoff_s: Annotated[float, Field(ge=0)] = 1.0

@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -45,6 +46,8 @@ from gateway.registry import ModelEntry, Registry
 log = logging.getLogger("gateway")
 
 RETRY_AFTER_S = "1"
+RELOAD_TOKEN_HEADER = "X-Gateway-Reload-Token"
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 WORKER_STOP_TIMEOUT_S = 10.0
 ORPHAN_POLL_S = 0.5
 
@@ -126,8 +129,15 @@ def _key_ok(connection: ASGIConnection, keys: list[str]) -> bool:
 
 def _guard(kind: str):
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        if kind == "admin":
+            token = connection.app.state.get("reload_token")
+            given = connection.headers.get(RELOAD_TOKEN_HEADER, "")
+            if token and given and hmac.compare_digest(given.encode(), token.encode()):
+                return  # the server process itself, forwarding a SIGHUP
         settings = connection.app.state.config.gateway
         if not settings.api_keys:
+            if kind == "admin" and (connection.client is None or connection.client.host not in LOOPBACK):
+                raise AuthenticationError("without api_keys, admin endpoints answer loopback clients only")
             return
         if kind == "health" and not settings.health_requires_key:
             return
@@ -304,6 +314,30 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(content=body, media_type=content_type)
 
 
+@post("/admin/reload", status_code=200, guards=[_guard("admin")])
+async def admin_reload(request: Request) -> Response:
+    """Re-read models.toml and apply it (the work behind SIGHUP and `gateway reload`)."""
+    from gateway.reload import reload_registry
+
+    path = request.app.state.get("config_path")
+    if path is None:
+        raise InvalidRequestError("this gateway was started without a config file (--model): nothing to reload")
+    lock: asyncio.Lock = request.app.state.reload_lock
+    if lock.locked():
+        return Response(content=_error_body("a reload is already running", "conflict"), status_code=409)
+    async with lock:
+        result, new_config = await reload_registry(_registry(request), Path(path))
+    if new_config is not None:
+        request.app.state.config = new_config
+        log.info(
+            "reloaded %s: unchanged %s, removed %s, changed %s, added %s",
+            path, result.unchanged, result.removed, result.changed, result.added,
+        )
+    else:
+        log.error("reload of %s refused, nothing changed:\n  %s", path, "\n  ".join(result.problems))
+    return Response(content=result.as_dict(), status_code=200 if result.reloaded else 422)
+
+
 @get("/health", guards=[_guard("health")])
 async def health(request: Request) -> Response:
     registry = _registry(request)
@@ -360,6 +394,8 @@ def create_app(
     strict: bool = False,
     load_timeout_s: float | None = None,
     base_env: dict[str, str] | None = None,
+    config_path: Path | None = None,
+    reload_token: str | None = None,
 ) -> Litestar:
     """The gateway app for one config; ``launches`` (from ``gateway serve``'s plan) or plan now."""
 
@@ -405,7 +441,16 @@ def create_app(
             await registry.stop_all(WORKER_STOP_TIMEOUT_S)
 
     app = Litestar(
-        route_handlers=[chat_completions, completions, embeddings, list_models, get_model, health, metrics_endpoint],
+        route_handlers=[
+            chat_completions,
+            completions,
+            embeddings,
+            list_models,
+            get_model,
+            health,
+            metrics_endpoint,
+            admin_reload,
+        ],
         exception_handlers={
             GatewayError: _gateway_error_response,
             HTTPException: _http_error_response,
@@ -418,4 +463,7 @@ def create_app(
     )
     app.state.config = config
     app.state.metrics = metrics
+    app.state.config_path = str(config_path) if config_path is not None else None
+    app.state.reload_token = reload_token
+    app.state.reload_lock = asyncio.Lock()
     return app

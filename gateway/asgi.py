@@ -28,4 +28,10 @@ def app_from_state() -> Litestar:
     config = parse_config(state["config"], environ={})
     configure_logging(config.gateway.log_level, config.gateway.log_format == "json")
     launches = decode_launches(msgspec.json.encode(state["launches"]))
-    return create_app(config, launches, strict=state.get("strict", False))
+    return create_app(
+        config,
+        launches,
+        strict=state.get("strict", False),
+        config_path=Path(state["config_path"]) if state.get("config_path") else None,
+        reload_token=state.get("reload_token"),
+    )

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
     status.add_argument("--json", action="store_true", help="print the /v1/models answer as JSON")
 
+    reload = sub.add_parser("reload", help="make a running gateway re-read its models.toml (like SIGHUP)")
+    reload.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
+    reload.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
+
     validate = sub.add_parser("validate-config", help="check a models.toml: schema, model files and fit")
     validate.add_argument("file", type=Path)
     validate.add_argument("--gpus", help="declared inventory to check the fit against, e.g. 24GiB,24GiB,12GiB")
@@ -253,25 +257,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"\nserving on http://{config.gateway.host}:{config.gateway.port}/v1 once every model is loaded", flush=True)
     from gateway.serve import run_server  # granian is only needed to serve
 
-    run_server(config, launches_from_plan(result, {n: str(p) for n, p in files.paths.items()}), strict=args.strict)
+    run_server(
+        config,
+        launches_from_plan(result, {n: str(p) for n, p in files.paths.items()}),
+        strict=args.strict,
+        config_path=args.config,
+    )
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _call(args: argparse.Namespace, path: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
+    """One request to a running gateway: (status, JSON body); unreachable is a GatewayError."""
     import urllib.error
     import urllib.request
 
     key = args.api_key or os.environ.get("GATEWAY_API_KEY")
-    req = urllib.request.Request(args.url.rstrip("/") + "/v1/models")
+    req = urllib.request.Request(args.url.rstrip("/") + path, method=method)
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            doc = json.loads(resp.read())
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise GatewayError(f"{args.url}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from None
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            raise GatewayError(f"{args.url}: HTTP {exc.code}: {body.decode(errors='replace')[:300]}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise GatewayError(f"{args.url}: cannot reach the gateway ({getattr(exc, 'reason', exc)})") from None
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    status, doc = _call(args, "/admin/reload", "POST", timeout=3600)
+    if "error" in doc:
+        raise GatewayError(f"{args.url}: HTTP {status}: {doc['error'].get('message')}")
+    if not doc.get("reloaded"):
+        print("reload refused; the running models are untouched:", file=sys.stderr)
+        for p in doc.get("problems", []):
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    for key in ("unchanged", "removed", "changed", "added"):
+        print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status, doc = _call(args, "/v1/models")
+    if "error" in doc:
+        raise GatewayError(f"{args.url}: HTTP {status}: {doc['error'].get('message')}")
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -287,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": cmd_plan,
         "validate-config": cmd_validate,
         "status": cmd_status,
+        "reload": cmd_reload,
     }
     try:
         return handlers[args.command](args)

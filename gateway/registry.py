@@ -63,31 +63,73 @@ class Registry:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
-        now = int(time.time())
         self._on_event = on_event or (lambda name, event: None)
         self._crashes: dict[str, list[float]] = {}
         self._restart_tasks: set[asyncio.Task] = set()
         self._stopping = False
+        self._base_env = base_env
         self.entries: dict[str, ModelEntry] = {}
         self._lookup: dict[str, str] = {}
         for model in config.models:
-            launch = launches.get(model.name)
-            handle = (
-                WorkerHandle(launch.worker_spec(model), launch.worker_env(base_env), on_event=self._handle_event)
-                if launch is not None
-                else None
-            )
-            self.entries[model.name] = ModelEntry(
-                config=model,
-                launch=launch,
-                handle=handle,
-                admission=Admission(model.name, model.max_concurrency, model.queue_size),
-                created=now,
-                unplaced_reason=(unplaced or {}).get(model.name, "not placed by the planner") if launch is None else None,
-            )
-            self._lookup[model.name] = model.name
-            for alias in model.aliases:
-                self._lookup[alias] = model.name
+            self.entries[model.name] = self._new_entry(model, launches.get(model.name), (unplaced or {}).get(model.name))
+        self._index()
+
+    def _new_entry(self, model: ModelConfig, launch: ModelLaunch | None, unplaced: str | None = None) -> ModelEntry:
+        handle = (
+            WorkerHandle(launch.worker_spec(model), launch.worker_env(self._base_env), on_event=self._handle_event)
+            if launch is not None
+            else None
+        )
+        return ModelEntry(
+            config=model,
+            launch=launch,
+            handle=handle,
+            admission=Admission(model.name, model.max_concurrency, model.queue_size),
+            created=int(time.time()),
+            unplaced_reason=(unplaced or "not placed by the planner") if launch is None else None,
+        )
+
+    def _index(self) -> None:
+        lookup: dict[str, str] = {}
+        for name, entry in self.entries.items():
+            lookup[name] = name
+            for alias in entry.config.aliases:
+                lookup[alias] = name
+        self._lookup = lookup
+
+    async def replace(
+        self,
+        config: Config,
+        remove: set[str],
+        start: dict[str, ModelLaunch],
+        grace: float,
+        load_timeout: float | None = None,
+    ) -> None:
+        """Apply a reload: drain and stop ``remove``, start ``start``, keep every other model.
+
+        Models that are kept only take their new config entry (aliases), without a restart.
+        """
+        leaving = [self.entries[n] for n in remove if n in self.entries]
+        deadline = time.monotonic() + grace
+        while any(e.admission.running + e.admission.waiting for e in leaving) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(e.handle.stop(10.0) for e in leaving if e.handle is not None), return_exceptions=True)
+        models = {m.name: m for m in config.models}
+        entries: dict[str, ModelEntry] = {}
+        for name, model in models.items():
+            if name in start:
+                entries[name] = self._new_entry(model, start[name])
+            elif name in self.entries and name not in remove:
+                kept = self.entries[name]
+                kept.config = model
+                entries[name] = kept
+        self.entries = entries
+        self.config = config
+        self._index()
+        fresh = [entries[n].handle for n in start if entries[n].handle is not None]
+        for h in fresh:
+            await h.start()
+        await asyncio.gather(*(h.wait_ready(load_timeout) for h in fresh))
 
     def _handle_event(self, name: str, event: dict[str, Any]) -> None:
         self._on_event(name, event)

@@ -1,0 +1,146 @@
+"""Config reload: `gateway reload` and SIGHUP re-read models.toml; unchanged models serve
+throughout, removed ones stop, changed and new ones start, and a bad file changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import tomli_w
+
+from tests.ggufmaker import write_tiny_llama
+
+pytestmark = pytest.mark.llama
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(port: int, tiny: Path, models: dict[str, dict]) -> str:
+    doc = {
+        "gateway": {"port": port, "shutdown_grace_s": 10},
+        "models": [{"name": n, "path": str(tiny), "n_ctx": 256, "queue_size": 64, **extra} for n, extra in models.items()],
+    }
+    return tomli_w.dumps(doc)
+
+
+@pytest.fixture()
+def gateway(tmp_path):
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    port = _free_port()
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(_config(port, tiny, {"keep": {}, "drop": {}, "change": {}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    yield {"base": base, "cfg": cfg, "tiny": tiny, "port": port, "proc": proc, "log": log, "env": env}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _pids(base: str) -> dict[str, int | None]:
+    return {m["id"]: m["pid"] for m in httpx.get(base + "/v1/models", timeout=5).json()["data"]}
+
+
+def _ask(base: str, model: str) -> int:
+    try:
+        return httpx.post(
+            base + "/v1/completions",
+            json={"model": model, "prompt": "a", "max_tokens": 4, "logit_bias": {"97": 50}},
+            timeout=10,
+        ).status_code
+    except httpx.TimeoutException:
+        return -1
+
+
+def _reload_cli(g) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "reload", "--url", g["base"]],
+        capture_output=True,
+        text=True,
+        env=g["env"],
+        timeout=120,
+    )
+
+
+def test_reload_keeps_unchanged_models_serving_and_applies_the_rest(gateway):
+    g = gateway
+    before = _pids(g["base"])
+    statuses: Counter = Counter()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            statuses[_ask(g["base"], "keep")] += 1
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    time.sleep(0.5)
+    g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {"aliases": ["kept"]}, "change": {"n_ctx": 512}, "new": {}}))
+    proc = _reload_cli(g)
+    time.sleep(0.5)
+    stop.set()
+    t.join(30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["unchanged: keep", "removed: drop", "changed: change", "added: new"]
+    after = _pids(g["base"])
+    assert set(after) == {"keep", "change", "new"}
+    assert after["keep"] == before["keep"]  # not restarted
+    assert after["change"] != before["change"]
+    assert set(statuses) == {200}, statuses
+    assert _ask(g["base"], "kept") == 200  # the new alias routes at once
+    assert _ask(g["base"], "new") == 200
+    assert httpx.post(g["base"] + "/v1/completions", json={"model": "drop", "prompt": "a"}, timeout=5).status_code == 404
+
+
+def test_invalid_file_is_refused_and_nothing_changes(gateway):
+    g = gateway
+    before = _pids(g["base"])
+    g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {"n_ctx": -5}}))
+    proc = _reload_cli(g)
+    assert proc.returncode == 1
+    assert "reload refused; the running models are untouched:" in proc.stderr
+    assert "models[0].n_ctx: -5 (must be > 0)" in proc.stderr
+    assert _pids(g["base"]) == before
+    assert _ask(g["base"], "drop") == 200
+
+
+def test_sighup_reloads_like_gateway_reload(gateway):
+    g = gateway
+    before = _pids(g["base"])
+    g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {}, "change": {}}))
+    g["proc"].send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "drop" in _pids(g["base"]):
+        time.sleep(0.1)
+    after = _pids(g["base"])
+    assert set(after) == {"keep", "change"}
+    assert after["keep"] == before["keep"] and after["change"] == before["change"]
+    assert g["proc"].poll() is None

@@ -1,11 +1,19 @@
-"""Shared fixtures."""
+"""Shared fixtures: the real Gemma file and the real gateway server."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.ggufmaker import write_tiny_llama
 
 CACHE_DIR = Path.home() / ".cache" / "vram-gateway-tests"
 
@@ -26,3 +34,91 @@ def gemma_path() -> Path:
         finally:
             partial.unlink(missing_ok=True)
     return target
+
+
+API_KEY = "test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gateway_server(tmp_path_factory, gemma_path):
+    """The real server (gateway serve -> granian -> Litestar -> worker processes) on loopback,
+    started once per session: Gemma 3 270M and two tiny models written by the tests (one for
+    chat, one for embeddings). No declared GPU inventory: everything runs on the CPU here.
+
+    Yields ``{"base": "http://127.0.0.1:PORT", "port": PORT, "proc": Popen, "log": Path}``;
+    ``/v1`` needs ``API_KEY``, ``/metrics`` and ``/health`` do not.
+    """
+    tmp = tmp_path_factory.mktemp("server")
+    tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    port = _free_port()
+    cfg = tmp / "models.toml"
+    cfg.write_text(
+        f"""
+[gateway]
+port = {port}
+api_keys = ["{API_KEY}"]
+request_timeout_s = 30
+
+[[models]]
+name = "gemma"
+path = "{gemma_path}"
+aliases = ["gemma-3-270m"]
+chat_format = "gemma"
+n_ctx = 1024
+flash_attn = true
+max_concurrency = 1
+queue_size = 1
+
+[[models]]
+name = "tiny"
+path = "{tiny}"
+n_ctx = 256
+
+[[models]]
+name = "tiny-embed"
+path = "{tiny}"
+n_ctx = 256
+embedding = true
+pooling = "mean"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}:\n{(tmp / 'server.log').read_text()[-4000:]}")
+            try:
+                r = httpx.get(f"{base}/health", timeout=1)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"server not ready:\n{(tmp / 'server.log').read_text()[-4000:]}")
+        yield {"base": base, "port": port, "proc": proc, "log": tmp / "server.log"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

@@ -94,6 +94,10 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "metrics_requires_key": False,
         "request_timeout_s": 600.0,
         "shutdown_grace_s": 30.0,
+        "max_body_bytes": 8 * 1024 * 1024,
+        "restart_max_failures": 5,
+        "restart_window_s": 300.0,
+        "restart_backoff_s": 1.0,
     }
     assert config.planner.model_dump() == {
         "reserve_mib": 1024,

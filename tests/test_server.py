@@ -4,99 +4,22 @@ official openai client. Three models: Gemma 3 270M, and two tiny models written 
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.ggufmaker import write_tiny_llama
+from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.llama
 
-API_KEY = "test-key"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, gemma_path):
-    tmp = tmp_path_factory.mktemp("server")
-    tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    port = _free_port()
-    cfg = tmp / "models.toml"
-    cfg.write_text(
-        f"""
-[gateway]
-port = {port}
-api_keys = ["{API_KEY}"]
-request_timeout_s = 30
-
-[[models]]
-name = "gemma"
-path = "{gemma_path}"
-aliases = ["gemma-3-270m"]
-chat_format = "gemma"
-n_ctx = 1024
-flash_attn = true
-max_concurrency = 1
-queue_size = 1
-
-[[models]]
-name = "tiny"
-path = "{tiny}"
-n_ctx = 256
-
-[[models]]
-name = "tiny-embed"
-path = "{tiny}"
-n_ctx = 256
-embedding = true
-pooling = "mean"
-"""
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{(tmp / 'server.log').read_text()[-4000:]}")
-        try:
-            r = httpx.get(f"{base}/health", timeout=1)
-            if r.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(f"server not ready:\n{(tmp / 'server.log').read_text()[-4000:]}")
-    yield {"base": base, "proc": proc, "log": tmp / "server.log"}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+@pytest.fixture()
+def server(gateway_server):
+    """The session's real gateway (tests/conftest.py), shared with tests/test_prometheus.py."""
+    return gateway_server
 
 
 @pytest.fixture()

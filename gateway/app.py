@@ -39,6 +39,7 @@ from gateway.errors import (
 )
 from gateway.launch import ModelLaunch, launches_from_plan
 from gateway.metrics import GatewayMetrics
+from gateway.ondemand import OnDemand
 from gateway.telemetry import REQUEST_ID_HEADER, RequestRecord, model_snapshots, new_record
 from gateway.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
 from gateway.registry import ModelEntry, Registry
@@ -187,10 +188,18 @@ async def _run(request: Request, op: str, params: dict[str, Any], stream: bool, 
     metrics: GatewayMetrics = request.app.state.metrics
     entry: ModelEntry = registry.resolve(request.state.body.get("model"))
     record.model = entry.name
-    handle = entry.ready_handle()
+    if not entry.on_demand:
+        entry.ready_handle()  # a failed eager model answers 503 at once, without queueing
     timeout = registry.config.gateway.request_timeout_s
     stack = contextlib.AsyncExitStack()
+    # The slot comes first: a model with a request waiting or running is never evicted.
     await stack.enter_async_context(entry.admission.slot(timeout))
+    stack.callback(entry.touch)
+    try:
+        handle = await request.app.state.ondemand.acquire(entry)
+    except BaseException:
+        await stack.aclose()
+        raise
     if not stream:
         async with stack:
             async for msg in handle.request(op, params, stream=False):
@@ -419,15 +428,25 @@ def create_app(
             log.info("model %s: starting (pid %s)", model, event.get("pid"))
         elif name == "restarting" and model is not None:
             metrics.worker_restarted(model)
+        elif name == "loading" and model is not None:
+            metrics.model_load_started(model, event["reason"])
+        elif name == "evicted" and model is not None:
+            metrics.model_evicted(model, event["reason"])
+        elif name == "load_wait" and model is not None:
+            metrics.load_waited(model, event["seconds"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         planned = launches if launches is not None else _plan_now(config)[0]
-        unplaced = {m.name: "not placed by the planner" for m in config.models if m.name not in planned}
+        unplaced = {
+            m.name: "not placed by the planner" for m in config.models if m.name not in planned and m.load == "eager"
+        }
         env = dict(os.environ if base_env is None else base_env)
         registry = Registry(config, planned, env, unplaced=unplaced, on_event=on_event)
         app.state.registry = state["registry"] = registry
+        app.state.ondemand = ondemand = OnDemand(registry, on_event=on_event)
         orphan_watch = asyncio.create_task(_exit_when_orphaned(registry))
+        reaper = asyncio.create_task(ondemand.reap_idle())
         try:
             await registry.start_all(load_timeout_s)
             failed = registry.failed()
@@ -438,6 +457,7 @@ def create_app(
             await registry.drain(config.gateway.shutdown_grace_s)
         finally:
             orphan_watch.cancel()
+            reaper.cancel()
             await registry.stop_all(WORKER_STOP_TIMEOUT_S)
 
     app = Litestar(

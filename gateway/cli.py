@@ -20,7 +20,7 @@ import tomli_w
 from gateway.config import Config, dump_config, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.launch import launches_from_plan
-from gateway.planning import inventory, plan_config, read_models
+from gateway.planning import inventory, on_demand_problems, plan_config, plan_startup, read_models
 from gateway.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc, status_text
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
@@ -227,8 +227,9 @@ def validate(path: Path, gpus: str | None = None) -> list[str]:
     files = read_models(config)
     problems = list(files.problems)
     devices = parse_gpus_flag(gpus) if gpus else _devices(config)
-    result = plan_config(config, files.infos, devices)
+    result = plan_startup(config, files.infos, devices)
     problems += [f"plan: {p}" for p in result.problems]
+    problems += [f"plan: {p}" for p in on_demand_problems(config, files.infos, devices)]
     return problems
 
 
@@ -249,9 +250,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if files.problems:
         raise ConfigError(files.problems)
     devices = _devices(config)
-    result = plan_config(config, files.infos, devices)
+    result = plan_startup(config, files.infos, devices)
     if not result.fits:
         raise PlanError(list(result.problems))
+    for problem in on_demand_problems(config, files.infos, devices):
+        print(f"warning: {problem}; its requests will get 503", file=sys.stderr)
     print(gpus_text(result, devices))
     print(plan_text(result, files.infos))
     print(f"\nserving on http://{config.gateway.host}:{config.gateway.port}/v1 once every model is loaded", flush=True)

@@ -115,6 +115,8 @@ class GatewaySettings(BaseSettings):
     health_requires_key: bool = False
     metrics_requires_key: bool = False
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # How long a request may wait for an on-demand model to load (evictions included).
+    load_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
     # A worker that crashes while serving is restarted after restart_backoff_s, doubling up to
     # 30 s; after restart_max_failures crashes within restart_window_s the model stays failed.
@@ -185,6 +187,11 @@ class ModelConfig(BaseModel):
     # How an embedding model pools token vectors into one; None keeps the model's own choice
     # (llama.cpp reads it from the GGUF). A generative model used for embeddings needs "mean".
     pooling: Literal["none", "mean", "cls", "last", "rank"] | None = None
+    # "eager": loaded at start, never evicted. "on_demand": loaded by its first request (which
+    # waits, up to [gateway] load_timeout_s), unloaded after idle_ttl_s without requests, and
+    # evicted when another model needs its memory and it has nothing in flight.
+    load: Literal["eager", "on_demand"] = "eager"
+    idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
     n_threads: Annotated[int, Field(gt=0)] | None = None
     max_concurrency: Annotated[int, Field(ge=1)] = 1
     queue_size: Annotated[int, Field(ge=0)] = 16

@@ -254,6 +254,19 @@ class GatewayMetrics:
         self._load = Gauge(
             PREFIX + "model_load_duration_seconds", "Seconds the model's last successful load took.", ["model"], registry=r
         )
+        self._loads = Counter(
+            PREFIX + "model_loads", "Model loads by reason (startup, on_demand, restart, reload).", ["model", "reason"], registry=r
+        )
+        self._evictions = Counter(
+            PREFIX + "model_evictions", "Model unloads by reason (make_room, idle_ttl).", ["model", "reason"], registry=r
+        )
+        self._load_wait = Histogram(
+            PREFIX + "load_wait_seconds",
+            "Seconds requests waited for their on-demand model to load.",
+            ["model"],
+            buckets=TTFT_BUCKETS + (120, 300),
+            registry=r,
+        )
 
     def add_model(self, model: str) -> None:
         """Create the model's counters at zero, so ``rate()`` and ``increase()`` see the first event.
@@ -313,6 +326,19 @@ class GatewayMetrics:
     def worker_restarted(self, model: str) -> None:
         """Count one restart of the model's worker process."""
         self._restarts.labels(model=model).inc()
+
+    def model_load_started(self, model: str, reason: str) -> None:
+        """Count a load: ``startup``, ``on_demand``, ``restart`` or ``reload``."""
+        self._loads.labels(model=model, reason=reason).inc()
+
+    def model_evicted(self, model: str, reason: str) -> None:
+        """Count an unload: ``make_room`` (another model needed the memory) or ``idle_ttl``."""
+        self._evictions.labels(model=model, reason=reason).inc()
+
+    def load_waited(self, model: str, seconds: float) -> None:
+        """Time a request spent waiting for its on-demand model to load."""
+        if _finite_non_negative(seconds):
+            self._load_wait.labels(model=model).observe(seconds)
 
     def model_loaded(self, model: str, seconds: float) -> None:
         """Record how long the model's latest successful load took."""

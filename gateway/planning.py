@@ -103,3 +103,19 @@ def plan_config(config: Config, infos: dict[str, ModelInfo], devices: Sequence[D
     """Plan every model whose header could be read."""
     requests = [model_request(m, infos[m.name]) for m in config.models if m.name in infos]
     return plan(requests, devices, plan_policy(config))
+
+
+def plan_startup(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> Plan:
+    """What ``serve`` loads at start: the eager models, placed together."""
+    eager = [m for m in config.models if m.load == "eager" and m.name in infos]
+    return plan([model_request(m, infos[m.name]) for m in eager], devices, plan_policy(config))
+
+
+def on_demand_problems(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> list[str]:
+    """On-demand models that would not fit even with nothing else loaded (they would only 503)."""
+    problems = []
+    for m in config.models:
+        if m.load == "on_demand" and m.name in infos:
+            alone = plan([model_request(m, infos[m.name])], devices, plan_policy(config))
+            problems += [f"{p} (on its own, with nothing else loaded)" for p in alone.problems]
+    return problems

@@ -28,16 +28,33 @@ class ModelEntry:
     admission: Admission
     created: int
     unplaced_reason: str | None = None
+    last_used: float = 0.0  # monotonic time of the last request's end (on-demand idling)
+    loading: asyncio.Task | None = None  # the one load every waiting request shares
+    evicting: bool = False  # being stopped to make room: requests must not take its worker
 
     @property
     def name(self) -> str:
         return self.config.name
 
     @property
+    def on_demand(self) -> bool:
+        return self.config.load == "on_demand"
+
+    @property
     def state(self) -> str:
         if self.handle is None:
-            return ModelState.FAILED.value
+            # An on-demand model that is not loaded is simply stopped; an eager one without a
+            # worker was refused by the planner.
+            return ModelState.STOPPED.value if self.on_demand and self.unplaced_reason is None else ModelState.FAILED.value
         return self.handle.state.value
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """Requests running or waiting (a model that is busy is never evicted)."""
+        return bool(self.admission.running or self.admission.waiting)
 
     @property
     def reason(self) -> str | None:
@@ -86,8 +103,20 @@ class Registry:
             handle=handle,
             admission=Admission(model.name, model.max_concurrency, model.queue_size),
             created=int(time.time()),
-            unplaced_reason=(unplaced or "not placed by the planner") if launch is None else None,
+            unplaced_reason=None
+            if launch is not None or (model.load == "on_demand" and unplaced is None)
+            else (unplaced or "not placed by the planner"),
         )
+
+    def install(self, entry: ModelEntry, launch: ModelLaunch) -> WorkerHandle:
+        """Give an entry a (new) placement and an unstarted worker for it."""
+        handle = WorkerHandle(launch.worker_spec(entry.config), launch.worker_env(self._base_env), on_event=self._handle_event)
+        entry.launch, entry.handle, entry.unplaced_reason = launch, handle, None
+        return handle
+
+    def uninstall(self, entry: ModelEntry) -> None:
+        """Forget an entry's (stopped) worker: an on-demand model is then simply not loaded."""
+        entry.launch, entry.handle = None, None
 
     def _index(self) -> None:
         lookup: dict[str, str] = {}
@@ -123,11 +152,14 @@ class Registry:
                 kept = self.entries[name]
                 kept.config = model
                 entries[name] = kept
+            else:
+                entries[name] = self._new_entry(model, None)  # an on-demand model, not loaded yet
         self.entries = entries
         self.config = config
         self._index()
         fresh = [entries[n].handle for n in start if entries[n].handle is not None]
         for h in fresh:
+            self._on_event("loading", {"model": h.spec.name, "reason": "reload"})
             await h.start()
         await asyncio.gather(*(h.wait_ready(load_timeout) for h in fresh))
 
@@ -160,6 +192,7 @@ class Registry:
         if self._stopping:
             return
         self._on_event("restarting", {"model": name, "attempt": len(recent)})
+        self._on_event("loading", {"model": name, "reason": "restart"})
         await handle.start()
         await handle.wait_ready()
 
@@ -189,8 +222,12 @@ class Registry:
         """Start every placed model's worker at once and wait until each is ready or failed."""
         handles = [e.handle for e in self.entries.values() if e.handle is not None]
         for h in handles:
+            self._on_event("loading", {"model": h.spec.name, "reason": "startup"})
             await h.start()
         await asyncio.gather(*(h.wait_ready(timeout) for h in handles))
+        now = time.monotonic()
+        for e in self.entries.values():
+            e.last_used = now
 
     def in_flight(self) -> int:
         return sum(e.admission.running + e.admission.waiting for e in self.entries.values())

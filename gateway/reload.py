@@ -10,14 +10,15 @@ is free now (plus what the models about to stop will free) and started.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import Config, ModelConfig, load_config
 from gateway.errors import ConfigError
 from gateway.launch import ModelLaunch, launches_from_plan
-from gateway.planning import inventory, plan_policy, read_models
+from gateway.ondemand import free_devices
+from gateway.planning import inventory, model_request, plan_policy, read_models
 from gateway.registry import Registry
 from planner.devices import Device
 from planner.nvml import read_nvml_devices
@@ -53,28 +54,6 @@ def diff_models(old: Config, new: Config) -> tuple[list[str], list[str], list[st
     return unchanged, removed, changed, added
 
 
-def free_devices(devices: Sequence[Device], registry: Registry, declared: bool, leaving: set[str]) -> list[Device]:
-    """Each GPU's free memory for the models about to start.
-
-    NVML's free memory already excludes every running model; the models about to stop will give
-    theirs back. A declared inventory is static: take away what the models that stay use.
-    """
-    adjust: dict[int, int] = {}
-    for name, entry in registry.entries.items():
-        if entry.launch is None or entry.state not in ("ready", "starting"):
-            continue
-        stays = name not in leaving
-        for d in entry.launch.devices:
-            if declared and stays:
-                adjust[d.gpu] = adjust.get(d.gpu, 0) - d.total_bytes
-            elif not declared and not stays:
-                adjust[d.gpu] = adjust.get(d.gpu, 0) + d.total_bytes
-    return [
-        dataclasses.replace(d, free_bytes=max(0, min(d.total_bytes, d.free_bytes + adjust.get(d.index, 0))))
-        for d in devices
-    ]
-
-
 async def reload_registry(
     registry: Registry,
     config_path: Path,
@@ -88,7 +67,9 @@ async def reload_registry(
         return ReloadResult(False, problems=list(exc.problems)), None
     unchanged, removed, changed, added = diff_models(registry.config, new)
     result = ReloadResult(False, unchanged=unchanged, removed=removed, changed=changed, added=added)
-    starting = set(changed) | set(added)
+    # On-demand models are only planned when a request asks for them.
+    eager = {m.name for m in new.models if m.load == "eager"}
+    starting = (set(changed) | set(added)) & eager
     subset = new.model_copy(update={"models": [m for m in new.models if m.name in starting]}) if starting else None
     launches: dict[str, ModelLaunch] = {}
     if subset is not None:
@@ -97,10 +78,11 @@ async def reload_registry(
             result.problems = files.problems
             return result, None
         devices = free_devices(
-            inventory(new, read_nvml), registry, declared=new.planner.gpus is not None, leaving=set(removed) | set(changed)
+            inventory(new, read_nvml),
+            registry.entries.values(),
+            declared=new.planner.gpus is not None,
+            leaving=set(removed) | set(changed),
         )
-        from gateway.planning import model_request
-
         requests = [model_request(m, files.infos[m.name]) for m in subset.models]
         placed = plan(requests, devices, plan_policy(new))
         if not placed.fits:

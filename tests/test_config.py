@@ -93,6 +93,7 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "health_requires_key": False,
         "metrics_requires_key": False,
         "request_timeout_s": 600.0,
+        "load_timeout_s": 300.0,
         "shutdown_grace_s": 30.0,
         "max_body_bytes": 8 * 1024 * 1024,
         "restart_max_failures": 5,

@@ -1,0 +1,160 @@
+"""On-demand loading and eviction by memory, on a declared inventory too small for all models
+(the engines run on the CPU here; memory is accounted as if on the declared GPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import tomli_w
+
+from tests.ggufmaker import write_header_only_model, write_tiny_llama
+
+pytestmark = pytest.mark.llama
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ondemand")
+    tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=4096)
+    huge = write_header_only_model(
+        tmp / "huge.gguf", arch="llama", n_layers=8, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000
+    )
+    port = _free_port()
+    # Each tiny model is planned at ~720 MiB (mostly the CUDA context): 1600 MiB holds two.
+    models = [{"name": "base", "path": str(tiny), "n_ctx": 256}]
+    models += [
+        {"name": n, "path": str(tiny), "n_ctx": 2048, "load": "on_demand", "queue_size": 32, "priority": p}
+        for n, p in (("b", 0), ("c", 0), ("d", 1))
+    ]
+    models += [{"name": "idle", "path": str(tiny), "n_ctx": 256, "load": "on_demand", "idle_ttl_s": 1.0}]
+    models += [{"name": "huge", "path": str(huge), "n_ctx": 256, "load": "on_demand"}]
+    cfg = tmp / "models.toml"
+    cfg.write_text(
+        tomli_w.dumps(
+            {
+                "gateway": {"port": port, "load_timeout_s": 60},
+                "planner": {"gpus": ["1600MiB"], "reserve_mib": 0, "min_budget_mib": 0},
+                "models": models,
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    log = tmp / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code in (200, 503):
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    yield {"base": base, "log": log}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _ask(base: str, model: str, **extra) -> httpx.Response:
+    body = {"model": model, "prompt": "a", "max_tokens": 4, "logit_bias": {"97": 50}, **extra}
+    return httpx.post(base + "/v1/completions", json=body, timeout=90)
+
+
+def _states(base: str) -> dict[str, str]:
+    return {m["id"]: m["state"] for m in httpx.get(base + "/v1/models", timeout=5).json()["data"]}
+
+
+def _metric(base: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(base + "/metrics", timeout=5).text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def test_on_demand_models_start_unloaded(gateway):
+    states = _states(gateway["base"])
+    assert states["base"] == "ready"
+    assert {states[n] for n in ("b", "c", "d", "idle", "huge")} == {"stopped"}
+
+
+def test_alternating_requests_all_succeed_by_evicting_idle_models(gateway):
+    base = gateway["base"]
+    for model in ["b", "c", "d", "b", "c", "b"]:
+        r = _ask(base, model)
+        assert r.status_code == 200, r.text
+        states = _states(base)
+        assert states["base"] == "ready"  # the eager model is never evicted
+        assert sum(states[n] == "ready" for n in ("b", "c", "d", "idle")) == 1  # room for one beside it
+    assert _metric(base, "vram_gateway_model_evictions_total", reason="make_room") >= 5
+    assert _metric(base, "vram_gateway_model_loads_total", model="b", reason="on_demand") >= 3
+    assert _metric(base, "vram_gateway_load_wait_seconds_count", model="c") >= 2
+    assert "unloaded (make_room for" in gateway["log"].read_text()
+
+
+def test_a_model_streaming_is_not_evicted(gateway):
+    base = gateway["base"]
+    assert _ask(base, "b").status_code == 200
+    got: dict[str, int] = {}
+
+    def stream_b() -> None:
+        with httpx.stream(
+            "POST",
+            base + "/v1/completions",
+            json={"model": "b", "prompt": "a", "max_tokens": 1800, "logit_bias": {"97": 50}, "stream": True},
+            timeout=90,
+        ) as r:
+            got["status"] = r.status_code
+            got["chunks"] = sum(1 for line in r.iter_lines() if line.startswith("data: {"))
+
+    t = threading.Thread(target=stream_b)
+    t.start()
+    time.sleep(0.3)
+    r = _ask(base, "c")
+    t.join(90)
+    # b was busy and base is eager: nothing could make room for c.
+    assert r.status_code == 503
+    assert "cannot be placed even after evicting every idle on-demand model" in r.json()["error"]["message"]
+    assert got["status"] == 200 and got["chunks"] >= 1700  # the whole stream, not cut short
+    assert _ask(base, "c").status_code == 200  # once b is idle again, it can go
+
+
+def test_model_larger_than_any_gpu_gets_503_with_the_explanation(gateway):
+    r = _ask(gateway["base"], "huge")
+    assert r.status_code == 503
+    message = r.json()["error"]["message"]
+    assert message.startswith("model 'huge' cannot be placed even after evicting every idle on-demand model: model 'huge' does not fit")
+
+
+def test_idle_model_unloads_after_its_ttl(gateway):
+    base = gateway["base"]
+    assert _ask(base, "idle").status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _states(base)["idle"] != "stopped":
+        time.sleep(0.2)
+    assert _states(base)["idle"] == "stopped"
+    assert _metric(base, "vram_gateway_model_evictions_total", model="idle", reason="idle_ttl") == 1

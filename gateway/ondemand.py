@@ -23,6 +23,7 @@ from gateway.planning import inventory, model_request, plan_policy, read_models
 from gateway.registry import ModelEntry, Registry
 from gateway.supervisor import ModelState, WorkerHandle
 from planner.devices import Device
+from planner.eviction import EvictionCandidate, choose_evictions
 from planner.nvml import read_nvml_devices
 from planner.plan import Plan, plan
 
@@ -120,35 +121,35 @@ class OnDemand:
 
     def _choose_evictions(self, entry: ModelEntry, request, devices: list[Device]) -> tuple[list[ModelEntry], Plan]:  # noqa: ANN001
         needed = set(entry.config.gpus) if entry.config.gpus is not None else {d.index for d in devices}
-
-        def freed(e: ModelEntry) -> int:
-            return sum(d.total_bytes for d in (e.launch.devices if e.launch else []) if d.gpu in needed)
-
-        candidates = [
-            e
+        candidates = {
+            e.name: e
             for e in self.registry.entries.values()
-            if e.on_demand and e is not entry and e.state == "ready" and not e.busy and not e.evicting and freed(e) > 0
-        ]
-        candidates.sort(key=lambda e: (-freed(e), e.config.priority, e.last_used))
-        chosen: list[ModelEntry] = []
-        result = self._attempt(request, devices, set())
-        for c in candidates:
-            chosen.append(c)
-            result = self._attempt(request, devices, {e.name for e in chosen})
-            if result.fits:
-                break
-        if not result.fits:
-            explanation = "; ".join(result.problems)
+            if e.on_demand and e is not entry and e.state == "ready" and not e.busy and not e.evicting and e.launch is not None
+        }
+        attempts: dict[frozenset[str], Plan] = {}
+
+        def fits(names: frozenset[str]) -> bool:
+            attempts[names] = self._attempt(request, devices, set(names))
+            return attempts[names].fits
+
+        chosen = choose_evictions(
+            [
+                EvictionCandidate(
+                    name=e.name,
+                    freed_bytes=sum(d.total_bytes for d in e.launch.devices if d.gpu in needed),  # type: ignore[union-attr]
+                    priority=e.config.priority,
+                    last_used=e.last_used,
+                )
+                for e in candidates.values()
+            ],
+            fits,
+        )
+        if chosen is None:
+            explanation = "; ".join(attempts[max(attempts, key=len)].problems) if attempts else ""
             raise ModelUnavailableError(
                 f"model {entry.name!r} cannot be placed even after evicting every idle on-demand model: {explanation}"
             )
-        # Just enough: give back any choice the final set does not need.
-        for c in list(reversed(chosen[:-1])):
-            trial = [e for e in chosen if e is not c]
-            attempt = self._attempt(request, devices, {e.name for e in trial})
-            if attempt.fits:
-                chosen, result = trial, attempt
-        return chosen, result
+        return [candidates[n] for n in chosen], attempts[frozenset(chosen)]
 
     async def _unload(self, entry: ModelEntry, reason: str, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""

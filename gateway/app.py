@@ -387,10 +387,10 @@ def _gpus(config: Config) -> list:
 
 def _plan_now(config: Config) -> tuple[dict[str, ModelLaunch], dict[str, str]]:
     """Plan in-process (when ``create_app`` is called without launches, as tests do)."""
-    from gateway.planning import inventory, plan_config, read_models
+    from gateway.planning import inventory, plan_startup, read_models
 
     files = read_models(config)
-    plan = plan_config(config, files.infos, inventory(config))
+    plan = plan_startup(config, files.infos, inventory(config))
     if not plan.fits:
         raise PlanError(list(plan.problems))
     return launches_from_plan(plan, {n: str(p) for n, p in files.paths.items()}), {}

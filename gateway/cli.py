@@ -204,18 +204,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if files.problems:
         raise ConfigError(files.problems)
     devices = _devices(config)
-    result = plan_config(config, files.infos, devices)
+    # What `serve` loads at start; on-demand models are placed when asked for.
+    result = plan_startup(config, files.infos, devices)
+    lazy = [m.name for m in config.models if m.load == "on_demand"]
+    lazy_problems = on_demand_problems(config, files.infos, devices)
     if args.json:
-        print(json.dumps(plan_json(result), indent=2))
+        doc = plan_json(result)
+        doc["on_demand"] = lazy
+        doc["problems"] += lazy_problems
+        print(json.dumps(doc, indent=2))
     else:
         print(gpus_text(result, devices))
         print()
         print(plan_text(result, files.infos))
+        if lazy:
+            print(f"\non demand (loaded by their first request, evicting idle ones): {', '.join(lazy)}")
+        for p in lazy_problems:
+            print(f"  {p}")
     if args.write:
         args.write.write_text(tomli_w.dumps(plan_toml_doc(result)), encoding="utf-8")
         if not args.json:
             print(f"\nwrote {args.write}")
-    return 0 if result.fits else 1
+    return 0 if result.fits and not lazy_problems else 1
 
 
 def validate(path: Path, gpus: str | None = None) -> list[str]:

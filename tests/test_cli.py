@@ -171,3 +171,17 @@ def test_vram_llm_is_an_alias_of_gateway():
         proc = subprocess.run([exe, "--help"], capture_output=True, text=True, env={**os.environ}, timeout=60)
         assert proc.returncode == 0
         assert "validate-config" in proc.stdout
+
+
+def test_validate_config_accepts_the_on_demand_example(capsys):
+    code, out, err = run(capsys, "validate-config", str(REPO / "configs" / "on-demand.toml"))
+    assert (code, err) == (0, "")
+
+
+def test_validate_config_checks_each_on_demand_model_alone(capsys, tmp_path, qwen7b):
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(f'[[models]]\nname = "lazy"\npath = "{qwen7b}"\nload = "on_demand"\n')
+    code, _, err = run(capsys, "validate-config", str(cfg), "--gpus", "4GiB")
+    assert code == 1
+    assert err.splitlines()[1].startswith("  plan: model 'lazy' does not fit: on GPU 0")
+    assert err.rstrip().endswith("(on its own, with nothing else loaded)")

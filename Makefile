@@ -34,6 +34,7 @@ $(BENCH_VENV)/.installed:
 bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/analyze.py
 	$(PY) bench/plan.py
+	$(PY) bench/ondemand.py
 	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
 
 plan: $(VENV)/.installed

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test bench plan clean
+.PHONY: venv serve test bench plan clean gpu-check
 
 # The venv is rebuilt only when pyproject.toml changes. llama-cpp-python compiles llama.cpp
 # from source on first install (~9 minutes on 2 cores); pip caches the wheel afterwards.
@@ -36,6 +36,12 @@ bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/plan.py
 	$(PY) bench/ondemand.py
 	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
+
+GPU_CHECK_ARGS ?=
+# On a CUDA machine with the CUDA build of llama-cpp-python: predicted vs measured GPU memory
+# (docs/gpu-validation.md). Exits 2 off a GPU; the CPU part is bench/gpu_check.py --dry-run.
+gpu-check: $(VENV)/.installed
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 plan: $(VENV)/.installed
 	$(VENV)/bin/gateway plan --config $(CONFIG)

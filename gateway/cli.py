@@ -68,12 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--strict", action="store_true", help="exit if any model fails to load")
     _add_allocation_flags(serve)
     _add_model_flags(serve)
+    serve.add_argument(
+        "--use-fit-params",
+        action="store_true",
+        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
+        + ("; serve uses it" if "serve" == "serve" else ""),
+    )
 
     analyze = sub.add_parser("analyze", help="analyse one GGUF and show the recommended GPU allocation")
     analyze.add_argument("--model", required=True, help="GGUF file (any part of a split file)")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
     _add_allocation_flags(analyze)
     _add_model_flags(analyze)
+    analyze.add_argument(
+        "--use-fit-params",
+        action="store_true",
+        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
+        + ("; serve uses it" if "analyze" == "serve" else ""),
+    )
 
     plan = sub.add_parser("plan", help="print the placement of every model without loading anything")
     psrc = plan.add_mutually_exclusive_group()
@@ -81,8 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     psrc.add_argument("--model", action="append", help="a GGUF file (repeatable)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--write", type=Path, metavar="FILE.toml", help="also write the plan as TOML")
+    plan.add_argument(
+        "--verify",
+        action="store_true",
+        help="confirm the plan with llama.cpp's no_alloc dry run of each GPU model (CUDA build + GPU)",
+    )
     _add_allocation_flags(plan)
     _add_model_flags(plan)
+    plan.add_argument(
+        "--use-fit-params",
+        action="store_true",
+        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
+        + ("; serve uses it" if "plan" == "serve" else ""),
+    )
 
     status = sub.add_parser("status", help="planned vs allocated memory and state of each model of a running gateway")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
@@ -193,6 +216,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(gpus_text(result, devices))
         print()
         print(plan_text(result, files.infos))
+    if args.use_fit_params:
+        from gateway.fit_params import fit_plan, fit_report
+
+        print()
+        print(fit_report(result, fit_plan(config, result, files.paths)))
     return 0 if result.fits else 1
 
 
@@ -208,10 +236,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = plan_startup(config, files.infos, devices)
     lazy = [m.name for m in config.models if m.load == "on_demand"]
     lazy_problems = on_demand_problems(config, files.infos, devices)
+    rows = None
+    if args.verify:
+        from gateway.verify import verify_plan
+
+        # Off a CUDA build or GPU this raises VerifyError, printed as one line by main().
+        rows = verify_plan(config, result, files.paths)
     if args.json:
         doc = plan_json(result)
         doc["on_demand"] = lazy
         doc["problems"] += lazy_problems
+        if rows is not None:
+            from gateway.verify import verify_json
+
+            doc["verify"] = verify_json(rows)
         print(json.dumps(doc, indent=2))
     else:
         print(gpus_text(result, devices))
@@ -221,6 +259,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"\non demand (loaded by their first request, evicting idle ones): {', '.join(lazy)}")
         for p in lazy_problems:
             print(f"  {p}")
+        if rows is not None:
+            from gateway.verify import format_verify_table
+
+            print()
+            print(format_verify_table(rows))
+    if args.use_fit_params:
+        from gateway.fit_params import fit_plan, fit_report
+
+        print()
+        print(fit_report(result, fit_plan(config, result, files.paths)))
+    if rows is not None and not all(r.ok for r in rows):
+        return 1
     if args.write:
         args.write.write_text(tomli_w.dumps(plan_toml_doc(result)), encoding="utf-8")
         if not args.json:
@@ -270,12 +320,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"\nserving on http://{config.gateway.host}:{config.gateway.port}/v1 once every model is loaded", flush=True)
     from gateway.serve import run_server  # granian is only needed to serve
 
-    run_server(
-        config,
-        launches_from_plan(result, {n: str(p) for n, p in files.paths.items()}),
-        strict=args.strict,
-        config_path=args.config,
-    )
+    launches = launches_from_plan(result, {n: str(p) for n, p in files.paths.items()})
+    if args.use_fit_params:
+        from gateway.fit_params import apply_fits, fit_plan, fit_report
+
+        fits = fit_plan(config, result, files.paths)
+        print(fit_report(result, fits))
+        launches = apply_fits(launches, fits)
+    run_server(config, launches, strict=args.strict, config_path=args.config)
     return 0
 
 

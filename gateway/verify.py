@@ -84,7 +84,7 @@ def _llama_supports_gpu_offload(timeout: float = 60.0) -> tuple[bool, str]:
     code = "import sys, llama_cpp; sys.stdout.write('yes' if llama_cpp.llama_supports_gpu_offload() else 'no')"
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=dict(os.environ), check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"cannot ask llama_cpp: {exc}"
@@ -312,6 +312,7 @@ def dry_run(spec: WorkerSpec, env: Mapping[str, str], *, timeout: float = DRY_RU
             capture_output=True,
             timeout=timeout,
             env=child_env,
+            check=False,
             cwd=root,
         )
     except subprocess.TimeoutExpired:
@@ -454,7 +455,7 @@ def format_verify_table(rows: Sequence[VerifyRow]) -> str:
     """A table of planned vs llama.cpp figures, then one line that sums it up."""
     if not rows:
         return "plan --verify: no model is placed on a GPU; nothing to verify"
-    header = ("model", "device", "what", "planned", "llama.cpp", "diff", "diff %", "")
+    header = ("model", "device", "what", "planned", "llama.cpp", "diff", "diff %", "status")
     table = [header]
     for r in rows:
         if r.llama is None:

@@ -185,3 +185,17 @@ def test_validate_config_checks_each_on_demand_model_alone(capsys, tmp_path, qwe
     assert code == 1
     assert err.splitlines()[1].startswith("  plan: model 'lazy' does not fit: on GPU 0")
     assert err.rstrip().endswith("(on its own, with nothing else loaded)")
+
+
+def test_plan_verify_off_a_gpu_says_it_cannot_verify(capsys, qwen7b, monkeypatch):
+    monkeypatch.setattr("gateway.verify.cuda_available", lambda: False, raising=False)
+    code, _, err = run(capsys, "plan", "--model", str(qwen7b), "--gpus", "24GiB", "--verify")
+    assert code == 1
+    assert err.startswith("error: plan --verify needs llama-cpp-python built with CUDA and an NVIDIA GPU")
+
+
+def test_use_fit_params_without_the_binary_says_how_to_get_it(capsys, qwen7b, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, _, err = run(capsys, "plan", "--model", str(qwen7b), "--gpus", "24GiB", "--use-fit-params")
+    assert code == 1
+    assert err.startswith("error: --use-fit-params: llama-fit-params is not on PATH. Get it from llama.cpp")

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, kill_group, spawn, wait_until_answering
 
 CACHE_DIR = Path.home() / ".cache" / "vram-gateway-tests"
 
@@ -39,12 +36,6 @@ def gemma_path() -> Path:
 API_KEY = "test-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gateway_server(tmp_path_factory, gemma_path):
     """The real server (gateway serve -> granian -> Litestar -> worker processes) on loopback,
@@ -56,7 +47,7 @@ def gateway_server(tmp_path_factory, gemma_path):
     """
     tmp = tmp_path_factory.mktemp("server")
     tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    port = _free_port()
+    port = free_port()
     cfg = tmp / "models.toml"
     cfg.write_text(
         f"""
@@ -88,37 +79,17 @@ embedding = true
 pooling = "mean"
 """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    log = tmp / "server.log"
+    proc = spawn(["serve", "--config", str(cfg)], log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}:\n{(tmp / 'server.log').read_text()[-4000:]}")
-            try:
-                r = httpx.get(f"{base}/health", timeout=1)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"server not ready:\n{(tmp / 'server.log').read_text()[-4000:]}")
-        yield {"base": base, "port": port, "proc": proc, "log": tmp / "server.log"}
+        wait_until_answering(base, proc, log, timeout=120)
+        yield {"base": base, "port": port, "proc": proc, "log": log}
     finally:
+        # SIGTERM first: the session's last test also exercises a clean shutdown.
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+                kill_group(proc)

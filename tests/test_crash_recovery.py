@@ -5,32 +5,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def two_models(tmp_path):
     tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "models.toml"
     cfg.write_text(
         f"""
@@ -53,27 +44,8 @@ n_ctx = 256
 queue_size = 64
 """
     )
-    log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    yield base, log
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    with running_gateway(cfg, port, tmp_path / "serve.log") as gw:
+        yield gw.base, gw.log
 
 
 def _pid(base: str, model: str) -> int | None:

@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,14 +11,9 @@ import pytest
 import tomli_w
 
 from tests.ggufmaker import write_header_only_model, write_tiny_llama
+from tests.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +23,7 @@ def gateway(tmp_path_factory):
     huge = write_header_only_model(
         tmp / "huge.gguf", arch="llama", n_layers=8, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000
     )
-    port = _free_port()
+    port = free_port()
     # Each tiny model is planned at ~720 MiB (mostly the CUDA context): 1600 MiB holds two.
     models = [{"name": "base", "path": str(tiny), "n_ctx": 256}]
     models += [
@@ -52,27 +42,9 @@ def gateway(tmp_path_factory):
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    log = tmp / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code in (200, 503):
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    yield {"base": base, "log": log}
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    # /health is 503 while no model is ready; here the eager one is, but accept both.
+    with running_gateway(cfg, port, tmp / "serve.log", ok=(200, 503)) as gw:
+        yield {"base": gw.base, "log": gw.log}
 
 
 def _ask(base: str, model: str, **extra) -> httpx.Response:

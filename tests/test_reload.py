@@ -3,9 +3,7 @@ throughout, removed ones stop, changed and new ones start, and a bad file change
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,14 +16,9 @@ import pytest
 import tomli_w
 
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import clean_env, free_port, running_gateway
 
 pytestmark = pytest.mark.llama
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(port: int, tiny: Path, models: dict[str, dict]) -> str:
@@ -39,30 +32,11 @@ def _config(port: int, tiny: Path, models: dict[str, dict]) -> str:
 @pytest.fixture()
 def gateway(tmp_path):
     tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "models.toml"
     cfg.write_text(_config(port, tiny, {"keep": {}, "drop": {}, "change": {}}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    log = tmp_path / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    yield {"base": base, "cfg": cfg, "tiny": tiny, "port": port, "proc": proc, "log": log, "env": env}
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    with running_gateway(cfg, port, tmp_path / "serve.log") as gw:
+        yield {"base": gw.base, "cfg": cfg, "tiny": tiny, "port": port, "proc": gw.proc, "log": gw.log, "env": clean_env()}
 
 
 def _pids(base: str) -> dict[str, int | None]:

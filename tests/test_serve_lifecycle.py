@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,43 +16,9 @@ import httpx
 import pytest
 
 from tests.ggufmaker import write_header_only_model, write_tiny_llama
+from tests.serving import clean_env, free_port, kill_group, spawn, wait_until_answering
 
 pytestmark = pytest.mark.llama
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-
-
-def _serve(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", *args],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=_env(),
-        start_new_session=True,
-    )
-
-
-def _wait_health(base: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            r = httpx.get(base + "/health", timeout=1)
-            if r.status_code in (200, 503):
-                return r
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server never answered:\n{log.read_text()[-3000:]}")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -84,26 +49,18 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("lifecycle") / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
 
 
 def test_poc_single_model_form_answers_the_poc_curl_example(tmp_path, tiny):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(["--model", str(tiny), "--port", str(port), "--n-ctx", "256", "--no-mmap"], log)
+    proc = spawn(["serve", "--model", str(tiny), "--port", str(port), "--n-ctx", "256", "--no-mmap"], log)
     try:
         base = f"http://127.0.0.1:{port}"
-        assert _wait_health(base, proc, log).status_code == 200
+        assert wait_until_answering(base, proc, log) == 200
         # The PoC's curl example sends no "model": the only model answers. Its Python example asks for "local".
         r = httpx.post(base + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=30)
         assert r.status_code == 200, r.text
@@ -112,7 +69,7 @@ def test_poc_single_model_form_answers_the_poc_curl_example(tmp_path, tiny):
         assert models[0]["aliases"] == ["local"]
         assert "model tiny: ready" in log.read_text()
     finally:
-        _kill_group(proc)
+        kill_group(proc)
 
 
 def test_serve_refuses_a_plan_that_does_not_fit_before_loading(tmp_path):
@@ -123,7 +80,7 @@ def test_serve_refuses_a_plan_that_does_not_fit_before_loading(tmp_path):
         [sys.executable, "-m", "gateway.cli", "serve", "--model", str(big), "--gpus", "8GiB"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=clean_env(),
         timeout=60,
     )
     assert proc.returncode == 1
@@ -138,7 +95,7 @@ def broken_config(tmp_path, tiny) -> tuple[Path, int]:
     broken = write_header_only_model(
         tmp_path / "broken.gguf", arch="nosuch", n_layers=2, n_embd=64, n_head=4, n_head_kv=4, n_ff=128, n_vocab=300
     )
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "models.toml"
     cfg.write_text(
         f'[gateway]\nport = {port}\n\n[[models]]\nname = "good"\npath = "{tiny}"\nn_ctx = 256\n\n'
@@ -150,10 +107,11 @@ def broken_config(tmp_path, tiny) -> tuple[Path, int]:
 def test_a_model_that_fails_to_load_is_failed_and_the_others_serve(tmp_path, broken_config):
     cfg, port = broken_config
     log = tmp_path / "serve.log"
-    proc = _serve(["--config", str(cfg)], log)
+    proc = spawn(["serve", "--config", str(cfg)], log)
     try:
         base = f"http://127.0.0.1:{port}"
-        health = _wait_health(base, proc, log).json()
+        wait_until_answering(base, proc, log, ok=(200, 503))
+        health = httpx.get(base + "/health", timeout=5).json()
         assert health["status"] == "degraded"
         assert health["models"]["good"]["state"] == "ready"
         assert health["models"]["broken"]["state"] == "failed"
@@ -163,7 +121,7 @@ def test_a_model_that_fails_to_load_is_failed_and_the_others_serve(tmp_path, bro
         r = httpx.post(base + "/v1/completions", json={"model": "good", "prompt": "x", "max_tokens": 2}, timeout=30)
         assert r.status_code == 200
     finally:
-        _kill_group(proc)
+        kill_group(proc)
 
 
 def test_strict_makes_a_load_failure_fatal(tmp_path, broken_config):
@@ -172,7 +130,7 @@ def test_strict_makes_a_load_failure_fatal(tmp_path, broken_config):
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--strict"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=clean_env(),
         timeout=90,
     )
     assert proc.returncode != 0
@@ -180,12 +138,12 @@ def test_strict_makes_a_load_failure_fatal(tmp_path, broken_config):
 
 
 def test_sigterm_lets_the_running_request_finish_and_leaves_no_process(tmp_path, tiny):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(["--model", str(tiny), "--port", str(port), "--n-ctx", "512"], log)
+    proc = spawn(["serve", "--model", str(tiny), "--port", str(port), "--n-ctx", "512"], log)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_health(base, proc, log)
+        wait_until_answering(base, proc, log)
         tree = _descendants(proc.pid)
         assert tree, "no worker processes?"
         result: dict[str, object] = {}
@@ -210,15 +168,15 @@ def test_sigterm_lets_the_running_request_finish_and_leaves_no_process(tmp_path,
         time.sleep(0.5)
         assert not [p for p in tree if _alive(p)]
     finally:
-        _kill_group(proc)
+        kill_group(proc)
 
 
 def test_sigkill_of_the_server_leaves_no_worker_behind(tmp_path, tiny):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(["--model", str(tiny), "--port", str(port)], log)
+    proc = spawn(["serve", "--model", str(tiny), "--port", str(port)], log)
     try:
-        _wait_health(f"http://127.0.0.1:{port}", proc, log)
+        wait_until_answering(f"http://127.0.0.1:{port}", proc, log)
         tree = _descendants(proc.pid)
         assert tree
         proc.send_signal(signal.SIGKILL)  # the server process only, not its group
@@ -228,4 +186,4 @@ def test_sigkill_of_the_server_leaves_no_worker_behind(tmp_path, tiny):
             time.sleep(0.1)
         assert not [p for p in tree if _alive(p)]
     finally:
-        _kill_group(proc)
+        kill_group(proc)

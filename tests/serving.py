@@ -1,0 +1,84 @@
+"""Starting the real gateway (`gateway serve` in its own process group) for tests and benches."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without GATEWAY_* overrides that would change the config under test."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+
+
+@dataclass
+class Gateway:
+    base: str
+    proc: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def spawn(args: Sequence[str], log: Path) -> subprocess.Popen:
+    """`gateway <args>` in a new process group, its output to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            start_new_session=True,
+        )
+
+
+def wait_until_answering(base: str, proc: subprocess.Popen, log: Path, timeout: float = 90, ok: Sequence[int] = (200,)) -> int:
+    """Poll /health until it answers with one of ``ok``; fail with the log if the server dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            status = httpx.get(base + "/health", timeout=1).status_code
+            if status in ok:
+                return status
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"server not answering after {timeout:g} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def running_gateway(config: Path, port: int, log: Path, ok: Sequence[int] = (200,), args: Sequence[str] = ()) -> Iterator[Gateway]:
+    """`gateway serve --config config` until the block ends; its whole process group is killed then."""
+    proc = spawn(["serve", "--config", str(config), *args], log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_answering(base, proc, log, ok=ok)
+        yield Gateway(base, proc, log)
+    finally:
+        kill_group(proc)

@@ -75,10 +75,12 @@ verify_unit() {
   mkdir -p "$scratch/etc/systemd/system" "$scratch/usr/lib/systemd"
   cp -r /usr/lib/systemd/system "$scratch/usr/lib/systemd/"
   cp "$unit" "$scratch/etc/systemd/system/"
-  exe="$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")"
-  mkdir -p "$scratch$(dirname "$exe")"
-  printf '#!/bin/sh\n' >"$scratch$exe"
-  chmod +x "$scratch$exe"
+  # Stand-ins for every program the unit runs (ExecStart, ExecReload...).
+  while read -r exe; do
+    mkdir -p "$scratch$(dirname "$exe")"
+    printf '#!/bin/sh\n' >"$scratch$exe"
+    chmod +x "$scratch$exe"
+  done < <(sed -n 's/^Exec[A-Za-z]*=\([^ ]*\).*/\1/p' "$unit")
   out="$(systemd-analyze verify --root="$scratch" vram-gateway.service 2>&1)" || { echo "$out"; return 1; }
   [[ -z "$out" ]] || { echo "$out"; return 1; }
 }

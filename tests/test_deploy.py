@@ -207,5 +207,5 @@ def test_systemd_unit_restarts_on_failure_and_starts_the_gateway():
     assert keys["ExecStart"].endswith("gateway serve --config /etc/vram-gateway/models.toml")
     assert keys["KillMode"] == "mixed"
     assert keys["User"] != "root"
-    # SIGHUP is not a config reload yet (granian would respawn the app with the old plan).
-    assert "ExecReload" not in keys
+    # SIGHUP re-reads models.toml (tests/test_reload.py): `systemctl reload` sends it.
+    assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"

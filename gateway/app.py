@@ -40,9 +40,21 @@ from gateway.errors import (
 from gateway.launch import ModelLaunch, launches_from_plan
 from gateway.metrics import GatewayMetrics
 from gateway.ondemand import OnDemand
-from gateway.telemetry import REQUEST_ID_HEADER, RequestRecord, model_snapshots, new_record
-from gateway.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
+from gateway.openai_params import (
+    chat_params,
+    completion_params,
+    embedding_params,
+    include_usage,
+    is_stream,
+)
+from gateway.openapi import OPENAPI_PATH, document, openapi_config
 from gateway.registry import ModelEntry, Registry
+from gateway.telemetry import (
+    REQUEST_ID_HEADER,
+    RequestRecord,
+    model_snapshots,
+    new_record,
+)
 
 log = logging.getLogger("gateway")
 
@@ -274,7 +286,7 @@ def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any])
 # ---------------------------------------------------------------- routes
 
 
-@post("/v1/chat/completions", status_code=200, guards=[_guard("api")])
+@post("/v1/chat/completions", status_code=200, guards=[_guard("api")], operation_id="createChatCompletion")
 async def chat_completions(request: Request) -> Response | Stream:
     request.state.record = new_record("/v1/chat/completions", request.headers.get(REQUEST_ID_HEADER))
     body = request.state.body = await _json_body(request)
@@ -283,7 +295,7 @@ async def chat_completions(request: Request) -> Response | Stream:
     return await _run(request, "chat", params, stream, stream and include_usage(body))
 
 
-@post("/v1/completions", status_code=200, guards=[_guard("api")])
+@post("/v1/completions", status_code=200, guards=[_guard("api")], operation_id="createCompletion")
 async def completions(request: Request) -> Response | Stream:
     request.state.record = new_record("/v1/completions", request.headers.get(REQUEST_ID_HEADER))
     body = request.state.body = await _json_body(request)
@@ -292,7 +304,7 @@ async def completions(request: Request) -> Response | Stream:
     return await _run(request, "completion", params, stream, stream and include_usage(body))
 
 
-@post("/v1/embeddings", status_code=200, guards=[_guard("api")])
+@post("/v1/embeddings", status_code=200, guards=[_guard("api")], operation_id="createEmbedding")
 async def embeddings(request: Request) -> Response:
     request.state.record = new_record("/v1/embeddings", request.headers.get(REQUEST_ID_HEADER))
     body = request.state.body = await _json_body(request)
@@ -303,19 +315,19 @@ async def embeddings(request: Request) -> Response:
     return await _run(request, "embedding", embedding_params(body), False, False)
 
 
-@get("/v1/models", guards=[_guard("api")])
+@get("/v1/models", guards=[_guard("api")], operation_id="listModels")
 async def list_models(request: Request) -> dict[str, Any]:
     registry = _registry(request)
     return {"object": "list", "data": [registry.describe(e) for e in registry.entries.values()]}
 
 
-@get("/v1/models/{model_id:path}", guards=[_guard("api")])
+@get("/v1/models/{model_id:path}", guards=[_guard("api")], operation_id="retrieveModel")
 async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     registry = _registry(request)
     return registry.describe(registry.resolve(model_id.lstrip("/")))
 
 
-@get("/metrics", guards=[_guard("metrics")])
+@get("/metrics", guards=[_guard("metrics")], operation_id="metrics")
 async def metrics_endpoint(request: Request) -> Response:
     metrics: GatewayMetrics = request.app.state.metrics
     # A scrape reads NVML (a few ms per GPU): keep it off the event loop.
@@ -323,7 +335,7 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(content=body, media_type=content_type)
 
 
-@post("/admin/reload", status_code=200, guards=[_guard("admin")])
+@post("/admin/reload", status_code=200, guards=[_guard("admin")], operation_id="reload")
 async def admin_reload(request: Request) -> Response:
     """Re-read models.toml and apply it (the work behind SIGHUP and `gateway reload`)."""
     from gateway.reload import reload_registry
@@ -347,7 +359,7 @@ async def admin_reload(request: Request) -> Response:
     return Response(content=result.as_dict(), status_code=200 if result.reloaded else 422)
 
 
-@get("/health", guards=[_guard("health")])
+@get("/health", guards=[_guard("health")], operation_id="health")
 async def health(request: Request) -> Response:
     registry = _registry(request)
     states = {e.name: {"state": e.state, "reason": e.reason} for e in registry.entries.values()}
@@ -359,6 +371,12 @@ async def health(request: Request) -> Response:
     else:
         status, code = "unavailable", 503
     return Response(content={"status": status, "models": states}, status_code=code)
+
+
+@get(OPENAPI_PATH, include_in_schema=False, sync_to_thread=False)
+def openapi_json(request: Request) -> Response:
+    """The OpenAPI document (gateway/openapi.py): open to all, like OpenAI's published spec."""
+    return Response(content=document(request.app), media_type="application/json")
 
 
 # ---------------------------------------------------------------- the app
@@ -470,6 +488,7 @@ def create_app(
             health,
             metrics_endpoint,
             admin_reload,
+            openapi_json,
         ],
         exception_handlers={
             GatewayError: _gateway_error_response,
@@ -477,7 +496,7 @@ def create_app(
             Exception: _internal_error_response,
         },
         lifespan=[lifespan],
-        openapi_config=None,
+        openapi_config=openapi_config(),
         request_max_body_size=config.gateway.max_body_bytes,
         debug=False,
     )

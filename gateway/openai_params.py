@@ -25,10 +25,19 @@ _SAMPLING: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
+def _as_int(value: Any) -> Any:
+    """An integral float (``12.0``, an integer to JSON Schema) as an int; anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _typed(body: dict[str, Any], key: str, types: tuple[type, ...], what: str) -> Any:
     value = body.get(key)
     if value is None:
         return None
+    if int in types and float not in types:
+        value = _as_int(value)
     if isinstance(value, bool) and bool not in types:
         raise InvalidRequestError(f"'{key}' must be {what}, not a boolean", param=key)
     if not isinstance(value, types):
@@ -42,7 +51,14 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         value = _typed(body, key, types, "a number" if types == _NUMBER else types[0].__name__)
         if value is not None:
             params[arg] = value
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    bias = params.get("logit_bias")
+    if bias is not None:
+        for token, value in bias.items():
+            if not (token.isascii() and token.isdigit()) or isinstance(value, bool) or not isinstance(value, _NUMBER):
+                raise InvalidRequestError(
+                    "'logit_bias' must map token ids (decimal strings) to numbers", param="logit_bias"
+                )
+    max_tokens = _as_int(body.get("max_completion_tokens", body.get("max_tokens")))
     if max_tokens is not None:
         key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -56,7 +72,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequestError("'stop' must be a string or a list of strings", param="stop")
         params["stop"] = stop
     n = body.get("n")
-    if n not in (None, 1):
+    if isinstance(n, bool) or n not in (None, 1):
         raise InvalidRequestError("only n = 1 is supported", param="n")
     return params
 
@@ -83,6 +99,16 @@ def chat_params(body: dict[str, Any]) -> dict[str, Any]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidRequestError(f"'messages[{i}]' must be an object with a 'role'", param=f"messages[{i}]")
+        content = m.get("content")
+        if not (
+            content is None
+            or isinstance(content, str)
+            or (isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content))
+        ):
+            raise InvalidRequestError(
+                f"'messages[{i}].content' must be a string, null or a list of content parts (objects with a 'type')",
+                param=f"messages[{i}].content",
+            )
     params = _common(body)
     params["messages"] = messages
     logprobs = _typed(body, "logprobs", (bool,), "a boolean")
@@ -105,9 +131,61 @@ def chat_params(body: dict[str, Any]) -> dict[str, Any]:
             params["response_format"] = {"type": "json_object", "schema": spec["schema"]}
         elif fmt["type"] == "json_object":
             params["response_format"] = {"type": "json_object", **({"schema": fmt["schema"]} if isinstance(fmt.get("schema"), dict) else {})}
-    for key in ("tools", "tool_choice", "functions", "function_call"):
-        if body.get(key) is not None:
-            params[key] = body[key]
+    params.update(_tools(body))
+    return params
+
+
+_TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _function(value: Any, where: str, param: str) -> dict[str, Any]:
+    """A function definition with a string name; no ``parameters`` means none, as OpenAI says."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise InvalidRequestError(f"'{where}' must be an object with a string 'name'", param=param)
+    parameters = value.get("parameters")
+    if parameters is None:
+        return {**value, "parameters": {"type": "object", "properties": {}}}
+    if not isinstance(parameters, dict):
+        raise InvalidRequestError(f"'{where}.parameters' must be an object (a JSON Schema)", param=param)
+    return value
+
+
+def _tools(body: dict[str, Any]) -> dict[str, Any]:
+    """tools, tool_choice, functions and function_call, checked so that llama-cpp-python's
+    chat handlers (which index into them) never fail on a malformed one."""
+    params: dict[str, Any] = {}
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise InvalidRequestError("'tools' must be a list", param="tools")
+        checked = []
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                raise InvalidRequestError(f"'tools[{i}]' must be an object with type \"function\"", param="tools")
+            checked.append({**tool, "function": _function(tool.get("function"), f"tools[{i}].function", "tools")})
+        params["tools"] = checked
+    choice = body.get("tool_choice")
+    if choice is not None:
+        ok = choice in _TOOL_CHOICES if isinstance(choice, str) else (
+            isinstance(choice, dict) and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)
+        )
+        if not ok:
+            raise InvalidRequestError(
+                "'tool_choice' must be one of none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                param="tool_choice",
+            )
+        params["tool_choice"] = choice
+    functions = body.get("functions")
+    if functions is not None:
+        if not isinstance(functions, list):
+            raise InvalidRequestError("'functions' must be a list", param="functions")
+        params["functions"] = [_function(f, f"functions[{i}]", "functions") for i, f in enumerate(functions)]
+    call = body.get("function_call")
+    if call is not None:
+        ok = call in ("none", "auto") if isinstance(call, str) else isinstance(call, dict) and isinstance(call.get("name"), str)
+        if not ok:
+            raise InvalidRequestError("'function_call' must be none, auto or {\"name\": ...}", param="function_call")
+        params["function_call"] = call
     return params
 
 
@@ -120,14 +198,17 @@ def completion_params(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequestError("'prompt' must be a string (or a list of one string)", param="prompt")
     params = _common(body)
     params["prompt"] = prompt
-    logprobs = body.get("logprobs")
+    logprobs = _as_int(body.get("logprobs"))
     if logprobs is not None:
         if isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0:
             raise InvalidRequestError("'logprobs' must be a non-negative integer", param="logprobs")
         params["logprobs"] = logprobs
-    for key in ("echo", "suffix"):
-        if body.get(key) is not None:
-            params[key] = body[key]
+    echo = _typed(body, "echo", (bool,), "a boolean")
+    if echo is not None:
+        params["echo"] = echo
+    suffix = _typed(body, "suffix", (str,), "a string")
+    if suffix is not None:
+        params["suffix"] = suffix
     return params
 
 
@@ -141,3 +222,183 @@ def embedding_params(body: dict[str, Any]) -> dict[str, Any]:
     else:
         raise InvalidRequestError("'input' must be a string or a non-empty list of strings", param="input")
     return {"input": value}
+
+
+# ---------------------------------------------------------------- the request bodies, for OpenAPI
+#
+# The JSON Schemas the gateway publishes at /openapi.json. They describe what the functions above
+# accept (the functions stay the parser: a body is never validated against these schemas, so the
+# 400s keep naming the field in our own words). Unknown fields are allowed, as OpenAI allows them.
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_NUMBER_SCHEMA = {"type": "number"}
+
+_COMMON_PROPERTIES: dict[str, Any] = {
+    "model": {
+        "type": "string",
+        "description": "A configured model name or alias. Without it: `default_model`, or the only model.",
+    },
+    "max_tokens": _nullable(
+        {
+            "type": "integer",
+            "minimum": 1,
+            "description": (
+                "At most this many tokens are generated. A value beyond the room left in the model's "
+                "context (n_ctx - prompt tokens) is not an error: generation stops at the end of the "
+                "context with finish_reason \"length\". Absent: completions default to 16 tokens, chat "
+                "completions run to the end of the context."
+            ),
+        }
+    ),
+    "temperature": _nullable(_NUMBER_SCHEMA),
+    "top_p": _nullable(_NUMBER_SCHEMA),
+    "top_k": _nullable({"type": "integer"}),
+    "min_p": _nullable(_NUMBER_SCHEMA),
+    "seed": _nullable({"type": "integer"}),
+    "presence_penalty": _nullable(_NUMBER_SCHEMA),
+    "frequency_penalty": _nullable(_NUMBER_SCHEMA),
+    "repeat_penalty": _nullable(_NUMBER_SCHEMA),
+    "logit_bias": _nullable(
+        {
+            "type": "object",
+            "description": "Token id (a decimal string) -> bias added to its logit.",
+            "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+            "additionalProperties": _NUMBER_SCHEMA,
+        }
+    ),
+    "stop": _nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+    "n": _nullable({"type": "integer", "enum": [1], "description": "Only 1 is supported."}),
+    "stream": _nullable({"type": "boolean"}),
+    "stream_options": _nullable(
+        {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}
+    ),
+}
+
+_CONTENT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+}
+
+_FUNCTION = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "parameters": {"type": "object", "description": "A JSON Schema; absent: no parameters."},
+    },
+}
+
+CHAT_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        **_COMMON_PROPERTIES,
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+                    "content": _nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": _CONTENT_PART}]}),
+                    "name": {"type": "string"},
+                    "tool_call_id": {"type": "string"},
+                    "tool_calls": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+        "max_completion_tokens": _nullable(
+            {"type": "integer", "minimum": 1, "description": "Preferred over max_tokens when both are given."}
+        ),
+        "logprobs": _nullable({"type": "boolean"}),
+        "top_logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 20}),
+        "response_format": _nullable(
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                    "json_schema": {
+                        "type": "object",
+                        "required": ["schema"],
+                        "properties": {"name": {"type": "string"}, "schema": {"type": "object"}},
+                    },
+                    "schema": {"type": "object"},
+                },
+            }
+        ),
+        "tools": _nullable(
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "function"],
+                    "properties": {"type": {"type": "string", "enum": ["function"]}, "function": _FUNCTION},
+                },
+            }
+        ),
+        "tool_choice": _nullable(
+            {
+                "anyOf": [
+                    {"type": "string", "enum": ["none", "auto", "required"]},
+                    {
+                        "type": "object",
+                        "required": ["function"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["function"]},
+                            "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+                        },
+                    },
+                ]
+            }
+        ),
+        "functions": _nullable({"type": "array", "items": _FUNCTION}),
+        "function_call": _nullable(
+            {
+                "anyOf": [
+                    {"type": "string", "enum": ["none", "auto"]},
+                    {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+                ]
+            }
+        ),
+    },
+}
+
+COMPLETION_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        **_COMMON_PROPERTIES,
+        "prompt": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+            ],
+            "description": "A string, or a list of one string.",
+        },
+        "logprobs": _nullable({"type": "integer", "minimum": 0}),
+        "echo": _nullable({"type": "boolean"}),
+        "suffix": _nullable({"type": "string"}),
+    },
+}
+
+EMBEDDING_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "model": _COMMON_PROPERTIES["model"],
+        "input": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ]
+        },
+    },
+}

@@ -215,11 +215,17 @@ class Engine:
         # ends a cancelled request within one token, streamed or not.
         def cancellable_generate(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
             self.prompt_tokens = len(tokens)
+            n_ctx = llama.n_ctx()
             for token in generate(tokens, *args, **kwargs):
                 if self.cancel.is_set():
                     return
                 self.completion_tokens += 1
                 yield token
+                # The next token would be evaluated past the context. llama-cpp-python skips its
+                # own max_tokens check while the text ends inside a UTF-8 character, and then
+                # fails with "llama_decode returned 1": end the generation here ("length").
+                if self.prompt_tokens + self.completion_tokens >= n_ctx:
+                    return
 
         llama.generate = cancellable_generate
 

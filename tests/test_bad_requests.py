@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 
@@ -22,31 +17,11 @@ pytestmark = pytest.mark.llama
 def base(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
     tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = tmp / "models.toml"
     cfg.write_text(f'[gateway]\nport = {port}\nmax_body_bytes = 4096\n\n[[models]]\nname = "tiny"\npath = "{tiny}"\nn_ctx = 256\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=open(tmp / "serve.log", "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    yield url
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    with running_gateway(cfg, port, tmp / "serve.log") as gw:
+        yield gw.base
 
 
 def _post(base: str, path: str, **kw) -> httpx.Response:

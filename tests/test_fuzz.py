@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -39,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 
@@ -88,9 +85,7 @@ EXPLICIT = {
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = tmp / "models.toml"
     cfg.write_text(
         f"""
@@ -114,31 +109,8 @@ embedding = true
 pooling = "mean"
 """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    log = tmp / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
-    yield {"base": base, "log": log, "proc": proc}
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    with running_gateway(cfg, port, tmp / "serve.log") as gw:
+        yield {"base": gw.base, "log": gw.log, "proc": gw.proc}
 
 
 def _narrowed(doc: dict) -> dict:

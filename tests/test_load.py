@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +19,7 @@ import httpx
 import pytest
 
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 
@@ -38,39 +35,14 @@ BODY = {"model": "tiny", "prompt": "a", "max_tokens": 8, "logit_bias": {"97": 50
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("load")
     tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = tmp / "models.toml"
     cfg.write_text(
         f'[gateway]\nport = {port}\nlog_level = "warning"\n\n'
         f'[[models]]\nname = "tiny"\npath = "{tiny}"\nn_ctx = 256\nmax_concurrency = 1\nqueue_size = {QUEUE_SIZE}\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    log = tmp / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
-    yield {"base": base, "proc": proc}
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    with running_gateway(cfg, port, tmp / "serve.log") as gw:
+        yield {"base": gw.base, "proc": gw.proc}
 
 
 def _rss_kib(pid: int) -> int:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from planner.devices import Device, DevicePolicy, SkippedDevice, UsableDevice, select_devices
 from planner.memory import (
     CudaCosts,
-    DeviceMemory,
     MemoryEstimate,
     RunSettings,
     estimate_memory,
@@ -124,11 +123,6 @@ class _Shortfall:
     gpu: int
     short_bytes: int
     placed_layers: int
-
-
-@dataclass
-class _Budgets:
-    remaining: dict[int, int] = field(default_factory=dict)
 
 
 class _Costs:
@@ -456,8 +450,3 @@ def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: Plan
         placements=tuple(placed[i] for i in range(len(models)) if i in placed),
         problems=tuple(msg for _, msg in sorted(problems)),
     )
-
-
-def device_memory_rows(p: Placement) -> list[tuple[int, DeviceMemory]]:
-    """(inventory GPU index, predicted memory) for each GPU of a placement."""
-    return list(zip(p.gpus, p.memory.devices))

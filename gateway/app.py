@@ -431,19 +431,24 @@ def create_app(
     for m in config.models:
         metrics.add_model(m.name)
 
+    shown_quarter: dict[str, int] = {}  # the console shows each load in quarters
+
     def on_event(name: str, event: dict[str, Any]) -> None:
         model = event.get("model")
         if name == "progress":
-            if event["percent"] % 25 == 0 or event["percent"] == 100:
+            quarter = event["percent"] // 25
+            if quarter > shown_quarter.get(model, -1):
+                shown_quarter[model] = quarter
                 log.info("model %s: loading %d%%", model, event["percent"])
+        elif name == "starting":
+            shown_quarter.pop(model, None)
+            log.info("model %s: starting (pid %s)", model, event.get("pid"))
         elif name == "ready":
             log.info("model %s: ready (loaded in %.1f s)", model, event.get("load_seconds") or 0.0)
             if model is not None and event.get("load_seconds") is not None:
                 metrics.model_loaded(model, float(event["load_seconds"]))
         elif name == "failed":
             log.error("model %s: failed: %s", model, event.get("reason"))
-        elif name == "starting":
-            log.info("model %s: starting (pid %s)", model, event.get("pid"))
         elif name == "restarting" and model is not None:
             metrics.worker_restarted(model)
         elif name == "loading" and model is not None:

@@ -49,8 +49,9 @@ from gateway.launch import ModelLaunch, config_models, launch_from_placement  # 
 from gateway.planning import plan_config, plan_policy, read_models  # noqa: E402
 from planner.devices import Device, select_devices  # noqa: E402
 from planner.model_info import ModelInfo  # noqa: E402
+from planner.nvml import device_used_bytes, process_gpu_memory, read_nvml_devices  # noqa: E402
 from planner.plan import Placement, Plan  # noqa: E402
-from tests.ggufmaker import QT, model_tensor_specs, q4_k_m_types, use_more_bits, write_header_only_model  # noqa: E402
+from tests.ggufmaker import model_tensor_specs, q4_k_m_types, write_header_only_model  # noqa: E402
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -181,22 +182,6 @@ def load_record(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Meas
 # --------------------------------------------------------------------------------------------
 
 
-def gemma3_q4_k_m_types(n_layers: int) -> Callable[[str, int | None], QT]:
-    """Q4_K_M-like types for a tied-embedding Gemma 3 (token_embd Q6_K, as llama-quantize does
-    for the tied output matrix)."""
-
-    def pick(short: str, layer: int | None) -> QT:
-        if not short.endswith(".weight") or short.endswith("norm.weight"):
-            return QT.F32
-        if short == "token_embd.weight":
-            return QT.Q6_K
-        if short in ("attn_v.weight", "ffn_down.weight") and layer is not None and use_more_bits(layer, n_layers):
-            return QT.Q6_K
-        return QT.Q4_K
-
-    return pick
-
-
 # Llama-3.1-70B layers (the offload model repeats them as often as the GPU needs).
 LLAMA70B_LAYER = {"n_embd": 8192, "n_head": 64, "n_head_kv": 8, "n_ff": 28672, "n_vocab": 128256}
 LLAMA70B_LAYERS = 80
@@ -241,7 +226,7 @@ def write_gemma3_4b_like(path: Path) -> Path:
     tied embeddings, sliding window 1024 on 5 of every 6 layers (llama.cpp's gemma3 rule)."""
     return write_header_only_model(
         path, arch="gemma3", n_layers=34, n_embd=2560, n_head=8, n_head_kv=4, n_ff=10240,
-        n_vocab=262144, key_length=256, value_length=256, tensor_types=gemma3_q4_k_m_types(34),
+        n_vocab=262144, key_length=256, value_length=256, tensor_types=q4_k_m_types(34, q6_k_matrix="token_embd.weight"),
         tied=True, qk_norm=True, post_norms=True, sliding_window=1024, context_length=131072,
         n_merges=N_MERGES, name="Gemma 3 4B-shaped (zero weights)",
         file_type=int(gguf.LlamaFileType.MOSTLY_Q4_K_M),
@@ -366,23 +351,6 @@ def placement_text(p: Planned) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def nvml_used(indices: Sequence[int]) -> dict[int, int]:
-    """Device "used" bytes per NVML index ({} without NVML)."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return {}
-    try:
-        return {i: int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used) for i in indices}
-    finally:
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
-
-
 def machine_meta(indices: Sequence[int]) -> dict[str, Any]:
     """Card, driver, CUDA (the driver's) and llama-cpp-python version, for the record."""
     meta: dict[str, Any] = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")}
@@ -450,7 +418,7 @@ async def _wait_released(before: dict[int, int], timeout: float = 30.0) -> None:
     """Wait until each GPU's usage is back near where it was (the worker's memory is freed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = nvml_used(list(before))
+        now = device_used_bytes(list(before))
         if all(now.get(i, 0) <= b + 64 * MIB for i, b in before.items()):
             return
         await asyncio.sleep(0.5)
@@ -458,7 +426,6 @@ async def _wait_released(before: dict[int, int], timeout: float = 30.0) -> None:
 
 async def measure(planned: Planned, *, requests: int, load_timeout: float, log: Callable[[str], None] = print) -> list[Measurement]:
     """Start the model's worker as the gateway does, send requests, measure each of its GPUs."""
-    from gateway.gpu_usage import process_gpu_memory
     from gateway.supervisor import ModelState, WorkerHandle
 
     placement = planned.placement
@@ -473,7 +440,7 @@ async def measure(planned: Planned, *, requests: int, load_timeout: float, log: 
     def failed(note: str) -> list[Measurement]:
         return [Measurement(planned.model.key, g, predicted[g], None, note=note) for g in gpus]
 
-    before = nvml_used(gpus)
+    before = device_used_bytes(gpus)
     handle = WorkerHandle(spec, env)
     started = time.monotonic()
     await handle.start()
@@ -482,7 +449,7 @@ async def measure(planned: Planned, *, requests: int, load_timeout: float, log: 
         if state != ModelState.READY:
             return failed(f"load: {handle.reason or state.value}")
         log(f"  loaded in {time.monotonic() - started:.1f} s")
-        after_load = nvml_used(gpus)
+        after_load = device_used_bytes(gpus)
         params = request_params(planned.info.n_vocab, planned.model.max_tokens)
         for k in range(requests):
             t0 = time.monotonic()
@@ -493,7 +460,7 @@ async def measure(planned: Planned, *, requests: int, load_timeout: float, log: 
                     usage = msg["data"].get("usage", {})
                     log(f"  request {k + 1}: {usage.get('prompt_tokens')} + {usage.get('completion_tokens')} tokens in {time.monotonic() - t0:.1f} s")
         await asyncio.sleep(1.0)  # let the allocator settle
-        after = nvml_used(gpus)
+        after = device_used_bytes(gpus)
         per_process = process_gpu_memory(handle.pid or 0, gpus)
     finally:
         await handle.stop()
@@ -616,7 +583,6 @@ def _workdir(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run_gpu(args: argparse.Namespace) -> int:
     from gateway.verify import cuda_status, unavailable_message
-    from planner.nvml import read_nvml_devices
 
     status = cuda_status()
     if not status.available:

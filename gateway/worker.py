@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import msgspec
 
-from gateway.gpu_usage import process_gpu_memory
+from planner.nvml import process_gpu_memory
 from gateway.protocol import WorkerSpec, decode, encode
 from planner.llama_log import parse_buffer_lines
 from planner.memory import kv_type

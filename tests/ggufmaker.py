@@ -65,13 +65,17 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
     )
 
 
-def q4_k_m_types(n_layers: int) -> Callable[[str, int | None], QT]:
-    """Q4_K_M as llama-quantize lays it out for a dense Qwen2/Llama-shaped model."""
+def q4_k_m_types(n_layers: int, q6_k_matrix: str = "output.weight") -> Callable[[str, int | None], QT]:
+    """Q4_K_M as llama-quantize lays it out for a dense Qwen2/Llama-shaped model.
+
+    ``q6_k_matrix`` is the output matrix llama-quantize keeps in Q6_K: ``output.weight``, or
+    ``token_embd.weight`` for a model with tied embeddings (Gemma 3).
+    """
 
     def pick(short: str, layer: int | None) -> QT:
         if not short.endswith(".weight") or short.endswith("norm.weight"):
             return QT.F32
-        if short == "output.weight":
+        if short == q6_k_matrix:
             return QT.Q6_K
         if short in ("attn_v.weight", "ffn_down.weight") and layer is not None and use_more_bits(layer, n_layers):
             return QT.Q6_K

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.gpu_usage import process_gpu_memory
+from planner.nvml import process_gpu_memory
 from gateway.protocol import WorkerSpec, decode, encode
 from tests.ggufmaker import write_tiny_llama
 

@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import gguf  # noqa: E402
 
-from gateway.model_files import resolve_model_path  # noqa: E402
+from gateway.config.model_files import resolve_model_path  # noqa: E402
 from planner.errors import ModelFileError  # noqa: E402
 from planner.gguf_reader import read_model_info  # noqa: E402
 from tests import ggufmaker  # noqa: E402

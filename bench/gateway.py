@@ -32,7 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.model_files import resolve_model_path  # noqa: E402
+from gateway.config.model_files import resolve_model_path  # noqa: E402
 
 PROMPTS = [
     "The capital of France is",

@@ -44,12 +44,12 @@ sys.path.insert(0, str(ROOT))
 import gguf  # noqa: E402
 import tomli_w  # noqa: E402
 
-from gateway.config import Config, ModelConfig, parse_config  # noqa: E402
-from gateway.launch import ModelLaunch, config_models, launch_from_placement  # noqa: E402
-from gateway.planning import plan_config, plan_policy, read_models  # noqa: E402
+from gateway.config.schema import Config, ModelConfig, parse_config  # noqa: E402
+from gateway.placement.launch import ModelLaunch, config_models, launch_from_placement  # noqa: E402
+from gateway.placement.planning import plan_config, plan_policy, read_models  # noqa: E402
 from planner.devices import Device, select_devices  # noqa: E402
 from planner.model_info import ModelInfo  # noqa: E402
-from planner.nvml import device_used_bytes, process_gpu_memory, read_nvml_devices  # noqa: E402
+from gateway.placement.nvml import device_used_bytes, process_gpu_memory, read_nvml_devices  # noqa: E402
 from planner.plan import Placement, Plan  # noqa: E402
 from tests.ggufmaker import model_tensor_specs, q4_k_m_types, write_header_only_model  # noqa: E402
 
@@ -426,7 +426,7 @@ async def _wait_released(before: dict[int, int], timeout: float = 30.0) -> None:
 
 async def measure(planned: Planned, *, requests: int, load_timeout: float, log: Callable[[str], None] = print) -> list[Measurement]:
     """Start the model's worker as the gateway does, send requests, measure each of its GPUs."""
-    from gateway.supervisor import ModelState, WorkerHandle
+    from gateway.runtime.worker_process import ModelState, WorkerHandle
 
     placement = planned.placement
     assert placement is not None and placement.gpus
@@ -555,8 +555,8 @@ def run_dry(args: argparse.Namespace) -> int:
 
 def _check_load(p: Planned) -> bool:
     """llama.cpp (this build, no GPU) reads the header: a no_alloc dry run of the model on the CPU."""
-    from gateway.protocol import WorkerSpec
-    from gateway.verify import dry_run
+    from gateway.engine.protocol import WorkerSpec
+    from gateway.engine.dry_run import dry_run
 
     mc = p.model_config
     spec = WorkerSpec(name=p.model.key, model_path=str(p.path), n_ctx=mc.n_ctx, n_batch=mc.n_batch, n_ubatch=mc.n_ubatch,
@@ -582,7 +582,7 @@ def _workdir(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_gpu(args: argparse.Namespace) -> int:
-    from gateway.verify import cuda_status, unavailable_message
+    from gateway.engine.dry_run import cuda_status, unavailable_message
 
     status = cuda_status()
     if not status.available:

@@ -3,7 +3,7 @@
 Every formula cites the figure it was calibrated on: ``H200`` rows are from
 shared/reference/gpu-h200-measurements.md (a Qwen2 7B Q4_K_M shape: n_embd 3584, 28 heads,
 vocab 152,064), ``CPU`` figures from llama-cpp-python's own buffer lines on this project's test
-models (tests/test_memory_vs_llama.py checks them on every run). Sizes are bytes.
+models (tests/unit/planner/test_memory_vs_llama.py checks them on every run). Sizes are bytes.
 
 Per GPU the model costs: its layers' weights (the output layer's device also holds ``output`` or,
 for tied embeddings, a copy of ``token_embd``), its layers' KV cache, a compute buffer, the

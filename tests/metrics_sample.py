@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import GatewayMetrics, ModelSnapshot
+from gateway.observability.metrics import GatewayMetrics, ModelSnapshot
 from planner.devices import declared_devices
 
 GIB = 1024**3

@@ -1,0 +1,420 @@
+"""The gateway's OpenAPI document, served at ``/openapi.json``.
+
+Litestar generates the paths, operation ids and path parameters from the route handlers. The
+handlers read the raw request (so that a bad body gets our own 400 naming the field), which
+leaves Litestar nothing to describe the bodies with; ``document`` adds them here: each
+operation's request body (the schemas next to the parser in ``gateway.http.openai_params``), its
+responses (the 200 shapes and OpenAI's error body for every 4xx/5xx it can answer) and, when the
+config has API keys, its security requirement.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from gateway.config.schema import Config
+from gateway.http.openai_params import (
+    CHAT_REQUEST_SCHEMA,
+    COMPLETION_REQUEST_SCHEMA,
+    EMBEDDING_REQUEST_SCHEMA,
+)
+
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"  # Litestar's own router for the document (it also answers /docs/openapi.json)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_NULL_STR = {"type": ["string", "null"]}
+
+_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "total_tokens"],
+    "properties": {"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "description": "OpenAI's error body.",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {"message": _STR, "type": _STR, "param": _NULL_STR, "code": _NULL_STR},
+            }
+        },
+    },
+    "Usage": _USAGE,
+    "CreateChatCompletionRequest": CHAT_REQUEST_SCHEMA,
+    "CreateCompletionRequest": COMPLETION_REQUEST_SCHEMA,
+    "CreateEmbeddingRequest": EMBEDDING_REQUEST_SCHEMA,
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": _STR,
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": _INT,
+            "model": _STR,
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": _INT,
+                        "message": {
+                            "type": "object",
+                            "required": ["role"],
+                            "properties": {
+                                "role": _STR,
+                                "content": _NULL_STR,
+                                "tool_calls": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "finish_reason": {
+                            "type": ["string", "null"],
+                            "description": "\"length\" when max_tokens or the end of the context stopped it",
+                        },
+                        "logprobs": {"type": ["object", "null"]},
+                    },
+                },
+            },
+            "usage": _ref("Usage"),
+        },
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": _STR,
+            "object": {"type": "string", "enum": ["text_completion"]},
+            "created": _INT,
+            "model": _STR,
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "text", "finish_reason"],
+                    "properties": {
+                        "index": _INT,
+                        "text": _STR,
+                        "finish_reason": {"type": ["string", "null"]},
+                        "logprobs": {"type": ["object", "null"]},
+                    },
+                },
+            },
+            "usage": _ref("Usage"),
+        },
+    },
+    "ChatCompletionChunk": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": _STR,
+            "object": {"type": "string", "enum": ["chat.completion.chunk"]},
+            "created": _INT,
+            "model": _STR,
+            "choices": {
+                "type": "array",
+                "description": "empty in the last chunk, the one with `usage` (stream_options.include_usage)",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "delta"],
+                    "properties": {"index": _INT, "delta": {"type": "object"}, "finish_reason": {"type": ["string", "null"]}},
+                },
+            },
+            "usage": _ref("Usage"),
+        },
+    },
+    "EmbeddingList": {
+        "type": "object",
+        "required": ["object", "data", "model"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["object", "embedding", "index"],
+                    "properties": {
+                        "object": {"type": "string", "enum": ["embedding"]},
+                        "embedding": {
+                            "type": "array",
+                            "description": "one float per dimension (a list of them per token with pooling = none)",
+                            "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]},
+                        },
+                        "index": _INT,
+                    },
+                },
+            },
+            "model": _STR,
+            "usage": _USAGE,
+        },
+    },
+    "Model": {
+        "type": "object",
+        "description": "OpenAI's model object plus the gateway's state and planned vs allocated memory.",
+        "required": ["id", "object", "created", "owned_by", "aliases", "state"],
+        "properties": {
+            "id": _STR,
+            "object": {"type": "string", "enum": ["model"]},
+            "created": _INT,
+            "owned_by": _STR,
+            "aliases": {"type": "array", "items": _STR},
+            "state": {"type": "string", "enum": ["starting", "ready", "failed", "stopping", "stopped"]},
+            "reason": _NULL_STR,
+            "progress": {"type": "number"},
+            "load_seconds": {"type": ["number", "null"]},
+            "pid": {"type": ["integer", "null"]},
+            "planned": {"type": ["object", "null"]},
+            "allocated": {"type": "object"},
+            "gpu_used_bytes": {"type": "object"},
+            "queue": {
+                "type": "object",
+                "properties": {"running": _INT, "waiting": _INT, "max_concurrency": _INT, "queue_size": _INT},
+            },
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"type": "string", "enum": ["list"]}, "data": {"type": "array", "items": _ref("Model")}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "models"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+            "models": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["state", "reason"],
+                    "properties": {"state": _STR, "reason": _NULL_STR},
+                },
+            },
+        },
+    },
+    "ReloadResult": {
+        "type": "object",
+        "required": ["reloaded", "problems", "unchanged", "removed", "changed", "added"],
+        "properties": {
+            "reloaded": {"type": "boolean"},
+            **{k: {"type": "array", "items": _STR} for k in ("problems", "unchanged", "removed", "changed", "added")},
+        },
+    },
+}
+
+_REQUEST_ID = {"X-Request-Id": {"description": "the request's id (the client's, when it sent one)", "schema": _STR}}
+_RETRY_AFTER = {"Retry-After": {"required": True, "description": "seconds", "schema": _STR}}
+
+_ERRORS: dict[str, str] = {
+    "400": "Malformed JSON, a field of the wrong type (named in `param`), a prompt longer than the context",
+    "401": "A missing or wrong API key",
+    "404": "An unknown model (the message lists the known ones)",
+    "413": "A body over `max_body_bytes`",
+    "429": "The model's queue is full: retry after `Retry-After` seconds",
+    "503": "The model is not serving (failed, restarting, stopped) or the request waited longer than `request_timeout_s`",
+}
+
+
+def _error(status: str, description: str | None = None) -> dict[str, Any]:
+    headers = dict(_REQUEST_ID)
+    if status in ("429", "503"):
+        headers.update(_RETRY_AFTER)
+    return {
+        "description": description or _ERRORS[status],
+        "headers": headers,
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _event(chunk: str) -> dict[str, Any]:
+    """One server-sent event: its data is a JSON chunk, an in-band error, or the final [DONE].
+
+    (OpenAPI 3.1 has no word for a stream's items; as OpenAPI 3.2's ``itemSchema`` does, and as
+    schemathesis reads a 3.1 ``schema`` for text/event-stream, this describes one event.)
+    """
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": _STR,
+            "data": {
+                "anyOf": [
+                    {"type": "string", "enum": ["[DONE]"]},
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"anyOf": [_ref(chunk), _ref("Error")]},
+                    },
+                ]
+            },
+        },
+    }
+
+
+def _generation(schema: str, chunk: str, what: str) -> dict[str, Any]:
+    return {
+        "description": (
+            f"The {what}; with `stream: true`, server-sent events: one `data:` line per chunk, an error "
+            "that happens after the first chunk as an OpenAI error body in-band, then `data: [DONE]`"
+        ),
+        "headers": dict(_REQUEST_ID),
+        "content": {"application/json": {"schema": _ref(schema)}, "text/event-stream": {"schema": _event(chunk)}},
+    }
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_MODEL_ERRORS = ("400", "401", "404", "413", "429", "503")
+
+# operationId -> what Litestar cannot know; "auth" is the guard's kind (see app._guard).
+OPERATIONS: dict[str, dict[str, Any]] = {
+    "createChatCompletion": {
+        "summary": "Create a chat completion",
+        "auth": "api",
+        "requestBody": _body("CreateChatCompletionRequest"),
+        "responses": {"200": _generation("ChatCompletion", "ChatCompletionChunk", "chat completion"), **{s: _error(s) for s in _MODEL_ERRORS}},
+    },
+    "createCompletion": {
+        "summary": "Create a completion",
+        "auth": "api",
+        "requestBody": _body("CreateCompletionRequest"),
+        "responses": {"200": _generation("Completion", "Completion", "completion"), **{s: _error(s) for s in _MODEL_ERRORS}},
+    },
+    "createEmbedding": {
+        "summary": "Create embeddings",
+        "auth": "api",
+        "requestBody": _body("CreateEmbeddingRequest"),
+        "responses": {
+            "200": {**_json("One embedding per input", "EmbeddingList"), "headers": dict(_REQUEST_ID)},
+            **{s: _error(s) for s in _MODEL_ERRORS},
+            "400": _error("400", _ERRORS["400"] + ", a model without `embedding = true`"),
+        },
+    },
+    "listModels": {
+        "summary": "List the models",
+        "auth": "api",
+        "responses": {"200": _json("Every configured model", "ModelList"), "401": _error("401")},
+    },
+    "retrieveModel": {
+        "summary": "Retrieve a model",
+        "auth": "api",
+        "responses": {"200": _json("One model, by name or alias", "Model"), "401": _error("401"), "404": _error("404")},
+    },
+    "health": {
+        "summary": "Health of the gateway and each model",
+        "auth": "health",
+        "responses": {
+            "200": _json("At least one model serves (status ok or degraded)", "Health"),
+            "503": _json("No model serves", "Health"),
+            "401": _error("401"),
+        },
+    },
+    "metrics": {
+        "summary": "Prometheus metrics",
+        "auth": "metrics",
+        "responses": {
+            "200": {
+                "description": "Prometheus text (OpenMetrics when the Accept header asks for it)",
+                "content": {"text/plain": {"schema": _STR}, "application/openmetrics-text": {"schema": _STR}},
+            },
+            "401": _error("401"),
+        },
+    },
+    "reload": {
+        "summary": "Re-read models.toml (as SIGHUP does)",
+        "auth": "admin",
+        "responses": {
+            "200": _json("Reloaded: what was unchanged, removed, changed and added", "ReloadResult"),
+            "422": _json("The new models.toml is invalid or does not fit: nothing changed", "ReloadResult"),
+            "400": _error("400", "The gateway was started without a config file"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "409": _error("409", "A reload is already running"),
+        },
+    },
+}
+
+
+def _needs_key(auth: str, config: Config) -> bool:
+    g = config.gateway
+    if not g.api_keys:
+        return False
+    return {"api": True, "admin": True, "health": g.health_requires_key, "metrics": g.metrics_requires_key}[auth]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vram-gateway")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="vram-gateway",
+        version=_version(),
+        description="An OpenAI-compatible gateway for GGUF models planned onto the machine's GPUs.",
+        path=DOCS_PATH,
+        render_plugins=[_DocumentPlugin()],
+        components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+    )
+
+
+def document(app: Litestar) -> dict[str, Any]:
+    """Litestar's generated document with the bodies, responses and security added (built once)."""
+    cached = app.state.get("openapi_document")
+    if cached is not None:
+        return cached
+    config: Config = app.state.config
+    doc = copy.deepcopy(app.openapi_schema.to_schema())
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            extra = OPERATIONS.get(op.get("operationId")) if isinstance(op, dict) else None
+            if extra is None:
+                continue
+            op["summary"] = extra["summary"]
+            op["responses"] = copy.deepcopy(extra["responses"])
+            if "requestBody" in extra:
+                op["requestBody"] = copy.deepcopy(extra["requestBody"])
+            op.pop("security", None)
+            if _needs_key(extra["auth"], config):
+                op["security"] = [{"bearer": []}]
+            elif extra["auth"] != "admin":
+                # Without keys only the admin endpoint refuses anyone (clients not on loopback).
+                op["responses"].pop("401", None)
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
+    if not config.gateway.api_keys:
+        components.pop("securitySchemes", None)
+    app.state.openapi_document = doc
+    return doc
+
+
+class _DocumentPlugin(JsonRenderPlugin):
+    """Litestar's JSON plugin, serving ``document`` (at /docs and /docs/openapi.json)."""
+
+    def render(self, request, openapi_schema: dict[str, Any]) -> bytes:  # type: ignore[override]
+        return self.render_json(request, document(request.app))

@@ -1,0 +1,113 @@
+"""Run the gateway under granian: one server process, one app worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from pathlib import Path
+
+import msgspec
+from granian import Granian
+from granian.constants import Interfaces
+from granian.log import LogLevels
+
+from gateway.http.app import RELOAD_TOKEN_HEADER
+from gateway.http.asgi import STATE_ENV
+from gateway.config.schema import Config, dump_config
+from gateway.placement.launch import ModelLaunch, encode_launches
+from gateway.observability.logs import granian_log_config
+
+log = logging.getLogger("gateway")
+
+
+def write_state(
+    config: Config,
+    launches: dict[str, ModelLaunch],
+    *,
+    strict: bool,
+    config_path: Path | None = None,
+    reload_token: str | None = None,
+    directory: Path | None = None,
+) -> Path:
+    """The state file ``gateway.http.asgi.app_from_state`` reads: the config and the plan."""
+    state = {
+        "config": dump_config(config),
+        "launches": msgspec.json.decode(encode_launches(launches)),
+        "strict": strict,
+        "config_path": str(config_path.resolve()) if config_path is not None else None,
+        "reload_token": reload_token,
+    }
+    fd, path = tempfile.mkstemp(prefix="vram-gateway-", suffix=".json", dir=directory)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(state))
+    return Path(path)
+
+
+class _Server(Granian):  # type: ignore[misc, valid-type]
+    """granian's server, with SIGHUP meaning "reload models.toml" instead of "respawn the app".
+
+    Respawning would reload every model; our reload keeps unchanged models serving. The app
+    process does the work (``POST /admin/reload``); this process only forwards the signal.
+    """
+
+    reload_url: str = ""
+    reload_token: str = ""
+
+    def _reload(self, spawn_target, target_loader):  # noqa: ANN001
+        self.reload_signal = False
+        self.main_loop_interrupt.clear()
+        threading.Thread(target=self._post_reload, name="reload", daemon=True).start()
+
+    def _post_reload(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.reload_url, method="POST", headers={RELOAD_TOKEN_HEADER: self.reload_token})
+        try:
+            with urllib.request.urlopen(req, timeout=3600) as resp:
+                log.info("SIGHUP: %s", resp.read().decode(errors="replace"))
+        except urllib.error.HTTPError as exc:
+            log.error("SIGHUP: reload refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
+        except OSError as exc:
+            log.error("SIGHUP: could not reach the app to reload: %s", exc)
+
+
+def _loopback_url(host: str, port: int, path: str) -> str:
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
+def run_server(
+    config: Config, launches: dict[str, ModelLaunch], *, strict: bool = False, config_path: Path | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM; workers are stopped by the app's lifespan."""
+    token = secrets.token_urlsafe(32)
+    state = write_state(config, launches, strict=strict, config_path=config_path, reload_token=token)
+    os.environ[STATE_ENV] = str(state)
+    try:
+        server = _Server(
+            "gateway.http.asgi:app_from_state",
+            factory=True,
+            interface=Interfaces.ASGI,
+            address=config.gateway.host,
+            port=config.gateway.port,
+            workers=1,
+            log_level=LogLevels(config.gateway.log_level),
+            log_dictconfig=granian_log_config(config.gateway.log_level, config.gateway.log_format == "json"),
+            # The lifespan drains requests and stops the model workers: give it the grace
+            # period plus time to SIGTERM/SIGKILL them before granian kills the app process.
+            workers_kill_timeout=int(config.gateway.shutdown_grace_s) + 15,
+        )
+        server.reload_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/reload")
+        server.reload_token = token
+        server.serve()
+    finally:
+        state.unlink(missing_ok=True)

@@ -1,0 +1,376 @@
+"""Prometheus metrics: what happened (counters, histograms) and what is (read at scrape time).
+
+``GatewayMetrics`` owns its own ``CollectorRegistry``, so several apps in one process (tests)
+never clash on the global default registry. Two kinds of series:
+
+- **Events**, recorded by the app as they happen: ``request_finished``, ``rejected``,
+  ``worker_restarted``, ``model_loaded``. Worker processes report their observations (token
+  usage, load time, allocated buffers) over the IPC protocol, so every series is recorded in
+  the gateway process and one ``/metrics`` serves them all; there is no per-worker target.
+- **State**, evaluated on every scrape from two callables given to the constructor: the
+  models (state, queue, planned and allocated memory) and the GPUs (NVML, or a declared
+  inventory's static figures). Nothing is cached between scrapes, so a scrape never shows a
+  stale queue or a GPU's memory from minutes ago.
+
+Labels. Every per-model series has ``model``: the configured name, never the alias a client
+used, and ``""`` for a request that never reached a model (a 400 before routing, a 404 for an
+unknown name), so client input can never create series. Every per-GPU series has ``gpu`` (the
+NVML index, which is also the planner's index) and ``gpu_uuid`` (NVML's UUID; ``declared-N``
+for a declared inventory; ``""`` when the inventory of that scrape does not list the GPU).
+Dashboards group and join on ``gpu``; ``gpu_uuid`` tells which physical card it was when
+indices move (a GPU removed, a different host).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from planner.devices import Device
+
+log = logging.getLogger("gateway.observability.metrics")
+
+PREFIX = "vram_gateway_"
+
+# The supervisor's states (gateway.runtime.worker_process.ModelState) under the names the issue and the
+# dashboard use. "starting" covers spawning and loading the weights: a user sees "loading".
+STATE_NAMES: Mapping[str, str] = {
+    "starting": "loading",
+    "ready": "ready",
+    "failed": "failed",
+    "stopping": "stopping",
+    "stopped": "stopped",
+}
+MODEL_STATES: tuple[str, ...] = ("loading", "ready", "failed", "stopping", "stopped")
+
+REJECT_REASONS: tuple[str, ...] = ("queue_full", "queue_timeout", "model_unavailable")
+
+# LLM requests range from a 50 ms embedding to a 10-minute generation (request_timeout_s
+# defaults to 600), so the buckets are roughly logarithmic over that whole range.
+DURATION_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# Time to first token: prefill of a short prompt on a GPU is tens of ms; a long prompt on the
+# CPU, or a queue, takes up to a minute.
+TTFT_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+# Decode speed: a 70B model on the CPU makes ~1 token/s, a 270M model on an H100 several hundred.
+TOKENS_PER_SECOND_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000)
+
+NO_MODEL = ""
+
+_CUDA_BUFFER = re.compile(r"CUDA(\d+)")
+_ALLOCATED_SECTIONS = ("model_mib", "kv_mib", "output_mib", "compute_mib")
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """One configured model as it is at scrape time.
+
+    ``state`` is the supervisor's name (``starting|ready|failed|stopping|stopped``); it is
+    exported under ``STATE_NAMES``. Byte maps are keyed by NVML GPU index:
+
+    - ``planned_bytes``: the planner's per-GPU prediction (weights, KV, compute, CUDA context
+      and growth), i.e. ``PlannedDevice.total_bytes``;
+    - ``allocated_bytes``: the buffers llama.cpp reported (weights, KV, output, compute; no
+      CUDA context), see ``llama_buffers_per_gpu``;
+    - ``process_used_bytes``: what NVML says the worker process holds on that GPU (CUDA
+      context included, so directly comparable with ``planned_bytes``); empty where NVML
+      cannot match the process (no driver, a container without the host's PID namespace).
+
+    ``max_concurrency`` and ``queue_size`` are the limits of the model's waiting room; ``None``
+    leaves their series out.
+    """
+
+    name: str
+    state: str
+    waiting: int = 0
+    running: int = 0
+    max_concurrency: int | None = None
+    queue_size: int | None = None
+    planned_bytes: Mapping[int, int] = field(default_factory=dict)
+    allocated_bytes: Mapping[int, int] = field(default_factory=dict)
+    process_used_bytes: Mapping[int, int] = field(default_factory=dict)
+
+
+def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]) -> dict[int, int]:
+    """Bytes llama.cpp allocated per NVML GPU index, from a worker's ``allocated`` report.
+
+    ``allocated`` is ``planner.llama_log.AllocatedBuffers.as_dict()`` (MiB per buffer name).
+    llama.cpp names GPU buffers ``CUDA<n>`` with ``n`` the position in the worker's
+    ``CUDA_VISIBLE_DEVICES``, so ``gpu_order`` is that list of NVML indices (the launch's
+    ``[d.gpu for d in launch.devices]``). Host buffers (``CUDA_Host``, ``CPU*``) are not GPU
+    memory and are left out.
+    """
+    out: dict[int, int] = {}
+    for section in _ALLOCATED_SECTIONS:
+        for buffer, mib in (allocated.get(section) or {}).items():
+            m = _CUDA_BUFFER.fullmatch(str(buffer))
+            if m is None or int(m.group(1)) >= len(gpu_order):
+                continue
+            gpu = gpu_order[int(m.group(1))]
+            out[gpu] = out.get(gpu, 0) + round(float(mib) * _MIB)
+    return out
+
+
+class _StateCollector(Collector):
+    """The series that describe *now*: evaluated from the two callables on every scrape."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Iterable[ModelSnapshot]],
+        read_gpus: Callable[[], Iterable[Device]],
+        collect_errors: Counter,
+    ) -> None:
+        self._snapshot = snapshot
+        self._read_gpus = read_gpus
+        self._errors = collect_errors
+
+    def describe(self) -> Iterable[Metric]:
+        # Nothing up front: the series come from the callables, which may only work once the
+        # app has started, and the registry would otherwise call collect() to learn the names.
+        return []
+
+    def _read(self, source: str, read: Callable[[], Iterable[Any]]) -> list[Any]:
+        # A failing NVML call or a registry mid-reload must not turn the whole /metrics into a
+        # 500: the other series still matter. The failure is counted and logged instead.
+        try:
+            return list(read())
+        except Exception:
+            log.exception("metrics: reading %s failed", source)
+            self._errors.labels(source=source).inc()
+            return []
+
+    def collect(self) -> Iterator[Metric]:
+        gpus = self._read("gpus", self._read_gpus)
+        models = self._read("models", self._snapshot)
+        uuids = {d.index: d.uuid for d in gpus}
+
+        info = GaugeMetricFamily(PREFIX + "gpu_info", "GPUs in the inventory read at this scrape (value 1).", labels=["gpu", "gpu_uuid", "name"])
+        total = GaugeMetricFamily(PREFIX + "gpu_memory_total_bytes", "Total memory of the GPU.", labels=["gpu", "gpu_uuid"])
+        free = GaugeMetricFamily(PREFIX + "gpu_memory_free_bytes", "Free memory of the GPU, read from NVML at scrape time (static for a declared inventory).", labels=["gpu", "gpu_uuid"])
+        used = GaugeMetricFamily(PREFIX + "gpu_memory_used_bytes", "Used memory of the GPU (total - free), by every process on it.", labels=["gpu", "gpu_uuid"])
+        for d in gpus:
+            gpu = [str(d.index), d.uuid]
+            info.add_metric([*gpu, d.name], 1)
+            total.add_metric(gpu, d.total_bytes)
+            free.add_metric(gpu, d.free_bytes)
+            used.add_metric(gpu, d.total_bytes - d.free_bytes)
+        yield from (info, total, free, used)
+
+        state = GaugeMetricFamily(PREFIX + "model_state", "1 for the model's current state, 0 for the others.", labels=["model", "state"])
+        waiting = GaugeMetricFamily(PREFIX + "queue_depth", "Requests waiting for a free slot of the model.", labels=["model"])
+        running = GaugeMetricFamily(PREFIX + "requests_in_flight", "Requests the model is running now.", labels=["model"])
+        concurrency = GaugeMetricFamily(PREFIX + "max_concurrency", "Requests the model may run at once (max_concurrency).", labels=["model"])
+        capacity = GaugeMetricFamily(PREFIX + "queue_capacity", "Requests that may wait for the model (queue_size).", labels=["model"])
+        mem_labels = ["model", "gpu", "gpu_uuid"]
+        planned = GaugeMetricFamily(PREFIX + "model_planned_bytes", "GPU memory the planner predicted for the model (weights, KV cache, compute buffers, CUDA context, growth).", labels=mem_labels)
+        allocated = GaugeMetricFamily(PREFIX + "model_allocated_bytes", "GPU buffers llama.cpp reported allocating for the model (weights, KV cache, output, compute; no CUDA context).", labels=mem_labels)
+        process = GaugeMetricFamily(PREFIX + "model_process_used_bytes", "GPU memory NVML reports for the model's worker process (CUDA context included).", labels=mem_labels)
+        for m in models:
+            current = STATE_NAMES.get(m.state, m.state)
+            # An unknown state is shown as itself rather than dropped, so a new supervisor
+            # state shows up on the dashboard instead of the model vanishing from it.
+            for name in MODEL_STATES if current in MODEL_STATES else (*MODEL_STATES, current):
+                state.add_metric([m.name, name], 1 if name == current else 0)
+            waiting.add_metric([m.name], m.waiting)
+            running.add_metric([m.name], m.running)
+            if m.max_concurrency is not None:
+                concurrency.add_metric([m.name], m.max_concurrency)
+            if m.queue_size is not None:
+                capacity.add_metric([m.name], m.queue_size)
+            for family, per_gpu in ((planned, m.planned_bytes), (allocated, m.allocated_bytes), (process, m.process_used_bytes)):
+                for gpu, value in sorted(per_gpu.items()):
+                    family.add_metric([m.name, str(gpu), uuids.get(gpu, "")], value)
+        yield from (state, waiting, running, concurrency, capacity, planned, allocated, process)
+
+
+class GatewayMetrics:
+    """Every series ``GET /metrics`` serves, in a registry of its own.
+
+    ``snapshot`` returns one ``ModelSnapshot`` per configured model; ``read_gpus`` returns the
+    GPU inventory (``gateway.placement.nvml.read_nvml_devices`` or a declared one). Both are called once
+    per scrape, possibly from a thread other than the event loop's (see ``render``).
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Iterable[ModelSnapshot]],
+        read_gpus: Callable[[], Iterable[Device]],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._collect_errors = Counter(
+            PREFIX + "metrics_collect_errors",
+            "Scrapes where reading a source of state (models, gpus) raised; its series were left out.",
+            ["source"],
+            registry=None,
+        )
+        # The state collector goes first so the error counter it may bump is current in the
+        # same scrape.
+        r.register(_StateCollector(snapshot, read_gpus, self._collect_errors))
+        r.register(self._collect_errors)
+
+        self._requests = Counter(
+            PREFIX + "requests", "Requests answered, by model, endpoint and HTTP status.", ["model", "endpoint", "status"], registry=r
+        )
+        self._duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Time from receiving a successful (2xx) request to its last byte, queueing included.",
+            ["model", "endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self._ttft = Histogram(
+            PREFIX + "time_to_first_token_seconds",
+            "Time from receiving a successful request to its first generated token, queueing included.",
+            ["model", "endpoint"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self._prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
+        self._completion_tokens = Counter(PREFIX + "completion_tokens", "Completion tokens generated.", ["model"], registry=r)
+        self._speed = Histogram(
+            PREFIX + "generation_tokens_per_second",
+            "Decode speed of one request: tokens after the first / time after the first token.",
+            ["model"],
+            buckets=TOKENS_PER_SECOND_BUCKETS,
+            registry=r,
+        )
+        self._rejected = Counter(
+            PREFIX + "requests_rejected",
+            "Requests refused without running: queue_full (429), queue_timeout and model_unavailable (503).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self._restarts = Counter(PREFIX + "worker_restarts", "Times a model's worker process was restarted.", ["model"], registry=r)
+        self._load = Gauge(
+            PREFIX + "model_load_duration_seconds", "Seconds the model's last successful load took.", ["model"], registry=r
+        )
+        self._loads = Counter(
+            PREFIX + "model_loads", "Model loads by reason (startup, on_demand, restart, reload).", ["model", "reason"], registry=r
+        )
+        self._evictions = Counter(
+            PREFIX + "model_evictions", "Model unloads by reason (make_room, idle_ttl).", ["model", "reason"], registry=r
+        )
+        self._load_wait = Histogram(
+            PREFIX + "load_wait_seconds",
+            "Seconds requests waited for their on-demand model to load.",
+            ["model"],
+            buckets=TTFT_BUCKETS + (120, 300),
+            registry=r,
+        )
+
+    def add_model(self, model: str) -> None:
+        """Create the model's counters at zero, so ``rate()`` and ``increase()`` see the first event.
+
+        A counter series that first appears with value 1 has no earlier sample to compare with,
+        so Prometheus would never count that first rejection or restart.
+        """
+        for reason in REJECT_REASONS:
+            self._rejected.labels(model=model, reason=reason)
+        self._restarts.labels(model=model)
+        self._prompt_tokens.labels(model=model)
+        self._completion_tokens.labels(model=model)
+
+    def request_finished(
+        self,
+        model: str | None,
+        endpoint: str,
+        status_code: int,
+        duration_s: float,
+        ttft_s: float | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None:
+        """Record one answered request (once, when its last byte is sent or it failed).
+
+        ``model`` is the configured name, or ``None`` when the request never reached a model.
+        ``endpoint`` is the route (``/v1/chat/completions``), never the raw path. Durations
+        and time to first token are observed for 2xx answers only, so fast refusals do not
+        pull the latency percentiles down; every answer is counted in ``requests_total``.
+        """
+        name = NO_MODEL if model is None else model
+        self._requests.labels(model=name, endpoint=endpoint, status=str(status_code)).inc()
+        if prompt_tokens:
+            self._prompt_tokens.labels(model=name).inc(prompt_tokens)
+        if completion_tokens:
+            self._completion_tokens.labels(model=name).inc(completion_tokens)
+        if not 200 <= status_code < 300:
+            return
+        if _finite_non_negative(duration_s):
+            self._duration.labels(model=name, endpoint=endpoint).observe(duration_s)
+        if ttft_s is not None and _finite_non_negative(ttft_s):
+            self._ttft.labels(model=name, endpoint=endpoint).observe(ttft_s)
+        speed = generation_speed(duration_s, ttft_s, completion_tokens)
+        if speed is not None:
+            self._speed.labels(model=name).observe(speed)
+
+    def rejected(self, model: str | None, reason: str) -> None:
+        """Count a request refused before it ran; ``reason`` is one of ``REJECT_REASONS``.
+
+        The app records the answer itself with ``request_finished`` as well (its 429/503).
+        """
+        if reason not in REJECT_REASONS:
+            # Call sites pass constants: an unknown reason is a bug that would mint new series.
+            raise ValueError(f"unknown rejection reason {reason!r} (one of {', '.join(REJECT_REASONS)})")
+        self._rejected.labels(model=NO_MODEL if model is None else model, reason=reason).inc()
+
+    def worker_restarted(self, model: str) -> None:
+        """Count one restart of the model's worker process."""
+        self._restarts.labels(model=model).inc()
+
+    def model_load_started(self, model: str, reason: str) -> None:
+        """Count a load: ``startup``, ``on_demand``, ``restart`` or ``reload``."""
+        self._loads.labels(model=model, reason=reason).inc()
+
+    def model_evicted(self, model: str, reason: str) -> None:
+        """Count an unload: ``make_room`` (another model needed the memory) or ``idle_ttl``."""
+        self._evictions.labels(model=model, reason=reason).inc()
+
+    def load_waited(self, model: str, seconds: float) -> None:
+        """Time a request spent waiting for its on-demand model to load."""
+        if _finite_non_negative(seconds):
+            self._load_wait.labels(model=model).observe(seconds)
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        """Record how long the model's latest successful load took."""
+        self._load.labels(model=model).set(seconds)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type.
+
+        ``accept`` is the scrape's Accept header: OpenMetrics when Prometheus asks for it, the
+        text format otherwise. This calls both state callables and may read NVML (a few ms
+        per GPU), so an async handler should run it in a thread (``asyncio.to_thread``).
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+def generation_speed(duration_s: float, ttft_s: float | None, completion_tokens: int | None) -> float | None:
+    """Decode tokens per second of one request, or ``None`` where it means nothing.
+
+    The first token arrives at ``ttft_s`` (prefill); the other ``completion_tokens - 1`` arrive
+    over ``duration_s - ttft_s``. Counting the first token too would inflate short answers'
+    speed, and dividing by the whole duration would mix prefill time into decode speed.
+    """
+    if ttft_s is None or completion_tokens is None or completion_tokens < 2:
+        return None
+    if not (_finite_non_negative(duration_s) and _finite_non_negative(ttft_s)):
+        return None
+    decode_s = duration_s - ttft_s
+    if decode_s <= 0:
+        return None
+    return (completion_tokens - 1) / decode_s
+
+
+def _finite_non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0

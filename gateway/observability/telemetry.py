@@ -1,0 +1,83 @@
+"""Per-request accounting (one metrics record and one log line per request) and the model
+snapshots the metrics read at scrape time."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.observability.logs import log_request
+from gateway.observability.metrics import GatewayMetrics, ModelSnapshot, llama_buffers_per_gpu
+from gateway.runtime.registry import Registry
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in as it goes; ``finish`` records it exactly once."""
+
+    endpoint: str
+    request_id: str
+    started: float = field(default_factory=time.monotonic)
+    model: str | None = None
+    done: bool = False
+
+    def finish(
+        self,
+        metrics: GatewayMetrics,
+        status: int,
+        *,
+        ttft_s: float | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        if self.done:
+            return
+        self.done = True
+        duration = time.monotonic() - self.started
+        prompt = (usage or {}).get("prompt_tokens")
+        completion = (usage or {}).get("completion_tokens")
+        metrics.request_finished(self.model, self.endpoint, status, duration, ttft_s, prompt, completion)
+        log_request(
+            request_id=self.request_id,
+            model=self.model,
+            endpoint=self.endpoint,
+            status=status,
+            duration_s=duration,
+            ttft_s=ttft_s,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
+
+
+def new_record(endpoint: str, request_id: str | None) -> RequestRecord:
+    """A record for a request; a client's X-Request-Id is kept (trimmed) so logs join up."""
+    rid = (request_id or "").strip()[:128] or uuid.uuid4().hex
+    return RequestRecord(endpoint=endpoint, request_id=rid)
+
+
+def model_snapshots(registry: Registry | None) -> list[ModelSnapshot]:
+    """Every configured model as it is now, for the scrape-time metrics."""
+    if registry is None:
+        return []
+    out = []
+    for e in registry.entries.values():
+        h, launch = e.handle, e.launch
+        live = h is not None and e.state == "ready"
+        gpus = [d.gpu for d in launch.devices] if launch is not None else []
+        out.append(
+            ModelSnapshot(
+                name=e.name,
+                state=e.state,
+                waiting=e.admission.waiting,
+                running=e.admission.running,
+                max_concurrency=e.admission.max_concurrency,
+                queue_size=e.admission.queue_size,
+                planned_bytes={d.gpu: d.total_bytes for d in launch.devices} if launch is not None else {},
+                allocated_bytes=llama_buffers_per_gpu(h.allocated, gpus) if live and h is not None else {},
+                process_used_bytes={int(k): int(v) for k, v in h.gpu_used_bytes.items()} if live and h is not None else {},
+            )
+        )
+    return out

@@ -1,0 +1,121 @@
+"""From a Config to a Plan: read each model's header, take the inventory, call the planner.
+
+The I/O the pure planner refuses to do lives here: resolving model paths, reading GGUF headers
+and NVML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config.schema import Config, ModelConfig
+from gateway.config.model_files import resolve_model_path
+from planner.devices import Device, DevicePolicy, declared_devices
+from planner.errors import ModelFileError
+from planner.gguf_reader import read_model_info
+from planner.memory import CudaCosts, RunSettings
+from planner.model_info import ModelInfo
+from gateway.placement.nvml import read_nvml_devices
+from planner.plan import ModelRequest, Plan, PlanPolicy, plan
+from planner.units import MIB
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Each model's resolved file and header, and one line per model that could not be read."""
+
+    paths: dict[str, Path]
+    infos: dict[str, ModelInfo]
+    problems: list[str]
+
+
+def read_models(config: Config, cache_dir: Path | None = None) -> ModelFiles:
+    """Resolve and read every model's header; collect every failure instead of stopping at one."""
+    paths: dict[str, Path] = {}
+    infos: dict[str, ModelInfo] = {}
+    problems: list[str] = []
+    for i, model in enumerate(config.models):
+        try:
+            path = resolve_model_path(model.path, cache_dir)
+            infos[model.name] = read_model_info(path)
+            paths[model.name] = path
+        except ModelFileError as exc:
+            problems.append(f"models[{i}].path: {exc}")
+    return ModelFiles(paths, infos, problems)
+
+
+def inventory(config: Config, read_nvml: Callable[[], list[Device]] = read_nvml_devices) -> list[Device]:
+    """The declared inventory when ``[planner] gpus`` is set, else what NVML sees."""
+    if config.planner.gpus is not None:
+        return declared_devices(config.planner.gpus)
+    return read_nvml()
+
+
+def plan_policy(config: Config) -> PlanPolicy:
+    p = config.planner
+    return PlanPolicy(
+        devices=DevicePolicy(
+            reserve_mib=p.reserve_mib,
+            min_budget_mib=p.min_budget_mib,
+            device_order=p.device_order,
+            devices=tuple(p.devices) if p.devices is not None else None,
+        ),
+        costs=CudaCosts(
+            overhead_bytes=p.cuda_overhead_mib * MIB,
+            growth_bytes=p.growth_mib * MIB if p.growth_mib is not None else None,
+        ),
+        packing=p.packing,
+    )
+
+
+def run_settings(model: ModelConfig) -> RunSettings:
+    return RunSettings(
+        n_ctx=model.n_ctx,
+        n_ubatch=model.n_ubatch,
+        flash_attn=model.flash_attn,
+        type_k=model.type_k,
+        type_v=model.type_v,
+        swa_full=model.swa_full,
+        embedding=model.embedding,
+        use_mmap=model.use_mmap,
+    )
+
+
+def model_request(model: ModelConfig, info: ModelInfo) -> ModelRequest:
+    return ModelRequest(
+        name=model.name,
+        info=info,
+        settings=run_settings(model),
+        n_gpu_layers=model.n_gpu_layers,
+        split_mode=model.split_mode,
+        tensor_split=tuple(model.tensor_split) if model.tensor_split is not None else None,
+        gpus=tuple(model.gpus) if model.gpus is not None else None,
+        max_vram_bytes=model.max_vram_mib * MIB if model.max_vram_mib is not None else None,
+        priority=model.priority,
+        allow_cpu_offload=model.allow_cpu_offload,
+        replicas=model.max_concurrency,
+    )
+
+
+def plan_config(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> Plan:
+    """Plan every model whose header could be read."""
+    requests = [model_request(m, infos[m.name]) for m in config.models if m.name in infos]
+    return plan(requests, devices, plan_policy(config))
+
+
+def plan_startup(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> Plan:
+    """What ``serve`` loads at start: the eager models, placed together."""
+    eager = [m for m in config.models if m.load == "eager" and m.name in infos]
+    return plan([model_request(m, infos[m.name]) for m in eager], devices, plan_policy(config))
+
+
+def on_demand_problems(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> list[str]:
+    """On-demand models that would not fit even with nothing else loaded (they would only 503)."""
+    problems = []
+    for m in config.models:
+        if m.load == "on_demand" and m.name in infos:
+            alone = plan([model_request(m, infos[m.name])], devices, plan_policy(config))
+            problems += [f"{p} (on its own, with nothing else loaded)" for p in alone.problems]
+    return problems

@@ -1,0 +1,164 @@
+"""Bad requests get 4xx in OpenAI's error shape, never a 5xx, and leave the worker serving."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, running_gateway
+
+pytestmark = pytest.mark.llama
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    port = free_port()
+    cfg = tmp / "models.toml"
+    cfg.write_text(f'[gateway]\nport = {port}\nmax_body_bytes = 4096\n\n[[models]]\nname = "tiny"\npath = "{tiny}"\nn_ctx = 256\n')
+    with running_gateway(cfg, port, tmp / "serve.log") as gw:
+        yield gw.base
+
+
+def _post(base: str, path: str, **kw) -> httpx.Response:
+    return httpx.post(base + path, timeout=30, **kw)
+
+
+def _error(r: httpx.Response) -> dict:
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_malformed_json_is_400(base):
+    r = _post(base, "/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert _error(r)["message"].startswith("the request body is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, "max_tokens"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
+        ({"messages": [{"role": "user", "content": "hi"}], "model": 7}, "model"),
+        # Found by tests/system/test_fuzz.py: these reached llama-cpp-python and came back as 500s.
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}, "tools"),
+        (
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function"},
+            },
+            "tool_choice",
+        ),
+        ({"messages": [{"role": "user", "content": "hi"}], "functions": [{"description": "no name"}]}, "functions"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"a": 1}}, "logit_bias"),
+    ],
+)
+def test_wrong_types_are_400_naming_the_field(base, body, param):
+    r = _post(base, "/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert _error(r)["param"] == param
+
+
+def test_body_over_the_limit_is_413(base):
+    r = _post(base, "/v1/completions", json={"prompt": "a" * 10_000})
+    assert r.status_code == 413
+    assert _error(r)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_longer_than_the_context_is_400_with_token_counts(base, stream):
+    r = _post(base, "/v1/completions", json={"prompt": "hello " * 200, "max_tokens": 4, "stream": stream})
+    assert r.status_code == 400
+    message = _error(r)["message"]
+    assert "exceed context window of 256" in message
+
+
+def test_a_completion_suffix_that_is_not_a_string_is_400(base):
+    r = _post(base, "/v1/completions", json={"prompt": "a", "max_tokens": 2, "suffix": 5})
+    assert r.status_code == 400
+    assert _error(r)["param"] == "suffix"
+
+
+def test_integers_written_as_floats_are_integers(base):
+    # 4.0 is an integer to JSON Schema (and to OpenAI's API), so it is one here too.
+    r = _post(base, "/v1/completions", json={"prompt": "a", "max_tokens": 4.0, "seed": 1.0, "logit_bias": {"97": 50}})
+    assert r.status_code == 200
+    assert r.json()["usage"]["completion_tokens"] == 4
+
+
+def test_a_tool_without_parameters_has_none(base):
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "f"}}}
+    r = _post(base, "/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_beyond_the_context_stops_at_its_end_with_length(base, stream):
+    # Not an error: llama-cpp-python cuts max_tokens to what is left of n_ctx (256 here).
+    body = {"prompt": "a", "max_tokens": 100_000, "logit_bias": {"97": 50}, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    r = _post(base, "/v1/completions", json=body)
+    assert r.status_code == 200
+    if stream:
+        events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        usage = chunks[-1]["usage"]
+        finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1]
+    else:
+        usage = r.json()["usage"]
+        finish = r.json()["choices"][0]["finish_reason"]
+    assert finish == "length"
+    assert usage["total_tokens"] == 256
+    assert usage["completion_tokens"] == 256 - usage["prompt_tokens"]
+
+
+def test_chat_without_max_tokens_runs_to_the_end_of_the_context(base):
+    body = {"messages": [{"role": "user", "content": "a"}], "logit_bias": {"97": 50}}
+    r = _post(base, "/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    assert r.json()["usage"]["total_tokens"] == 256
+
+
+def test_unknown_fields_are_ignored_like_openai(base):
+    r = _post(base, "/v1/completions", json={"prompt": "a", "max_tokens": 2, "logit_bias": {"97": 50}, "frobnicate": True})
+    assert r.status_code == 200
+
+
+def test_unknown_route_is_404_in_openai_shape(base):
+    r = httpx.get(base + "/v1/nothing", timeout=5)
+    assert r.status_code == 404
+    assert _error(r)["type"] == "invalid_request_error"
+
+
+def test_the_worker_still_serves_after_all_that(base):
+    r = _post(base, "/v1/completions", json={"prompt": "a", "max_tokens": 2, "logit_bias": {"97": 50}})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_generation_that_reaches_the_end_of_the_context_ends_with_length_not_500(base, stream):
+    # Random tiny-model text often ends inside a UTF-8 character; llama-cpp-python then skips its
+    # own length check and would decode past the context ("llama_decode returned 1"). Prompts
+    # that leave little room hit it; every one must end cleanly.
+    for n in range(230, 256, 3):
+        r = _post(base, "/v1/completions", json={"prompt": "z " * (n // 2), "max_tokens": 64, "stream": stream, "seed": n})
+        assert r.status_code in (200, 400), r.text
+        if r.status_code == 200 and not stream:
+            assert r.json()["usage"]["total_tokens"] <= 256

@@ -1,0 +1,195 @@
+"""The Grafana dashboard imports, and every series its queries name is one the gateway exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.metrics_sample import exported_sample_names, sample_metrics
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "vram-gateway.json"
+
+# Grafana 10.0 wrote schemaVersion 38; an older Grafana would have to migrate the panels.
+MIN_SCHEMA_VERSION = 36
+
+PROMQL_FUNCTIONS = frozenset(
+    """abs absent absent_over_time avg avg_over_time bottomk ceil changes clamp clamp_max clamp_min
+    count count_over_time count_values day_of_month day_of_week day_of_year days_in_month delta deriv
+    exp floor group histogram_count histogram_fraction histogram_quantile histogram_sum holt_winters
+    hour idelta increase irate label_join label_replace last_over_time ln log10 log2 max max_over_time
+    min min_over_time minute month predict_linear present_over_time quantile quantile_over_time rate
+    resets round scalar sgn sort sort_desc sqrt stddev stddev_over_time stdvar stdvar_over_time sum
+    sum_over_time time timestamp topk vector year""".split()
+)
+PROMQL_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset"})
+GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those inside collapsed rows."""
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels", []))
+
+
+def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable."""
+    for panel in all_panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            yield f"panel {panel['id']} ({panel['title']}) {target['refId']}", target["expr"]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            yield f"variable {var['name']}", query
+
+
+def metric_names(expr: str) -> list[str]:
+    """The series names an expression selects (everything that is not a function, keyword,
+    label, string, duration or Grafana variable)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings: regexes, label values
+    text = re.sub(r"label_values\(\s*([^,()]*?)\s*,\s*\w+\s*\)", r"\1", text)  # a variable's query
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors
+    text = GROUPING.sub("", text)  # by (...), on (...): label names
+    text = re.sub(r"\$\{?\w+\}?", "", text)  # Grafana variables
+    text = re.sub(r"\b\d+(\.\d+)?(e[+-]?\d+)?\b", "", text)  # numbers
+    names = []
+    for m in IDENTIFIER.finditer(text):
+        word = m.group()
+        is_call = text[m.end() :].lstrip().startswith("(")
+        if word in PROMQL_KEYWORDS or (is_call and word in PROMQL_FUNCTIONS):
+            continue
+        names.append(word)
+    return names
+
+
+def family_of(name: str, histograms: set[str]) -> str:
+    """The metric family a series belongs to: a histogram's _bucket/_sum/_count, a counter's _total."""
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in histograms:
+            return name[: -len(suffix)]
+    return name.removesuffix("_total")
+
+
+@pytest.fixture(scope="module")
+def exported() -> set[str]:
+    return exported_sample_names(sample_metrics())
+
+
+# ---------------------------------------------------------------- the dashboard imports
+
+
+def test_dashboard_is_importable_json():
+    dash = load_dashboard()
+    assert isinstance(dash["schemaVersion"], int) and dash["schemaVersion"] >= MIN_SCHEMA_VERSION
+    assert dash["uid"] and dash["title"]
+    # An exported dashboard must not carry the numeric id of the Grafana it came from.
+    assert dash.get("id") is None
+
+
+def test_panel_ids_are_unique_and_panels_fit_the_grid():
+    panels = list(all_panels(load_dashboard()["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
+    for p in panels:
+        pos = p["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, p["title"]
+
+
+def test_template_variables():
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    model = variables["model"]
+    assert model["type"] == "query" and model["multi"] and model["includeAll"]
+    assert model["allValue"] == ".*"  # "All" must also match the empty model label
+    assert model["datasource"]["uid"] == "${datasource}"
+
+
+def test_every_query_uses_the_datasource_variable():
+    for panel in all_panels(load_dashboard()["panels"]):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_the_panels_the_issue_asks_for_are_there():
+    exprs = " ".join(expr for _, expr in queries(load_dashboard()))
+    for needed in (
+        "vram_gateway_requests_total",
+        "histogram_quantile(0.5, sum by (model, le) (rate(vram_gateway_request_duration_seconds_bucket",
+        "histogram_quantile(0.95, sum by (model, le) (rate(vram_gateway_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (model, le) (rate(vram_gateway_request_duration_seconds_bucket",
+        "vram_gateway_time_to_first_token_seconds_bucket",
+        "vram_gateway_generation_tokens_per_second_bucket",
+        "vram_gateway_queue_depth",
+        "vram_gateway_requests_rejected_total",
+        "vram_gateway_model_state",
+        "vram_gateway_gpu_memory_used_bytes",
+        "vram_gateway_model_planned_bytes",
+        "vram_gateway_model_process_used_bytes",
+    ):
+        assert needed in exprs, needed
+
+
+# ---------------------------------------------------------------- every metric name is exported
+
+
+def test_every_metric_name_in_every_query_is_exported(exported):
+    histograms = {n.removesuffix("_bucket") for n in exported if n.endswith("_bucket")}
+    families = {family_of(n, histograms) for n in exported}
+    for where, expr in queries(load_dashboard()):
+        names = metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        for name in names:
+            # Exact series names: a bare histogram name or a counter without _total selects
+            # nothing in Prometheus even though its family exists.
+            assert name in exported, f"{where}: {name!r} is not exported (family {family_of(name, histograms)!r} " + (
+                "exists: wrong suffix)" if family_of(name, histograms) in families else "unknown)"
+            )
+
+
+def test_per_model_queries_are_filtered_by_the_model_variable(exported):
+    body, _ = sample_metrics().render()
+    with_model = {line.split("{")[0] for line in body.decode().splitlines() if 'model="' in line}
+    for where, expr in queries(load_dashboard()):
+        if where.startswith("variable") or re.search(r"by \(gpu\)", expr):
+            continue  # per-GPU totals add up every model on purpose
+        for name in metric_names(expr):
+            if name in with_model:
+                selectors = re.findall(r"(?<![\w:])" + re.escape(name) + r"(?![\w:])(\{[^}]*\})?", expr)
+                assert selectors and all('model=~"$model"' in s for s in selectors), f"{where}: {name} not filtered by $model"
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('sum by (model, le) (rate(vram_gateway_x_bucket{model=~"$model", le!="1"}[$__rate_interval]))', ["vram_gateway_x_bucket"]),
+        ("histogram_quantile(0.95, sum by (le) (rate(a_bucket[5m])))", ["a_bucket"]),
+        ("a - on(gpu) group_left(name) b or c * 0", ["a", "b", "c"]),
+        ("label_values(vram_gateway_model_state, model)", ["vram_gateway_model_state"]),
+        ('up{job="x"} == 1', ["up"]),
+    ],
+)
+def test_metric_names_parser(expr, expected):
+    assert metric_names(expr) == expected
+
+
+def test_the_check_catches_wrong_suffixes(exported):
+    assert "vram_gateway_request_duration_seconds" not in exported  # a histogram's bare name
+    assert "vram_gateway_requests" not in exported  # a counter without _total
+    assert "vram_gateway_request_duration_seconds_bucket" in exported

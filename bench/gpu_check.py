@@ -426,7 +426,8 @@ async def _wait_released(before: dict[int, int], timeout: float = 30.0) -> None:
 
 async def measure(planned: Planned, *, requests: int, load_timeout: float, log: Callable[[str], None] = print) -> list[Measurement]:
     """Start the model's worker as the gateway does, send requests, measure each of its GPUs."""
-    from gateway.runtime.worker_process import ModelState, WorkerHandle
+    from gateway.runtime.states import ModelState
+    from gateway.runtime.worker_process import WorkerProcess
 
     placement = planned.placement
     assert placement is not None and placement.gpus
@@ -441,7 +442,7 @@ async def measure(planned: Planned, *, requests: int, load_timeout: float, log: 
         return [Measurement(planned.model.key, g, predicted[g], None, note=note) for g in gpus]
 
     before = device_used_bytes(gpus)
-    handle = WorkerHandle(spec, env)
+    handle = WorkerProcess(spec, env)
     started = time.monotonic()
     await handle.start()
     try:

@@ -10,6 +10,7 @@ from planner.errors import DeviceError, GatewayError, ModelFileError, PlanError
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "ConflictError",
     "DeviceError",
     "EngineError",
     "GatewayError",
@@ -17,9 +18,11 @@ __all__ = [
     "ModelFileError",
     "ModelNotFoundError",
     "ModelUnavailableError",
+    "PermissionDeniedError",
     "PlanError",
     "QueueFullError",
     "QueueTimeoutError",
+    "RateLimitError",
 ]
 
 
@@ -82,3 +85,21 @@ class QueueTimeoutError(GatewayError):
         self.name = name
         self.timeout = timeout
         super().__init__(f"model {name!r}: no free slot within {timeout:g} s; retry later")
+
+
+class ConflictError(GatewayError):
+    """The operation conflicts with one already running, or with the model's state (409)."""
+
+
+class PermissionDeniedError(GatewayError):
+    """A valid API key that may not do this (a model outside its scope, an admin call): 403."""
+
+
+class RateLimitError(GatewayError):
+    """A key's rate or concurrency limit is reached (429 with Retry-After and ``headers``)."""
+
+    def __init__(self, message: str, *, code: str, retry_after_s: float, headers: dict[str, str] | None = None) -> None:
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+        super().__init__(message)

@@ -11,6 +11,7 @@ config has API keys, its security requirement.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar
@@ -372,23 +373,24 @@ def _version() -> str:
         return "0.0.0"
 
 
-def openapi_config() -> OpenAPIConfig:
+def openapi_config(current_config: Callable[[], Config]) -> OpenAPIConfig:
+    """Litestar's OpenAPI settings; the document follows the config in force (reloads included)."""
     return OpenAPIConfig(
         title="vram-gateway",
         version=_version(),
         description="An OpenAI-compatible gateway for GGUF models planned onto the machine's GPUs.",
         path=DOCS_PATH,
-        render_plugins=[_DocumentPlugin()],
+        render_plugins=[_DocumentPlugin(current_config)],
         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
     )
 
 
-def document(app: Litestar) -> dict[str, Any]:
-    """Litestar's generated document with the bodies, responses and security added (built once)."""
-    cached = app.state.get("openapi_document")
-    if cached is not None:
-        return cached
-    config: Config = app.state.config
+def document(app: Litestar, config: Config) -> dict[str, Any]:
+    """Litestar's generated document with the bodies, responses and security added.
+
+    Built on every call (a few ms, and only /openapi.json asks): a reload that changes api_keys
+    changes the security requirements at once.
+    """
     doc = copy.deepcopy(app.openapi_schema.to_schema())
     for item in doc.get("paths", {}).values():
         for op in item.values():
@@ -409,12 +411,15 @@ def document(app: Litestar) -> dict[str, Any]:
     components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
     if not config.gateway.api_keys:
         components.pop("securitySchemes", None)
-    app.state.openapi_document = doc
     return doc
 
 
 class _DocumentPlugin(JsonRenderPlugin):
     """Litestar's JSON plugin, serving ``document`` (at /docs and /docs/openapi.json)."""
 
+    def __init__(self, current_config: Callable[[], Config]) -> None:
+        super().__init__()
+        self._config = current_config
+
     def render(self, request, openapi_schema: dict[str, Any]) -> bytes:  # type: ignore[override]
-        return self.render_json(request, document(request.app))
+        return self.render_json(request, document(request.app, self._config()))

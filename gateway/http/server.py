@@ -14,7 +14,7 @@ from granian import Granian
 from granian.constants import Interfaces
 from granian.log import LogLevels
 
-from gateway.http.app import RELOAD_TOKEN_HEADER
+from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.http.asgi import STATE_ENV
 from gateway.config.schema import Config, dump_config
 from gateway.placement.launch import ModelLaunch, encode_launches

@@ -35,22 +35,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from gateway.runtime.states import STATE_LABELS, ModelState
 from planner.devices import Device
 
 log = logging.getLogger("gateway.observability.metrics")
 
 PREFIX = "vram_gateway_"
 
-# The supervisor's states (gateway.runtime.worker_process.ModelState) under the names the issue and the
-# dashboard use. "starting" covers spawning and loading the weights: a user sees "loading".
-STATE_NAMES: Mapping[str, str] = {
-    "starting": "loading",
-    "ready": "ready",
-    "failed": "failed",
-    "stopping": "stopping",
-    "stopped": "stopped",
-}
-MODEL_STATES: tuple[str, ...] = ("loading", "ready", "failed", "stopping", "stopped")
+# The states under the names the dashboard uses (gateway.runtime.states: "starting" is "loading").
+MODEL_STATES: tuple[str, ...] = STATE_LABELS
 
 REJECT_REASONS: tuple[str, ...] = ("queue_full", "queue_timeout", "model_unavailable")
 
@@ -75,7 +68,7 @@ class ModelSnapshot:
     """One configured model as it is at scrape time.
 
     ``state`` is the supervisor's name (``starting|ready|failed|stopping|stopped``); it is
-    exported under ``STATE_NAMES``. Byte maps are keyed by NVML GPU index:
+    exported under its ``ModelState.label``. Byte maps are keyed by NVML GPU index:
 
     - ``planned_bytes``: the planner's per-GPU prediction (weights, KV, compute, CUDA context
       and growth), i.e. ``PlannedDevice.total_bytes``;
@@ -175,7 +168,7 @@ class _StateCollector(Collector):
         allocated = GaugeMetricFamily(PREFIX + "model_allocated_bytes", "GPU buffers llama.cpp reported allocating for the model (weights, KV cache, output, compute; no CUDA context).", labels=mem_labels)
         process = GaugeMetricFamily(PREFIX + "model_process_used_bytes", "GPU memory NVML reports for the model's worker process (CUDA context included).", labels=mem_labels)
         for m in models:
-            current = STATE_NAMES.get(m.state, m.state)
+            current = ModelState(m.state).label if m.state in set(ModelState) else m.state
             # An unknown state is shown as itself rather than dropped, so a new supervisor
             # state shows up on the dashboard instead of the model vanishing from it.
             for name in MODEL_STATES if current in MODEL_STATES else (*MODEL_STATES, current):

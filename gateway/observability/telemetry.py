@@ -1,5 +1,4 @@
-"""Per-request accounting (one metrics record and one log line per request) and the model
-snapshots the metrics read at scrape time."""
+"""Per-request accounting: one metrics record and one log line per request."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.observability.logs import log_request
-from gateway.observability.metrics import GatewayMetrics, ModelSnapshot, llama_buffers_per_gpu
-from gateway.runtime.registry import Registry
+from gateway.observability.metrics import GatewayMetrics
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -33,6 +31,7 @@ class RequestRecord:
         ttft_s: float | None = None,
         usage: dict[str, Any] | None = None,
     ) -> None:
+        """Record the request; ``ttft_s`` counts from its arrival at the gateway."""
         if self.done:
             return
         self.done = True
@@ -57,27 +56,3 @@ def new_record(endpoint: str, request_id: str | None) -> RequestRecord:
     rid = (request_id or "").strip()[:128] or uuid.uuid4().hex
     return RequestRecord(endpoint=endpoint, request_id=rid)
 
-
-def model_snapshots(registry: Registry | None) -> list[ModelSnapshot]:
-    """Every configured model as it is now, for the scrape-time metrics."""
-    if registry is None:
-        return []
-    out = []
-    for e in registry.entries.values():
-        h, launch = e.handle, e.launch
-        live = h is not None and e.state == "ready"
-        gpus = [d.gpu for d in launch.devices] if launch is not None else []
-        out.append(
-            ModelSnapshot(
-                name=e.name,
-                state=e.state,
-                waiting=e.admission.waiting,
-                running=e.admission.running,
-                max_concurrency=e.admission.max_concurrency,
-                queue_size=e.admission.queue_size,
-                planned_bytes={d.gpu: d.total_bytes for d in launch.devices} if launch is not None else {},
-                allocated_bytes=llama_buffers_per_gpu(h.allocated, gpus) if live and h is not None else {},
-                process_used_bytes={int(k): int(v) for k, v in h.gpu_used_bytes.items()} if live and h is not None else {},
-            )
-        )
-    return out

@@ -1,139 +1,128 @@
-"""One model's worker process, seen from the gateway: its state machine and its requests.
+"""One worker process as the pool sees it: a state machine over a transport connection.
 
-``WorkerHandle`` is the single owner of a worker: only its own methods and its reader task
-change its state (starting -> ready | failed; ready -> stopping -> stopped; ready -> failed when
-the process dies). Callers ask it to do things; they never check a state and then act on the
-process themselves.
+A ``WorkerProcess`` is started at most once; a restart is a new ``WorkerProcess`` (so a late
+message or exit of an old process can never touch its successor). Its state moves only along
+``gateway.runtime.states.TRANSITIONS``, from its own methods and its reader task, and every change
+is reported to its owner (the pool) through ``on_event(worker, name, data)``:
 
-The worker runs in its own process group (``start_new_session``) so stopping it (SIGTERM, then
-SIGKILL after a timeout) reaches anything it started; it also dies with its parent (prctl
-PDEATHSIG and stdin EOF, see gateway.engine.worker).
+- ``progress`` (percent), ``ready`` (load seconds), ``failed`` (reason: the load failed),
+- ``crashed`` (reason, code: it died while ready; the pool decides whether to restart),
+- ``stopped`` (code: it exited after ``stop``), ``stats`` (the worker's engine statistics).
+
+A "ready" line read after ``stop`` began is ignored (the process is on its way out), and that
+exit is a stop, never a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
-import logging
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from enum import StrEnum
 from typing import Any
 
+from gateway.engine.protocol import WorkerSpec
 from gateway.errors import EngineError, ModelUnavailableError
-from gateway.engine.protocol import WorkerSpec, decode, encode
+from gateway.runtime.states import ModelState, check_transition
+from gateway.runtime.transport import SubprocessTransport, WorkerConnection, WorkerGone, WorkerTransport
 
-log = logging.getLogger("gateway.engine.worker")
+EventSink = Callable[["WorkerProcess", str, dict[str, Any]], None]
 
-STDERR_TAIL_LINES = 40
-STREAM_LIMIT = 64 * 1024 * 1024  # one protocol line may carry a large embedding batch
-
-
-class ModelState(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+TERMINAL = frozenset({"result", "end", "error"})
 
 
-class WorkerHandle:
-    """Starts, talks to and stops one worker process."""
+class WorkerProcess:
+    """Starts, talks to and stops one worker."""
 
     def __init__(
         self,
         spec: WorkerSpec,
         env: dict[str, str],
-        *,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        transport: WorkerTransport | None = None,
+        on_event: EventSink | None = None,
     ) -> None:
         self.spec = spec
         self._env = env
-        self._on_event = on_event or (lambda name, msg: None)
+        self._transport = transport or SubprocessTransport()
+        self._on_event = on_event or (lambda worker, name, data: None)
         self.state = ModelState.STOPPED
         self.reason: str | None = None
         self.progress = 0
         self.allocated: dict[str, Any] = {}
         self.gpu_used_bytes: dict[str, int] = {}
         self.load_seconds: float | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self.exit_code: int | None = None
+        self._conn: WorkerConnection | None = None
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
-        self._ready = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._settled = asyncio.Event()  # ready, failed or stopped: wait_ready returns
+        self._exited = asyncio.Event()
+        self._reader: asyncio.Task | None = None
         self._started_at = 0.0
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._conn.pid if self._conn is not None else None
+
+    def _move(self, new: ModelState) -> None:
+        check_transition(self.name, self.state, new)
+        self.state = new
+
+    def _emit(self, name: str, data: dict[str, Any]) -> None:
+        self._on_event(self, name, data)
 
     async def start(self) -> None:
         """Spawn the worker; returns at once (``wait_ready`` waits for the load)."""
-        self.state = ModelState.STARTING
-        self.reason = None
-        self.progress = 0
-        self._ready.clear()
+        self._move(ModelState.STARTING)
         self._started_at = time.monotonic()
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway.engine.worker",
-            self.spec.to_json(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._env,
-            start_new_session=True,
-            limit=STREAM_LIMIT,
-        )
-        self._emit("starting", {"pid": self._proc.pid})
-        self._tasks = [
-            asyncio.create_task(self._read_messages(self._proc), name=f"{self.spec.name}-stdout"),
-            asyncio.create_task(self._read_log(self._proc), name=f"{self.spec.name}-stderr"),
-        ]
+        try:
+            self._conn = await self._transport.spawn(self.spec, self._env)
+        except OSError as exc:
+            if self.state is ModelState.STOPPING:
+                self._finish_stop(None)
+            else:
+                self._fail(f"could not start the worker: {exc}")
+            self._exited.set()
+            return
+        if self.state is not ModelState.STARTING:
+            # stop() came while spawning: the new process goes at once.
+            await self._conn.terminate(2.0)
+            self._finish_stop(None)
+            self._exited.set()
+            return
+        self._emit("starting", {"pid": self._conn.pid})
+        self._reader = asyncio.create_task(self._read(self._conn), name=f"{self.name}-worker")
 
     async def wait_ready(self, timeout: float | None = None) -> ModelState:
-        """Wait until the model is ready or failed (or the timeout passes)."""
+        """Wait until the worker is ready, failed or stopped (or the timeout passes)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(self._settled.wait(), timeout)
         return self.state
 
-    def _emit(self, name: str, msg: dict[str, Any]) -> None:
-        self._on_event(name, {"model": self.spec.name, **msg})
-
-    def _set_failed(self, reason: str) -> None:
-        self.state = ModelState.FAILED
+    def _fail(self, reason: str) -> None:
+        self._move(ModelState.FAILED)
         self.reason = reason
-        self._ready.set()
+        self._settled.set()
         self._emit("failed", {"reason": reason})
 
-    async def _read_log(self, proc: asyncio.subprocess.Process) -> None:
-        stream = proc.stderr
-        while stream is not None and (line := await stream.readline()):
-            text = line.decode(errors="replace").rstrip()
-            if text:
-                self._stderr_tail.append(text)
-                log.debug("[%s] %s", self.spec.name, text)
+    def give_up(self, reason: str) -> None:
+        """Stay failed, with this reason (the pool's restart budget is spent)."""
+        if self.state is not ModelState.FAILED:
+            self._move(ModelState.FAILED)
+        self.reason = reason
 
-    async def _read_messages(self, proc: asyncio.subprocess.Process) -> None:
-        stream = proc.stdout
+    async def _read(self, conn: WorkerConnection) -> None:
         try:
-            while stream is not None and (line := await stream.readline()):
-                try:
-                    msg = decode(line)
-                except ValueError:
-                    log.warning("[%s] unreadable message from worker: %r", self.spec.name, line[:200])
-                    continue
+            async for msg in conn.messages():
                 self._dispatch(msg)
         finally:
-            code = await proc.wait()
-            self._on_exit(code)
+            code = await conn.wait()
+            self._on_exit(code, conn)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -141,39 +130,43 @@ class WorkerHandle:
             queue = self._pending.get(msg.get("id", -1))
             if queue is not None:
                 queue.put_nowait(msg)
+        elif kind == "stats":
+            self._emit("stats", msg)
+        elif self.state is not ModelState.STARTING:
+            return  # load messages after a stop began (or a duplicate): the process is leaving
         elif kind == "progress":
             self.progress = int(msg.get("percent", 0))
             self._emit("progress", {"percent": self.progress})
         elif kind == "ready":
-            self.state = ModelState.READY
+            self._move(ModelState.READY)
             self.progress = 100
             self.allocated = msg.get("allocated") or {}
             self.gpu_used_bytes = {str(k): int(v) for k, v in (msg.get("gpu_used_bytes") or {}).items()}
             self.load_seconds = msg.get("load_seconds", time.monotonic() - self._started_at)
-            self._ready.set()
+            self._settled.set()
             self._emit("ready", {"load_seconds": self.load_seconds})
         elif kind == "failed":
-            self._set_failed(str(msg.get("message", "load failed")))
+            self._fail(str(msg.get("message", "load failed")))
 
-    def _on_exit(self, code: int) -> None:
+    def _on_exit(self, code: int, conn: WorkerConnection) -> None:
+        self.exit_code = code
         for queue in self._pending.values():
             queue.put_nowait({"type": "error", "kind": "worker_exited", "message": f"the model's worker exited (code {code})"})
-        if self.state in (ModelState.STOPPING, ModelState.STOPPED):
-            self.state = ModelState.STOPPED
-            self._ready.set()
-            self._emit("stopped", {"code": code})
-        elif self.state != ModelState.FAILED:
-            was_ready = self.state == ModelState.READY
-            tail = " | ".join(list(self._stderr_tail)[-3:])
-            reason = f"worker exited with code {code}" + (f": {tail}" if tail else "")
-            self._set_failed(reason)
-            if was_ready:
-                # A crash while serving (not a load failure): the registry may restart it.
-                self._emit("crashed", {"reason": reason, "code": code})
+        tail = " | ".join(conn.stderr_tail()[-3:])
+        reason = f"worker exited with code {code}" + (f": {tail}" if tail else "")
+        if self.state is ModelState.STOPPING:
+            self._finish_stop(code)
+        elif self.state is ModelState.STARTING:
+            self._fail(reason)
+        elif self.state is ModelState.READY:
+            self._fail(reason)
+            self._emit("crashed", {"reason": reason, "code": code})
+        self._exited.set()
 
-    def give_up(self, reason: str) -> None:
-        """Stay failed for good (the registry's restart budget is spent)."""
-        self._set_failed(reason)
+    def _finish_stop(self, code: int | None) -> None:
+        self._move(ModelState.STOPPED)
+        self._settled.set()
+        self._emit("stopped", {"code": code})
 
     async def request(self, op: str, params: dict[str, Any], *, stream: bool) -> AsyncIterator[dict[str, Any]]:
         """Send one request; yield its messages up to and including the terminal one.
@@ -181,75 +174,51 @@ class WorkerHandle:
         Closing the iterator early (a client that went away) cancels the generation in the
         worker, which stops it at the next token.
         """
-        if self.state != ModelState.READY or self._proc is None or self._proc.stdin is None:
-            raise ModelUnavailableError(f"model {self.spec.name!r} is {self.state.value}")
+        conn = self._conn
+        if self.state is not ModelState.READY or conn is None:
+            raise ModelUnavailableError(f"model {self.name!r} is {self.state.value}")
         rid = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[rid] = queue
         finished = False
         try:
-            self._proc.stdin.write(encode({"type": "request", "id": rid, "op": op, "stream": stream, "params": params}))
-            await self._proc.stdin.drain()
+            try:
+                conn.send({"type": "request", "id": rid, "op": op, "stream": stream, "params": params})
+            except WorkerGone:
+                finished = True
+                raise EngineError(f"model {self.name!r}: its worker is gone") from None
             while True:
                 msg = await queue.get()
-                if msg["type"] != "chunk":
-                    finished = True
+                finished = msg["type"] in TERMINAL
                 yield msg
                 if finished:
                     return
-        except (BrokenPipeError, ConnectionResetError):
-            finished = True
-            raise EngineError(f"model {self.spec.name!r}: its worker is gone") from None
         finally:
             self._pending.pop(rid, None)
             if not finished:
-                self._send_nowait({"type": "cancel", "id": rid})
-
-    def _send_nowait(self, msg: dict[str, Any]) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
-                proc.stdin.write(encode(msg))
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
+                with contextlib.suppress(WorkerGone):
+                    conn.send({"type": "cancel", "id": rid})
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to exit; SIGTERM its process group, then SIGKILL after ``timeout``."""
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            self.state = ModelState.STOPPED
+        """Stop the worker (shutdown, SIGTERM, SIGKILL); returns once it has exited."""
+        if self.state in (ModelState.STARTING, ModelState.READY):
+            self._move(ModelState.STOPPING)
+        elif self.state is ModelState.FAILED:
+            if self._conn is not None and not self._exited.is_set():
+                # A load failure: the worker is exiting by itself; make sure it is gone.
+                await self._conn.terminate(timeout)
+                await self._exited.wait()
+            self._move(ModelState.STOPPED)
+            self._settled.set()
             return
-        self.state = ModelState.STOPPING
-        self._send_nowait({"type": "shutdown"})
-        if proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                proc.stdin.close()
-        if not await self._wait_exit(proc, timeout / 2):
-            self._signal_group(proc.pid, signal.SIGTERM)
-            if not await self._wait_exit(proc, timeout / 2):
-                self._signal_group(proc.pid, signal.SIGKILL)
-                await self._wait_exit(proc, None)
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 2)
-        self.state = ModelState.STOPPED
+        if self.state is not ModelState.STOPPING:
+            return  # stopped already
+        if self._conn is None:
+            await self._exited.wait()  # still spawning: start() sees STOPPING and finishes the stop
+            return
+        await self._conn.terminate(timeout)
+        await self._exited.wait()
 
     def kill_now(self) -> None:
-        """SIGKILL the process group without waiting (for interpreter exit paths)."""
-        if self._proc is not None and self._proc.returncode is None:
-            self._signal_group(self._proc.pid, signal.SIGKILL)
-
-    @staticmethod
-    def _signal_group(pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
-    @staticmethod
-    async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float | None) -> bool:
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        if self._conn is not None:
+            self._conn.kill_now()

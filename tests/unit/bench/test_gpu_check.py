@@ -263,7 +263,8 @@ def test_requests_run_to_max_tokens_through_the_real_worker_on_a_zero_weight_mod
     every request generates max_tokens."""
     import asyncio
 
-    from gateway.runtime.worker_process import ModelState, WorkerHandle
+    from gateway.runtime.states import ModelState
+    from gateway.runtime.worker_process import WorkerProcess
     from tests.ggufmaker import write_header_only_model
 
     path = write_header_only_model(
@@ -273,7 +274,7 @@ def test_requests_run_to_max_tokens_through_the_real_worker_on_a_zero_weight_mod
 
     async def run():
         spec = WorkerSpec(name="small", model_path=str(path), n_ctx=1024, flash_attn=True)
-        handle = WorkerHandle(spec, {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)})
+        handle = WorkerProcess(spec, {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)})
         await handle.start()
         try:
             assert await handle.wait_ready(120) == ModelState.READY, handle.reason

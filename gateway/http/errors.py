@@ -1,0 +1,107 @@
+"""The exception tree mapped once to OpenAI-shaped error responses.
+
+Every error is classified by its class, never by its text. Each response also finishes the
+request's record (metrics and the request log line) and carries its request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from gateway.errors import (
+    AuthenticationError,
+    ConflictError,
+    EngineError,
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    PermissionDeniedError,
+    QueueFullError,
+    QueueTimeoutError,
+    RateLimitError,
+)
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.telemetry import REQUEST_ID_HEADER, RequestRecord, new_record
+
+log = logging.getLogger("gateway")
+
+RETRY_AFTER_S = "1"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def request_record(request: Request) -> RequestRecord:
+    """The request's record; requests that failed before a handler ran get one here."""
+    record = request.state.get("record")
+    if record is None:
+        record = request.state.record = new_record(request.url.path, request.headers.get(REQUEST_ID_HEADER))
+    return record
+
+
+def raise_worker_error(msg: dict[str, Any], name: str) -> None:
+    """A worker's "error" message as the exception it stands for."""
+    kind = msg.get("kind")
+    text = str(msg.get("message", "error"))
+    if kind == "invalid_request":
+        raise InvalidRequestError(text)
+    if kind == "worker_exited":
+        raise ModelUnavailableError(f"model {name!r}: {text}")
+    raise EngineError(f"model {name!r}: {text}")
+
+
+def _classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], str | None]:
+    """(status, body, headers, rejection reason for the metrics)."""
+    if isinstance(exc, ModelNotFoundError):
+        return 404, error_body(str(exc), "invalid_request_error", "model", "model_not_found"), {}, None
+    if isinstance(exc, InvalidRequestError):
+        return 400, error_body(str(exc), "invalid_request_error", exc.param), {}, None
+    if isinstance(exc, AuthenticationError):
+        return 401, error_body(str(exc), "invalid_request_error", None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"}, None
+    if isinstance(exc, PermissionDeniedError):
+        return 403, error_body(str(exc), "permission_denied", None, "permission_denied"), {}, None
+    if isinstance(exc, ConflictError):
+        return 409, error_body(str(exc), "conflict", None, "conflict"), {}, None
+    if isinstance(exc, RateLimitError):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s))), **exc.headers}
+        return 429, error_body(str(exc), "rate_limit_error", None, exc.code), headers, exc.code
+    if isinstance(exc, QueueFullError):
+        return 429, error_body(str(exc), "rate_limit_error", None, "queue_full"), {"Retry-After": RETRY_AFTER_S}, "queue_full"
+    if isinstance(exc, (QueueTimeoutError, ModelUnavailableError)):
+        reason = "queue_timeout" if isinstance(exc, QueueTimeoutError) else "model_unavailable"
+        return 503, error_body(str(exc), "service_unavailable", None, reason), {"Retry-After": RETRY_AFTER_S}, reason
+    return 500, error_body(str(exc), "server_error", None, type(exc).__name__), {}, None
+
+
+def exception_handlers(metrics: GatewayMetrics) -> dict[type[Exception], Callable[[Request, Any], Response]]:
+    """Litestar's exception handlers for one app, recording into its metrics."""
+
+    def finish(request: Request, response: Response, reason: str | None = None) -> Response:
+        record = request_record(request)
+        if reason is not None:
+            metrics.rejected(record.model, reason)
+        record.finish(metrics, response.status_code)
+        response.headers[REQUEST_ID_HEADER] = record.request_id
+        return response
+
+    def gateway_error(request: Request, exc: GatewayError) -> Response:
+        status, body, headers, reason = _classify(exc)
+        return finish(request, Response(content=body, status_code=status, headers=headers), reason)
+
+    def http_error(request: Request, exc: HTTPException) -> Response:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return finish(request, Response(content=error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {}))
+
+    def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return finish(request, Response(content=error_body("internal server error", "server_error"), status_code=500))
+
+    return {GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error}

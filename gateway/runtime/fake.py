@@ -1,0 +1,186 @@
+"""An in-memory worker behind the transport seam, for tests (as httpx ships MockTransport).
+
+``FakeTransport`` spawns ``FakeConnection``s that speak the worker protocol without a process or
+a model: they load for ``load_s``, answer requests with ``tokens`` words ``token_s`` apart, take
+``stop_s`` to exit after "shutdown" and can be crashed at any moment (``crash``). Races that take
+seconds with real workers (a crash during a reload, a ready line after a stop) take milliseconds.
+It runs the real pool and the real ``WorkerProcess``; only the process is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.engine.protocol import WorkerSpec
+from gateway.runtime.transport import WorkerGone
+
+
+@dataclass
+class FakeScript:
+    """How one fake worker behaves."""
+
+    load_s: float = 0.0
+    fail_load: str | None = None  # the "failed" message's text; the worker then exits 1
+    stop_s: float = 0.0  # between "shutdown" and the exit (a slow stop)
+    ready_during_stop: bool = False  # the load finishes (and says "ready") while stopping
+    tokens: int = 3
+    token_s: float = 0.0
+    kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
+
+
+class FakeConnection:
+    _pids = itertools.count(100_000)
+
+    def __init__(self, spec: WorkerSpec, env: dict[str, str], script: FakeScript) -> None:
+        self.spec = spec
+        self.env = env
+        self.script = script
+        self._pid = next(self._pids)
+        self._out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._cancelled: set[int] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.received: list[dict[str, Any]] = []
+        self.shutdown_at: float | None = None
+        self._spawn(self._load())
+
+    # ------------------------------------------------------------ what tests use
+
+    @property
+    def alive(self) -> bool:
+        return not self._exit.done()
+
+    def crash(self, code: int = -9) -> None:
+        """Die now, as kill -9 would."""
+        self._die(code)
+
+    # ------------------------------------------------------------ the connection
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._exit.done() or self.shutdown_at is not None:
+            raise WorkerGone(self.spec.name)
+        self.received.append(message)
+        kind = message.get("type")
+        if kind == "request":
+            self._spawn(self._answer(message))
+        elif kind == "cancel":
+            self._cancelled.add(message["id"])
+        elif kind == "shutdown":
+            self._begin_shutdown()
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        while (msg := await self._out.get()) is not None:
+            yield msg
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def stderr_tail(self) -> list[str]:
+        return [f"fake worker {self.spec.name} exited"] if self._exit.done() else []
+
+    async def terminate(self, timeout: float) -> None:
+        if self._exit.done():
+            return
+        if self.shutdown_at is None:
+            self._begin_shutdown()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exit), min(timeout, self.script.kill_after_s))
+        except TimeoutError:
+            self._die(-9)
+
+    def kill_now(self) -> None:
+        self._die(-9)
+
+    # ------------------------------------------------------------ behaviour
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _put(self, msg: dict[str, Any]) -> None:
+        if not self._exit.done():
+            self._out.put_nowait(msg)
+
+    def _die(self, code: int) -> None:
+        if self._exit.done():
+            return
+        self._out.put_nowait(None)
+        self._exit.set_result(code)
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def _begin_shutdown(self) -> None:
+        self.shutdown_at = time.monotonic()
+
+        async def leave() -> None:
+            await asyncio.sleep(self.script.stop_s)
+            self._die(0)
+
+        self._spawn(leave())
+
+    async def _load(self) -> None:
+        await asyncio.sleep(self.script.load_s / 2)
+        self._put({"type": "progress", "percent": 50})
+        await asyncio.sleep(self.script.load_s / 2)
+        if self.script.fail_load is not None:
+            self._put({"type": "failed", "kind": "load", "message": self.script.fail_load})
+            self._die(1)
+            return
+        if self.shutdown_at is not None and not self.script.ready_during_stop:
+            return
+        self._put({"type": "ready", "load_seconds": self.script.load_s, "allocated": {}, "gpu_used_bytes": {}})
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        rid = message["id"]
+        started = time.monotonic()
+        words: list[str] = []
+        for i in range(self.script.tokens):
+            if rid in self._cancelled:
+                break
+            await asyncio.sleep(self.script.token_s)
+            words.append(f"w{i}")
+            if message.get("stream"):
+                self._put({"type": "chunk", "id": rid, "data": {"object": "text_completion", "choices": [{"index": 0, "text": f"w{i} ", "finish_reason": None}]}})
+        usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
+        timings = {"ttft_s": self.script.token_s, "decode_s": time.monotonic() - started, "prompt_tokens": 1, "completion_tokens": len(words), "cached_prompt_tokens": 0}
+        if rid in self._cancelled or message.get("stream"):
+            self._put({"type": "end", "id": rid, "usage": usage, "timings": timings})
+        else:
+            data = {"object": "text_completion", "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "length"}], "usage": usage}
+            self._put({"type": "result", "id": rid, "data": data, "usage": usage, "timings": timings})
+
+
+class FakeTransport:
+    """Spawns fake workers; ``script`` chooses each one's behaviour from its spec."""
+
+    def __init__(self, script: FakeScript | Callable[[WorkerSpec], FakeScript] | None = None) -> None:
+        self._script = script or FakeScript()
+        self.spawned: list[FakeConnection] = []
+
+    async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> FakeConnection:
+        script = self._script(spec) if callable(self._script) else self._script
+        conn = FakeConnection(spec, env, script)
+        self.spawned.append(conn)
+        return conn
+
+    def alive(self, name: str | None = None) -> list[FakeConnection]:
+        """The fake workers still running (of one model, if named)."""
+        return [c for c in self.spawned if c.alive and (name is None or c.spec.name == name)]
+
+    def latest(self, name: str) -> FakeConnection:
+        for conn in reversed(self.spawned):
+            if conn.spec.name == name:
+                return conn
+        raise LookupError(f"no fake worker was spawned for {name!r}")
+

@@ -1,0 +1,169 @@
+"""The seam between the model pool and a worker process, as httpx's transports are for requests.
+
+A ``WorkerTransport`` spawns a worker for a spec and hands back a ``WorkerConnection``: send
+protocol messages (gateway.engine.protocol), read the worker's messages, wait for its exit, stop
+it. ``SubprocessTransport`` runs ``python -m gateway.engine.worker`` for real;
+``gateway.runtime.fake.FakeTransport`` is an in-memory worker that tests script (load time, crash,
+slow stop) to drive races in milliseconds.
+
+The real worker runs in its own process group (``start_new_session``), so stopping it reaches
+anything it started: a "shutdown" message and EOF first, then SIGTERM to the group, then SIGKILL.
+It also dies with its parent (PR_SET_PDEATHSIG and stdin EOF, see gateway.engine.worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from gateway.engine.protocol import WorkerSpec, decode, encode
+
+log = logging.getLogger("gateway.runtime")
+
+STDERR_TAIL_LINES = 40
+STREAM_LIMIT = 64 * 1024 * 1024  # one protocol line may carry a large embedding batch
+WORKER_MODULE = "gateway.engine.worker"
+
+
+class WorkerGone(Exception):
+    """The worker's stdin is closed: it exited or is exiting."""
+
+
+class WorkerConnection(Protocol):
+    """One running worker, as the pool sees it."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue one message for the worker; raises ``WorkerGone`` once it cannot take any."""
+
+    def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """The worker's messages, decoded, until its output ends."""
+
+    async def wait(self) -> int:
+        """Wait for the exit; the exit code."""
+
+    def stderr_tail(self) -> list[str]:
+        """The last lines the worker wrote to stderr (llama.cpp's log), for failure reasons."""
+
+    async def terminate(self, timeout: float) -> None:
+        """Ask it to exit ("shutdown", EOF), then SIGTERM, then SIGKILL; returns once it is gone."""
+
+    def kill_now(self) -> None:
+        """SIGKILL without waiting (interpreter exit paths)."""
+
+
+class WorkerTransport(Protocol):
+    async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> WorkerConnection: ...
+
+
+class SubprocessConnection:
+    """A real worker process and its pipes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self._proc = proc
+        self._name = name
+        self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._log_task = asyncio.create_task(self._read_log(), name=f"{name}-stderr")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def send(self, message: dict[str, Any]) -> None:
+        stdin = self._proc.stdin
+        if stdin is None or stdin.is_closing():
+            raise WorkerGone(self._name)
+        try:
+            stdin.write(encode(message))
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            raise WorkerGone(self._name) from None
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        stream = self._proc.stdout
+        while stream is not None and (line := await stream.readline()):
+            try:
+                yield decode(line)
+            except ValueError:
+                log.warning("[%s] unreadable message from worker: %r", self._name, line[:200])
+
+    async def wait(self) -> int:
+        code = await self._proc.wait()
+        # The tail names the reason of a crash: read it to the end before anyone asks.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self._log_task), 2)
+        return code
+
+    def stderr_tail(self) -> list[str]:
+        return list(self._tail)
+
+    async def _read_log(self) -> None:
+        stream = self._proc.stderr
+        while stream is not None and (line := await stream.readline()):
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                self._tail.append(text)
+                log.debug("[%s] %s", self._name, text)
+
+    async def terminate(self, timeout: float) -> None:
+        proc = self._proc
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(WorkerGone):
+            self.send({"type": "shutdown"})
+        if proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+        if not await _wait_exit(proc, timeout / 2):
+            _signal_group(proc.pid, signal.SIGTERM)
+            if not await _wait_exit(proc, timeout / 2):
+                _signal_group(proc.pid, signal.SIGKILL)
+                await _wait_exit(proc, None)
+
+    def kill_now(self) -> None:
+        if self._proc.returncode is None:
+            _signal_group(self._proc.pid, signal.SIGKILL)
+
+
+class SubprocessTransport:
+    """Spawns ``python -m gateway.engine.worker '<spec>'`` in its own process group."""
+
+    def __init__(self, python: str = sys.executable, module: str = WORKER_MODULE) -> None:
+        self._python = python
+        self._module = module
+
+    async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> SubprocessConnection:
+        proc = await asyncio.create_subprocess_exec(
+            self._python,
+            "-m",
+            self._module,
+            spec.to_json(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            limit=STREAM_LIMIT,
+        )
+        return SubprocessConnection(proc, spec.name)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float | None) -> bool:
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False

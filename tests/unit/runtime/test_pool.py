@@ -1,0 +1,260 @@
+"""The model pool on fake workers (gateway.runtime.fake): lifecycles and races in milliseconds.
+
+The pool, its WorkerProcess state machine, admission, placement and eviction are the real ones;
+only the worker process is the in-memory fake. Models are tiny real GGUF headers on a declared
+inventory, so planning runs as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from gateway.config.schema import Config, parse_config
+from gateway.errors import ModelUnavailableError
+from gateway.http.app import plan_now
+from gateway.runtime.fake import FakeScript, FakeTransport
+from gateway.runtime.pool import ModelPool
+from gateway.runtime.states import IllegalTransition, ModelState, check_transition
+from gateway.runtime.worker_process import WorkerProcess
+from tests.ggufmaker import write_tiny_llama
+
+FAST = {"restart_backoff_s": 0.05, "load_timeout_s": 5.0, "shutdown_grace_s": 1.0, "request_timeout_s": 5.0}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("pool") / "tiny.gguf", n_layers=2, n_embd=64, ctx=4096)
+
+
+def make_config(tiny: Path, models: list[dict], *, gpus: list[str] | None = None, **gateway) -> Config:
+    doc = {
+        "gateway": {**FAST, **gateway},
+        "planner": {"gpus": gpus or ["64GiB"], "reserve_mib": 0, "min_budget_mib": 0},
+        "models": [{"path": str(tiny), "n_ctx": 256, **m} for m in models],
+    }
+    return parse_config(tomli_w.dumps(doc), environ={})
+
+
+def make_pool(config: Config, transport: FakeTransport, events: list | None = None) -> ModelPool:
+    def on_event(name, event):
+        if events is not None:
+            events.append((name, event.get("model")))
+
+    return ModelPool(config, plan_now(config), base_env={}, transport=transport, on_event=on_event)
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def complete(pool: ModelPool, model: str) -> list[dict]:
+    lease = await pool.acquire(model)
+    async with lease:
+        return [m async for m in lease.request("completion", {"prompt": "a"}, stream=False)]
+
+
+def test_the_transition_table_refuses_what_it_does_not_list():
+    check_transition("m", ModelState.STOPPED, ModelState.STARTING)
+    with pytest.raises(IllegalTransition):
+        check_transition("m", ModelState.STOPPING, ModelState.READY)
+    with pytest.raises(IllegalTransition):
+        check_transition("m", ModelState.STOPPED, ModelState.READY)
+
+
+def test_a_ready_message_after_stop_began_is_ignored_and_the_exit_is_not_a_crash(tiny):
+    async def run():
+        transport = FakeTransport(FakeScript(load_s=0.1, ready_during_stop=True, stop_s=0.2))
+        events: list = []
+        config = make_config(tiny, [{"name": "m"}])
+        launch = plan_now(config)["m"]
+        worker = WorkerProcess(launch.worker_spec(config.models[0]), {}, transport, lambda w, n, d: events.append(n))
+        await worker.start()
+        await asyncio.sleep(0.02)
+        stopping = asyncio.create_task(worker.stop(5))
+        await asyncio.sleep(0.15)  # the load finishes and says "ready" while the worker stops
+        assert worker.state is ModelState.STOPPING
+        await stopping
+        assert worker.state is ModelState.STOPPED
+        assert "ready" not in events and "crashed" not in events
+        assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_a_crashed_model_restarts_once_as_a_new_worker(tiny):
+    async def run():
+        transport = FakeTransport()
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport)
+        await pool.start()
+        first = transport.latest("m")
+        first.crash()
+        await wait_for(lambda: pool.entries["m"].state is ModelState.FAILED)
+        await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
+        assert transport.latest("m") is not first and len(transport.alive("m")) == 1
+        assert (await complete(pool, "m"))[-1]["type"] == "result"
+        await pool.stop()
+        assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_a_reload_during_a_restart_backoff_leaves_exactly_one_worker(tiny):
+    async def run():
+        transport = FakeTransport()
+        config = make_config(tiny, [{"name": "m"}], restart_backoff_s=0.3)
+        pool = make_pool(config, transport)
+        await pool.start()
+        transport.latest("m").crash()
+        await wait_for(lambda: pool.entries["m"].state is ModelState.FAILED)
+        # Within the backoff, a reload changes the model: the old restart must not start too.
+        changed = make_config(tiny, [{"name": "m", "n_ctx": 512}], restart_backoff_s=0.3)
+        result = await pool.reload(changed)
+        assert result.reloaded and result.changed == ["m"]
+        await asyncio.sleep(0.5)  # past the backoff
+        assert len(transport.alive("m")) == 1
+        assert transport.latest("m").spec.n_ctx == 512
+        assert pool.entries["m"].state is ModelState.READY
+        await pool.stop()
+        assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_a_model_that_a_reload_removes_and_that_crashes_meanwhile_is_not_restarted(tiny):
+    async def run():
+        transport = FakeTransport(FakeScript(tokens=20, token_s=0.01))
+        pool = make_pool(make_config(tiny, [{"name": "keep"}, {"name": "gone"}]), transport)
+        await pool.start()
+        request = asyncio.create_task(complete(pool, "gone"))  # keeps "gone" busy: the reload drains it
+        await asyncio.sleep(0.02)
+        reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "keep"}])))
+        await asyncio.sleep(0.02)
+        transport.latest("gone").crash()  # a crash during the drain
+        result = await reload
+        assert result.reloaded and result.removed == ["gone"]
+        msgs = await request
+        assert msgs[-1]["type"] == "error"  # the in-flight request learns the worker died
+        await asyncio.sleep(0.2)  # longer than the restart backoff
+        assert transport.alive("gone") == []
+        assert "gone" not in pool.entries
+        await pool.stop()
+
+    asyncio.run(run())
+
+
+def test_a_kept_model_that_crashes_during_a_reload_is_restarted(tiny):
+    async def run():
+        transport = FakeTransport(FakeScript(load_s=0.1))
+        pool = make_pool(make_config(tiny, [{"name": "keep"}]), transport)
+        await pool.start()
+        reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "keep"}, {"name": "new"}])))
+        await asyncio.sleep(0.02)
+        transport.latest("keep").crash()
+        assert (await reload).reloaded
+        await wait_for(lambda: pool.entries["keep"].state is ModelState.READY)
+        assert len(transport.alive("keep")) == 1 and len(transport.alive("new")) == 1
+        await pool.stop()
+        assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_an_on_demand_load_racing_an_eviction_never_runs_both_models(tiny):
+    """Two on-demand models that do not fit together: requests alternate between them."""
+
+    async def run():
+        transport = FakeTransport(FakeScript(load_s=0.02, tokens=2, token_s=0.005))
+        # Each tiny model is planned at ~720 MiB (mostly the CUDA context): 1 GiB holds one.
+        config = make_config(
+            tiny,
+            [{"name": n, "load": "on_demand", "queue_size": 64} for n in ("a", "b")],
+            gpus=["1GiB"],
+        )
+        pool = make_pool(config, transport)
+        await pool.start()
+        both_alive = []
+
+        async def watch():
+            while True:
+                both_alive.append(bool(transport.alive("a")) and bool(transport.alive("b")))
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.create_task(watch())
+        results = await asyncio.gather(*(complete(pool, "ab"[i % 2]) for i in range(20)), return_exceptions=True)
+        watcher.cancel()
+        served = [r for r in results if isinstance(r, list) and r[-1]["type"] == "result"]
+        refused = [r for r in results if isinstance(r, ModelUnavailableError)]
+        assert len(served) + len(refused) == 20, results
+        assert served, results
+        assert not any(both_alive)
+        await pool.stop()
+        assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_sigterm_during_a_load_stops_the_loading_worker_and_starts_nothing(tiny):
+    async def run():
+        transport = FakeTransport(FakeScript(load_s=1.0))
+        pool = make_pool(make_config(tiny, [{"name": "m"}, {"name": "od", "load": "on_demand"}]), transport)
+        starting = asyncio.create_task(pool.start())
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(complete(pool, "od"))  # an on-demand load in progress too
+        await asyncio.sleep(0.05)
+        await pool.stop()
+        await starting
+        with pytest.raises(ModelUnavailableError):
+            await waiting
+        assert not transport.alive()
+        assert pool.entries["m"].state is ModelState.STOPPED
+        await asyncio.sleep(0.1)
+        assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_a_gateway_with_only_on_demand_models_is_healthy_before_any_loads(tiny):
+    async def run():
+        pool = make_pool(make_config(tiny, [{"name": "od", "load": "on_demand"}]), FakeTransport())
+        await pool.start()
+        status, serving, models = pool.health()
+        assert (status, serving) == ("ok", True) and models["od"]["state"] == "stopped"
+        await pool.drain(0)
+        assert pool.health()[:2] == ("draining", False)
+        await pool.stop()
+
+    asyncio.run(run())
+
+
+def test_health_is_unavailable_when_every_model_failed(tiny):
+    async def run():
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), FakeTransport(FakeScript(fail_load="no memory")))
+        await pool.start()
+        status, serving, models = pool.health()
+        assert (status, serving) == ("unavailable", False) and models["m"] == {"state": "failed", "reason": "no memory"}
+        await pool.stop()
+
+    asyncio.run(run())
+
+
+def test_the_restart_budget_leaves_a_model_failed(tiny):
+    async def run():
+        transport = FakeTransport()
+        pool = make_pool(make_config(tiny, [{"name": "m"}], restart_max_failures=1, restart_backoff_s=0.01), transport)
+        await pool.start()
+        transport.latest("m").crash()
+        await wait_for(lambda: pool.entries["m"].state is ModelState.READY and len(transport.spawned) == 2)
+        transport.latest("m").crash()
+        await asyncio.sleep(0.1)
+        assert pool.entries["m"].state is ModelState.FAILED
+        assert "gave up after 2 crashes" in (pool.entries["m"].reason or "")
+        assert len(transport.spawned) == 2
+        await pool.stop()
+
+    asyncio.run(run())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from litestar.di import NamedDependency
 from litestar import Response, post
 from litestar.handlers import HTTPRouteHandler
 
@@ -15,7 +16,7 @@ from gateway.config.source import ConfigFile
 log = logging.getLogger("gateway")
 
 
-async def admin_reload(pool: ModelPool, config_file: ConfigFile) -> Response:
+async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDependency[ConfigFile]) -> Response:
     """Re-read models.toml and apply it; 422 with every problem when it is refused."""
     try:
         new = config_file.read()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
@@ -29,7 +31,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _generate(request: Request, pool: ModelPool, metrics: GatewayMetrics, endpoint: str, op: str) -> Response | Stream:
+async def _generate(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics], endpoint: str, op: str) -> Response | Stream:
     record = request.state.record = new_record(endpoint, request.headers.get(REQUEST_ID_HEADER))
     body = await _json_body(request)
     stream = is_stream(body)
@@ -42,15 +44,15 @@ async def _generate(request: Request, pool: ModelPool, metrics: GatewayMetrics, 
     return await proxy.whole(lease, record, metrics, op, params)
 
 
-async def chat_completions(request: Request, pool: ModelPool, metrics: GatewayMetrics) -> Response | Stream:
+async def chat_completions(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics]) -> Response | Stream:
     return await _generate(request, pool, metrics, "/v1/chat/completions", "chat")
 
 
-async def completions(request: Request, pool: ModelPool, metrics: GatewayMetrics) -> Response | Stream:
+async def completions(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics]) -> Response | Stream:
     return await _generate(request, pool, metrics, "/v1/completions", "completion")
 
 
-async def embeddings(request: Request, pool: ModelPool, metrics: GatewayMetrics) -> Response:
+async def embeddings(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics]) -> Response:
     record = request.state.record = new_record("/v1/embeddings", request.headers.get(REQUEST_ID_HEADER))
     body = await _json_body(request)
     entry = pool.resolve(body.get("model"))
@@ -61,11 +63,11 @@ async def embeddings(request: Request, pool: ModelPool, metrics: GatewayMetrics)
     return await proxy.whole(await pool.acquire(entry), record, metrics, "embedding", params)
 
 
-async def list_models(pool: ModelPool) -> dict[str, Any]:
+async def list_models(pool: NamedDependency[ModelPool]) -> dict[str, Any]:
     return {"object": "list", "data": [pool.describe(e) for e in pool.entries.values()]}
 
 
-async def get_model(pool: ModelPool, model_id: str) -> dict[str, Any]:
+async def get_model(pool: NamedDependency[ModelPool], model_id: FromPath[str]) -> dict[str, Any]:
     return pool.describe(pool.resolve(model_id.lstrip("/")))
 
 

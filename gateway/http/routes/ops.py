@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from litestar.di import NamedDependency
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 
@@ -14,19 +15,19 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.runtime.pool import ModelPool
 
 
-async def health(pool: ModelPool) -> Response:
+async def health(pool: NamedDependency[ModelPool]) -> Response:
     """200 while a request could be served (a model ready, or one that loads on demand)."""
     status, serving, models = pool.health()
     return Response(content={"status": status, "models": models}, status_code=200 if serving else 503)
 
 
-async def metrics_endpoint(request: Request, metrics: GatewayMetrics) -> Response:
+async def metrics_endpoint(request: Request, metrics: NamedDependency[GatewayMetrics]) -> Response:
     # A scrape reads NVML (a few ms per GPU): keep it off the event loop.
     body, content_type = await asyncio.to_thread(metrics.render, request.headers.get("accept"))
     return Response(content=body, media_type=content_type)
 
 
-def openapi_json(request: Request, config: Config) -> Response:
+def openapi_json(request: Request, config: NamedDependency[Config]) -> Response:
     """The OpenAPI document (gateway/http/openapi.py): open to all, like OpenAI's published spec."""
     return Response(content=document(request.app, config), media_type="application/json")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gateway.runtime.states import ModelState
 from planner.devices import Device
 from planner.model_info import ModelInfo
 from planner.plan import Placement, Plan
@@ -18,7 +19,7 @@ def _mib(b: float) -> str:
 
 
 def analysis_text(path: str, info: ModelInfo) -> str:
-    """The PoC's model analysis block."""
+    """The PoC's model analysis block (docs/poc-reference.md#commands)."""
     sizes = info.layer_bytes
     lines = [
         f"[Model Analysis] {path}",
@@ -202,7 +203,7 @@ def status_text(doc: dict) -> str:
     lines = []
     for m in doc.get("data", []):
         head = f"{m['id']}: {m.get('state')}"
-        if m.get("state") == "starting":
+        if m.get("state") == ModelState.STARTING:
             head += f" ({m.get('progress', 0)}%)"
         if m.get("reason"):
             head += f" - {m['reason']}"

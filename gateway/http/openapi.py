@@ -20,6 +20,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway.config.schema import Config
+from gateway.runtime.states import ModelState
 from gateway.http.openai_params import (
     CHAT_REQUEST_SCHEMA,
     COMPLETION_REQUEST_SCHEMA,
@@ -175,7 +176,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "created": _INT,
             "owned_by": _STR,
             "aliases": {"type": "array", "items": _STR},
-            "state": {"type": "string", "enum": ["starting", "ready", "failed", "stopping", "stopped"]},
+            "state": {"type": "string", "enum": [s.value for s in ModelState]},
             "reason": _NULL_STR,
             "progress": {"type": "number"},
             "load_seconds": {"type": ["number", "null"]},

@@ -25,7 +25,6 @@ class Admission:
         self._free = max_concurrency
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.running = 0
-        self.rejected = {"queue_full": 0, "queue_timeout": 0}
 
     @property
     def waiting(self) -> int:
@@ -47,7 +46,6 @@ class Admission:
             self._free -= 1
             return
         if self.waiting >= self.queue_size:
-            self.rejected["queue_full"] += 1
             raise QueueFullError(self.name, self.queue_size)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(turn)
@@ -55,7 +53,6 @@ class Admission:
             async with asyncio.timeout(timeout):
                 await turn
         except TimeoutError:
-            self.rejected["queue_timeout"] += 1
             raise QueueTimeoutError(self.name, timeout) from None
         except asyncio.CancelledError:
             # Cancelled just after being handed the slot: pass it on rather than lose it.

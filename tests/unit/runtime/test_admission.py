@@ -32,7 +32,7 @@ def test_requests_beyond_concurrency_and_queue_are_refused_at_once():
                 pass
         release.set()
         await asyncio.wait_for(asyncio.gather(running, waiting), 5)
-        assert (gate.running, gate.waiting, gate.rejected["queue_full"]) == (0, 0, 1)
+        assert (gate.running, gate.waiting) == (0, 0)
 
     asyncio.run(scenario())
 
@@ -51,7 +51,7 @@ def test_a_request_that_waits_past_its_timeout_gets_queue_timeout():
         with pytest.raises(QueueTimeoutError):
             async with gate.slot(timeout=0.05):
                 pass
-        assert (gate.waiting, gate.rejected["queue_timeout"]) == (0, 1)
+        assert gate.waiting == 0
         release.set()
         await asyncio.wait_for(task, 5)
         # The slot is free again for the next one.

@@ -28,6 +28,7 @@ from gateway.http.openapi import openapi_config
 from gateway.http.routes import handlers
 from gateway.observability.events import EventLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.telemetry import model_snapshots
 from gateway.placement.launch import ModelLaunch, launches_from_plan
 from gateway.placement.planning import inventory, plan_startup, read_models
 from gateway.runtime.pool import ModelPool
@@ -78,7 +79,7 @@ def create_app(
     unplaced = {m.name: "not placed by the planner" for m in config.models if m.name not in planned and m.load == "eager"}
     holder: dict[str, ModelPool] = {}  # the metrics read the pool at scrape time
     metrics = GatewayMetrics(
-        lambda: holder["pool"].snapshots() if "pool" in holder else [],
+        lambda: model_snapshots(holder["pool"]) if "pool" in holder else [],
         lambda: holder["pool"].devices() if "pool" in holder else [],
     )
     for m in config.models:

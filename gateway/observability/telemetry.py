@@ -1,4 +1,5 @@
-"""Per-request accounting: one metrics record and one log line per request."""
+"""Per-request accounting (one metrics record and one log line per request) and the model
+snapshots the metrics read at scrape time."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.observability.logs import log_request
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics, ModelSnapshot, llama_buffers_per_gpu
+from gateway.runtime.pool import ModelPool
+from gateway.runtime.states import ModelState
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -56,3 +59,26 @@ def new_record(endpoint: str, request_id: str | None) -> RequestRecord:
     rid = (request_id or "").strip()[:128] or uuid.uuid4().hex
     return RequestRecord(endpoint=endpoint, request_id=rid)
 
+
+
+def model_snapshots(pool: ModelPool) -> list[ModelSnapshot]:
+    """Every configured model as it is now, for the scrape-time metrics."""
+    out = []
+    for e in pool.entries.values():
+        w, launch = e.worker, e.launch
+        live = w is not None and e.state is ModelState.READY
+        gpus = [d.gpu for d in launch.devices] if launch is not None else []
+        out.append(
+            ModelSnapshot(
+                name=e.name,
+                state=e.state.value,
+                waiting=e.admission.waiting,
+                running=e.admission.running,
+                max_concurrency=e.admission.max_concurrency,
+                queue_size=e.admission.queue_size,
+                planned_bytes={d.gpu: d.total_bytes for d in launch.devices} if launch is not None else {},
+                allocated_bytes=llama_buffers_per_gpu(w.allocated, gpus) if live and w is not None else {},
+                process_used_bytes={int(k): int(v) for k, v in w.gpu_used_bytes.items()} if live and w is not None else {},
+            )
+        )
+    return out

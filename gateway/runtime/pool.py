@@ -30,9 +30,8 @@ from typing import Any
 
 from gateway.config.schema import Config, ModelConfig
 from gateway.errors import ConflictError, InvalidRequestError, ModelNotFoundError, ModelUnavailableError
-from gateway.observability.metrics import ModelSnapshot, llama_buffers_per_gpu
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
-from gateway.placement.nvml import read_nvml_devices
+from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
 from gateway.runtime.admission import Admission
 from gateway.runtime.states import ModelState
@@ -309,28 +308,6 @@ class ModelPool:
                 "queue_size": entry.admission.queue_size,
             },
         }
-
-    def snapshots(self) -> list[ModelSnapshot]:
-        """Every configured model as it is now, for the scrape-time metrics."""
-        out = []
-        for e in self.entries.values():
-            w, launch = e.worker, e.launch
-            live = w is not None and e.state is ModelState.READY
-            gpus = [d.gpu for d in launch.devices] if launch is not None else []
-            out.append(
-                ModelSnapshot(
-                    name=e.name,
-                    state=e.state.value,
-                    waiting=e.admission.waiting,
-                    running=e.admission.running,
-                    max_concurrency=e.admission.max_concurrency,
-                    queue_size=e.admission.queue_size,
-                    planned_bytes={d.gpu: d.total_bytes for d in launch.devices} if launch is not None else {},
-                    allocated_bytes=llama_buffers_per_gpu(w.allocated, gpus) if live and w is not None else {},
-                    process_used_bytes={int(k): int(v) for k, v in w.gpu_used_bytes.items()} if live and w is not None else {},
-                )
-            )
-        return out
 
     def devices(self) -> list[Device]:
         """The GPUs of the config in force (NVML, or the declared inventory)."""

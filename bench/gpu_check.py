@@ -49,7 +49,7 @@ from gateway.placement.launch import ModelLaunch, config_models, launch_from_pla
 from gateway.placement.planning import plan_config, plan_policy, read_models  # noqa: E402
 from planner.devices import Device, select_devices  # noqa: E402
 from planner.model_info import ModelInfo  # noqa: E402
-from gateway.placement.nvml import device_used_bytes, process_gpu_memory, read_nvml_devices  # noqa: E402
+from gateway.nvml import device_used_bytes, process_gpu_memory, read_nvml_devices  # noqa: E402
 from planner.plan import Placement, Plan  # noqa: E402
 from tests.ggufmaker import model_tensor_specs, q4_k_m_types, write_header_only_model  # noqa: E402
 

@@ -1,6 +1,6 @@
 """GPU inventories and the PoC's selection rules: device filter, reserve, minimum budget, order.
 
-An inventory is a list of ``Device`` read from NVML (``gateway.placement.nvml``) or declared in the config
+An inventory is a list of ``Device`` read from NVML (``gateway.nvml``) or declared in the config
 (``[planner] gpus = ["24GiB", "24GiB", "12GiB"]``) for CI, tests and planning for another machine.
 """
 

@@ -41,7 +41,7 @@ from gateway.errors import GatewayError
 from gateway.placement.launch import ModelLaunch, config_models, launches_from_plan
 from gateway.engine.protocol import WorkerSpec
 from planner.llama_log import AllocatedBuffers, parse_buffer_lines
-from gateway.placement.nvml import read_nvml_devices
+from gateway.nvml import read_nvml_devices
 from planner.plan import Placement, Plan
 
 MIB = 1024 * 1024

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import msgspec
 
-from gateway.placement.nvml import process_gpu_memory
+from gateway.nvml import process_gpu_memory
 from gateway.engine.protocol import WorkerSpec, decode, encode
 from planner.llama_log import parse_buffer_lines
 from planner.memory import kv_type

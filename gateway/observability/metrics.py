@@ -189,7 +189,7 @@ class GatewayMetrics:
     """Every series ``GET /metrics`` serves, in a registry of its own.
 
     ``snapshot`` returns one ``ModelSnapshot`` per configured model; ``read_gpus`` returns the
-    GPU inventory (``gateway.placement.nvml.read_nvml_devices`` or a declared one). Both are called once
+    GPU inventory (``gateway.nvml.read_nvml_devices`` or a declared one). Both are called once
     per scrape, possibly from a thread other than the event loop's (see ``render``).
     """
 

@@ -17,7 +17,7 @@ from planner.errors import ModelFileError
 from planner.gguf_reader import read_model_info
 from planner.memory import CudaCosts, RunSettings
 from planner.model_info import ModelInfo
-from gateway.placement.nvml import read_nvml_devices
+from gateway.nvml import read_nvml_devices
 from planner.plan import ModelRequest, Plan, PlanPolicy, plan
 from planner.units import MIB
 

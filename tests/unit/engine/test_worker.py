@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.placement.nvml import process_gpu_memory
+from gateway.nvml import process_gpu_memory
 from gateway.engine.protocol import WorkerSpec, decode, encode
 from tests.ggufmaker import write_tiny_llama
 

@@ -22,6 +22,8 @@ SNAPSHOTS = [
         planned_bytes={0: 6 * GIB, 1: 2 * GIB},
         allocated_bytes={0: 5 * GIB, 1: 1 * GIB},
         process_used_bytes={0: 6 * GIB + 100 * MIB, 1: 2 * GIB - 50 * MIB},
+        slots=2,
+        busy_slots=2,
     ),
     ModelSnapshot(name="embed", state="starting", max_concurrency=1, queue_size=4, planned_bytes={1: 1 * GIB}),
 ]
@@ -45,6 +47,7 @@ def record_traffic(metrics: GatewayMetrics) -> None:
     metrics.worker_restarted("chat")
     metrics.model_loaded("chat", 12.5)
     metrics.model_loaded("embed", 3.0)
+    metrics.engine_stats("chat", {"busy_slots": 2, "slots": 2, "batch_sizes": {"2": 30, "130": 1}, "cached_prompt_tokens": 24})
 
 
 def sample_metrics() -> GatewayMetrics:

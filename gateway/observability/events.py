@@ -48,5 +48,5 @@ class EventLog:
             m.load_waited(model, event["seconds"])
         elif name == "added":
             m.add_model(model)
-        elif name == "stats" and hasattr(m, "engine_stats"):
+        elif name == "stats":
             m.engine_stats(model, event)

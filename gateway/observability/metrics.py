@@ -56,6 +56,9 @@ TTFT_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 1
 # Decode speed: a 70B model on the CPU makes ~1 token/s, a 270M model on an H100 several hundred.
 TOKENS_PER_SECOND_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1000)
 
+# Tokens per decode step: 1 for one stream, up to n_batch (512 by default) with prompt chunks.
+BATCH_TOKENS_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
 NO_MODEL = ""
 
 _CUDA_BUFFER = re.compile(r"CUDA(\d+)")
@@ -91,6 +94,9 @@ class ModelSnapshot:
     planned_bytes: Mapping[int, int] = field(default_factory=dict)
     allocated_bytes: Mapping[int, int] = field(default_factory=dict)
     process_used_bytes: Mapping[int, int] = field(default_factory=dict)
+    # The batching engine's sequence slots (its last "stats" message); None: not running.
+    slots: int | None = None
+    busy_slots: int | None = None
 
 
 def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]) -> dict[int, int]:
@@ -163,6 +169,8 @@ class _StateCollector(Collector):
         running = GaugeMetricFamily(PREFIX + "requests_in_flight", "Requests the model is running now.", labels=["model"])
         concurrency = GaugeMetricFamily(PREFIX + "max_concurrency", "Requests the model may run at once (max_concurrency).", labels=["model"])
         capacity = GaugeMetricFamily(PREFIX + "queue_capacity", "Requests that may wait for the model (queue_size).", labels=["model"])
+        slots = GaugeMetricFamily(PREFIX + "engine_slots", "Sequence slots of the model's batching engine (one per concurrent sequence).", labels=["model"])
+        busy = GaugeMetricFamily(PREFIX + "engine_slots_busy", "Slots decoding or reading a prompt now, as the engine last reported.", labels=["model"])
         mem_labels = ["model", "gpu", "gpu_uuid"]
         planned = GaugeMetricFamily(PREFIX + "model_planned_bytes", "GPU memory the planner predicted for the model (weights, KV cache, compute buffers, CUDA context, growth).", labels=mem_labels)
         allocated = GaugeMetricFamily(PREFIX + "model_allocated_bytes", "GPU buffers llama.cpp reported allocating for the model (weights, KV cache, output, compute; no CUDA context).", labels=mem_labels)
@@ -179,10 +187,13 @@ class _StateCollector(Collector):
                 concurrency.add_metric([m.name], m.max_concurrency)
             if m.queue_size is not None:
                 capacity.add_metric([m.name], m.queue_size)
+            if m.slots is not None:
+                slots.add_metric([m.name], m.slots)
+                busy.add_metric([m.name], m.busy_slots or 0)
             for family, per_gpu in ((planned, m.planned_bytes), (allocated, m.allocated_bytes), (process, m.process_used_bytes)):
                 for gpu, value in sorted(per_gpu.items()):
                     family.add_metric([m.name, str(gpu), uuids.get(gpu, "")], value)
-        yield from (state, waiting, running, concurrency, capacity, planned, allocated, process)
+        yield from (state, waiting, running, concurrency, capacity, slots, busy, planned, allocated, process)
 
 
 class GatewayMetrics:
@@ -261,6 +272,20 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self._batch = Histogram(
+            PREFIX + "engine_batch_tokens",
+            "Tokens in one decode step of the batching engine (generating slots plus prompt chunks).",
+            ["model"],
+            buckets=BATCH_TOKENS_BUCKETS,
+            registry=r,
+        )
+        self._cached_prompt = Counter(
+            PREFIX + "prompt_cache_tokens",
+            "Prompt tokens served from a slot's prompt cache instead of being decoded again.",
+            ["model"],
+            registry=r,
+        )
+
     def add_model(self, model: str) -> None:
         """Create the model's counters at zero, so ``rate()`` and ``increase()`` see the first event.
 
@@ -272,6 +297,7 @@ class GatewayMetrics:
         self._restarts.labels(model=model)
         self._prompt_tokens.labels(model=model)
         self._completion_tokens.labels(model=model)
+        self._cached_prompt.labels(model=model)
 
     def request_finished(
         self,
@@ -305,6 +331,15 @@ class GatewayMetrics:
         speed = generation_speed(duration_s, ttft_s, completion_tokens)
         if speed is not None:
             self._speed.labels(model=name).observe(speed)
+
+    def engine_stats(self, model: str, stats: Mapping[str, Any]) -> None:
+        """A worker's "stats" message: decode-step sizes and prompt-cache hits since its last one."""
+        for size, count in (stats.get("batch_sizes") or {}).items():
+            for _ in range(int(count)):
+                self._batch.labels(model=model).observe(int(size))
+        cached = stats.get("cached_prompt_tokens")
+        if isinstance(cached, int) and cached > 0:
+            self._cached_prompt.labels(model=model).inc(cached)
 
     def rejected(self, model: str | None, reason: str) -> None:
         """Count a request refused before it ran; ``reason`` is one of ``REJECT_REASONS``.

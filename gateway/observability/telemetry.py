@@ -79,6 +79,8 @@ def model_snapshots(pool: ModelPool) -> list[ModelSnapshot]:
                 planned_bytes={d.gpu: d.total_bytes for d in launch.devices} if launch is not None else {},
                 allocated_bytes=llama_buffers_per_gpu(w.allocated, gpus) if live and w is not None else {},
                 process_used_bytes={int(k): int(v) for k, v in w.gpu_used_bytes.items()} if live and w is not None else {},
+                slots=w.slots if live and w is not None else None,
+                busy_slots=w.busy_slots if live and w is not None else None,
             )
         )
     return out

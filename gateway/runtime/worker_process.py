@@ -53,6 +53,8 @@ class WorkerProcess:
         self.gpu_used_bytes: dict[str, int] = {}
         self.load_seconds: float | None = None
         self.exit_code: int | None = None
+        self.slots: int | None = None  # the engine's last "stats": its slots and how many are busy
+        self.busy_slots: int | None = None
         self._conn: WorkerConnection | None = None
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -131,6 +133,7 @@ class WorkerProcess:
             if queue is not None:
                 queue.put_nowait(msg)
         elif kind == "stats":
+            self.slots, self.busy_slots = msg.get("slots"), msg.get("busy_slots")
             self._emit("stats", msg)
         elif self.state is not ModelState.STARTING:
             return  # load messages after a stop began (or a duplicate): the process is leaving

@@ -359,3 +359,18 @@ def test_configure_logging_text(restore_root_logging, monkeypatch):
     logging.getLogger("gateway").warning("shown")
     out = stream.getvalue()
     assert "hidden" not in out and "WARNING gateway: shown" in out
+
+
+def test_engine_stats_feed_the_batch_size_histogram_the_prompt_cache_counter_and_the_slot_gauges():
+    from tests.metrics_sample import SNAPSHOTS, sample_gpus
+
+    metrics = GatewayMetrics(lambda: SNAPSHOTS, sample_gpus)
+    metrics.add_model("chat")
+    metrics.engine_stats("chat", {"busy_slots": 2, "slots": 4, "batch_sizes": {"4": 3, "68": 1}, "cached_prompt_tokens": 50})
+    metrics.engine_stats("chat", {"busy_slots": 0, "slots": 4, "batch_sizes": {}, "cached_prompt_tokens": 0})
+    body = metrics.render()[0].decode()
+    assert 'vram_gateway_engine_batch_tokens_count{model="chat"} 4.0' in body
+    assert 'vram_gateway_engine_batch_tokens_sum{model="chat"} 80.0' in body
+    assert 'vram_gateway_prompt_cache_tokens_total{model="chat"} 50.0' in body
+    assert 'vram_gateway_engine_slots{model="chat"} 2.0' in body  # from the snapshot
+    assert 'vram_gateway_engine_slots_busy{model="chat"} 2.0' in body

@@ -62,7 +62,7 @@ RECORD_FORMAT = 1
 
 # The header-only writer puts BOS at token 0 and EOS at token 1.
 EOS_TOKEN = 1
-PROMPT_TOKENS = 512  # as in shared/reference/gpu-h200-measurements.md: 512-token prompt + 128 tokens
+PROMPT_TOKENS = 512  # as in the H200 measurements (docs/calibration.md#gpu-check): 512-token prompt + 128 tokens
 MAX_TOKENS = 128
 REQUESTS = 3
 N_MERGES = 1024  # llama.cpp's BPE loader needs merges; their number changes no buffer
@@ -558,10 +558,10 @@ def _check_load(p: Planned) -> bool:
     """llama.cpp (this build, no GPU) reads the header: a no_alloc dry run of the model on the CPU."""
     from gateway.engine.protocol import WorkerSpec
     from gateway.engine.dry_run import dry_run
+    from gateway.placement.mapping import run_settings, worker_context
 
-    mc = p.model_config
-    spec = WorkerSpec(name=p.model.key, model_path=str(p.path), n_ctx=mc.n_ctx, n_batch=mc.n_batch, n_ubatch=mc.n_ubatch,
-                      flash_attn=mc.flash_attn, swa_full=mc.swa_full, use_mmap=mc.use_mmap)  # fmt: skip
+    # The model's context as the planner sized it, every layer on the CPU.
+    spec = WorkerSpec(name=p.model.key, model_path=str(p.path), **worker_context(run_settings(p.model_config)))
     run = dry_run(spec, {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     if not run.ok:
         print(f"    llama.cpp could not read it: {run.error}")

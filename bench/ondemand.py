@@ -1,12 +1,16 @@
-"""On-demand loading: memory-aware eviction (the gateway's policy) vs a count-based LRU.
+"""On-demand loading: the gateway's eviction rule (expected reload cost) vs its previous rule
+(memory first) and count-based and memory-based LRU.
 
 Replays one deterministic, seeded request trace over more models than fit on a declared box and
 prints, for each policy: hits (requests served without waiting for a load), loads, evictions and
 the time requests spent waiting for loads. Run with `.venv/bin/python bench/ondemand.py`
 (`--seed`, `--requests`, `--box` to change the scenario); the header of every table repeats the
-parameters, so a printed table can be reproduced.
+parameters, so a printed table can be reproduced. `--sweep N` replays seeds 1..N on every box and
+prints one line per trace: each policy's loads and mean wait, and whether ours has fewer loads and
+a lower mean wait than every baseline. All of it is simulated time: the figures are the same on
+any machine, however loaded.
 
-The simulation is a small discrete-event simulation, as the gateway behaves (gateway/ondemand.py):
+The simulation is a small discrete-event simulation, as the gateway behaves (gateway/runtime/):
 
 - requests arrive at their trace times; a request for a loaded model starts at once (no limit on
   concurrent requests per model: the wait reported is the wait for loads only);
@@ -24,8 +28,14 @@ The simulation is a small discrete-event simulation, as the gateway behaves (gat
 
 Policies:
 
-- ``memory-aware``: the gateway's policy, ``planner.eviction.choose_evictions`` over the idle
-  models (by memory freed, then priority, then least recently used), asking the real planner.
+- ``expected-cost``: the gateway's rule, ``planner.eviction.choose_evictions`` over the idle
+  models, asking the real planner: cheapest expected reload cost per byte freed first (last
+  measured load time x decayed request rate, ``planner.eviction.RequestRate``), then the unneeded
+  given back. The simulation keeps per model what the gateway keeps (``Usage``): the rate,
+  updated on every request's arrival (loaded or not), and the load time measured at each load
+  (start to ready; loads queued behind others do not count their queueing).
+- ``memory-first``: the gateway's previous rule, as a baseline: by memory freed (most first),
+  then least recently used, then the unneeded given back.
 - ``count-LRU K=k``: at most K models loaded (OLLAMA_MAX_LOADED_MODELS / llama-swap style), K = how
   many of the catalog's *average* model (mean planned bytes, each placed alone) fit the box's
   usable memory. It evicts the least recently used idle model while K are loaded; when the new
@@ -55,7 +65,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from planner.devices import Device, declared_devices  # noqa: E402
-from planner.eviction import EvictionCandidate, choose_evictions  # noqa: E402
+from planner.eviction import EvictionCandidate, RequestRate, choose_evictions  # noqa: E402
 from planner.memory import RunSettings  # noqa: E402
 from planner.plan import ModelRequest, Placement, PlanPolicy, plan  # noqa: E402
 from planner.units import GIB, MIB  # noqa: E402
@@ -255,6 +265,14 @@ def budgets(devices: Sequence[Device], policy: PlanPolicy) -> dict[int, int]:
     return {d.index: d.free_bytes - policy.devices.reserve_mib * MIB for d in devices}
 
 
+@dataclass
+class Usage:
+    """What the gateway records per model, across its unloads: its requests and last load time."""
+
+    requests: RequestRate = RequestRate()
+    load_s: float | None = None  # last measured load (start to ready)
+
+
 @dataclass(frozen=True)
 class Decision:
     victims: tuple[str, ...]
@@ -262,29 +280,73 @@ class Decision:
     count_oom: bool = False  # count-LRU: evicting by count alone would have left it over memory
 
 
-# A policy: (model, devices, residents, idle residents, plan policy) -> Decision, or None to wait.
-PolicyFn = Callable[[ModelRequest, Sequence[Device], dict[str, Resident], list[Resident], PlanPolicy], Decision | None]
+# A policy: (model, devices, residents, idle residents, plan policy, now, usage per model) ->
+# Decision, or None to wait.
+PolicyFn = Callable[
+    [ModelRequest, Sequence[Device], dict[str, Resident], list[Resident], PlanPolicy, float, dict[str, Usage]],
+    Decision | None,
+]
 
 
 def _place(req: ModelRequest, devices, residents, leaving: frozenset[str], policy: PlanPolicy):
     return plan([req], free_devices(devices, residents, leaving), policy)
 
 
-def memory_aware(req, devices, residents, idle, policy) -> Decision | None:
-    """The gateway's policy: choose_evictions over the idle models, the real planner deciding fit."""
-    attempts = {}
+def _planner_fits(req, devices, residents, policy):
+    attempts: dict[frozenset[str], Placement] = {}
 
     def fits(names: frozenset[str]) -> bool:
-        attempts[names] = _place(req, devices, residents, names, policy)
-        return attempts[names].fits
+        result = _place(req, devices, residents, names, policy)
+        if result.fits:
+            attempts[names] = result.placements[0]
+        return result.fits
 
+    return fits, attempts
+
+
+def expected_cost(req, devices, residents, idle, policy, now, usage) -> Decision | None:
+    """The gateway's policy: choose_evictions over the idle models with their load times and
+    request rates, the real planner deciding fit."""
+    fits, attempts = _planner_fits(req, devices, residents, policy)
     chosen = choose_evictions(
-        [EvictionCandidate(r.name, r.bytes, 0, r.last_used) for r in idle],  # the model may use every GPU
+        [
+            EvictionCandidate(
+                r.name,
+                r.bytes,  # the model may use every GPU
+                0,
+                r.last_used,
+                load_seconds=usage[r.name].load_s,
+                requests=usage[r.name].requests,
+            )
+            for r in idle
+        ],
         fits,
+        now=now,
     )
     if chosen is None:
         return None
-    return Decision(tuple(chosen), attempts[frozenset(chosen)].placements[0])
+    return Decision(tuple(chosen), attempts[frozenset(chosen)])
+
+
+def memory_first(req, devices, residents, idle, policy, now, usage) -> Decision | None:
+    """The gateway's previous rule, kept as a baseline: idle models by memory freed (most first),
+    then least recently used, taken until the planner places the new model; then every early
+    choice the final set does not need is given back."""
+    fits, attempts = _planner_fits(req, devices, residents, policy)
+    if fits(frozenset()):
+        return Decision((), attempts[frozenset()])
+    chosen: list[str] = []
+    for r in sorted(idle, key=lambda r: (-r.bytes, r.last_used, r.name)):
+        chosen.append(r.name)
+        if fits(frozenset(chosen)):
+            break
+    else:
+        return None
+    for name in list(reversed(chosen[:-1])):
+        trial = [n for n in chosen if n != name]
+        if fits(frozenset(trial)):
+            chosen = trial
+    return Decision(tuple(chosen), attempts[frozenset(chosen)])
 
 
 def count_lru(k: int | None) -> PolicyFn:
@@ -293,7 +355,7 @@ def count_lru(k: int | None) -> PolicyFn:
     ``k`` None: no count limit (LRU by memory only).
     """
 
-    def choose(req, devices, residents, idle, policy) -> Decision | None:
+    def choose(req, devices, residents, idle, policy, now, usage) -> Decision | None:
         order = sorted(idle, key=lambda r: (r.last_used, r.name))
         victims: list[str] = []
         while k is not None and len(residents) - len(victims) >= k:
@@ -343,6 +405,7 @@ class Result:
     peak_used: dict[int, int] = field(default_factory=dict)
     over_budget_steps: int = 0
     end_s: float = 0.0
+    usage: dict[str, Usage] = field(default_factory=dict, repr=False)  # per model, at the end
 
     @property
     def hit_rate(self) -> float:
@@ -376,6 +439,8 @@ def simulate(
     res = Result(name, requests=len(trace))
     res.waits = [0.0] * len(trace)
     residents: dict[str, Resident] = {}
+    usage = res.usage = {m.name: Usage() for m in models}  # kept across unloads, as the gateway keeps it
+    load_started: dict[str, float] = {}
     waiting: dict[str, list[int]] = {}
     queue: deque[str] = deque()
     loading: list[str | None] = [None]
@@ -408,7 +473,7 @@ def simulate(
             return
         m = queue[0]
         idle = [r for r in residents.values() if r.ready and r.running == 0]
-        decision = policy_fn(by_name[m], devices, residents, idle, plan_policy)
+        decision = policy_fn(by_name[m], devices, residents, idle, plan_policy, now, usage)
         if decision is None:
             if blocked_head[0] != m:
                 blocked_head[0] = m
@@ -424,6 +489,7 @@ def simulate(
         res.loads += 1
         res.count_oom += decision.count_oom
         loading[0] = m
+        load_started[m] = now
         step(now)
         push(now + load.load_s(by_name[m]), "loaded", m)
 
@@ -435,6 +501,7 @@ def simulate(
         if kind == "arrive":
             i = payload  # type: ignore[assignment]
             m = trace[i].model
+            usage[m].requests = usage[m].requests.observe(now)  # every request, loaded or not
             r = residents.get(m)
             if r is not None and r.ready:
                 res.hits += 1
@@ -451,6 +518,7 @@ def simulate(
         elif kind == "loaded":
             m = payload  # type: ignore[assignment]
             residents[m].ready = True
+            usage[m].load_s = now - load_started.pop(m)
             loading[0] = None
             for i in waiting.pop(m):
                 start(i, now)
@@ -468,12 +536,20 @@ def simulate(
 
 def policies(k: int) -> list[tuple[str, PolicyFn]]:
     return [
-        ("memory-aware (ours)", memory_aware),
+        ("expected-cost (ours)", expected_cost),
+        ("memory-first (old)", memory_first),
         (f"count-LRU K={k}", count_lru(k)),
         (f"count-LRU K={k - 1}", count_lru(k - 1)) if k > 2 else None,
         (f"count-LRU K={k + 1}", count_lru(k + 1)),
         ("memory-LRU (no K)", count_lru(None)),
     ]
+
+
+def beats_every_baseline(results: Sequence[Result]) -> tuple[bool, bool]:
+    """Whether the first policy (ours) has strictly fewer loads, and a strictly lower mean wait,
+    than every other one."""
+    ours, baselines = results[0], results[1:]
+    return (all(ours.loads < b.loads for b in baselines), all(ours.mean_wait < b.mean_wait for b in baselines))
 
 
 def run_box(box: Box, params: TraceParams, load: LoadParams = DEFAULT_LOAD, plan_policy: PlanPolicy = DEFAULT_POLICY) -> tuple[list[Result], dict]:
@@ -536,11 +612,33 @@ def print_box(box: Box, params: TraceParams, load: LoadParams, plan_policy: Plan
         peak = "/".join(_gib(r.peak_used.get(d.index, 0)) for d in devices)
         oom = f"{r.count_oom} ({r.count_oom / max(1, r.loads):.0%})" if r.policy.startswith("count") else "-"
         print(f"{r.policy:<20} {r.hits:>5} {r.hit_rate * 100:>6.1f} {r.joined:>6} {r.loads:>5} {r.evictions:>5} "
-              f"{oom:>10} {r.blocked:>7} {r.mean_wait:>11.2f} {r.wait_quantile(0.95):>6.1f} {max(r.waits):>6.1f} {peak:>16}")
+              f"{oom:>10} {r.blocked:>7} {r.mean_wait:>11.3f} {r.wait_quantile(0.95):>6.1f} {max(r.waits):>6.1f} {peak:>16}")
+    fewer, lower = beats_every_baseline(results)
+    print(f"{results[0].policy} vs every other row: fewer loads {'yes' if fewer else 'NO'}, "
+          f"lower mean wait {'yes' if lower else 'NO'}")
     over = sum(r.over_budget_steps for r in results)
     print(f"budget per GPU {'/'.join(_gib(limit[d.index]) for d in devices)} GiB; steps over budget: {over}; "
           f"simulated in {elapsed:.1f} s")
     print()
+
+
+def print_sweep(seeds: Sequence[int], n_requests: int, load: LoadParams, plan_policy: PlanPolicy) -> None:
+    """One line per (box, seed): every policy's loads / mean wait, and whether ours beats all."""
+    wins, lines = 0, 0
+    for key, box in BOXES.items():
+        for seed in seeds:
+            results, _ = run_box(box, TraceParams(seed=seed, n_requests=n_requests), load, plan_policy)
+            if seed == seeds[0]:
+                print(f"box {key}: {'seed':>4}  " + "  ".join(f"{r.policy:>20}" for r in results) + "  ours ahead on both")
+            fewer, lower = beats_every_baseline(results)
+            wins += fewer and lower
+            lines += 1
+            cells = "  ".join(f"{f'{r.loads} / {r.mean_wait:.3f} s':>20}" for r in results)
+            missing = [what for what, ok in (("loads", fewer), ("wait", lower)) if not ok]
+            verdict = f"no ({', '.join(missing)})" if missing else "yes"
+            print(f"       {seed:>4}  {cells}  {verdict}")
+    print(f"ours has fewer loads and a lower mean wait than every baseline on {wins} of {lines} traces "
+          f"(cells: loads / mean wait; {n_requests} requests each)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -548,6 +646,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=TraceParams.seed)
     ap.add_argument("--requests", type=int, default=TraceParams.n_requests)
     ap.add_argument("--box", choices=[*BOXES, "all"], default="all")
+    ap.add_argument("--sweep", type=int, metavar="N", help="replay seeds 1..N on every box, one line each")
     args = ap.parse_args(argv)
     params = TraceParams(seed=args.seed, n_requests=args.requests)
     load, plan_policy = DEFAULT_LOAD, DEFAULT_POLICY
@@ -555,6 +654,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("hits: served without a load; joined: waited on a load already queued for its model; loads = "
           "requests - hits - joined;\ncnt-OOM: loads where evicting by count alone would not have fit; "
           "blocked: loads that waited for busy models.\n")
+    if args.sweep:
+        print_sweep(range(1, args.sweep + 1), args.requests, load, plan_policy)
+        return
     for key in (BOXES if args.box == "all" else [args.box]):
         print_box(BOXES[key], params, load, plan_policy)
 

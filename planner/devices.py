@@ -1,4 +1,5 @@
-"""GPU inventories and the PoC's selection rules: device filter, reserve, minimum budget, order.
+"""GPU inventories and the PoC's selection rules: device filter, reserve, minimum budget, order
+(docs/poc-reference.md#serve-gpu-allocation-options).
 
 An inventory is a list of ``Device`` read from NVML (``gateway.nvml``) or declared in the config
 (``[planner] gpus = ["24GiB", "24GiB", "12GiB"]``) for CI, tests and planning for another machine.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from planner.errors import DeviceError
-from planner.units import MIB, parse_size
+from planner.units import MIB, parse_gpu_spec
 
 DeviceOrder = Literal["free_desc", "total_desc", "index"]
 DEVICE_ORDERS: tuple[str, ...] = ("free_desc", "total_desc", "index")
@@ -57,18 +58,26 @@ class DevicePolicy:
 
 
 def declared_devices(specs: Sequence[str]) -> list[Device]:
-    """An inventory from sizes such as ``"24GiB"`` (all free) or ``"24GiB/20GiB"`` (total/free)."""
+    """An inventory from sizes such as ``"24GiB"`` (all free) or ``"24GiB/20GiB"`` (total/free).
+
+    Each size is read by ``planner.units.parse_gpu_spec``, the one parser of declared GPUs (the
+    config's ``[planner] gpus`` and the CLI's ``--gpus`` alike): a total of 0 is refused.
+    """
     out = []
     for i, spec in enumerate(specs):
-        total_text, _, free_text = str(spec).partition("/")
         try:
-            total = parse_size(total_text)
-            free = parse_size(free_text) if free_text else total
+            total, free = parse_gpu_spec(spec)
         except ValueError as exc:
             raise DeviceError(f"gpus[{i}]: {spec!r} ({exc})") from None
-        if free > total:
-            raise DeviceError(f"gpus[{i}]: {spec!r} (free memory exceeds total)")
-        out.append(Device(index=i, name=f"declared GPU {i}", total_bytes=total, free_bytes=free, uuid=f"declared-{i}"))
+        out.append(
+            Device(
+                index=i,
+                name=f"declared GPU {i}",
+                total_bytes=total,
+                free_bytes=total if free is None else free,
+                uuid=f"declared-{i}",
+            )
+        )
     return out
 
 

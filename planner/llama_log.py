@@ -31,10 +31,6 @@ class AllocatedBuffers:
     offloaded_layers: int | None = None
     total_layers: int | None = None
 
-    def device_mib(self, buffer: str) -> float:
-        """Model + KV + output + compute MiB on one buffer name (e.g. ``CUDA0``)."""
-        return sum(d.get(buffer, 0.0) for d in (self.model, self.kv, self.output, self.compute))
-
     def as_dict(self) -> dict:
         return {
             "model_mib": dict(self.model),

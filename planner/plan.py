@@ -6,10 +6,11 @@ Rules, in order:
 - models are placed by priority (higher first), then size (larger first), then config order;
 - a model's offloaded layers go to its GPUs as contiguous ranges in device order, the output
   layer on the last one (llama.cpp's rule, see planner.split);
-- fewer GPUs per model is better: each extra GPU costs a CUDA context (~530 MiB on the H200);
+- fewer GPUs per model is better: each extra GPU costs a CUDA context (~530 MiB on the H200,
+  docs/calibration.md#cuda-context);
   among the sets of the smallest size that fit, ``best_fit`` takes the one that leaves the
   least memory unused on it (keeping big holes for later models), ``first_fit`` the first in
-  device order (the PoC's behaviour);
+  device order (the PoC's behaviour, docs/poc-reference.md#other-poc-notes);
 - each GPU keeps its reserve; each model stays within its ``gpus`` and ``max_vram_mib``;
 - partial CPU offload (the last layers on GPUs, the rest on the CPU, as llama.cpp offloads) only
   where ``allow_cpu_offload`` says so; a machine without any GPU runs every model on the CPU.
@@ -29,7 +30,6 @@ from planner.memory import (
     RunSettings,
     estimate_memory,
     gpu_compute_bytes,
-    kv_cells,
     kv_layer_bytes,
     kv_type_problems,
 )
@@ -54,7 +54,6 @@ class ModelRequest:
     max_vram_bytes: int | None = None
     priority: int = 0
     allow_cpu_offload: bool = False
-    replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,7 @@ class Placement:
     split_mode: str
     memory: MemoryEstimate
     notes: tuple[str, ...] = ()
+    settings: RunSettings = RunSettings()  # the context it was sized for (slots, pool)
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -133,29 +133,27 @@ class _Costs:
         self.req, self.info, self.settings = req, info, s
         self.n = info.n_layers
         kv = kv_layer_bytes(info, s) if s.offload_kqv else [0] * self.n
-        self.cells = kv_cells(info, s)
         self.prefix = [0]
-        self.prefix_full = [0]  # layers whose cache is the largest (non-SWA or swa_full)
-        full = max(self.cells, default=0)
+        # Per kind of layer (sliding window or not): how many lie before each index, and one
+        # of them. A device's compute buffer depends only on which kinds it holds.
+        self.prefix_swa = [0]
         for il in range(self.n):
             self.prefix.append(self.prefix[-1] + info.layer_bytes[il] + kv[il])
-            self.prefix_full.append(self.prefix_full[-1] + (self.cells[il] == full))
-        self.full_cells = full
-        self.swa_cells = min(self.cells, default=0)
+            self.prefix_swa.append(self.prefix_swa[-1] + info.swa_layers[il])
+        self.example = {is_swa: info.swa_layers.index(is_swa) for is_swa in set(info.swa_layers)}
         self.overhead = costs.overhead_bytes
         self.growth = costs.growth_for(s)
-        self.replicas = req.replicas
         self._compute: dict[tuple, int] = {}
 
-    def _compute_bytes(self, n_kv: int | None, holds_output: bool, input_from_elsewhere: bool, pipeline: bool) -> int:
+    def _compute_bytes(self, kinds: tuple[bool, ...], holds_output: bool, input_from_elsewhere: bool, pipeline: bool) -> int:
         # Only a handful of distinct cases per model: memoised, this keeps packing under 100 ms.
-        key = (n_kv, holds_output, input_from_elsewhere, pipeline)
+        key = (kinds, holds_output, input_from_elsewhere, pipeline)
         got = self._compute.get(key)
         if got is None:
             got = self._compute[key] = gpu_compute_bytes(
                 self.info,
                 self.settings,
-                n_kv,
+                [self.example[k] for k in kinds],
                 holds_output=holds_output,
                 input_from_elsewhere=input_from_elsewhere,
                 pipeline_parallel=pipeline,
@@ -167,7 +165,7 @@ class _Costs:
         n = self.n
         start = n + 1 - m
         layers = self.prefix[n] - self.prefix[min(start, n)]
-        return (layers + self.info.output_layer_bytes) * self.replicas + k * self.overhead
+        return layers + self.info.output_layer_bytes + k * self.overhead
 
     def device_cost(self, a: int, b: int, *, pipeline: bool) -> int:
         """Bytes on one GPU holding layers a..b-1 (b == n + 1 includes the output layer)."""
@@ -177,12 +175,12 @@ class _Costs:
         weights_kv = self.prefix[last] - self.prefix[a] if last > a else 0
         if holds_output:
             weights_kv += self.info.output_layer_bytes + self.info.other_bytes
+        kinds: tuple[bool, ...] = ()
         if last > a:
-            n_kv = self.full_cells if self.prefix_full[last] - self.prefix_full[a] else self.swa_cells
-        else:
-            n_kv = None
-        compute = self._compute_bytes(n_kv, holds_output, a > 0, pipeline)
-        return (weights_kv + compute + self.growth) * self.replicas + self.overhead
+            n_swa = self.prefix_swa[last] - self.prefix_swa[a]
+            kinds = ((False,) if n_swa < last - a else ()) + ((True,) if n_swa else ())
+        compute = self._compute_bytes(kinds, holds_output, a > 0, pipeline)
+        return weights_kv + compute + self.growth + self.overhead
 
 
 def _fill(costs: _Costs, gpus: Sequence[int], budgets: dict[int, int], m: int) -> tuple[list[int] | None, _Shortfall | None]:
@@ -231,6 +229,9 @@ def _try_sets(
 ) -> _Fit | None:
     max_k = 1 if req.split_mode == "none" else len(allowed)
     by_room = sorted((budgets[g] for g in allowed), reverse=True)
+    # The estimate depends on the layer counts only, not on which GPUs hold them: sets of the
+    # same size often fill alike (every single GPU holds the whole model), so compute each once.
+    estimates: dict[tuple[int, ...], MemoryEstimate] = {}
     for k in range(1, max_k + 1):
         need = costs.lower_bound(m, k)
         if sum(by_room[:k]) < need:
@@ -242,9 +243,11 @@ def _try_sets(
             counts, _ = _fill(costs, combo, budgets, m)
             if counts is None or len(counts) < k:
                 continue  # a subset of this set holds the model: tried with fewer GPUs
-            memory = estimate_memory(
-                req.info, req.settings, _assignment(costs.n, m, counts), k, policy.costs, replicas=req.replicas
-            )
+            memory = estimates.get(tuple(counts))
+            if memory is None:
+                memory = estimates[tuple(counts)] = estimate_memory(
+                    req.info, req.settings, _assignment(costs.n, m, counts), k, policy.costs
+                )
             totals = [d.total_bytes for d in memory.devices]
             if any(t > budgets[g] for t, g in zip(totals, combo)):
                 continue
@@ -288,14 +291,13 @@ def _placement(req: ModelRequest, fit: _Fit, m: int, notes: tuple[str, ...]) -> 
         split_mode=req.split_mode,
         memory=fit.memory,
         notes=notes,
+        settings=req.settings,
     )
 
 
 def _cpu_placement(req: ModelRequest, policy: PlanPolicy, note: str) -> Placement:
-    memory = estimate_memory(
-        req.info, req.settings, [None] * (req.info.n_layers + 1), 0, policy.costs, replicas=req.replicas
-    )
-    return Placement(req.name, (), (), 0, None, req.split_mode, memory, (note,))
+    memory = estimate_memory(req.info, req.settings, [None] * (req.info.n_layers + 1), 0, policy.costs)
+    return Placement(req.name, (), (), 0, None, req.split_mode, memory, (note,), req.settings)
 
 
 def _mib(b: int) -> str:
@@ -321,7 +323,7 @@ def _manual(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], 
     assignment = [None if d is None else remap[d] for d in assignment]
     gpus = tuple(devs[i] for i in keep)
     weights = tuple(float(split[i]) for i in keep)
-    memory = estimate_memory(req.info, req.settings, assignment, len(gpus), policy.costs, replicas=req.replicas)
+    memory = estimate_memory(req.info, req.settings, assignment, len(gpus), policy.costs)
     problems = []
     for slot, g in enumerate(gpus):
         need = memory.devices[slot].total_bytes
@@ -343,6 +345,7 @@ def _manual(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], 
             split_mode=req.split_mode,
             memory=memory,
             notes=("manual tensor_split",),
+            settings=req.settings,
         ),
         None,
     )
@@ -367,23 +370,39 @@ def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int],
             )
     elif counts is not None and req.max_vram_bytes is not None:
         assignment = _assignment(costs.n, m, counts)
-        est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs, replicas=req.replicas)
+        est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs)
         total = sum(d.total_bytes for d in est.devices)
         where = f"it needs {_mib(total)}, over its max_vram_mib = {req.max_vram_bytes // MIB:,} by {_mib(total - req.max_vram_bytes)}"
     else:
         where = "no set of its GPUs holds it"
     fixes = []
     s = req.settings
+
+    def fits_with(settings: RunSettings) -> bool:
+        changed = replace(req, settings=settings)
+        return _try_sets(changed, _Costs(changed, policy.costs), allowed, budgets, m, policy.packing, policy) is not None
+
     n_ctx = s.n_ctx // 2
     while n_ctx >= 256:
-        if _try_sets(replace(req, settings=replace(s, n_ctx=n_ctx)), _Costs(replace(req, settings=replace(s, n_ctx=n_ctx)), policy.costs), allowed, budgets, m, policy.packing, policy):
-            fixes.append(f"n_ctx = {n_ctx}")
+        # An explicit shared pool shrinks with the context it must hold.
+        pool = s.kv_size * n_ctx // s.n_ctx if s.kv_size is not None else None
+        if fits_with(replace(s, n_ctx=n_ctx, kv_size=pool)):
+            fixes.append(f"n_ctx = {n_ctx}" + (f" (kv_pool_tokens = {pool})" if pool is not None else ""))
             break
         n_ctx //= 2
-    if (s.type_k, s.type_v) != ("q8_0", "q8_0"):
-        q8 = replace(req, settings=replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True))
-        if _try_sets(q8, _Costs(q8, policy.costs), allowed, budgets, m, policy.packing, policy):
-            fixes.append('type_k = type_v = "q8_0" (with flash_attn = true)')
+    if s.slots > 1 and s.kv_size is None:
+        # Memory grows with slots: bisect for the most that fit.
+        lo, hi, fewer = 1, s.slots - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if fits_with(replace(s, slots=mid)):
+                fewer, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        if fewer is not None:
+            fixes.append(f"max_concurrency = {fewer}")
+    if (s.type_k, s.type_v) != ("q8_0", "q8_0") and fits_with(replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)):
+        fixes.append('type_k = type_v = "q8_0" (with flash_attn = true)')
     if not req.allow_cpu_offload:
         fit = _max_offload(req, costs, allowed, budgets, m, policy)
         if fit is not None:
@@ -394,6 +413,61 @@ def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int],
     return f"model {req.name!r} does not fit: {where}{hint}"
 
 
+def place_model(
+    req: ModelRequest,
+    allowed: Sequence[int],
+    budgets: dict[int, int],
+    policy: PlanPolicy,
+    devices: dict[int, Device],
+    *,
+    no_gpu_at_all: bool = False,
+) -> tuple[Placement | None, str | None]:
+    """One step of ``plan``: place one model on the GPUs ``allowed`` (device order) given the
+    bytes still free on each in ``budgets``; returns the placement, or why it does not fit.
+
+    ``budgets`` is not changed: ``take`` subtracts a placement once the caller keeps it.
+    ``planner.cluster`` packs each node's GPUs with this same step, so a node's packing is
+    exactly what ``plan`` gives for that node's models.
+    """
+    refused = kv_type_problems(req.info, req.settings)
+    if refused:
+        return None, f"model {req.name!r}: " + "; ".join(refused)
+    if no_gpu_at_all or req.n_gpu_layers == 0:
+        why = "no GPU on this machine: runs on the CPU" if no_gpu_at_all else "n_gpu_layers = 0: runs on the CPU"
+        return _cpu_placement(req, policy, why), None
+    if req.tensor_split is not None:
+        return _manual(req, allowed, budgets, policy)
+    costs = _Costs(req, policy.costs)
+    m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
+    fit = _try_sets(req, costs, allowed, budgets, m, policy.packing, policy) if allowed else None
+    if fit is not None:
+        notes = () if m == costs.n + 1 else (f"n_gpu_layers = {req.n_gpu_layers}: {m} of {costs.n + 1} layers on GPU",)
+        return _placement(req, fit, m, notes), None
+    if req.allow_cpu_offload:
+        fit = _max_offload(req, costs, allowed, budgets, m, policy) if allowed else None
+        if fit is not None:
+            m_fit = sum(fit.counts)
+            return _placement(req, fit, m_fit, (f"partial CPU offload: {m_fit} of {costs.n + 1} layers on GPU",)), None
+        return _cpu_placement(req, policy, "allow_cpu_offload: no GPU has room, runs on the CPU"), None
+    return None, _explain(req, allowed, budgets, policy, devices)
+
+
+def take(budgets: dict[int, int], p: Placement, sign: int = 1) -> None:
+    """Subtract a kept placement's bytes from ``budgets`` (``sign = -1`` gives them back)."""
+    for slot, g in enumerate(p.gpus):
+        budgets[g] -= sign * p.memory.devices[slot].total_bytes
+
+
+def rank_key(req: ModelRequest, index: int) -> tuple[int, int, int]:
+    """The order ``plan`` places models in: higher priority, then larger, then given order."""
+    return (-req.priority, -(req.info.total_bytes + sum(kv_layer_bytes(req.info, req.settings))), index)
+
+
+def allowed_gpus(req: ModelRequest, order: Sequence[int]) -> list[int]:
+    """The usable GPUs (in device order) that a model may use."""
+    return [g for g in order if req.gpus is None or g in req.gpus]
+
+
 def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy = PlanPolicy()) -> Plan:
     """Place all models on the GPUs together; see the module docstring for the rules."""
     usable, skipped = select_devices(devices, policy.devices)
@@ -402,47 +476,16 @@ def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: Plan
     budgets = {u.index: u.budget_bytes for u in usable}
     no_gpu_at_all = not devices
 
-    def size(req: ModelRequest) -> int:
-        return req.info.total_bytes + sum(kv_layer_bytes(req.info, req.settings))
-
-    ranked = sorted(range(len(models)), key=lambda i: (-models[i].priority, -size(models[i]), i))
+    ranked = sorted(range(len(models)), key=lambda i: rank_key(models[i], i))
     placed: dict[int, Placement] = {}
     problems: list[tuple[int, str]] = []
     for i in ranked:
         req = models[i]
-        allowed = [g for g in order if req.gpus is None or g in req.gpus]
-        refused = kv_type_problems(req.info, req.settings)
-        if refused:
-            problems.append((i, f"model {req.name!r}: " + "; ".join(refused)))
-            continue
-        if no_gpu_at_all or req.n_gpu_layers == 0:
-            why = "no GPU on this machine: runs on the CPU" if no_gpu_at_all else "n_gpu_layers = 0: runs on the CPU"
-            placed[i] = _cpu_placement(req, policy, why)
-            continue
-        if req.tensor_split is not None:
-            p, problem = _manual(req, allowed, budgets, policy)
-        else:
-            costs = _Costs(req, policy.costs)
-            m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
-            fit = _try_sets(req, costs, allowed, budgets, m, policy.packing, policy) if allowed else None
-            p, problem = None, None
-            if fit is not None:
-                notes = () if m == costs.n + 1 else (f"n_gpu_layers = {req.n_gpu_layers}: {m} of {costs.n + 1} layers on GPU",)
-                p = _placement(req, fit, m, notes)
-            elif req.allow_cpu_offload:
-                fit = _max_offload(req, costs, allowed, budgets, m, policy) if allowed else None
-                if fit is not None:
-                    m_fit = sum(fit.counts)
-                    p = _placement(req, fit, m_fit, (f"partial CPU offload: {m_fit} of {costs.n + 1} layers on GPU",))
-                else:
-                    p = _cpu_placement(req, policy, "allow_cpu_offload: no GPU has room, runs on the CPU")
-            else:
-                problem = _explain(req, allowed, budgets, policy, by_index)
+        p, problem = place_model(req, allowed_gpus(req, order), budgets, policy, by_index, no_gpu_at_all=no_gpu_at_all)
         if p is None:
             problems.append((i, problem or f"model {req.name!r} does not fit"))
             continue
-        for slot, g in enumerate(p.gpus):
-            budgets[g] -= p.memory.devices[slot].total_bytes
+        take(budgets, p)
         placed[i] = p
     return Plan(
         gpus=tuple(usable),

@@ -1,9 +1,9 @@
 """Synthetic ModelInfo values for planner tests (no file needed)."""
 
 from planner.model_info import ModelInfo
+from planner.units import GIB, MIB
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+__all__ = ["GIB", "MIB", "model_info"]
 
 
 def model_info(

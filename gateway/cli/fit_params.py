@@ -1,4 +1,5 @@
-"""The PoC's ``--use-fit-params``: ask llama.cpp's own ``llama-fit-params`` for the split.
+"""The PoC's ``--use-fit-params`` (docs/poc-reference.md#optional---use-fit-params): ask
+llama.cpp's own ``llama-fit-params`` for the split.
 
 ``llama-fit-params`` (llama.cpp tools/fit-params) runs ``common_fit_params`` (common/fit.cpp):
 it measures the model with no_alloc dry runs, then picks ``n_gpu_layers`` and a per-device
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from gateway.config.schema import Config
 from gateway.errors import GatewayError
 from gateway.placement.launch import ModelLaunch, config_models
+from gateway.placement.mapping import run_settings
+from planner.memory import RunSettings
 from planner.plan import Placement, Plan
 
 BINARY = "llama-fit-params"
@@ -140,47 +143,39 @@ def parse_fit_output(stdout: str, stderr: str = "") -> FitResult:
     return FitResult(n_ctx=n_ctx, n_gpu_layers=ngl, tensor_split=split, overrides=overrides, devices=devices, arguments=line)
 
 
-def fit_command(
-    binary: str,
-    model_path: str,
-    n_ctx: int,
-    *,
-    n_batch: int = 512,
-    n_ubatch: int = 512,
-    flash_attn: bool = False,
-    type_k: str = "f16",
-    type_v: str = "f16",
-    swa_full: bool = False,
-    margin_mib: int = 1024,
-) -> list[str]:
-    """llama-fit-params' arguments for the settings a worker would run with."""
-    cmd = [
-        binary,
-        "-m", model_path,
-        "-c", str(n_ctx),
-        "-b", str(n_batch),
-        "-ub", str(n_ubatch),
-        "-fa", "on" if flash_attn else "off",
-        "-ctk", type_k,
-        "-ctv", type_v,
-        "-fitt", str(margin_mib),
+def fit_arguments(settings: RunSettings) -> list[str]:
+    """llama-fit-params' context arguments for the context a worker would create.
+
+    ``-c`` is llama.cpp's context size: the cells of all slots (``-np``) together, as the worker
+    asks for them. llama-fit-params takes no ``--kv-unified`` (common/arg.cpp offers it to the
+    server, not to fit-params): for a unified pool it fits one stream per slot of the same total
+    size, which holds the same full-attention cells.
+    """
+    args = [
+        "-c", str(settings.kv_cells),
+        "-b", str(settings.n_batch),
+        "-ub", str(settings.n_ubatch),
+        "-fa", "on" if settings.flash_attn else "off",
+        "-ctk", settings.type_k,
+        "-ctv", settings.type_v,
     ]  # fmt: skip
-    if swa_full:
-        cmd.append("--swa-full")
-    return cmd
+    if settings.slots > 1:
+        args += ["-np", str(settings.slots)]
+    if settings.swa_full:
+        args.append("--swa-full")
+    return args
+
+
+def fit_command(binary: str, model_path: str, settings: RunSettings, *, margin_mib: int = 1024) -> list[str]:
+    """The whole llama-fit-params command line: the model, its context and the margin."""
+    return [binary, "-m", model_path, *fit_arguments(settings), "-fitt", str(margin_mib)]
 
 
 def run_fit_params(
     binary: str,
     model_path: str,
-    n_ctx: int,
+    settings: RunSettings,
     *,
-    n_batch: int = 512,
-    n_ubatch: int = 512,
-    flash_attn: bool = False,
-    type_k: str = "f16",
-    type_v: str = "f16",
-    swa_full: bool = False,
     margin_mib: int = 1024,
     cuda_visible_devices: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -191,10 +186,7 @@ def run_fit_params(
     ``margin_mib`` is its ``--fit-target`` (MiB left free per device: the planner's reserve);
     ``cuda_visible_devices`` limits it to the GPUs we would give the model, in our order.
     """
-    cmd = fit_command(
-        binary, model_path, n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
-        type_k=type_k, type_v=type_v, swa_full=swa_full, margin_mib=margin_mib,
-    )  # fmt: skip
+    cmd = fit_command(binary, model_path, settings, margin_mib=margin_mib)
     env = dict(os.environ if environ is None else environ)
     if cuda_visible_devices is not None:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -256,11 +248,9 @@ def fit_plan(config: Config, plan: Plan, paths: Mapping[str, str | os.PathLike[s
         if not p.gpus:
             out[p.name] = "not run: the plan keeps this model on the CPU"
             continue
-        m = models[p.name]
         try:
             out[p.name] = run_fit_params(
-                binary, str(paths[p.name]), m.n_ctx, n_batch=m.n_batch, n_ubatch=m.n_ubatch,
-                flash_attn=m.flash_attn, type_k=m.type_k, type_v=m.type_v, swa_full=m.swa_full,
+                binary, str(paths[p.name]), run_settings(models[p.name]),
                 margin_mib=config.planner.reserve_mib, cuda_visible_devices=p.cuda_visible_devices,
             )  # fmt: skip
         except FitParamsError as exc:
@@ -308,6 +298,7 @@ __all__: Sequence[str] = (
     "apply_fit",
     "apply_fits",
     "find_fit_params",
+    "fit_arguments",
     "fit_command",
     "fit_plan",
     "fit_report",

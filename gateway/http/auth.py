@@ -1,12 +1,18 @@
-"""Who may call what: API keys (``Authorization: Bearer``), compared in constant time.
+"""Who may call what: API keys (``Authorization: Bearer``), found by their sha256 and compared
+in constant time (gateway.access.keyring).
 
-``Auth`` reads the settings in force at each request (a reload that changes ``api_keys`` applies
-to the next request) and makes the guards of the four kinds of endpoint:
+``Auth`` reads the settings and keys in force at each request (a reload that changes
+``api_keys`` or ``[[keys]]`` applies to the next request) and makes the guards of the four kinds
+of endpoint. It is the one place that decides; every endpoint of a kind gets its rule:
 
-- ``api``: every OpenAI endpoint; a key when ``api_keys`` is set.
-- ``admin``: /admin/*; a key when ``api_keys`` is set, else loopback clients only. The server
+- ``api``: every OpenAI endpoint; a key when any key is configured (which models the key may
+  use is the handler's question: gateway.access.gate).
+- ``admin``: /admin/* (and the web page's actions); a key with ``admin = true`` (every plain
+  ``api_keys`` entry is one) when any key is configured, else loopback clients only. The server
   process forwarding a SIGHUP proves itself with the reload token instead.
 - ``health``, ``metrics``: a key only with ``health_requires_key`` / ``metrics_requires_key``.
+
+The key found is kept in the connection's state for the handler (``request_key``).
 """
 
 from __future__ import annotations
@@ -15,14 +21,17 @@ import hmac
 from collections.abc import Callable
 from typing import Literal
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from gateway.access.keyring import ApiKey, KeyRing
 from gateway.config.schema import GatewaySettings
-from gateway.errors import AuthenticationError
+from gateway.errors import AuthenticationError, PermissionDeniedError
 
 RELOAD_TOKEN_HEADER = "X-Gateway-Reload-Token"
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+KEY_STATE = "api_key"
 
 Kind = Literal["api", "admin", "health", "metrics"]
 Guard = Callable[[ASGIConnection, BaseRouteHandler], None]
@@ -34,18 +43,36 @@ def bearer_token(connection: ASGIConnection) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def key_matches(token: str, keys: list[str]) -> bool:
-    # Compare against every key so the time taken does not tell which one nearly matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token.encode(), key.encode())
-    return matched
+def request_key(connection: ASGIConnection) -> ApiKey | None:
+    """The key the guard let this request in with; None on a gateway without keys."""
+    return connection.state.get(KEY_STATE)
+
+
+def provide_key(request: Request) -> ApiKey | None:
+    """``request_key`` as a Litestar dependency (``key``)."""
+    return request_key(request)
 
 
 class Auth:
-    def __init__(self, settings: Callable[[], GatewaySettings], reload_token: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Callable[[], GatewaySettings],
+        reload_token: str | None = None,
+        *,
+        keyring: Callable[[], KeyRing] | None = None,
+    ) -> None:
+        """``keyring``: the keys in force (gateway.access.gate.Access.ring); without it, the
+        plain ``api_keys`` of ``settings`` only."""
         self._settings = settings
         self._reload_token = reload_token
+        self._keyring = keyring or self._plain_keys
+        self._plain: tuple[GatewaySettings, KeyRing] | None = None
+
+    def _plain_keys(self) -> KeyRing:
+        settings = self._settings()
+        if self._plain is None or self._plain[0] is not settings:
+            self._plain = (settings, KeyRing.build(settings.api_keys, []))
+        return self._plain[1]
 
     def guard(self, kind: Kind) -> Guard:
         def check(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -59,7 +86,8 @@ class Auth:
             if given and hmac.compare_digest(given.encode(), self._reload_token.encode()):
                 return  # the server process itself, forwarding a SIGHUP
         settings = self._settings()
-        if not settings.api_keys:
+        keys = self._keyring()
+        if not keys.required:
             if kind == "admin" and (connection.client is None or connection.client.host not in LOOPBACK):
                 raise AuthenticationError("without api_keys, admin endpoints answer loopback clients only")
             return
@@ -68,5 +96,17 @@ class Auth:
         if kind == "metrics" and not settings.metrics_requires_key:
             return
         token = bearer_token(connection)
-        if token is None or not key_matches(token, settings.api_keys):
+        key = keys.find(token) if token is not None else None
+        if key is None:
             raise AuthenticationError("a valid API key is required (Authorization: Bearer <key>)")
+        connection.state[KEY_STATE] = key
+        if kind == "admin" and not key.admin:
+            raise PermissionDeniedError(f"key {key.name!r} may not call admin endpoints (it has admin = false)")
+
+    def allows(self, connection: ASGIConnection, kind: Kind) -> bool:
+        """Whether ``check`` lets this connection through (for a page that shows or hides actions)."""
+        try:
+            self.check(connection, kind)
+        except (AuthenticationError, PermissionDeniedError):
+            return False
+        return True

@@ -26,6 +26,7 @@ from gateway.errors import (
     QueueTimeoutError,
     RateLimitError,
 )
+from gateway.http.auth import request_key
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import REQUEST_ID_HEADER, RequestRecord, new_record
 
@@ -42,7 +43,10 @@ def request_record(request: Request) -> RequestRecord:
     """The request's record; requests that failed before a handler ran get one here."""
     record = request.state.get("record")
     if record is None:
-        record = request.state.record = new_record(request.url.path, request.headers.get(REQUEST_ID_HEADER))
+        key = request_key(request)  # set by the guard, also when it refused (an admin call)
+        record = request.state.record = new_record(
+            request.url.path, request.headers.get(REQUEST_ID_HEADER), key.name if key is not None else None
+        )
     return record
 
 
@@ -57,7 +61,7 @@ def raise_worker_error(msg: dict[str, Any], name: str) -> None:
     raise EngineError(f"model {name!r}: {text}")
 
 
-def _classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], str | None]:
+def classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], str | None]:
     """(status, body, headers, rejection reason for the metrics)."""
     if isinstance(exc, ModelNotFoundError):
         return 404, error_body(str(exc), "invalid_request_error", "model", "model_not_found"), {}, None
@@ -66,7 +70,7 @@ def _classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], s
     if isinstance(exc, AuthenticationError):
         return 401, error_body(str(exc), "invalid_request_error", None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"}, None
     if isinstance(exc, PermissionDeniedError):
-        return 403, error_body(str(exc), "permission_denied", None, "permission_denied"), {}, None
+        return 403, error_body(str(exc), "permission_denied", None, "permission_denied"), {}, "scope"
     if isinstance(exc, ConflictError):
         return 409, error_body(str(exc), "conflict", None, "conflict"), {}, None
     if isinstance(exc, RateLimitError):
@@ -80,19 +84,24 @@ def _classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], s
     return 500, error_body(str(exc), "server_error", None, type(exc).__name__), {}, None
 
 
-def exception_handlers(metrics: GatewayMetrics) -> dict[type[Exception], Callable[[Request, Any], Response]]:
-    """Litestar's exception handlers for one app, recording into its metrics."""
+def exception_handlers(
+    metrics: GatewayMetrics, on_rejected: Callable[[str | None, str], None] | None = None
+) -> dict[type[Exception], Callable[[Request, Any], Response]]:
+    """Litestar's exception handlers for one app, recording into its metrics; ``on_rejected``
+    (key name, reason) also hears of every refusal (a key's last minute: gateway.access)."""
 
     def finish(request: Request, response: Response, reason: str | None = None) -> Response:
         record = request_record(request)
         if reason is not None:
-            metrics.rejected(record.model, reason)
+            metrics.rejected(record.model, reason, key=record.key)
+            if on_rejected is not None:
+                on_rejected(record.key, reason)
         record.finish(metrics, response.status_code)
         response.headers[REQUEST_ID_HEADER] = record.request_id
         return response
 
     def gateway_error(request: Request, exc: GatewayError) -> Response:
-        status, body, headers, reason = _classify(exc)
+        status, body, headers, reason = classify(exc)
         return finish(request, Response(content=body, status_code=status, headers=headers), reason)
 
     def http_error(request: Request, exc: HTTPException) -> Response:

@@ -19,8 +19,10 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from gateway.access.keyring import keys_required
 from gateway.config.schema import Config
 from gateway.runtime.states import ModelState
+from gateway.http.admin_params import PLAN_PREVIEW_REQUEST_SCHEMA
 from gateway.http.openai_params import (
     CHAT_REQUEST_SCHEMA,
     COMPLETION_REQUEST_SCHEMA,
@@ -39,10 +41,20 @@ _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _NULL_STR = {"type": ["string", "null"]}
 
+# A stream stopped by its key's token budget ends before the worker has counted the prompt.
+_BUDGET_NULL = "null in a stream stopped by its API key's token budget (the prompt is not counted then)"
 _USAGE = {
     "type": "object",
     "required": ["prompt_tokens", "total_tokens"],
-    "properties": {"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
+    "properties": {
+        "prompt_tokens": {"type": ["integer", "null"], "description": _BUDGET_NULL},
+        "completion_tokens": _INT,
+        "total_tokens": {"type": ["integer", "null"], "description": _BUDGET_NULL},
+    },
+}
+_NOTE = {
+    "type": "string",
+    "description": "why the gateway ended the stream: its API key's tokens_per_minute ran out (finish_reason is then \"length\")",
 }
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -119,6 +131,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 },
             },
             "usage": _ref("Usage"),
+            "note": _NOTE,
         },
     },
     "ChatCompletionChunk": {
@@ -139,6 +152,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 },
             },
             "usage": _ref("Usage"),
+            "note": _NOTE,
         },
     },
     "EmbeddingList": {
@@ -218,6 +232,119 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             **{k: {"type": "array", "items": _STR} for k in ("problems", "unchanged", "removed", "changed", "added")},
         },
     },
+    "KeyList": {
+        "type": "object",
+        "description": "Every API key in force, by name (never the key or its hash), and its last minute of use.",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "models", "admin", "requests_per_minute", "tokens_per_minute", "max_concurrency", "in_flight", "last_minute"],
+                    "properties": {
+                        "name": _STR,
+                        "models": {"type": ["array", "null"], "items": _STR, "description": "names, aliases or globs; null: every model"},
+                        "admin": {"type": "boolean"},
+                        **{k: {"type": ["integer", "null"]} for k in ("requests_per_minute", "tokens_per_minute", "max_concurrency")},
+                        "in_flight": _INT,
+                        "last_minute": {
+                            "type": "object",
+                            "required": ["requests", "tokens", "rejected"],
+                            "properties": {"requests": _INT, "tokens": _INT, "rejected": {"type": "object", "additionalProperties": _INT}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PlanPreviewRequest": PLAN_PREVIEW_REQUEST_SCHEMA,
+    "MemoryMap": {
+        "type": "object",
+        "description": "One bar per GPU and one for host memory, and each model's block on them (gateway/http/memory_map.py).",
+        "required": ["gpus", "host", "blocks"],
+        "properties": {
+            "gpus": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "name", "total_bytes", "free_bytes", "other_bytes", "reserve_bytes", "note"],
+                    "properties": {
+                        "index": _INT,
+                        "name": _STR,
+                        "total_bytes": _INT,
+                        "free_bytes": _INT,
+                        "other_bytes": {**_INT, "description": "in use, not by this gateway's models"},
+                        "reserve_bytes": {**_INT, "description": "kept free by [planner] reserve_mib"},
+                        "note": {**_NULL_STR, "description": "why the planner does not use this GPU"},
+                    },
+                },
+            },
+            "host": {
+                "type": ["object", "null"],
+                "properties": {"total_bytes": _INT, "free_bytes": _INT, "other_bytes": _INT},
+            },
+            "blocks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["model", "state", "gpu", "planned_bytes"],
+                    "properties": {
+                        "model": _STR,
+                        "state": _STR,
+                        "gpu": {"type": ["integer", "null"], "description": "null: host memory"},
+                        "layers": {"type": ["integer", "null"]},
+                        **{
+                            k: {"type": ["integer", "null"]}
+                            for k in (
+                                "planned_bytes",
+                                "weights_bytes",
+                                "kv_bytes",
+                                "compute_bytes",
+                                "overhead_bytes",
+                                "allocated_bytes",
+                                "process_bytes",
+                            )
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PlanPreview": {
+        "type": "object",
+        "required": ["valid", "fits", "problems", "inventory", "on_demand", "map"],
+        "properties": {
+            "valid": {"type": "boolean", "description": "the text parsed and every model file was read"},
+            "fits": {"type": "boolean", "description": "valid, and every model fits"},
+            "problems": {
+                "type": "array",
+                "items": _STR,
+                "description": "every problem, with its dotted path (models[1].n_ctx: ...) or 'plan: '",
+            },
+            "inventory": {"type": "string", "enum": ["declared", "nvml"]},
+            "on_demand": {"type": "array", "items": _STR, "description": "models placed when first asked for (not on the map)"},
+            "map": {"anyOf": [_ref("MemoryMap"), {"type": "null"}]},
+        },
+    },
+}
+
+_MODEL_NAME_PARAMETER = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "a model's name or alias (it may contain '/')",
+    "schema": _STR,
+}
+
+# POST /admin/models/{name}/load and .../unload are served by one route that takes the rest of
+# the path (gateway/http/routes/admin.py), which Litestar cannot describe: described here.
+EXTRA_PATHS: dict[str, dict[str, Any]] = {
+    f"/admin/models/{{name}}/{action}": {
+        "post": {"operationId": f"{action}Model", "parameters": [_MODEL_NAME_PARAMETER]}
+    }
+    for action in ("load", "unload")
 }
 
 _REQUEST_ID = {"X-Request-Id": {"description": "the request's id (the client's, when it sent one)", "schema": _STR}}
@@ -226,9 +353,13 @@ _RETRY_AFTER = {"Retry-After": {"required": True, "description": "seconds", "sch
 _ERRORS: dict[str, str] = {
     "400": "Malformed JSON, a field of the wrong type (named in `param`), a prompt longer than the context",
     "401": "A missing or wrong API key",
+    "403": "The API key may not use this model (outside its `models`; also for a name that does not exist)",
     "404": "An unknown model (the message lists the known ones)",
     "413": "A body over `max_body_bytes`",
-    "429": "The model's queue is full: retry after `Retry-After` seconds",
+    "429": (
+        "The model's queue is full, or the API key's requests_per_minute, tokens_per_minute or max_concurrency "
+        "is reached (its limits are in the `x-ratelimit-*` headers): retry after `Retry-After` seconds"
+    ),
     "503": "The model is not serving (failed, restarting, stopped) or the request waited longer than `request_timeout_s`",
 }
 
@@ -288,7 +419,7 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-_MODEL_ERRORS = ("400", "401", "404", "413", "429", "503")
+_MODEL_ERRORS = ("400", "401", "403", "404", "413", "429", "503")
 
 # operationId -> what Litestar cannot know; "auth" is the guard's kind (see app._guard).
 OPERATIONS: dict[str, dict[str, Any]] = {
@@ -317,12 +448,12 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "listModels": {
         "summary": "List the models",
         "auth": "api",
-        "responses": {"200": _json("Every configured model", "ModelList"), "401": _error("401")},
+        "responses": {"200": _json("Every configured model the API key may use", "ModelList"), "401": _error("401")},
     },
     "retrieveModel": {
         "summary": "Retrieve a model",
         "auth": "api",
-        "responses": {"200": _json("One model, by name or alias", "Model"), "401": _error("401"), "404": _error("404")},
+        "responses": {"200": _json("One model, by name or alias", "Model"), "401": _error("401"), "403": _error("403"), "404": _error("404")},
     },
     "health": {
         "summary": "Health of the gateway and each model",
@@ -355,12 +486,54 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "409": _error("409", "A reload is already running"),
         },
     },
+    "listKeys": {
+        "summary": "The API keys in force and their use over the last minute (gateway status)",
+        "auth": "admin",
+        "responses": {
+            "200": _json("Each key by name, with its scope, limits, requests running and last minute", "KeyList"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "403": _error("403", "A key without admin = true"),
+        },
+    },
+    "planPreview": {
+        "summary": "Plan a models.toml without running it (gateway plan, for the web page)",
+        "auth": "admin",
+        "requestBody": _body("PlanPreviewRequest"),
+        "responses": {
+            "200": _json("The plan and every problem found; nothing running is touched", "PlanPreview"),
+            "400": _error("400", "A body that is not a JSON object with a string `config`"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "413": _error("413"),
+        },
+    },
+    "loadModel": {
+        "summary": "Load an on-demand model now (evicting idle ones if needed)",
+        "auth": "admin",
+        "responses": {
+            "200": _json("The model, ready (an eager model that is ready is left as it is)", "Model"),
+            "400": _error("400", "An eager model that is not ready (it loads at start)"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "404": _error("404"),
+            "503": _error("503", "The model could not be loaded: why (the planner's explanation, or the worker's error)"),
+        },
+    },
+    "unloadModel": {
+        "summary": "Unload an idle on-demand model (it loads again on its next request)",
+        "auth": "admin",
+        "responses": {
+            "200": _json("The model, stopped", "Model"),
+            "400": _error("400", "An eager model: only on-demand models unload"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "404": _error("404"),
+            "409": _error("409", "The model has requests running or waiting"),
+        },
+    },
 }
 
 
 def _needs_key(auth: str, config: Config) -> bool:
     g = config.gateway
-    if not g.api_keys:
+    if not keys_required(config):
         return False
     return {"api": True, "admin": True, "health": g.health_requires_key, "metrics": g.metrics_requires_key}[auth]
 
@@ -393,6 +566,7 @@ def document(app: Litestar, config: Config) -> dict[str, Any]:
     changes the security requirements at once.
     """
     doc = copy.deepcopy(app.openapi_schema.to_schema())
+    doc.setdefault("paths", {}).update(copy.deepcopy(EXTRA_PATHS))
     for item in doc.get("paths", {}).values():
         for op in item.values():
             extra = OPERATIONS.get(op.get("operationId")) if isinstance(op, dict) else None
@@ -405,12 +579,14 @@ def document(app: Litestar, config: Config) -> dict[str, Any]:
             op.pop("security", None)
             if _needs_key(extra["auth"], config):
                 op["security"] = [{"bearer": []}]
+                if extra["auth"] == "admin":  # every admin endpoint: the admin guard's one rule
+                    op["responses"].setdefault("403", _error("403", "A key without admin = true"))
             elif extra["auth"] != "admin":
                 # Without keys only the admin endpoint refuses anyone (clients not on loopback).
                 op["responses"].pop("401", None)
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
-    if not config.gateway.api_keys:
+    if not keys_required(config):
         components.pop("securitySchemes", None)
     return doc
 

@@ -1,7 +1,10 @@
 """One OpenAI request through a model's worker: a whole response, or a server-sent event stream.
 
 The lease (a run slot on a ready worker, from the pool) is held until the response's last byte;
-a client that goes away closes the stream, which cancels the generation in the worker.
+a client that goes away closes the stream, which cancels the generation in the worker. So is the
+key's ticket (gateway.access.limits): a whole response charges its usage at the end; a stream
+charges each token as it passes and, when the key's tokens_per_minute runs out, ends as
+max_tokens would (finish_reason "length") with a ``note`` saying why, instead of being cut off.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from gateway.access.limits import Ticket
 from gateway.errors import EngineError
 from gateway.http.errors import error_body, raise_worker_error
 from gateway.observability.metrics import GatewayMetrics
@@ -36,28 +40,43 @@ def _ttft(record: RequestRecord, sent_at: float, timings: dict[str, Any] | None)
     return (sent_at - record.started) + float(worker_ttft)
 
 
-async def whole(lease: Lease, record: RequestRecord, metrics: GatewayMetrics, op: str, params: dict[str, Any]) -> Response:
-    """A non-streamed request; the lease is released when it returns."""
-    async with lease:
-        sent_at = time.monotonic()
-        async for msg in lease.request(op, params, stream=False):
-            if msg["type"] == "error":
-                raise_worker_error(msg, lease.name)
-            if msg["type"] == "result":
-                data = msg["data"]
-                usage = msg.get("usage")
-                if isinstance(data, dict):
-                    data["model"] = lease.name
-                    usage = usage or data.get("usage")
-                record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, msg.get("timings")), usage=usage)
-                return Response(content=data, status_code=200, headers={REQUEST_ID_HEADER: record.request_id})
-    raise EngineError(f"model {lease.name!r}: no result from the worker")
+async def whole(
+    lease: Lease, record: RequestRecord, metrics: GatewayMetrics, op: str, params: dict[str, Any], ticket: Ticket | None = None
+) -> Response:
+    """A non-streamed request; the lease and the ticket are released when it returns."""
+    ticket = ticket or Ticket(None, None, time.monotonic)
+    try:
+        async with lease:
+            sent_at = time.monotonic()
+            async for msg in lease.request(op, params, stream=False):
+                if msg["type"] == "error":
+                    raise_worker_error(msg, lease.name)
+                if msg["type"] == "result":
+                    data = msg["data"]
+                    usage = msg.get("usage")
+                    if isinstance(data, dict):
+                        data["model"] = lease.name
+                        usage = usage or data.get("usage")
+                    ticket.settle(usage)
+                    record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, msg.get("timings")), usage=usage)
+                    headers = {REQUEST_ID_HEADER: record.request_id, **ticket.headers()}
+                    return Response(content=data, status_code=200, headers=headers)
+        raise EngineError(f"model {lease.name!r}: no result from the worker")
+    finally:
+        ticket.release()
 
 
 async def streamed(
-    lease: Lease, record: RequestRecord, metrics: GatewayMetrics, op: str, params: dict[str, Any], include_usage: bool
+    lease: Lease,
+    record: RequestRecord,
+    metrics: GatewayMetrics,
+    op: str,
+    params: dict[str, Any],
+    include_usage: bool,
+    ticket: Ticket | None = None,
 ) -> Stream:
-    """A streamed request; the lease passes to the stream, which releases it at its end."""
+    """A streamed request; the lease and the ticket pass to the stream, which releases them at its end."""
+    ticket = ticket or Ticket(None, None, time.monotonic)
     messages = lease.request(op, params, stream=True)
     try:
         # Pull the first message before answering, so an early error still gets its real status.
@@ -67,6 +86,7 @@ async def streamed(
     except BaseException:
         await messages.aclose()
         await lease.release()
+        ticket.release()
         raise
     ttft = time.monotonic() - record.started
 
@@ -80,10 +100,19 @@ async def streamed(
                 if msg["type"] == "chunk":
                     data = msg["data"]
                     data["model"] = lease.name
+                    if not ticket.take(_generated(data)):
+                        # The key's budget ran out: this token is not sent, the generation stops.
+                        yield sse(_budget_stop(data, lease.name, ticket.budget_note()))
+                        end_usage = {"prompt_tokens": None, "completion_tokens": ticket.charged, "total_tokens": None}
+                        if include_usage:
+                            yield sse(_usage_chunk(data, lease.name, end_usage))
+                        status = 200
+                        break
                     last = data
                     yield sse(data)
                 elif msg["type"] == "end":
                     end_usage = msg.get("usage")
+                    ticket.settle(end_usage)
                     if include_usage and end_usage is not None:
                         yield sse(_usage_chunk(last, lease.name, end_usage))
                     status = 200
@@ -99,12 +128,47 @@ async def streamed(
             record.finish(metrics, status, ttft_s=ttft, usage=end_usage)
             await messages.aclose()
             await lease.release()
+            ticket.release()
 
     return Stream(
         events(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", REQUEST_ID_HEADER: record.request_id},
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            REQUEST_ID_HEADER: record.request_id,
+            **ticket.headers(),
+        },
     )
+
+
+def _generated(chunk: dict[str, Any]) -> int:
+    """Tokens one stream chunk carries: llama.cpp streams a token per chunk and choice (the
+    worker's usage at the end corrects the count)."""
+    count = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("text") or delta.get("content") or delta.get("tool_calls"):
+            count += 1
+    return count
+
+
+def _budget_stop(chunk: dict[str, Any], model: str, note: str) -> dict[str, Any]:
+    """The last chunk of a stream stopped by its key's token budget: each choice ends with
+    finish_reason "length" (as at max_tokens), and ``note`` says why."""
+    chat = chunk.get("object") == "chat.completion.chunk"
+    choices = [
+        {"index": c.get("index", 0), **({"delta": {}} if chat else {"text": ""}), "logprobs": None, "finish_reason": "length"}
+        for c in chunk.get("choices") or [{"index": 0}]
+    ]
+    return {
+        "id": chunk.get("id", f"chatcmpl-{uuid.uuid4().hex}"),
+        "object": chunk.get("object", "chat.completion.chunk"),
+        "created": chunk.get("created", int(time.time())),
+        "model": model,
+        "choices": choices,
+        "note": note,
+    }
 
 
 def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:

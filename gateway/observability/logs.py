@@ -87,12 +87,15 @@ def request_log_fields(
     ttft_s: float | None = None,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """The ``extra=`` fields of one request line (durations in whole milliseconds)."""
+    """The ``extra=`` fields of one request line (durations in whole milliseconds); ``key`` is
+    the API key's name, never the key (left out on a gateway without keys)."""
     return {
         "event": "request",
         "request_id": request_id,
         "model": model,
+        **({"key": key} if key is not None else {}),
         "endpoint": endpoint,
         "status": status,
         "prompt_tokens": prompt_tokens,
@@ -109,7 +112,7 @@ def log_request(logger: logging.Logger | None = None, **fields: Any) -> None:
     """
     extra = request_log_fields(**fields)
     (logger or logging.getLogger(REQUEST_LOGGER)).info(
-        "%s %s %s %d in %.0f ms (%s+%s tokens)",
+        "%s %s %s %d in %.0f ms (%s+%s tokens)%s",
         extra["request_id"],
         extra["endpoint"],
         extra["model"] or "-",
@@ -117,5 +120,6 @@ def log_request(logger: logging.Logger | None = None, **fields: Any) -> None:
         extra["duration_ms"],
         extra["prompt_tokens"] if extra["prompt_tokens"] is not None else "-",
         extra["completion_tokens"] if extra["completion_tokens"] is not None else "-",
+        f" key {extra['key']}" if "key" in extra else "",
         extra=extra,
     )

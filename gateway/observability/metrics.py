@@ -35,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from gateway.observability.activity import RecentActivity
 from gateway.runtime.states import STATE_LABELS, ModelState
 from planner.devices import Device
 
@@ -45,7 +46,10 @@ PREFIX = "vram_gateway_"
 # The states under the names the dashboard uses (gateway.runtime.states: "starting" is "loading").
 MODEL_STATES: tuple[str, ...] = STATE_LABELS
 
-REJECT_REASONS: tuple[str, ...] = ("queue_full", "queue_timeout", "model_unavailable")
+REJECT_REASONS: tuple[str, ...] = ("queue_full", "queue_timeout", "model_unavailable", "scope", "rate", "concurrency")
+# A key's refusals (gateway.access): a model outside its scope (403), its requests or tokens per
+# minute, its max_concurrency (429). Series by key *name*, never the key.
+KEY_REJECT_REASONS: tuple[str, ...] = ("scope", "rate", "concurrency")
 
 # LLM requests range from a 50 ms embedding to a 10-minute generation (request_timeout_s
 # defaults to 600), so the buckets are roughly logarithmic over that whole range.
@@ -117,6 +121,16 @@ def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]
             gpu = gpu_order[int(m.group(1))]
             out[gpu] = out.get(gpu, 0) + round(float(mib) * _MIB)
     return out
+
+
+def llama_host_buffers(allocated: Mapping[str, Any]) -> int:
+    """Bytes llama.cpp allocated in host memory (``CPU*`` and pinned ``CUDA_Host`` buffers)."""
+    total = 0
+    for section in _ALLOCATED_SECTIONS:
+        for buffer, mib in (allocated.get(section) or {}).items():
+            if _CUDA_BUFFER.fullmatch(str(buffer)) is None:
+                total += round(float(mib) * _MIB)
+    return total
 
 
 class _StateCollector(Collector):
@@ -208,7 +222,10 @@ class GatewayMetrics:
         self,
         snapshot: Callable[[], Iterable[ModelSnapshot]],
         read_gpus: Callable[[], Iterable[Device]],
+        recent: RecentActivity | None = None,
     ) -> None:
+        # The last minute per model, for the web page (Prometheus keeps the long history).
+        self.recent = recent if recent is not None else RecentActivity()
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self._collect_errors = Counter(
@@ -250,8 +267,22 @@ class GatewayMetrics:
         )
         self._rejected = Counter(
             PREFIX + "requests_rejected",
-            "Requests refused without running: queue_full (429), queue_timeout and model_unavailable (503).",
+            "Requests refused without running: queue_full (429), queue_timeout and model_unavailable (503); "
+            "a key's scope (403), rate and concurrency (429).",
             ["model", "reason"],
+            registry=r,
+        )
+        self._key_requests = Counter(
+            PREFIX + "key_requests", "Requests answered, by API key name and HTTP status.", ["key", "status"], registry=r
+        )
+        self._key_prompt_tokens = Counter(PREFIX + "key_prompt_tokens", "Prompt tokens, by API key name.", ["key"], registry=r)
+        self._key_completion_tokens = Counter(
+            PREFIX + "key_completion_tokens", "Completion tokens, by API key name.", ["key"], registry=r
+        )
+        self._key_rejected = Counter(
+            PREFIX + "key_requests_rejected",
+            "A key's requests refused: scope (403), rate or concurrency (429), and the model's own refusals.",
+            ["key", "reason"],
             registry=r,
         )
         self._restarts = Counter(PREFIX + "worker_restarts", "Times a model's worker process was restarted.", ["model"], registry=r)
@@ -299,6 +330,14 @@ class GatewayMetrics:
         self._completion_tokens.labels(model=model)
         self._cached_prompt.labels(model=model)
 
+    def add_keys(self, names: Iterable[str]) -> None:
+        """Create the keys' counters at zero (the keys in force; called again after a reload)."""
+        for key in names:
+            for reason in KEY_REJECT_REASONS:
+                self._key_rejected.labels(key=key, reason=reason)
+            self._key_prompt_tokens.labels(key=key)
+            self._key_completion_tokens.labels(key=key)
+
     def request_finished(
         self,
         model: str | None,
@@ -308,6 +347,7 @@ class GatewayMetrics:
         ttft_s: float | None = None,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
+        key: str | None = None,
     ) -> None:
         """Record one answered request (once, when its last byte is sent or it failed).
 
@@ -322,6 +362,12 @@ class GatewayMetrics:
             self._prompt_tokens.labels(model=name).inc(prompt_tokens)
         if completion_tokens:
             self._completion_tokens.labels(model=name).inc(completion_tokens)
+        if key is not None:  # the key's name (None on a gateway without keys)
+            self._key_requests.labels(key=key, status=str(status_code)).inc()
+            if prompt_tokens:
+                self._key_prompt_tokens.labels(key=key).inc(prompt_tokens)
+            if completion_tokens:
+                self._key_completion_tokens.labels(key=key).inc(completion_tokens)
         if not 200 <= status_code < 300:
             return
         if _finite_non_negative(duration_s):
@@ -341,15 +387,18 @@ class GatewayMetrics:
         if isinstance(cached, int) and cached > 0:
             self._cached_prompt.labels(model=model).inc(cached)
 
-    def rejected(self, model: str | None, reason: str) -> None:
+    def rejected(self, model: str | None, reason: str, key: str | None = None) -> None:
         """Count a request refused before it ran; ``reason`` is one of ``REJECT_REASONS``.
 
         The app records the answer itself with ``request_finished`` as well (its 429/503).
+        ``key`` is the name of the request's API key, if it had one.
         """
         if reason not in REJECT_REASONS:
             # Call sites pass constants: an unknown reason is a bug that would mint new series.
             raise ValueError(f"unknown rejection reason {reason!r} (one of {', '.join(REJECT_REASONS)})")
         self._rejected.labels(model=NO_MODEL if model is None else model, reason=reason).inc()
+        if key is not None:
+            self._key_rejected.labels(key=key, reason=reason).inc()
 
     def worker_restarted(self, model: str) -> None:
         """Count one restart of the model's worker process."""

@@ -24,6 +24,7 @@ class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.monotonic)
     model: str | None = None
+    key: str | None = None  # the API key's name (never the key); None on a gateway without keys
     done: bool = False
 
     def finish(
@@ -41,10 +42,13 @@ class RequestRecord:
         duration = time.monotonic() - self.started
         prompt = (usage or {}).get("prompt_tokens")
         completion = (usage or {}).get("completion_tokens")
-        metrics.request_finished(self.model, self.endpoint, status, duration, ttft_s, prompt, completion)
+        metrics.request_finished(self.model, self.endpoint, status, duration, ttft_s, prompt, completion, key=self.key)
+        if self.model is not None:
+            metrics.recent.record(self.model, completion if isinstance(completion, int) else None)
         log_request(
             request_id=self.request_id,
             model=self.model,
+            key=self.key,
             endpoint=self.endpoint,
             status=status,
             duration_s=duration,
@@ -54,10 +58,10 @@ class RequestRecord:
         )
 
 
-def new_record(endpoint: str, request_id: str | None) -> RequestRecord:
+def new_record(endpoint: str, request_id: str | None, key: str | None = None) -> RequestRecord:
     """A record for a request; a client's X-Request-Id is kept (trimmed) so logs join up."""
     rid = (request_id or "").strip()[:128] or uuid.uuid4().hex
-    return RequestRecord(endpoint=endpoint, request_id=rid)
+    return RequestRecord(endpoint=endpoint, request_id=rid, key=key)
 
 
 

@@ -1,17 +1,22 @@
 """What the gateway starts for each model: the planned placement turned into a worker spec.
 
 A ``ModelLaunch`` is plain data (JSON-serialisable) so the CLI can plan in its own process and
-hand the result to the server process that granian starts.
+hand the result to the server process that granian starts. It carries the threads chosen for
+the model when it was launched (``gateway.placement.threads``): they depend on which models were
+started with it, which the worker cannot know.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import msgspec
 
 from gateway.config.schema import Config, ModelConfig
 from gateway.engine.protocol import WorkerSpec
+from gateway.placement.mapping import run_settings, worker_context
+from gateway.placement.threads import Threads, available_cpus, computes_on_cpu, configured_threads, default_threads
 from planner.plan import Placement, Plan
 
 
@@ -39,28 +44,31 @@ class ModelLaunch:
     devices: list[PlannedDevice] = field(default_factory=list)
     host_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    # The threads chosen at launch when the config sets none (gateway.placement.threads).
+    n_threads: int = 1
+    n_threads_batch: int = 1
+
+    @property
+    def computes_on_cpu(self) -> bool:
+        """Whether some of its layers run on the CPU (it then shares the cores)."""
+        return computes_on_cpu(len(self.devices), self.n_gpu_layers)
 
     def worker_spec(self, model: ModelConfig) -> WorkerSpec:
+        """The worker for ``model`` as planned: the planner's context settings, this placement,
+        the launch's threads (the config's where set) and the keys only the worker reads."""
+        threads = configured_threads(Threads(self.n_threads, self.n_threads_batch), model.n_threads, model.n_threads_batch)
         return WorkerSpec(
             name=model.name,
             model_path=self.model_path,
-            n_ctx=model.n_ctx,
-            n_batch=model.n_batch,
-            n_ubatch=model.n_ubatch,
+            **worker_context(run_settings(model)),
             n_gpu_layers=self.n_gpu_layers,
             split_mode=self.split_mode,
             tensor_split=self.tensor_split,
-            flash_attn=model.flash_attn,
-            type_k=model.type_k,
-            type_v=model.type_v,
-            swa_full=model.swa_full,
-            use_mmap=model.use_mmap,
             use_mlock=model.use_mlock,
             chat_format=model.chat_format,
-            embedding=model.embedding,
             pooling=model.pooling,
-            n_threads=model.n_threads,
-            replicas=model.max_concurrency,
+            n_threads=threads.n_threads,
+            n_threads_batch=threads.n_threads_batch,
             gpu_indices=[d.gpu for d in self.devices],
         )
 
@@ -82,7 +90,28 @@ class ModelLaunch:
         }
 
 
-def launch_from_placement(p: Placement, model_path: str) -> ModelLaunch:
+def launch_from_placement(
+    p: Placement, model_path: str, *, cpu_count: int | None = None, cpu_models_running: int = 0
+) -> ModelLaunch:
+    """One model started on its own, beside ``cpu_models_running`` CPU models already running."""
+    return _launch(p, model_path, _threads([p], cpu_count, cpu_models_running)[p.name])
+
+
+def launches_from_plan(
+    plan: Plan, paths: dict[str, str], *, cpu_count: int | None = None, cpu_models_running: int = 0
+) -> dict[str, ModelLaunch]:
+    """Every placed model, started together; ``cpu_count`` defaults to this process's CPUs, read now."""
+    threads = _threads(plan.placements, cpu_count, cpu_models_running)
+    return {p.name: _launch(p, paths[p.name], threads[p.name]) for p in plan.placements}
+
+
+def _threads(placements: Sequence[Placement], cpu_count: int | None, cpu_models_running: int) -> dict[str, Threads]:
+    return default_threads(
+        placements, available_cpus() if cpu_count is None else cpu_count, cpu_models_running=cpu_models_running
+    )
+
+
+def _launch(p: Placement, model_path: str, threads: Threads) -> ModelLaunch:
     return ModelLaunch(
         name=p.name,
         model_path=model_path,
@@ -104,11 +133,9 @@ def launch_from_placement(p: Placement, model_path: str) -> ModelLaunch:
         ],
         host_bytes=p.memory.host.total_bytes,
         notes=list(p.notes),
+        n_threads=threads.n_threads,
+        n_threads_batch=threads.n_threads_batch,
     )
-
-
-def launches_from_plan(plan: Plan, paths: dict[str, str]) -> dict[str, ModelLaunch]:
-    return {p.name: launch_from_placement(p, paths[p.name]) for p in plan.placements}
 
 
 def encode_launches(launches: dict[str, ModelLaunch]) -> bytes:

@@ -10,16 +10,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config.schema import Config, ModelConfig
 from gateway.config.model_files import resolve_model_path
+from gateway.config.schema import Config
+from gateway.nvml import read_nvml_devices
+from gateway.placement.mapping import model_request, run_settings
 from planner.devices import Device, DevicePolicy, declared_devices
 from planner.errors import ModelFileError
 from planner.gguf_reader import read_model_info
-from planner.memory import CudaCosts, RunSettings
+from planner.memory import CudaCosts
 from planner.model_info import ModelInfo
-from gateway.nvml import read_nvml_devices
-from planner.plan import ModelRequest, Plan, PlanPolicy, plan
+from planner.plan import Plan, PlanPolicy, plan
 from planner.units import MIB
+
+__all__ = [
+    "ModelFiles",
+    "inventory",
+    "model_request",
+    "on_demand_problems",
+    "plan_config",
+    "plan_policy",
+    "plan_startup",
+    "read_models",
+    "run_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -67,35 +80,6 @@ def plan_policy(config: Config) -> PlanPolicy:
             growth_bytes=p.growth_mib * MIB if p.growth_mib is not None else None,
         ),
         packing=p.packing,
-    )
-
-
-def run_settings(model: ModelConfig) -> RunSettings:
-    return RunSettings(
-        n_ctx=model.n_ctx,
-        n_ubatch=model.n_ubatch,
-        flash_attn=model.flash_attn,
-        type_k=model.type_k,
-        type_v=model.type_v,
-        swa_full=model.swa_full,
-        embedding=model.embedding,
-        use_mmap=model.use_mmap,
-    )
-
-
-def model_request(model: ModelConfig, info: ModelInfo) -> ModelRequest:
-    return ModelRequest(
-        name=model.name,
-        info=info,
-        settings=run_settings(model),
-        n_gpu_layers=model.n_gpu_layers,
-        split_mode=model.split_mode,
-        tensor_split=tuple(model.tensor_split) if model.tensor_split is not None else None,
-        gpus=tuple(model.gpus) if model.gpus is not None else None,
-        max_vram_bytes=model.max_vram_mib * MIB if model.max_vram_mib is not None else None,
-        priority=model.priority,
-        allow_cpu_offload=model.allow_cpu_offload,
-        replicas=model.max_concurrency,
     )
 
 

@@ -13,8 +13,10 @@ error; it never touches model state.
 On-demand models load on their first request (every request that arrives meanwhile waits for
 the same load). They are placed against what is in use *now*: NVML's free memory, or for a
 declared inventory the declared memory minus what the running models were planned to use. When
-a model does not fit, idle on-demand models are evicted (planner.eviction chooses which), and only
-as many as needed; eager models and models with requests running or waiting are never evicted.
+a model does not fit, idle on-demand models are evicted, and only as many as needed; eager models
+and models with requests running or waiting are never evicted. planner.eviction chooses which:
+the cheapest in expected waiting per byte freed (each model's measured load time times how often
+it is asked for, which the pool records per request), lower priorities first.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
-from gateway.errors import ConflictError, InvalidRequestError, ModelNotFoundError, ModelUnavailableError
+from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
@@ -38,7 +41,7 @@ from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
 from gateway.runtime.worker_process import WorkerProcess
 from planner.devices import Device
-from planner.eviction import EvictionCandidate, choose_evictions
+from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
 from planner.plan import ModelRequest, Plan, plan
 
 log = logging.getLogger("gateway")
@@ -68,6 +71,13 @@ class ModelEntry:
     crashes: list[float] = field(default_factory=list)
     evicting: bool = False
     removed: bool = False  # replaced or removed by a reload: nothing may start it again
+    # What eviction weighs (planner.eviction), kept across unloads: how often it is asked for
+    # and how long its last load took.
+    requests: RequestRate = field(default_factory=RequestRate)
+    load_seconds: float | None = None
+    # Why the last on-demand load failed (the planner's explanation when it could not be
+    # placed); None once a load succeeds. The entry stays "stopped" and may load again.
+    last_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -204,7 +214,6 @@ class ModelPool:
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
         self.entries: dict[str, ModelEntry] = {}
-        self._lookup: dict[str, str] = {}
         for model in config.models:
             launch = launches.get(model.name)
             refused = None
@@ -237,34 +246,12 @@ class ModelPool:
         return worker
 
     def _index(self) -> None:
-        lookup: dict[str, str] = {}
-        for name, entry in self.entries.items():
-            lookup[name] = name
-            for alias in entry.config.aliases:
-                lookup[alias] = name
-        self._lookup = lookup
+        self._names = ModelNames(self._config)
 
     def resolve(self, requested: Any) -> ModelEntry:
-        """The entry for a request's ``model`` field: a name, an alias, or absent.
-
-        Absent goes to ``default_model``, else to the only model; never to a guess.
-        """
-        if requested is None or requested == "":
-            default = self._config.gateway.default_model
-            if default is not None:
-                return self.entries[self._lookup[default]]
-            if len(self.entries) == 1:
-                return next(iter(self.entries.values()))
-            raise InvalidRequestError(
-                f"'model' is required: this gateway serves {len(self.entries)} models ({', '.join(self.entries)})",
-                param="model",
-            )
-        if not isinstance(requested, str):
-            raise InvalidRequestError(f"'model' must be a string, not {type(requested).__name__}", param="model")
-        name = self._lookup.get(requested)
-        if name is None:
-            raise ModelNotFoundError(requested, sorted(self._lookup))
-        return self.entries[name]
+        """The entry for a request's ``model`` field (gateway.config.names: name, alias, or
+        absent for default_model or the only model; never a guess)."""
+        return self.entries[self._names.resolve(requested)]
 
     def health(self) -> tuple[str, bool, dict[str, dict[str, Any]]]:
         """(status, serving, per-model states): serving when a request could be served now,
@@ -404,6 +391,7 @@ class ModelPool:
         entry = requested if isinstance(requested, ModelEntry) else self.resolve(requested)
         if self.draining:
             raise ModelUnavailableError("the gateway is shutting down")
+        entry.requests = entry.requests.observe(self._clock())
         if not entry.on_demand and entry.state is not ModelState.READY:
             raise self._unavailable(entry)  # a failed eager model answers at once, without queueing
         stack = contextlib.AsyncExitStack()
@@ -477,12 +465,31 @@ class ModelPool:
             await self._evict(entry, reason)
         return entry
 
+    def _cpu_models_running(self, leaving: set[str]) -> int:
+        """Models computing on the CPU that keep running: new CPU models share the cores with them."""
+        return sum(
+            1
+            for e in self.entries.values()
+            if e.name not in leaving
+            and e.launch is not None
+            and e.launch.computes_on_cpu
+            and e.state in (ModelState.STARTING, ModelState.READY)
+        )
+
     def _plan_one(self, request: ModelRequest, devices: list[Device], leaving: set[str]) -> Plan:
         config = self._config
         free = free_devices(devices, self.entries.values(), config.planner.gpus is not None, leaving)
         return plan([request], free, plan_policy(config))
 
     async def _load(self, entry: ModelEntry, reason: str) -> None:
+        try:
+            await self._place_and_start(entry, reason)
+        except ModelUnavailableError as exc:
+            entry.last_error = str(exc)
+            raise
+        entry.last_error = None
+
+    async def _place_and_start(self, entry: ModelEntry, reason: str) -> None:
         async with self._placement:
             if entry.worker is not None and entry.worker.state is ModelState.READY and not entry.evicting:
                 return
@@ -503,16 +510,20 @@ class ModelPool:
                 victim.evicting = True  # chosen and marked with no await between: nobody takes it
             for victim in victims:
                 await self._evict(victim, "make_room", for_model=entry.name)
-            launch = launch_from_placement(result.placements[0], str(files.paths[model.name]))
+            running = self._cpu_models_running(leaving={v.name for v in victims} | {entry.name})
+            launch = launch_from_placement(result.placements[0], str(files.paths[model.name]), cpu_models_running=running)
             async with entry.lock:
                 if entry.worker is not None:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)  # a failed earlier attempt
                 worker = self._install(entry, launch)
                 self._emit("loading", {"model": entry.name, "reason": reason})
+                started = self._clock()
                 await worker.start()
             state = await worker.wait_ready(config.gateway.load_timeout_s)
             entry.last_used = self._clock()
-            if state is not ModelState.READY:
+            if state is ModelState.READY:
+                entry.load_seconds = entry.last_used - started
+            else:
                 raise ModelUnavailableError(f"model {entry.name!r} failed to load: {worker.reason}")
 
     def _choose_evictions(self, entry: ModelEntry, request: ModelRequest, devices: list[Device]) -> tuple[list[ModelEntry], Plan]:
@@ -528,7 +539,7 @@ class ModelPool:
             attempts[names] = self._plan_one(request, devices, set(names))
             return attempts[names].fits
 
-        chosen = choose_evictions([self._candidate(e, needed) for e in candidates.values()], fits)
+        chosen = choose_evictions([self._candidate(e, needed) for e in candidates.values()], fits, now=self._clock())
         if chosen is None:
             explanation = "; ".join(attempts[max(attempts, key=len)].problems) if attempts else ""
             raise ModelUnavailableError(
@@ -539,7 +550,14 @@ class ModelPool:
     def _candidate(self, e: ModelEntry, needed: set[int]) -> EvictionCandidate:
         launch = e.launch
         freed = sum(d.total_bytes for d in launch.devices if d.gpu in needed) if launch is not None else 0
-        return EvictionCandidate(name=e.name, freed_bytes=freed, priority=e.config.priority, last_used=e.last_used)
+        return EvictionCandidate(
+            name=e.name,
+            freed_bytes=freed,
+            priority=e.config.priority,
+            last_used=e.last_used,
+            load_seconds=e.load_seconds if e.load_seconds is not None else (e.worker.load_seconds if e.worker else None),
+            requests=e.requests,
+        )
 
     async def _evict(self, entry: ModelEntry, reason: str, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""
@@ -604,7 +622,9 @@ class ModelPool:
             if not placed.fits:
                 result.problems = [f"plan: {p}" for p in placed.problems]
                 return result
-            launches = launches_from_plan(placed, {n: str(p) for n, p in files.paths.items()})
+            launches = launches_from_plan(
+                placed, {n: str(p) for n, p in files.paths.items()}, cpu_models_running=self._cpu_models_running(leaving)
+            )
 
         outgoing = [self.entries[n] for n in leaving]
         for entry in outgoing:

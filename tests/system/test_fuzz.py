@@ -60,6 +60,10 @@ BUDGET = {
     "health": (10, 0),
     "metrics": (10, 0),
     "reload": (5, 0),
+    "loadModel": (10, 10),
+    "unloadModel": (10, 10),
+    "planPreview": (25, 20),
+    "listKeys": (5, 0),
 }
 
 
@@ -134,6 +138,10 @@ def _narrowed(doc: dict) -> dict:
     # Ask for the served models and a few unknown names (random ones come from the negative mode).
     (param,) = doc["paths"]["/v1/models/{model_id}"]["get"]["parameters"]
     param["schema"] = {"type": "string", "enum": ["tiny", "tiny-embed", "gpt-4o", "..", "tiny/x"]}
+    # The admin actions on the served (eager) models: load answers 200, unload 400.
+    for action in ("load", "unload"):
+        (param,) = doc["paths"][f"/admin/models/{{name}}/{action}"]["post"]["parameters"]
+        param["schema"] = {"type": "string", "enum": ["tiny", "tiny-embed", "gpt-4o", "tiny/x"]}
     return doc
 
 

@@ -1,6 +1,6 @@
-"""`gateway serve` start-up and shutdown: the PoC's single-model form, plans that do not fit,
-models that fail to load (with and without --strict), SIGTERM draining, and no orphans after
-the server is killed."""
+"""`gateway serve` start-up and shutdown: the PoC's single-model form (docs/poc-reference.md),
+plans that do not fit, models that fail to load (with and without --strict), SIGTERM draining,
+and no orphans after the server is killed."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def test_poc_single_model_form_answers_the_poc_curl_example(tmp_path, tiny):
     try:
         base = f"http://127.0.0.1:{port}"
         assert wait_until_answering(base, proc, log) == 200
-        # The PoC's curl example sends no "model": the only model answers. Its Python example asks for "local".
+        # The PoC's curl example sends no "model": the only model answers. Its Python example asks for "local"
+        # (docs/poc-reference.md#api-endpoints).
         r = httpx.post(base + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["model"] == "tiny"

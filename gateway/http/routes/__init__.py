@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar.handlers import HTTPRouteHandler
 
 from gateway.http.auth import Auth
-from gateway.http.routes import admin, openai, ops
+from gateway.http.routes import admin, keys, openai, ops, ui
 
 
 def handlers(auth: Auth) -> list[HTTPRouteHandler]:
-    return [*openai.handlers(auth), *ops.handlers(auth), *admin.handlers(auth)]
+    return [*openai.handlers(auth), *ops.handlers(auth), *admin.handlers(auth), *ui.handlers(auth), *keys.handlers(auth)]

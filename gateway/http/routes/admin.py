@@ -1,17 +1,30 @@
-"""/admin/*: reload the config (the work behind SIGHUP and `gateway reload`)."""
+"""/admin/*: reload the config (the work behind SIGHUP and `gateway reload`), load and unload an
+on-demand model, and preview the plan of a models.toml (the web page's admin actions)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 from litestar.di import NamedDependency
-from litestar import Response, post
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
 
+from gateway.config.schema import Config
 from gateway.errors import ConfigError
+from gateway.http.admin_params import plan_preview_request
 from gateway.http.auth import Auth
-from gateway.runtime.pool import ModelPool, ReloadResult
+from gateway.http.memory_map import plan_map
+from gateway.placement.host_memory import read_host_memory
+from gateway.placement.planning import inventory
+from gateway.placement.preview import preview_config
+from gateway.runtime.pool import ModelPool, ReloadResult, free_devices
 from gateway.config.source import ConfigFile
+from planner.devices import Device
 
 log = logging.getLogger("gateway")
 
@@ -34,8 +47,61 @@ async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDepen
     return Response(content=result.as_dict(), status_code=200 if result.reloaded else 422)
 
 
+MODEL_ACTIONS = ("load", "unload")
+
+
+async def admin_model_action(pool: NamedDependency[ModelPool], target: FromPath[str]) -> dict[str, Any]:
+    """POST /admin/models/{name}/load and /unload; the model as /v1/models shows it afterwards.
+
+    One route takes the whole rest of the path, so that a model name with a "/" in it (allowed,
+    as in /v1/models/{id}) needs no escaping; the documented paths are in gateway.http.openapi.
+    """
+    name, _, action = target.strip("/").rpartition("/")
+    if not name or action not in MODEL_ACTIONS:
+        raise NotFoundException(f"no such admin action: POST /admin/models/{target.strip('/')} (use .../load or .../unload)")
+    entry = await (pool.load(name) if action == "load" else pool.unload(name))
+    return pool.describe(entry)
+
+
+async def admin_plan(
+    request: Request, pool: NamedDependency[ModelPool], config_file: NamedDependency[ConfigFile]
+) -> dict[str, Any]:
+    """The plan a models.toml would get on this machine (or a declared inventory); runs nothing.
+
+    This machine's GPUs are taken as if the new config replaced the running one: NVML's free
+    memory plus what this gateway's own models were planned to use.
+    """
+    body = plan_preview_request(await request.body())
+    entries = list(pool.entries.values())
+    names = {e.name for e in entries}
+
+    def read_devices(config: Config) -> list[Device]:
+        return free_devices(inventory(config), entries, config.planner.gpus is not None, names)
+
+    base_dir = config_file.path.parent if config_file.path is not None else Path.cwd()
+
+    def work() -> dict[str, Any]:
+        # Reads model headers (and NVML): off the event loop.
+        preview = preview_config(body.config, base_dir=base_dir, read_devices=read_devices, gpus=body.gpus)
+        host = read_host_memory()
+        return {
+            "valid": preview.valid,
+            "fits": preview.fits,
+            "problems": preview.problems,
+            "inventory": "declared" if preview.declared else "nvml",
+            "on_demand": preview.on_demand,
+            "map": plan_map(preview.config, preview.plan, preview.launches, host)
+            if preview.plan is not None and preview.config is not None
+            else None,
+        }
+
+    return await asyncio.to_thread(work)
+
+
 def handlers(auth: Auth) -> list[HTTPRouteHandler]:
     admin = [auth.guard("admin")]
     return [
         post("/admin/reload", status_code=200, guards=admin, operation_id="reload")(admin_reload),
+        post("/admin/plan", status_code=200, guards=admin, operation_id="planPreview")(admin_plan),
+        post("/admin/models/{target:path}", status_code=200, guards=admin, include_in_schema=False)(admin_model_action),
     ]

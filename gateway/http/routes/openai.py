@@ -11,13 +11,18 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
+from gateway.access.gate import Access
+from gateway.access.keyring import ApiKey
+from gateway.access.limits import Ticket
 from gateway.errors import InvalidRequestError
 from gateway.http import proxy
 from gateway.http.auth import Auth
 from gateway.http.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import REQUEST_ID_HEADER, new_record
-from gateway.runtime.pool import ModelPool
+from gateway.runtime.pool import Lease, ModelEntry, ModelPool
+
+Key = NamedDependency[ApiKey | None]  # the request's API key (gateway.http.auth), None without keys
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -31,44 +36,64 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _generate(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics], endpoint: str, op: str) -> Response | Stream:
-    record = request.state.record = new_record(endpoint, request.headers.get(REQUEST_ID_HEADER))
+async def _lease(pool: ModelPool, access: Access, key: ApiKey | None, entry: ModelEntry) -> tuple[Lease, Ticket]:
+    """The key's ticket (its limits: 429), then a run slot on the model; both held until the end."""
+    ticket = access.admit(key)
+    try:
+        return await pool.acquire(entry), ticket
+    except BaseException:
+        ticket.release()
+        raise
+
+
+async def _generate(
+    request: Request, pool: ModelPool, metrics: GatewayMetrics, access: Access, key: ApiKey | None, endpoint: str, op: str
+) -> Response | Stream:
+    record = request.state.record = new_record(endpoint, request.headers.get(REQUEST_ID_HEADER), key.name if key else None)
     body = await _json_body(request)
     stream = is_stream(body)
     params = chat_params(body) if op == "chat" else completion_params(body)
-    entry = pool.resolve(body.get("model"))
+    entry = access.resolve(pool, key, body.get("model"))
     record.model = entry.name
-    lease = await pool.acquire(entry)
+    lease, ticket = await _lease(pool, access, key, entry)
     if stream:
-        return await proxy.streamed(lease, record, metrics, op, params, include_usage(body))
-    return await proxy.whole(lease, record, metrics, op, params)
+        return await proxy.streamed(lease, record, metrics, op, params, include_usage(body), ticket)
+    return await proxy.whole(lease, record, metrics, op, params, ticket)
 
 
-async def chat_completions(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics]) -> Response | Stream:
-    return await _generate(request, pool, metrics, "/v1/chat/completions", "chat")
+async def chat_completions(
+    request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics], access: NamedDependency[Access], key: Key
+) -> Response | Stream:
+    return await _generate(request, pool, metrics, access, key, "/v1/chat/completions", "chat")
 
 
-async def completions(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics]) -> Response | Stream:
-    return await _generate(request, pool, metrics, "/v1/completions", "completion")
+async def completions(
+    request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics], access: NamedDependency[Access], key: Key
+) -> Response | Stream:
+    return await _generate(request, pool, metrics, access, key, "/v1/completions", "completion")
 
 
-async def embeddings(request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics]) -> Response:
-    record = request.state.record = new_record("/v1/embeddings", request.headers.get(REQUEST_ID_HEADER))
+async def embeddings(
+    request: Request, pool: NamedDependency[ModelPool], metrics: NamedDependency[GatewayMetrics], access: NamedDependency[Access], key: Key
+) -> Response:
+    record = request.state.record = new_record("/v1/embeddings", request.headers.get(REQUEST_ID_HEADER), key.name if key else None)
     body = await _json_body(request)
-    entry = pool.resolve(body.get("model"))
+    entry = access.resolve(pool, key, body.get("model"))
     record.model = entry.name
     if not entry.config.embedding:
         raise InvalidRequestError(f"model {entry.name!r} does not serve embeddings (set embedding = true)", param="model")
     params = embedding_params(body)
-    return await proxy.whole(await pool.acquire(entry), record, metrics, "embedding", params)
+    lease, ticket = await _lease(pool, access, key, entry)
+    return await proxy.whole(lease, record, metrics, "embedding", params, ticket)
 
 
-async def list_models(pool: NamedDependency[ModelPool]) -> dict[str, Any]:
-    return {"object": "list", "data": [pool.describe(e) for e in pool.entries.values()]}
+async def list_models(pool: NamedDependency[ModelPool], access: NamedDependency[Access], key: Key) -> dict[str, Any]:
+    """The models the key may use (all of them for an unscoped key or a gateway without keys)."""
+    return {"object": "list", "data": [pool.describe(e) for e in access.visible(key, pool.entries.values())]}
 
 
-async def get_model(pool: NamedDependency[ModelPool], model_id: FromPath[str]) -> dict[str, Any]:
-    return pool.describe(pool.resolve(model_id.lstrip("/")))
+async def get_model(pool: NamedDependency[ModelPool], access: NamedDependency[Access], key: Key, model_id: FromPath[str]) -> dict[str, Any]:
+    return pool.describe(access.resolve(pool, key, model_id.lstrip("/")))
 
 
 def handlers(auth: Auth) -> list[HTTPRouteHandler]:

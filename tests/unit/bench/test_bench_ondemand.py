@@ -11,11 +11,15 @@ from bench.ondemand import (
     LoadParams,
     Request,
     TraceParams,
+    Box,
+    Result,
     average_model_k,
+    beats_every_baseline,
     budgets,
     count_lru,
+    expected_cost,
     make_trace,
-    memory_aware,
+    memory_first,
     model_request,
     simulate,
 )
@@ -48,7 +52,12 @@ def _checked_run(box, policy_fn, name, trace=None):
 
 def _policies(box):
     k, _ = average_model_k(box.models(), declared_devices(box.gpus), POLICY)
-    return [("memory-aware", memory_aware), (f"count-LRU K={k}", count_lru(k)), ("memory-LRU", count_lru(None))]
+    return [
+        ("expected-cost", expected_cost),
+        ("memory-first", memory_first),
+        (f"count-LRU K={k}", count_lru(k)),
+        ("memory-LRU", count_lru(None)),
+    ]
 
 
 @pytest.mark.parametrize("box_name", sorted(BOXES))
@@ -96,8 +105,9 @@ def test_count_limit_alone_would_oom_and_lru_evicts_more():
     trace = [Request(0.0, "14b-a", 1.0), Request(100.0, "14b-b", 1.0), Request(200.0, "32b-a", 1.0)]
     r, _, _ = _checked_run(box, count_lru(2), "count-LRU K=2", trace=trace)
     assert (r.loads, r.evictions, r.count_oom) == (3, 2, 1)
-    m, _, _ = _checked_run(box, memory_aware, "memory-aware", trace=trace)
-    assert (m.loads, m.evictions) == (3, 2)
+    for name, fn in (("expected-cost", expected_cost), ("memory-first", memory_first)):
+        m, _, _ = _checked_run(box, fn, name, trace=trace)
+        assert (m.loads, m.evictions) == (3, 2)
 
 
 def test_busy_models_are_not_evicted_the_load_waits():
@@ -107,7 +117,7 @@ def test_busy_models_are_not_evicted_the_load_waits():
     box = Box("t", ("24GiB",), (("14B", 1), ("32B", 1)))
     trace = [Request(0.0, "14b-a", 60.0), Request(10.0, "32b-a", 1.0)]
     load = LoadParams()
-    for name, fn in (("memory-aware", memory_aware), ("count-LRU", count_lru(2))):
+    for name, fn in (("expected-cost", expected_cost), ("memory-first", memory_first), ("count-LRU", count_lru(2))):
         r, _, _ = _checked_run(box, fn, name, trace=trace)
         assert r.blocked == 1 and r.evictions == 1
         load_14b = load.load_s(model_request("x", SHAPES["14B"]))
@@ -130,9 +140,50 @@ def test_the_budget_check_catches_a_policy_that_ignores_memory():
     from bench.ondemand import Decision
     from planner.plan import plan
 
-    def reckless(req, devices, residents, idle, policy):
+    def reckless(req, devices, residents, idle, policy, now, usage):
         return Decision((), plan([req], devices, policy).placements[0])
 
     box = BOXES["A"]
     with pytest.raises(AssertionError, match="budget"):
         _checked_run(box, reckless, "reckless")
+
+
+def test_the_simulation_keeps_what_the_gateway_keeps_per_model():
+    """Every request's arrival counts in its model's rate, loaded or not, and across unloads; the
+    load time is the last load's start to ready."""
+    box = Box("t", ("24GiB",), (("14B", 1), ("32B", 1)))
+    trace = [Request(0.0, "14b-a", 1.0), Request(0.5, "14b-a", 1.0), Request(100.0, "32b-a", 1.0), Request(200.0, "14b-a", 1.0)]
+    r, _, _ = _checked_run(box, expected_cost, "expected-cost", trace=trace)
+    assert (r.loads, r.evictions) == (3, 2)  # the 32B and the 14B cannot share the GPU
+    load = LoadParams()
+    assert r.usage["14b-a"].load_s == pytest.approx(load.load_s(model_request("x", SHAPES["14B"])))
+    assert r.usage["14b-a"].requests.at == 200.0
+    # Three requests (two in the first load's wait): the long memory still holds nearly all three.
+    assert 2.9 < r.usage["14b-a"].requests.popular <= 3.0
+    assert r.usage["32b-a"].requests.at == 100.0
+
+
+def test_expected_cost_keeps_the_model_in_use_that_memory_first_evicts():
+    """One 24 GiB GPU holds a 14B and two 8Bs. A third 8B needs room while the 14B is asked for
+    every 10 s and the other 8Bs sit unused: memory-first evicts the 14B (it frees the most) and
+    its next request waits for it to load again; expected-cost evicts the coldest 8B."""
+    box = Box("t", ("24GiB",), (("14B", 1), ("8B", 3)))
+    trace = [Request(0.0, "8b-a", 1.0), Request(5.0, "8b-b", 1.0)]
+    trace += [Request(10.0 * i, "14b-a", 1.0) for i in range(1, 21)]
+    trace += [Request(205.0, "8b-c", 1.0), Request(210.0, "14b-a", 1.0)]
+    trace.sort(key=lambda q: q.t)
+    ours, _, _ = _checked_run(box, expected_cost, "expected-cost", trace=trace)
+    old, _, _ = _checked_run(box, memory_first, "memory-first", trace=trace)
+    assert (ours.loads, ours.evictions) == (4, 1)
+    assert (old.loads, old.evictions) == (5, 2)
+    assert ours.waits[-1] == 0 < old.waits[-1]
+    assert ours.mean_wait < old.mean_wait
+
+
+def test_beats_every_baseline_needs_strictly_fewer_loads_and_strictly_less_wait():
+    def result(loads, wait):
+        return Result("x", requests=1, loads=loads, waits=[wait])
+
+    assert beats_every_baseline([result(9, 1.0), result(10, 2.0), result(12, 1.5)]) == (True, True)
+    assert beats_every_baseline([result(10, 1.0), result(10, 2.0)]) == (False, True)
+    assert beats_every_baseline([result(9, 2.0), result(10, 2.0)]) == (True, False)

@@ -1,7 +1,7 @@
 """The CPU part of the GPU check (bench/gpu_check.py), ``plan --verify`` and ``--use-fit-params``.
 
 No GPU here: the sparse models are written and read back, the table and verdict run on
-recorded figures (the H200 calibration figures of shared/reference/gpu-h200-measurements.md,
+recorded figures (the H200 calibration figures of docs/calibration.md#h200-measurements,
 labelled as such: they are not a run of this check), and ``--verify`` / ``--use-fit-params``
 fail with their messages. Where llama.cpp itself can answer on the CPU (a ``no_alloc`` dry run
 reads our headers), it does.
@@ -44,8 +44,8 @@ from gateway.engine.dry_run import (
     compare_dry_run,
     cuda_status,
     dry_run,
+    dry_run_params,
     format_verify_table,
-    llama_params,
     unavailable_message,
     verify_plan,
 )
@@ -64,7 +64,7 @@ from tests.unit.planner.test_memory_h200 import H200_ROWS
 ROOT = Path(__file__).resolve().parents[3]
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-REFERENCE = "shared/reference/gpu-h200-measurements.md"
+REFERENCE = "docs/calibration.md#h200-measurements"
 
 
 def _load_gpu_check():
@@ -173,11 +173,11 @@ def qwen7b(tmp_path_factory):
 
 def _reference_measurements(info) -> list:
     """The H200 calibration rows: our estimator's prediction beside the NVML delta measured
-    there. These are the reference figures of shared/reference/gpu-h200-measurements.md, not a
+    there. These are the reference figures of docs/calibration.md#h200-measurements, not a
     run of bench/gpu_check.py."""
     out = []
     for ngl, n_ctx, fa, ubatch, model, kv, compute, nvml in H200_ROWS:
-        settings = RunSettings(n_ctx=n_ctx, flash_attn=fa, n_ubatch=ubatch)
+        settings = RunSettings(n_ctx=n_ctx, flash_attn=fa, n_batch=max(512, ubatch), n_ubatch=ubatch)
         dev = estimate_memory(info, settings, assign_layers([1.0], 1, info.n_layers, ngl), 1, CudaCosts()).devices[0]
         out.append(
             gc.Measurement(
@@ -327,7 +327,7 @@ def test_unavailable_message_names_what_is_missing():
 
 
 # The buffer lines a CUDA dry run of the reference's full-offload, n_ctx 4096, flash-attention
-# row prints, with the figures of shared/reference/gpu-h200-measurements.md (a dry run prints
+# row prints, with the figures of docs/calibration.md#h200-measurements (a dry run prints
 # the compute buffers and the KV "size =" line as a real load; buffer lines print 0.00).
 H200_DRY_RUN_LINES = (
     "load_tensors: offloaded 29/29 layers to GPU",
@@ -398,6 +398,40 @@ def test_a_real_no_alloc_dry_run_matches_the_planner_on_the_cpu(tmp_path):
     assert all(r.ok for r in rows), format_verify_table(rows)
 
 
+def _llama_kwargs(spec: WorkerSpec) -> dict:
+    """The Llama() keyword arguments the engine-per-request worker passed for a spec."""
+    from llama_cpp import llama_cpp as capi
+
+    from planner.memory import kv_type
+
+    kwargs = {
+        "model_path": spec.model_path, "n_ctx": spec.n_ctx, "n_batch": spec.n_batch, "n_ubatch": spec.n_ubatch,
+        "n_gpu_layers": spec.n_gpu_layers, "split_mode": {"none": 0, "layer": 1, "row": 2}[spec.split_mode],
+        "flash_attn": spec.flash_attn, "type_k": int(kv_type(spec.type_k)), "type_v": int(kv_type(spec.type_v)),
+        "swa_full": spec.swa_full, "use_mmap": spec.use_mmap, "use_mlock": spec.use_mlock, "embedding": spec.embedding,
+        "n_threads": spec.n_threads, "n_threads_batch": spec.n_threads_batch, "verbose": False,
+    }
+    if spec.tensor_split is not None:
+        kwargs["tensor_split"] = list(spec.tensor_split)
+    if spec.pooling is not None:
+        kwargs["pooling_type"] = {"none": capi.LLAMA_POOLING_TYPE_NONE, "mean": capi.LLAMA_POOLING_TYPE_MEAN}[spec.pooling]
+    return kwargs
+
+
+def _fields(struct) -> dict:
+    import llama_cpp
+
+    out = {}
+    for name, _ in struct._fields_:
+        value = getattr(struct, name)
+        if name == "tensor_split":
+            value = [value[i] for i in range(llama_cpp.LLAMA_MAX_DEVICES)] if value else None
+        elif not isinstance(value, (int, float, bool, bytes, type(None))):
+            value = bool(value)  # pointers and callbacks: set or not
+        out[name] = value
+    return out
+
+
 @pytest.mark.llama
 @pytest.mark.parametrize(
     "spec_kw",
@@ -408,32 +442,45 @@ def test_a_real_no_alloc_dry_run_matches_the_planner_on_the_cpu(tmp_path):
     ],
     ids=["gpu-split", "embedding"],
 )  # fmt: skip
-def test_dry_run_params_equal_what_llama_builds(tmp_path, spec_kw):
-    """The dry run's structs, field by field, are those llama-cpp-python's Llama() builds from
-    the worker's llama_kwargs (except how the model is loaded, which a dry run switches off)."""
+def test_dry_run_params_are_the_workers_and_what_llama_builds_for_one_slot(tmp_path, spec_kw):
+    """The dry run's structs are the worker's (gateway.engine.llama_params), except how the
+    model is loaded; and for one slot they are, field by field, what llama-cpp-python's Llama()
+    builds from the same settings, but for the fields the batch engine sets on purpose."""
     import llama_cpp
 
-    from gateway.engine.worker import llama_kwargs
+    from gateway.engine import llama_params
 
     path = write_tiny_llama(tmp_path / "tiny.gguf")
-    kwargs = llama_kwargs(WorkerSpec(name="t", model_path=str(path), **spec_kw))
-    mp, cp, _keep = llama_params(kwargs)
-    llm = llama_cpp.Llama(**{**kwargs, "verbose": False})
+    spec = WorkerSpec(name="t", model_path=str(path), **spec_kw)
+    mp, cp, _keep = dry_run_params(spec)
+    worker_mp, worker_cp = llama_params.model_params(spec).params, llama_params.context_params(spec)
+    loading = {"no_alloc", "load_mode"}
+    assert {k: v for k, v in _fields(mp).items() if k not in loading} == {k: v for k, v in _fields(worker_mp).items() if k not in loading}
+    assert _fields(cp) == _fields(worker_cp)
 
-    def fields(struct):
-        out = {}
-        for name, _ in struct._fields_:
-            value = getattr(struct, name)
-            if name == "tensor_split":
-                value = [value[i] for i in range(llama_cpp.LLAMA_MAX_DEVICES)] if value else None
-            elif not isinstance(value, (int, float, bool, bytes, type(None))):
-                value = bool(value)  # pointers and callbacks: set or not
-            out[name] = value
-        return out
-
-    assert fields(mp) == fields(llm.model_params)
-    assert fields(cp) == fields(llm.context_params)
+    llm = llama_cpp.Llama(**_llama_kwargs(spec))
+    # Both thread counts default to every core; a context has one sequence per slot, and KV
+    # is unified only when the spec says so (Llama() unifies it for embeddings).
+    on_purpose = {"n_threads", "n_threads_batch", "n_seq_max", "kv_unified"}
+    assert {k: v for k, v in _fields(worker_mp).items()} == _fields(llm.model_params)
+    assert {k: v for k, v in _fields(worker_cp).items() if k not in on_purpose} == {
+        k: v for k, v in _fields(llm.context_params).items() if k not in on_purpose
+    }
+    assert (worker_cp.n_seq_max, worker_cp.kv_unified) == (1, False)
     llm.close()
+
+
+@pytest.mark.llama
+def test_the_dry_run_reserves_every_slot_of_the_workers_context(tmp_path):
+    """slots = 2 without kv_unified: one context whose KV cache holds n_ctx cells per slot."""
+    path = write_tiny_llama(tmp_path / "tiny.gguf")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    sizes = {}
+    for slots in (1, 2):
+        run = dry_run(WorkerSpec(name="t", model_path=str(path), n_ctx=4096, slots=slots), env)
+        assert run.ok, run.error
+        sizes[slots] = run.buffers.kv_size_mib
+    assert sizes[2] == pytest.approx(2 * sizes[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,7 +558,8 @@ def test_run_fit_params_passes_the_workers_settings_and_reads_the_answer(empty_p
         'echo "-c 4096 -ngl 29 -ts 20,9"\n',
     )
     binary = require_fit_params()
-    fit = run_fit_params(binary, "/models/m.gguf", 4096, flash_attn=True, type_k="q8_0", margin_mib=2048, cuda_visible_devices="1,0")
+    settings = RunSettings(n_ctx=4096, flash_attn=True, type_k="q8_0")
+    fit = run_fit_params(binary, "/models/m.gguf", settings, margin_mib=2048, cuda_visible_devices="1,0")
     assert args_file.read_text().split("\n")[:2] == [
         "-m /models/m.gguf -c 4096 -b 512 -ub 512 -fa on -ctk q8_0 -ctv f16 -fitt 2048",
         "CVD=1,0",
@@ -535,5 +583,5 @@ def test_run_fit_params_passes_the_workers_settings_and_reads_the_answer(empty_p
 def test_a_failing_fit_params_is_a_clear_error(empty_path):
     _fake_binary(empty_path, 'echo "llama_params_fit: failed to fit params to free device memory" >&2\nexit 1\n')
     with pytest.raises(FitParamsError) as exc:
-        run_fit_params(require_fit_params(), "/models/m.gguf", 4096)
+        run_fit_params(require_fit_params(), "/models/m.gguf", RunSettings(n_ctx=4096))
     assert "llama-fit-params failed for /models/m.gguf (exit 1): llama_params_fit: failed to fit" in str(exc.value)

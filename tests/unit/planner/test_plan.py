@@ -159,11 +159,32 @@ def test_manual_tensor_split_that_overflows_a_gpu_is_refused():
     assert result.problems[0].startswith("model 'm': the manual tensor_split [0.1, 0.1, 0.8] does not fit: GPU 2 needs")
 
 
-def test_replicas_multiply_memory_but_share_the_cuda_context():
-    one = plan([req("m")], BOX).placements[0].memory.devices[0]
-    two = plan([req("m", replicas=2)], BOX).placements[0].memory.devices[0]
-    assert two.overhead_bytes == one.overhead_bytes
-    assert two.total_bytes == 2 * one.total_bytes - one.overhead_bytes
+def test_slots_share_one_copy_of_the_weights_and_keep_a_full_context_each():
+    one = plan([req("m", settings=RunSettings(n_ctx=4096))], BOX).placements[0].memory.devices[0]
+    eight = plan([req("m", settings=RunSettings(n_ctx=4096, slots=8))], BOX).placements[0].memory.devices[0]
+    assert eight.weights_bytes == one.weights_bytes
+    assert eight.overhead_bytes == one.overhead_bytes and eight.growth_bytes == one.growth_bytes
+    assert eight.kv_bytes == 8 * one.kv_bytes
+    # One batch of n_ubatch tokens, attending to a 4096-cell stream per sequence: same buffer.
+    assert eight.compute_bytes == one.compute_bytes
+
+
+def test_unified_slots_share_one_pool_of_kv_pool_tokens():
+    pooled = RunSettings(n_ctx=4096, slots=8, kv_unified=True, kv_size=8192)
+    dev = plan([req("m", settings=pooled)], BOX).placements[0].memory.devices[0]
+    two_contexts = plan([req("m", settings=RunSettings(n_ctx=4096, slots=2))], BOX).placements[0].memory.devices[0]
+    assert dev.kv_bytes == two_contexts.kv_bytes
+
+
+def test_model_that_fits_with_fewer_slots_says_how_many():
+    devices = declared_devices(["8GiB"])
+    chat = ModelRequest(name="chat", info=model_info(n_layers=32, layer_mib=150), settings=RunSettings(n_ctx=4096, slots=8))
+    result = plan([chat], devices, PlanPolicy(devices=DevicePolicy(reserve_mib=1024)))
+    # 4,800 MiB of weights and 512 MiB of KV per slot in 7,168 MiB: two slots fit (6,934 MiB).
+    assert result.problems == (
+        "model 'chat' does not fit: on GPU 0 (declared GPU 0, 7,168 MiB left) it is short by 2,839 MiB; "
+        "would fit with n_ctx = 1024, or max_concurrency = 2, or allow_cpu_offload = true (22 of 33 layers on GPU)",
+    )
 
 
 def test_split_mode_none_keeps_a_model_on_one_gpu():

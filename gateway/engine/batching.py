@@ -1,0 +1,451 @@
+"""Continuous batching: one decode loop drives one llama.cpp context for every request.
+
+One thread owns the context. Each step it builds one batch: the next token of every generating
+sequence, then as much of the waiting prompts as the step may take (chunked prefill,
+gateway.engine.prefill); decodes it once; samples every sequence that got logits; and hands each
+choice's new text to its job's event queue (gateway.engine.sequence). New jobs join between
+steps, in arrival order, as slots free up; a finished or cancelled sequence leaves its slot at
+once, its cells kept as that slot's prompt cache (gateway.engine.slots). The design follows
+llama.cpp's tools/server ``update_slots`` and examples/parallel.
+
+``n`` choices of one prompt decode the prompt once, in one slot; when it is read its cells are
+copied (``llama_memory_seq_cp``) to one more slot per further choice, which all sample from the
+prompt's last logits.
+
+Failures stay with their job: a grammar that allows no token, a sampler or stopping criterion
+that raises, or a decode that fails ends only the jobs in that batch's sequences. When the
+shared KV pool (``kv_unified``) is full, idle caches go first, then prompt chunks wait, then the
+newest sequence ends with finish reason "length".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.engine.jobs import EmbeddingJob, Embeddings, Failure, GenerationJob, Job, Summary
+from gateway.engine.llama_batch import Batch
+from gateway.engine.loading import LoadedModel
+from gateway.engine.prefill import PrefillBudget
+from gateway.engine.sampling import GrammarDeadEnd, logits_at, token_logprobs
+from gateway.engine.sequence import SeqState, Sequence
+from gateway.engine.slots import KvMemory, Slot, pick_slot
+from gateway.engine.stats import StepStats
+from gateway.engine.vocab import Vocab
+
+log = logging.getLogger("gateway.engine.batching")
+
+
+@dataclass
+class _Running:
+    """A generation job in slots."""
+
+    job: GenerationJob
+    sequences: list[Sequence]
+    cached_prompt_tokens: int
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    cancelled: bool = False
+
+
+class BatchEngine:
+    """The decode loop and its scheduler. ``submit``, ``cancel`` and ``stop`` may be called from
+    any thread; everything else runs on the loop's own thread, the context's only user."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        vocab: Vocab,
+        *,
+        send_stats: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from llama_cpp import llama_cpp as capi
+
+        self._capi = capi
+        self.loaded = loaded
+        self.vocab = vocab
+        self.n_slots = loaded.spec.slots
+        self.slots = [Slot(i) for i in range(self.n_slots)]
+        self._ctx = loaded.ctx
+        self._kv = KvMemory(loaded.ctx, loaded.n_swa)
+        self._batch = Batch(loaded.n_batch)
+        self._budget = PrefillBudget(loaded.n_batch)
+        self._clock = clock
+        self._stats = StepStats(self.n_slots, send_stats, clock)
+        self._unified = loaded.spec.kv_unified
+
+        self._lock = threading.Condition()
+        self._inbox: deque[Job] = deque()
+        self._cancels: list[Job] = []
+        self._stopping = False
+
+        self._waiting: deque[Job] = deque()
+        self._running: dict[Job, _Running] = {}
+        self._prefilling: list[Sequence] = []  # in admission order
+        self._admissions = 0
+        self._prefill_blocked = False  # the shared KV pool is full: no prompt chunks until a sequence ends
+        self._embedding: EmbeddingJob | None = None
+        self._embedding_next = 0
+        self._embedding_vectors: list[list[float]] = []
+        self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            self._inbox.append(job)
+            self._lock.notify()
+
+    def cancel(self, job: Job) -> None:
+        with self._lock:
+            self._cancels.append(job)
+            self._lock.notify()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        try:
+            while self._take_inbox():
+                self._admit()
+                worked = self._embedding is not None and self._embedding_step()
+                # A generation step follows every embedding step: streams keep flowing.
+                worked = self._generation_step() or worked
+                if not worked:
+                    self._idle_wait()
+                self._stats.maybe_send(self.busy_slots())
+        except Exception:  # noqa: BLE001 - the loop must not die silently
+            # A bug here leaves the context in an unknown state: fail everything and exit, so
+            # the gateway restarts the worker as after any crash.
+            print(f"decode loop failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            failure = Failure("engine", "the decode loop failed; the worker restarts")
+            for job in [r.job for r in self._running.values()] + list(self._waiting) + [self._embedding]:
+                if job is not None:
+                    job.emit(failure)
+            os._exit(1)
+
+    def _take_inbox(self) -> bool:
+        """Move new jobs and cancels in; False when the loop must stop."""
+        with self._lock:
+            if self._stopping:
+                return False
+            new, cancels = list(self._inbox), list(self._cancels)
+            self._inbox.clear()
+            self._cancels.clear()
+        self._waiting.extend(new)
+        for job in cancels:
+            self._apply_cancel(job)
+        return True
+
+    def _idle_wait(self) -> None:
+        """Sleep until a job, a cancel or a stop comes, or the pending stats are due. Waiting
+        jobs are no reason to wake: only a running job's end frees the slots they wait for."""
+        with self._lock:
+            if self._inbox or self._cancels or self._stopping or self._running or self._embedding is not None:
+                return
+            timeout = None
+            if self._stats.pending(self.busy_slots()):
+                timeout = max(0.0, self._stats.due() - self._clock())
+            self._lock.wait(timeout)
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.busy is not None)
+
+    # ------------------------------------------------------------------ admission
+
+    def _apply_cancel(self, job: Job) -> None:
+        if job in self._waiting:
+            self._waiting.remove(job)
+            if isinstance(job, GenerationJob):
+                job.free_chains()
+                job.emit(Summary(len(job.prompt), 0, 0, None, None, cancelled=True))
+            else:
+                job.emit(Summary(0, 0, 0, None, None, cancelled=True))
+            return
+        if job is self._embedding:
+            job.emit(Summary(0, 0, 0, None, None, cancelled=True))
+            self._embedding = None
+            return
+        running = self._running.get(job)
+        if running is not None:
+            running.cancelled = True
+            for seq in running.sequences:
+                self._finish(seq, "cancelled")
+
+    def _idle_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.busy is None]
+
+    def _admit(self) -> None:
+        """Start waiting jobs, in arrival order, while there are slots for them."""
+        while self._waiting and self._embedding is None:
+            job, idle = self._waiting[0], self._idle_slots()
+            if isinstance(job, EmbeddingJob):
+                if not idle:
+                    return
+                self._waiting.popleft()
+                self._embedding, self._embedding_next, self._embedding_vectors = job, 0, []
+                return
+            if not isinstance(job, GenerationJob) or len(idle) < job.n_choices:
+                return
+            self._waiting.popleft()
+            self._start(job, idle)
+
+    def _start(self, job: GenerationJob, idle: list[Slot]) -> None:
+        slot, shared = pick_slot(job.prompt, idle)
+        n_past = self._kv.reuse(slot, job.prompt, shared)
+        self._admissions += 1
+        first = Sequence(job, 0, slot, job.chains[0], SeqState.PREFILL, self._admissions, n_past=n_past, prompt_pos=n_past)
+        slot.busy = first
+        sequences = [first]
+        others = sorted((s for s in idle if s is not slot), key=lambda s: (s.last_used, len(s.cached)))
+        for choice, extra in zip(range(1, job.n_choices), others):
+            self._kv.clear(extra)
+            fork = Sequence(job, choice, extra, job.chains[choice], SeqState.WAIT_FORK, self._admissions)
+            extra.busy = fork
+            first.forks.append(fork)
+            sequences.append(fork)
+        self._running[job] = _Running(job, sequences, cached_prompt_tokens=n_past)
+        self._prefilling.append(first)
+        self._stats.cached(n_past)
+
+    # ------------------------------------------------------------------ generation
+
+    def _generation_step(self) -> bool:
+        """One decode of every generating sequence plus prompt chunks; False when idle."""
+        batch = self._batch
+        batch.clear()
+        generating = [s.busy for s in self.slots if s.busy is not None and s.busy.state is SeqState.GENERATING]
+        for seq in generating:
+            seq.batch_index = batch.add([seq.pending], seq.n_past, seq.slot.index, output_last=True)
+        chunks: list[tuple[Sequence, int]] = []
+        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating))
+        for seq in self._prefilling:
+            take = min(budget, batch.free_room(), len(seq.job.prompt) - seq.prompt_pos)
+            if take <= 0:
+                break
+            last = seq.prompt_pos + take == len(seq.job.prompt)
+            index = batch.add(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take], seq.prompt_pos, seq.slot.index, output_last=last)
+            seq.batch_index = index if last else -1
+            chunks.append((seq, take))
+            budget -= take
+        if batch.n == 0:
+            return False
+
+        started = self._clock()
+        ret = self._decode()
+        if ret == 1:
+            ret = self._make_room(generating, chunks)
+            if ret is None:
+                return True  # the next step is built without what gave way
+        if ret != 0:
+            self._fail_batch(generating, chunks, ret)
+            return True
+        now = self._clock()
+        self._budget.observe(len(generating), sum(take for _, take in chunks), now - started)
+        self._stats.decoded(batch.n)
+
+        for seq in generating:
+            seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
+            seq.n_past += 1
+            seq.pending = None
+            self._sample(seq, seq.batch_index, now)
+        for seq, take in chunks:
+            seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
+            seq.prompt_pos += take
+            seq.n_past += take
+            if seq.done or seq.prompt_pos < len(seq.job.prompt):
+                continue
+            self._prefilling.remove(seq)
+            seq.state = SeqState.GENERATING
+            for fork in seq.forks:
+                if not fork.done:
+                    self._kv.copy(seq.slot, fork.slot)
+                    fork.n_past = seq.n_past
+                    fork.state = SeqState.GENERATING
+                    self._sample(fork, seq.batch_index, now)
+            self._sample(seq, seq.batch_index, now)
+        return True
+
+    def _decode(self) -> int:
+        return int(self._capi.llama_decode(self._ctx, self._batch.view()))
+
+    def _make_room(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]]) -> int | None:
+        """No KV cells for the batch (a full shared pool): free what matters least. The retried
+        decode's result, or None when the step must be built again without something."""
+        idle_caches = [s for s in self.slots if s.busy is None and s.cached]
+        for slot in idle_caches:
+            self._kv.clear(slot)
+        if idle_caches:
+            ret = self._decode()
+            if ret != 1:
+                return ret
+        if chunks and generating:
+            self._prefill_blocked = True  # prompts wait until a running sequence ends
+        elif chunks:
+            newest = max((seq for seq, _ in chunks), key=lambda s: s.admitted)
+            self._fail(newest.job, "invalid_request", "the prompt does not fit in the free KV cache cells (kv_size)")
+        else:
+            self._finish(max(generating, key=lambda s: s.admitted), "length")
+        return None
+
+    def _fail_batch(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]], ret: int) -> None:
+        jobs = dict.fromkeys([s.job for s in generating] + [s.job for s, _ in chunks])
+        for job in jobs:
+            running = self._running.get(job)
+            if running is not None:
+                for seq in running.sequences:
+                    self._kv.clear(seq.slot)  # what the failed decode left there is unknown
+            self._fail(job, "engine", f"llama_decode failed ({ret})")
+
+    def _sample(self, seq: Sequence, index: int, now: float) -> None:
+        """Sample the sequence's next token from batch position ``index`` and act on it."""
+        if seq.done:
+            return
+        job = seq.job
+        running = self._running[job]
+        try:
+            token = seq.chain.sample(self._ctx, index)
+            logits = None
+            if job.logprobs is not None or job.stopping_criteria is not None:
+                logits = logits_at(self._ctx, index, self.loaded.n_vocab)
+            logprob = token_logprobs(logits, token, job.logprobs) if job.logprobs is not None else None
+            if running.first_token_at is None:
+                running.first_token_at = now
+            running.last_token_at = now
+            if self.vocab.is_eog(token) or seq.stops_here(token, logits):
+                self._finish(seq, "stop")
+                return
+            reason = seq.take(token, self.vocab.piece(token), logprob)
+            if reason is not None:
+                self._finish(seq, reason)
+        except GrammarDeadEnd as exc:
+            self._fail(job, "invalid_request", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a sampler or stopping criterion fails its job alone
+            log.exception("sampling failed")
+            self._fail(job, "engine", f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.done:
+            return
+        seq.close(reason)
+        for fork in seq.forks:
+            if fork.state is SeqState.WAIT_FORK:
+                self._finish(fork, reason)
+        self._release(seq)
+        running = self._running.get(seq.job)
+        if running is not None and all(s.done for s in running.sequences):
+            self._end(running)
+
+    def _release(self, seq: Sequence) -> None:
+        """The sequence leaves its slot; the slot keeps its cells as a prompt cache."""
+        seq.state = SeqState.DONE
+        if seq in self._prefilling:
+            self._prefilling.remove(seq)
+        if seq.slot.busy is seq:
+            seq.slot.busy = None
+            seq.slot.last_used = self._clock()
+            self._prefill_blocked = False  # its cells may make room
+
+    def _end(self, running: _Running) -> None:
+        job = running.job
+        del self._running[job]
+        job.free_chains()
+        job.emit(
+            Summary(
+                prompt_tokens=len(job.prompt),
+                completion_tokens=sum(len(s.completion) for s in running.sequences),
+                cached_prompt_tokens=running.cached_prompt_tokens,
+                first_token_at=running.first_token_at,
+                last_token_at=running.last_token_at,
+                cancelled=running.cancelled,
+            )
+        )
+
+    def _fail(self, job: Job, kind: str, message: str) -> None:
+        """End a job with an error; its sequences leave their slots."""
+        running = self._running.pop(job, None)
+        if running is not None:
+            for seq in running.sequences:
+                self._release(seq)
+            running.job.free_chains()
+        job.emit(Failure(kind, message))
+
+    # ------------------------------------------------------------------ embeddings
+
+    def _embedding_step(self) -> bool:
+        """Embed as many of the embedding job's inputs as idle slots and one batch take."""
+        job = self._embedding
+        idle = self._idle_slots()
+        if job is None or not idle:
+            return False
+        capi = self._capi
+        batch = self._batch
+        batch.clear()
+        placed: list[tuple[Slot, int, int]] = []  # (slot, first batch index, tokens)
+        # llama.cpp's own pooling of several sequences in one batch comes out wrong with one KV
+        # stream per sequence (mean pooling, this build: the first sequence's vector differs
+        # from the one it gets alone; right with kv_unified): then one input per decode.
+        per_step = len(idle) if job.pool_mean or self._unified else 1
+        while self._embedding_next < len(job.inputs) and len(placed) < per_step:
+            tokens = job.inputs[self._embedding_next]
+            if placed and len(tokens) > batch.free_room():
+                break
+            slot = idle[len(placed)]
+            self._kv.clear(slot)
+            first = batch.n
+            batch.add(tokens, 0, slot.index, output_last=True, output_all=True)
+            placed.append((slot, first, len(tokens)))
+            self._embedding_next += 1
+        capi.llama_set_embeddings(self._ctx, True)
+        try:
+            ret = self._decode()
+            if ret != 0:
+                job.emit(Failure("engine", f"llama_decode failed ({ret}) while embedding"))
+                self._embedding = None
+                return True
+            self._stats.decoded(batch.n)
+            for slot, first, count in placed:
+                self._embedding_vectors.append(self._read_embedding(job, slot, first, count))
+        finally:
+            capi.llama_set_embeddings(self._ctx, False)
+            for slot, _, _ in placed:
+                self._kv.clear(slot)
+                slot.last_used = self._clock()
+        if self._embedding_next >= len(job.inputs):
+            total = sum(len(t) for t in job.inputs)
+            done = self._clock()
+            job.emit(Embeddings(tuple(self._embedding_vectors), total))
+            job.emit(Summary(total, 0, 0, done, done))  # an embedding's "first token" is its result
+            self._embedding = None
+        return True
+
+    def _read_embedding(self, job: EmbeddingJob, slot: Slot, first: int, count: int) -> list[float]:
+        capi = self._capi
+        n_embd = self.loaded.n_embd
+        if job.pool_mean:
+            rows = [np.ctypeslib.as_array(capi.llama_get_embeddings_ith(self._ctx, first + k), shape=(n_embd,)) for k in range(count)]
+            return np.mean(np.stack(rows), axis=0).tolist()
+        pointer = capi.llama_get_embeddings_seq(self._ctx, slot.index)
+        if not pointer:
+            raise RuntimeError("llama.cpp returned no pooled embedding")
+        return np.ctypeslib.as_array(pointer, shape=(n_embd,)).tolist()

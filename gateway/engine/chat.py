@@ -1,0 +1,177 @@
+"""Chat completions: llama-cpp-python's chat formats and handlers, generating on the batch engine.
+
+llama_chat_format's handlers take a ``llama`` and call its ``tokenize`` and ``create_completion``
+(then turn the completion into a chat completion, tool calls included). They get a
+``ChatLlama``: the few members of ``llama_cpp.Llama`` that they use, with ``create_completion``
+routed to the batch engine. ``Llama.create_chat_completion`` itself runs on it unchanged (it
+picks the handler and passes the defaults), so every text chat format behaves as before. The
+multimodal (llava) handlers, which evaluate image embeddings through ``Llama.eval``, are not
+supported: a worker loads no CLIP model anyway.
+
+``n`` > 1 runs the handler once per choice over one job of n choices: the first handler call
+submits it, each later call reads its own choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.engine.completion import Completions, Started
+from gateway.engine.jobs import RequestScope
+
+
+@dataclass(frozen=True)
+class ChatSetup:
+    """The model's chat format and the handlers of its GGUF chat templates (``Llama.__init__``)."""
+
+    chat_format: str
+    handlers: dict[str, Any]
+
+
+def chat_setup(model: Any, metadata: dict[str, str], chat_format: str | None) -> ChatSetup:
+    """What ``llama_cpp.Llama.__init__`` (0.3.36) derives from the GGUF: a handler per chat
+    template, and the format to use when the config names none (guessed from the template,
+    else the template itself, else llama-2)."""
+    from llama_cpp import llama_chat_format
+
+    eos_id, bos_id = model.token_eos(), model.token_bos()
+    eos_token = model.token_get_text(eos_id) if eos_id != -1 else ""
+    bos_token = model.token_get_text(bos_id) if bos_id != -1 else ""
+    templates = {name[10:]: text for name, text in metadata.items() if name.startswith("tokenizer.chat_template.")}
+    if "tokenizer.chat_template" in metadata:
+        templates["chat_template.default"] = metadata["tokenizer.chat_template"]
+    handlers = {
+        name: llama_chat_format.Jinja2ChatFormatter(
+            template=text, eos_token=eos_token, bos_token=bos_token, stop_token_ids=[eos_id]
+        ).to_chat_handler()
+        for name, text in templates.items()
+    }
+    if chat_format is None and "chat_template.default" in templates:
+        chat_format = llama_chat_format.guess_chat_format_from_gguf_metadata(metadata) or "chat_template.default"
+    return ChatSetup(chat_format or "llama-2", handlers)
+
+
+class _Fanout:
+    """One job of n choices, read by n handler calls: call k reads choice k."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.started: Started | None = None
+
+
+class ChatLlama:
+    """What llama_chat_format's handlers use of a ``llama_cpp.Llama``, for one request."""
+
+    verbose = False  # handlers print to stderr when verbose
+    chat_handler = None
+
+    def __init__(self, completions: Completions, setup: ChatSetup, scope: RequestScope, fanout: _Fanout | None = None, choice: int = 0) -> None:
+        self._completions = completions
+        self._scope = scope
+        self._fanout = fanout
+        self._choice = choice
+        self._calls = 0
+        self.chat_format = setup.chat_format
+        self._chat_handlers = setup.handlers
+
+    def create_chat_completion(self, **kwargs: Any) -> Any:
+        """``Llama.create_chat_completion`` itself, on this object: it picks the handler and
+        calls it with llama=self."""
+        from llama_cpp import Llama
+
+        return Llama.create_chat_completion(self, **kwargs)  # type: ignore[arg-type]
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._completions.vocab.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: list[int], prev_tokens: list[int] | None = None, special: bool = False) -> bytes:
+        return self._completions.loaded.model.detokenize(tokens, special=special)
+
+    def token_eos(self) -> int:
+        return self._completions.vocab.eos
+
+    def token_bos(self) -> int:
+        return self._completions.vocab.bos
+
+    def n_ctx(self) -> int:
+        return self._completions.n_ctx
+
+    def create_completion(self, **kwargs: Any) -> Any:
+        self._calls += 1
+        fanout = self._fanout
+        if fanout is None:
+            return self._completions.create_completion(self._scope, **kwargs)
+        if self._calls > 1:
+            raise ValueError(f"n > 1 is not supported with chat format {self.chat_format!r}: it makes several completions per answer")
+        stream = bool(kwargs.pop("stream", False))
+        if fanout.started is None:
+            kwargs.pop("tfs_z", None)  # llama.cpp has no tail-free sampling any more
+            fanout.started = self._completions.start(self._scope, **kwargs, n=fanout.n)
+        started = fanout.started
+        if stream:
+            return self._completions.stream(started, choice=self._choice)
+        return self._completions.result(started, choice=self._choice)
+
+
+class Chat:
+    """Chat completions of one worker's model."""
+
+    def __init__(self, completions: Completions, setup: ChatSetup) -> None:
+        self.completions = completions
+        self.setup = setup
+
+    def signature_target(self) -> Any:
+        """The callable whose signature a request's params must fit (besides n)."""
+        from llama_cpp import Llama
+
+        return Llama.create_chat_completion
+
+    def create(self, scope: RequestScope, params: dict[str, Any], stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        params = dict(params)
+        n = params.pop("n", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, not {n!r}")
+        if n > self.completions.engine.n_slots:
+            raise ValueError(f"n = {n} is more than this model's {self.completions.engine.n_slots} slot(s) (max_concurrency)")
+        if params.get("logprobs") and params.get("top_logprobs") is None:
+            # The handlers pass logprobs=top_logprobs, so logprobs=true alone would give none.
+            params["top_logprobs"] = 0
+        params["stream"] = stream
+        if n == 1:
+            return ChatLlama(self.completions, self.setup, scope).create_chat_completion(**params)
+        fanout = _Fanout(n)
+        answers = [ChatLlama(self.completions, self.setup, scope, fanout, k).create_chat_completion(**params) for k in range(n)]
+        if stream:
+            return _interleave(answers)
+        merged = dict(answers[0])
+        choices = []
+        for k, answer in enumerate(answers):
+            choice = dict(answer["choices"][0])
+            choice["index"] = k
+            choices.append(choice)
+        merged["choices"] = choices
+        return merged
+
+
+def _interleave(streams: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """The choices' chunk streams in turn, each chunk's choice index set to its choice."""
+    active = list(enumerate(streams))
+    try:
+        while active:
+            for item in list(active):
+                k, stream = item
+                try:
+                    chunk = next(stream)
+                except StopIteration:
+                    active.remove(item)
+                    continue
+                for choice in chunk.get("choices", ()):
+                    choice["index"] = k
+                yield chunk
+    finally:
+        for _, stream in active:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()

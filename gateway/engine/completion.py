@@ -1,0 +1,353 @@
+"""``create_completion`` on the batch engine, with llama-cpp-python's arguments and shapes.
+
+The prompt's tokens, the defaults and the limits are llama-cpp-python 0.3.36's
+(``Llama._create_completion``): so the chat handlers of llama_chat_format, which call
+``llama.create_completion``, work unchanged on top of it (gateway.engine.chat), and the response
+JSON keeps the shapes clients and tests know. What changes: logprobs work (the engine has every
+sequence's logits), ``n`` choices share one prompt, and a generation never runs past its context
+inside a UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.engine.batching import BatchEngine
+from gateway.engine.jobs import Delta, Finish, GenerationJob, JobReader, RequestScope, TokenLogprob
+from gateway.engine.loading import LoadedModel
+from gateway.engine.sampling import SamplerChain, sampling_params
+from gateway.engine.vocab import Vocab
+
+
+@dataclass
+class Started:
+    """A submitted completion: its job and what its responses say about it."""
+
+    job: GenerationJob
+    reader: JobReader
+    scope: RequestScope
+    completion_id: str
+    created: int
+    model_name: str
+    echo_text: str | None  # the prompt, when echo was asked for
+
+
+def completion_prompt_tokens(vocab: Vocab, metadata: dict[str, str], prompt: str | list[int], suffix: str | None) -> list[int]:
+    """The tokens llama-cpp-python 0.3.36 decodes for a completion prompt (and suffix).
+
+    Its infill tokens are placeholders (token 0, "TODO: Fix" there); they are kept so a suffix
+    gives the same prompt as before.
+    """
+    model = vocab.model
+    bos_id, cls_id, sep_id = model.token_bos(), model.token_cls(), model.token_sep()
+    prefix_id = middle_id = suffix_id = 0
+    add_space_prefix = metadata.get("tokenizer.ggml.add_space_prefix", "true") == "true"
+    bos_tokens = [cls_id if cls_id != -1 else bos_id]
+    eos_tokens = [sep_id if sep_id != -1 else model.token_eos()]
+    is_tokens = isinstance(prompt, list)
+    if (is_tokens and suffix is None) or not model.add_bos_token() or bos_tokens[:1] == [-1]:
+        bos_tokens = []
+    if (is_tokens and suffix is None) or (not model.add_eos_token() and sep_id == -1):
+        eos_tokens = []
+    suffix_space_prefix = 0
+    if add_space_prefix and suffix_id >= 0 and suffix:
+        suffix = "☺" + suffix
+        suffix_space_prefix = 2
+    if isinstance(prompt, str):
+        body = vocab.tokenize(prompt.encode("utf-8"), add_bos=False, special=(prefix_id < 0 or suffix is None)) if prompt else []
+    else:
+        body = list(prompt)
+    prefix_tokens = ([prefix_id] if prefix_id >= 0 and suffix is not None else []) + body
+    suffix_tokens = (
+        [suffix_id] + (vocab.tokenize(suffix.encode("utf-8"), add_bos=False, special=False)[suffix_space_prefix:] if suffix else [])
+        if suffix_id >= 0 and suffix is not None
+        else []
+    )
+    middle_tokens = [middle_id] if middle_id >= 0 and suffix is not None else []
+    return bos_tokens + prefix_tokens + suffix_tokens + middle_tokens + eos_tokens
+
+
+class Completions:
+    """Completions of one worker's model, decoded by its batch engine."""
+
+    def __init__(self, engine: BatchEngine, loaded: LoadedModel, vocab: Vocab) -> None:
+        self.engine = engine
+        self.loaded = loaded
+        self.vocab = vocab
+        self.metadata: dict[str, str] = loaded.model.metadata()
+        self.model_name = loaded.spec.model_path
+
+    @property
+    def n_ctx(self) -> int:
+        return self.loaded.n_ctx_seq
+
+    # The argument list is create_completion's (llama-cpp-python 0.3.36) plus n: the worker
+    # binds a request's params against it, so an unknown argument is the request's error.
+    def create_completion(
+        self,
+        scope: RequestScope,
+        prompt: str | list[int],
+        suffix: str | None = None,
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        logprobs: int | None = None,
+        echo: bool = False,
+        stop: str | list[str] | None = [],  # noqa: B006 - llama-cpp-python's default
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        top_k: int = 40,
+        stream: bool = False,
+        seed: int | None = None,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        model: str | None = None,
+        stopping_criteria: Any = None,
+        logits_processor: Any = None,
+        grammar: Any = None,
+        logit_bias: dict[str, float] | None = None,
+        n: int = 1,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        started = self.start(
+            scope,
+            prompt=prompt,
+            suffix=suffix,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            logprobs=logprobs,
+            echo=echo,
+            stop=stop,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            repeat_penalty=repeat_penalty,
+            top_k=top_k,
+            seed=seed,
+            mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta,
+            model=model,
+            stopping_criteria=stopping_criteria,
+            logits_processor=logits_processor,
+            grammar=grammar,
+            logit_bias=logit_bias,
+            n=n,
+        )
+        return self.stream(started) if stream else self.result(started)
+
+    def start(
+        self,
+        scope: RequestScope,
+        *,
+        prompt: Any,
+        suffix: Any = None,
+        max_tokens: Any = 16,
+        temperature: Any = 0.8,
+        top_p: Any = 0.95,
+        min_p: Any = 0.05,
+        typical_p: Any = 1.0,
+        logprobs: Any = None,
+        echo: Any = False,
+        stop: Any = None,
+        frequency_penalty: Any = 0.0,
+        presence_penalty: Any = 0.0,
+        repeat_penalty: Any = 1.0,
+        top_k: Any = 40,
+        seed: Any = None,
+        mirostat_mode: Any = 0,
+        mirostat_tau: Any = 5.0,
+        mirostat_eta: Any = 0.1,
+        model: Any = None,
+        stopping_criteria: Any = None,
+        logits_processor: Any = None,
+        grammar: Any = None,
+        logit_bias: Any = None,
+        n: Any = 1,
+    ) -> Started:
+        """Check the arguments (ValueError naming what is wrong), submit the job."""
+        if logits_processor is not None:
+            raise ValueError("logits_processor is not supported (the batch engine samples with llama.cpp's samplers)")
+        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
+            raise ValueError("prompt must be a string or a list of token ids")
+        if suffix is not None and not isinstance(suffix, str):
+            raise ValueError("suffix must be a string")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, not {n!r}")
+        if n > self.engine.n_slots:
+            raise ValueError(f"n = {n} is more than this model's {self.engine.n_slots} slot(s) (max_concurrency)")
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise ValueError(f"logprobs must be a non-negative integer, not {logprobs!r}")
+        if echo and logprobs is not None:
+            raise ValueError("echo with logprobs is not supported (the prompt's tokens have no logits here)")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop must be a string or a list of strings")
+
+        prompt_tokens = completion_prompt_tokens(self.vocab, self.metadata, prompt, suffix)
+        self.vocab.check_tokens(prompt_tokens, "prompt")
+        if not prompt_tokens:
+            raise ValueError("the prompt is empty (and this model adds no BOS token)")
+        n_ctx = self.n_ctx
+        if len(prompt_tokens) >= n_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {n_ctx}")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+            raise ValueError(f"max_tokens must be an integer, not {max_tokens!r}")
+        room = n_ctx - len(prompt_tokens)
+        limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+
+        params = sampling_params(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta,
+            seed=seed,
+            logit_bias=logit_bias,
+            grammar=grammar,
+            n_vocab=self.vocab.n_vocab,
+        )
+        chains: list[SamplerChain] = []
+        try:
+            for i in range(n):
+                # n choices with one seed must still differ: one seed each.
+                choice_params = params if seed is None or i == 0 else dataclasses.replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
+                chains.append(SamplerChain(choice_params, self.loaded.model.vocab, self.vocab.n_vocab))
+        except BaseException:
+            for chain in chains:
+                chain.free()
+            raise
+        job = GenerationJob(
+            accepted_at=scope.accepted_at,
+            prompt=prompt_tokens,
+            chains=chains,
+            max_tokens=limit,
+            stops=stops,
+            logprobs=logprobs,
+            text_offset=len(prompt),
+            stopping_criteria=stopping_criteria,
+        )
+        try:
+            scope.register(job, self.engine.cancel)
+        except BaseException:
+            job.free_chains()
+            raise
+        self.engine.submit(job)
+        reader = JobReader(job)
+        scope.track(reader)
+        echo_text = None
+        if echo:
+            echo_text = prompt if isinstance(prompt, str) else self.vocab.detokenize(prompt).decode("utf-8", errors="ignore")
+        return Started(
+            job=job,
+            reader=reader,
+            scope=scope,
+            completion_id=f"cmpl-{uuid.uuid4()}",
+            created=int(time.time()),
+            model_name=model if isinstance(model, str) else self.model_name,
+            echo_text=echo_text,
+        )
+
+    # ------------------------------------------------------------------ shapes
+
+    def _logprobs(self, entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any] | None:
+        if not entries:
+            return None
+        text = self.vocab.text
+        tops = []
+        for e in entries:
+            top = {text(token): lp for token, lp in e.top}
+            top[text(e.token)] = e.logprob
+            tops.append(top)
+        return {
+            "tokens": [text(e.token) for e in entries],
+            "text_offset": [e.offset for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": tops,
+        }
+
+    def _chunk(self, started: Started, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+        return {
+            "id": started.completion_id,
+            "object": "text_completion",
+            "created": started.created,
+            "model": started.model_name,
+            "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}],
+        }
+
+    def stream(self, started: Started, choice: int | None = None) -> Iterator[dict[str, Any]]:
+        """The job's stream chunks: every choice's (index = choice), or one choice's (index 0)."""
+        reader = started.reader
+        read_to_end = False
+        try:
+            while (event := reader.next(choice)) is not None:
+                index = event.choice if choice is None else 0
+                if isinstance(event, Delta):
+                    if event.text or event.logprobs:
+                        yield self._chunk(started, index, event.text, self._logprobs(event.logprobs), None)
+                elif isinstance(event, Finish) and event.reason != "cancelled":
+                    yield self._chunk(started, index, "", None, event.reason)
+            read_to_end = True
+        finally:
+            if not read_to_end:
+                self.engine.cancel(started.job)  # the consumer went away, or failed
+
+    def result(self, started: Started, choice: int | None = None) -> dict[str, Any]:
+        """The whole response: every choice, or one choice's (index 0) for a chat handler."""
+        reader = started.reader
+        n = started.job.n_choices
+        texts: dict[int, list[str]] = {i: [] for i in range(n)}
+        entries: dict[int, list[TokenLogprob]] = {i: [] for i in range(n)}
+        finish: dict[int, str] = {}
+        while (event := reader.next(choice)) is not None:
+            if isinstance(event, Delta):
+                texts[event.choice].append(event.text)
+                entries[event.choice].extend(event.logprobs)
+            elif isinstance(event, Finish):
+                finish[event.choice] = event.reason
+                if choice is not None:
+                    break
+        summary = reader.wait()
+        wanted = range(n) if choice is None else [choice]
+        choices = []
+        for i in wanted:
+            text = "".join(texts[i])
+            if started.echo_text is not None:
+                text = started.echo_text + text
+            choices.append(
+                {
+                    "text": text,
+                    "index": i if choice is None else 0,
+                    "logprobs": self._logprobs(entries[i]) if started.job.logprobs is not None else None,
+                    "finish_reason": finish.get(i, "stop"),
+                }
+            )
+        return {
+            "id": started.completion_id,
+            "object": "text_completion",
+            "created": started.created,
+            "model": started.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": summary.prompt_tokens,
+                "completion_tokens": summary.completion_tokens,
+                "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+            },
+        }

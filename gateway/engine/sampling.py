@@ -1,0 +1,239 @@
+"""Per-request sampling: llama.cpp sampler chains, built the way llama-cpp-python builds them.
+
+The chain's order is llama-cpp-python 0.3.36's ``Llama._init_sampler``: logit bias (there a
+Python logits processor, here llama.cpp's sampler), penalties, grammar, then greedy
+(temperature 0), mirostat, or top-k, typical, top-p, min-p, temperature and the seeded draw.
+Penalties see the generated tokens only, as there.
+
+A grammar can leave no token allowed (a schema the model cannot follow, or one that forbids
+everything): llama.cpp would then accept a forbidden token and abort the whole process
+(GGML_ABORT in llama_grammar_accept_impl). With a grammar the chain is therefore applied here,
+step by step, and such a dead end raises ``GrammarDeadEnd`` for that request alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.h: a random seed
+PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
+
+
+class GrammarDeadEnd(Exception):
+    """The grammar allows no token here."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int = LLAMA_DEFAULT_SEED
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF
+    grammar_root: str = "root"
+
+
+def _number(name: str, value: Any, kind: type = float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be an integer, not {value!r}")
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, not {value!r}")
+    return value
+
+
+def sampling_params(
+    *,
+    temperature: Any = 0.8,
+    top_k: Any = 40,
+    top_p: Any = 0.95,
+    min_p: Any = 0.05,
+    typical_p: Any = 1.0,
+    repeat_penalty: Any = 1.0,
+    frequency_penalty: Any = 0.0,
+    presence_penalty: Any = 0.0,
+    mirostat_mode: Any = 0,
+    mirostat_tau: Any = 5.0,
+    mirostat_eta: Any = 0.1,
+    seed: Any = None,
+    logit_bias: Any = None,
+    grammar: Any = None,
+    n_vocab: int,
+) -> SamplingParams:
+    """Checked parameters (ValueError naming the field); ``grammar`` a LlamaGrammar or GBNF text."""
+    bias: dict[int, float] = {}
+    for key, value in (logit_bias or {}).items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias: {key!r} is not a token id") from None
+        if not 0 <= token < n_vocab:
+            raise ValueError(f"logit_bias: token id {token} is not in the vocabulary (0..{n_vocab - 1})")
+        bias[token] = _number(f"logit_bias[{key}]", value)
+    repeat = _number("repeat_penalty", repeat_penalty)
+    if repeat <= 0.0:
+        # llama.cpp divides positive logits by it: 1.0 is "no penalty", 0 or less is no value.
+        raise ValueError(f"repeat_penalty must be greater than 0 (1.0: no penalty), not {repeat!r}")
+    mode = _number("mirostat_mode", mirostat_mode, int)
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mirostat_mode must be 0, 1 or 2, not {mode}")
+    if seed is None:
+        resolved_seed = LLAMA_DEFAULT_SEED
+    else:
+        resolved_seed = _number("seed", seed, int) & 0xFFFFFFFF
+    text, root = None, "root"
+    if grammar is not None:
+        text = getattr(grammar, "_grammar", grammar)
+        root = getattr(grammar, "_root", "root")
+        if not isinstance(text, str) or not isinstance(root, str):
+            raise ValueError("grammar must be GBNF text")
+    return SamplingParams(
+        temperature=_number("temperature", temperature),
+        top_k=_number("top_k", top_k, int),
+        top_p=_number("top_p", top_p),
+        min_p=_number("min_p", min_p),
+        typical_p=_number("typical_p", typical_p),
+        repeat_penalty=repeat,
+        frequency_penalty=_number("frequency_penalty", frequency_penalty),
+        presence_penalty=_number("presence_penalty", presence_penalty),
+        mirostat_mode=mode,
+        mirostat_tau=_number("mirostat_tau", mirostat_tau),
+        mirostat_eta=_number("mirostat_eta", mirostat_eta),
+        seed=resolved_seed,
+        logit_bias=bias,
+        grammar=text,
+        grammar_root=root,
+    )
+
+
+class SamplerChain:
+    """One choice's llama.cpp sampler chain. Not thread-safe: the decode loop alone samples."""
+
+    def __init__(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
+        """``vocab``: the model's llama_vocab_p. ValueError when llama.cpp refuses the grammar."""
+        from llama_cpp import llama_cpp as capi
+
+        self._capi = capi
+        self._n_vocab = n_vocab
+        self.has_grammar = params.grammar is not None
+        self._chain = capi.llama_sampler_chain_init(capi.llama_sampler_chain_default_params())
+        self._candidates: np.ndarray | None = None
+        try:
+            self._build(params, vocab)
+        except BaseException:
+            self.free()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        if not sampler:
+            raise ValueError("llama.cpp could not create a sampler")
+        self._capi.llama_sampler_chain_add(self._chain, sampler)
+
+    def _build(self, p: SamplingParams, vocab: Any) -> None:
+        capi = self._capi
+        if p.logit_bias:
+            biases = (capi.llama_logit_bias * len(p.logit_bias))()
+            for i, (token, bias) in enumerate(p.logit_bias.items()):
+                biases[i].token = token
+                biases[i].bias = bias
+            # llama.cpp copies the biases: the array may go.
+            self._add(capi.llama_sampler_init_logit_bias(self._n_vocab, len(p.logit_bias), biases))
+        if (p.repeat_penalty, p.frequency_penalty, p.presence_penalty) != (1.0, 0.0, 0.0):
+            self._add(
+                capi.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+            )
+        if p.grammar is not None:
+            grammar = capi.llama_sampler_init_grammar(vocab, p.grammar.encode("utf-8"), p.grammar_root.encode("utf-8"))
+            if not grammar:
+                raise ValueError("grammar: llama.cpp could not parse it (its log says where)")
+            self._add(grammar)
+        if p.temperature < 0.0:
+            self._add(capi.llama_sampler_init_dist(p.seed))
+        elif p.temperature == 0.0:
+            self._add(capi.llama_sampler_init_greedy())
+        elif p.mirostat_mode == 1:
+            self._add(capi.llama_sampler_init_mirostat(self._n_vocab, p.seed, p.mirostat_tau, p.mirostat_eta, 100))
+        elif p.mirostat_mode == 2:
+            self._add(capi.llama_sampler_init_mirostat_v2(p.seed, p.mirostat_tau, p.mirostat_eta))
+        else:
+            self._add(capi.llama_sampler_init_top_k(p.top_k))
+            self._add(capi.llama_sampler_init_typical(p.typical_p, 1))
+            self._add(capi.llama_sampler_init_top_p(p.top_p, 1))
+            self._add(capi.llama_sampler_init_min_p(p.min_p, 1))
+            self._add(capi.llama_sampler_init_temp(p.temperature))
+            self._add(capi.llama_sampler_init_dist(p.seed))
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """The token for the logits at batch position ``index`` (accepted into the chain)."""
+        if not self.has_grammar:
+            return int(self._capi.llama_sampler_sample(self._chain, ctx, index))
+        return self._sample_checked(logits_at(ctx, index, self._n_vocab))
+
+    def _sample_checked(self, logits: np.ndarray) -> int:
+        capi = self._capi
+        if self._candidates is None:
+            self._candidates = np.zeros(self._n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+            self._ids = np.arange(self._n_vocab, dtype=np.int32)
+        cand = self._candidates
+        cand["id"] = self._ids
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        array = capi.llama_token_data_array(
+            data=cand.ctypes.data_as(capi.llama_token_data_p), size=self._n_vocab, selected=-1, sorted=False
+        )
+        capi.llama_sampler_apply(self._chain, ctypes.byref(array))
+        selected = array.selected
+        if not 0 <= selected < array.size or not math.isfinite(float(cand["logit"][selected])):
+            raise GrammarDeadEnd("the grammar allows no token here: the request cannot be completed")
+        token = int(cand["id"][selected])
+        capi.llama_sampler_accept(self._chain, token)
+        return token
+
+    def free(self) -> None:
+        if self._chain is not None:
+            self._capi.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:
+        self.free()
+
+
+def logits_at(ctx: Any, index: int, n_vocab: int) -> np.ndarray:
+    """The raw logits of batch position ``index`` (a view: valid until the next decode)."""
+    from llama_cpp import llama_cpp as capi
+
+    pointer = capi.llama_get_logits_ith(ctx, index)
+    return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+
+
+def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+    """(the token's log-probability, the ``top_n`` most likely tokens with theirs), from the
+    model's raw logits, as llama-cpp-python computes them (``Llama.logits_to_logprobs``)."""
+    values = logits.astype(np.float64, copy=False)
+    peak = float(values.max())
+    log_sum = peak + math.log(float(np.exp(values - peak).sum()))
+    top: list[tuple[int, float]] = []
+    if top_n > 0:
+        n = min(top_n, values.size)
+        best = np.argpartition(-values, n - 1)[:n]
+        best = best[np.argsort(-values[best], kind="stable")]
+        top = [(int(i), float(values[i]) - log_sum) for i in best]
+    return float(values[token]) - log_sum, top

@@ -1,0 +1,57 @@
+"""The decode loop's activity as the protocol's "stats" message (gateway.engine.protocol).
+
+At most one message a second, and only when something happened: the second starts with the
+first activity after the last message, so a burst of work is reported a second after it began
+and a quiet worker sends nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+STATS_INTERVAL_S = 1.0
+
+
+class StepStats:
+    def __init__(self, n_slots: int, send: Callable[[dict[str, Any]], None] | None, clock: Callable[[], float]) -> None:
+        self._n_slots = n_slots
+        self._send = send
+        self._clock = clock
+        self._sizes: Counter[int] = Counter()
+        self._cached = 0
+        self._busy_sent = 0
+        self._window: float | None = None  # when the first activity since the last message happened
+
+    def decoded(self, n_tokens: int) -> None:
+        self._sizes[n_tokens] += 1
+
+    def cached(self, n_tokens: int) -> None:
+        self._cached += n_tokens
+
+    def pending(self, busy: int) -> bool:
+        pending = bool(self._sizes) or self._cached > 0 or busy != self._busy_sent
+        if pending and self._window is None:
+            self._window = self._clock()
+        return pending
+
+    def due(self) -> float:
+        """When the pending activity is reported."""
+        return (self._window if self._window is not None else self._clock()) + STATS_INTERVAL_S
+
+    def maybe_send(self, busy: int) -> None:
+        if self._send is None or not self.pending(busy) or self._clock() < self.due():
+            return
+        message = {
+            "type": "stats",
+            "busy_slots": busy,
+            "slots": self._n_slots,
+            "batch_sizes": {str(k): v for k, v in sorted(self._sizes.items())},
+            "cached_prompt_tokens": self._cached,
+        }
+        self._sizes.clear()
+        self._cached = 0
+        self._busy_sent = busy
+        self._window = None
+        self._send(message)

@@ -1,0 +1,151 @@
+"""/ui: the web page that shows where every model sits in memory, and the state it polls.
+
+The page (gateway/http/ui/: one HTML file, one script, one style sheet, no build step) holds no
+secret and is open to anyone who can reach the gateway; what it shows comes from ``/ui/state``,
+which needs an API key wherever /v1/models does. A strict Content-Security-Policy allows only
+the gateway's own script and style sheet (no inline script or style, no other origin), and the
+script writes every name and message with ``textContent``.
+
+``/ui/state`` is one compact document per poll (about once a second): the memory map, one row
+per model and what this caller may do. It is built from the pool on every call, so it follows
+a reload of models.toml at once; NVML and /proc/meminfo are read off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
+
+from gateway.config.source import ConfigFile
+from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.http.auth import Auth, Kind
+from gateway.http.memory_map import held_model, live_map
+from gateway.observability.activity import RecentActivity
+from gateway.observability.metrics import GatewayMetrics
+from gateway.placement.host_memory import read_host_memory
+from gateway.runtime.pool import ModelEntry, ModelPool
+from gateway.runtime.states import ModelState
+
+UI_PATH = "/ui"
+
+# The only files /ui/static serves (anything else is a 404), with their types.
+STATIC_FILES: dict[str, str] = {
+    "app.js": "text/javascript",
+    "app.css": "text/css",
+    "icon.svg": "image/svg+xml",
+}
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+# States in which a model holds (or is about to hold) its planned memory.
+HOLDING = frozenset({ModelState.STARTING, ModelState.READY, ModelState.STOPPING})
+
+
+def _ui_file(name: str) -> bytes:
+    return resources.files("gateway.http").joinpath("ui", name).read_bytes()
+
+
+def ui_page() -> Response:
+    return Response(content=_ui_file("index.html"), media_type="text/html", headers=dict(SECURITY_HEADERS))
+
+
+def ui_static(name: FromPath[str]) -> Response:
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise NotFoundException(f"no such file: /ui/static/{name}")
+    return Response(content=_ui_file(name), media_type=media_type, headers=dict(SECURITY_HEADERS))
+
+
+def allows(auth: Auth, connection: ASGIConnection, kind: Kind) -> bool:
+    """Whether the guard of ``kind`` would let this caller through (the guard decides, not us)."""
+    try:
+        auth.check(connection, kind)
+    except (AuthenticationError, PermissionDeniedError):
+        return False
+    return True
+
+
+def model_row(entry: ModelEntry, described: dict[str, Any], recent: RecentActivity) -> dict[str, Any]:
+    """One row of the page's models table."""
+    activity = recent.of(entry.name)
+    planned = described.get("planned") or {}
+    queue = described["queue"]
+    return {
+        "name": entry.name,
+        "aliases": described["aliases"],
+        "state": described["state"],
+        "progress": described["progress"],
+        "load": entry.config.load,
+        "gpus": [d["gpu"] for d in planned.get("devices", [])],
+        "placed": entry.launch is not None,
+        "n_ctx": entry.config.n_ctx,
+        "running": queue["running"],
+        "max_concurrency": queue["max_concurrency"],
+        "waiting": queue["waiting"],
+        "queue_size": queue["queue_size"],
+        "requests_1m": activity.requests,
+        "tokens_per_s_1m": round(activity.tokens_per_s, 2),
+        # A failed worker's reason, else why the last on-demand load failed (the planner's
+        # explanation when it could not be placed).
+        "error": described["reason"] or entry.last_error,
+    }
+
+
+def handlers(auth: Auth) -> list[HTTPRouteHandler]:
+    async def ui_state(
+        request: Request,
+        pool: NamedDependency[ModelPool],
+        metrics: NamedDependency[GatewayMetrics],
+        config_file: NamedDependency[ConfigFile],
+    ) -> Response:
+        config = pool.config
+        devices, host = await asyncio.gather(asyncio.to_thread(pool.devices), asyncio.to_thread(read_host_memory))
+        entries = list(pool.entries.values())
+        described = {e.name: pool.describe(e) for e in entries}
+        held = [
+            held_model(e.name, e.state.value, e.launch, e.worker.allocated, e.worker.gpu_used_bytes)
+            for e in entries
+            if e.launch is not None and e.worker is not None and e.state in HOLDING
+        ]
+        status, _, _ = pool.health()
+        body = {
+            "status": status,
+            "admin": allows(auth, request, "admin"),
+            "reloadable": config_file.path is not None,
+            "inventory": "declared" if config.planner.gpus is not None else "nvml",
+            "window_s": metrics.recent.window_s,
+            "map": live_map(config, devices, host, held),
+            "models": [model_row(e, described[e.name], metrics.recent) for e in entries],
+        }
+        return Response(content=body, headers={"Cache-Control": "no-store"})
+
+    return [
+        get(UI_PATH, include_in_schema=False, sync_to_thread=False)(ui_page),
+        get(f"{UI_PATH}/static/{{name:str}}", include_in_schema=False, sync_to_thread=False)(ui_static),
+        get(f"{UI_PATH}/state", guards=[auth.guard("api")], include_in_schema=False)(ui_state),
+    ]

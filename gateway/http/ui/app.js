@@ -1,0 +1,426 @@
+// vram-gateway's page: polls /ui/state about once a second and draws the memory map and the
+// models table; admins also get load/unload, reload and the plan preview.
+//
+// Every piece of data (model names, aliases, error texts, GPU names) is written with
+// textContent or as an attribute value, never parsed as HTML. The API key lives in this tab's
+// sessionStorage and is sent only in the Authorization header.
+"use strict";
+
+const POLL_MS = 1000;
+const KEY_STORAGE = "vram-gateway-api-key";
+const MIB = 1024 * 1024;
+const GIB = 1024 * MIB;
+
+const $ = (id) => document.getElementById(id);
+
+// ------------------------------------------------------------------ helpers
+
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("data-")) node.dataset[key.slice(5).replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function mib(bytes) {
+  if (bytes === null || bytes === undefined) return "–";
+  // Small parts (a tiny model's weights, a KV cache of a few cells) keep one decimal.
+  if (bytes > 0 && bytes < 10 * MIB) return `${(bytes / MIB).toFixed(1)} MiB`;
+  return `${Math.round(bytes / MIB).toLocaleString("en-US")} MiB`;
+}
+
+function size(bytes) {
+  if (bytes >= 10 * GIB) return `${(bytes / GIB).toLocaleString("en-US", { maximumFractionDigits: 1 })} GiB`;
+  return mib(bytes);
+}
+
+function pct(part, whole) {
+  return whole > 0 ? `${(100 * part) / whole}%` : "0%";
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+async function call(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const key = apiKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (_) {
+    data = null;
+  }
+  return { status: response.status, ok: response.ok, data };
+}
+
+function errorText(result) {
+  const message = result.data && result.data.error && result.data.error.message;
+  return message ? `${result.status}: ${message}` : `HTTP ${result.status}`;
+}
+
+function say(text, isError) {
+  const node = $("message");
+  node.textContent = text || "";
+  node.classList.toggle("error", Boolean(isError));
+}
+
+// Each path segment escaped on its own: a model name may contain "/", which the route keeps.
+function modelPath(name, action) {
+  return `/admin/models/${name.split("/").map(encodeURIComponent).join("/")}/${action}`;
+}
+
+// ------------------------------------------------------------------ memory map
+
+const selected = new Map(); // detail panel -> "model@gpu" of the block it shows
+
+function blockKey(block) {
+  return `${block.model}@${block.gpu === null ? "host" : block.gpu}`;
+}
+
+function showDetail(block, detail) {
+  const where = block.gpu === null ? "host memory" : `GPU ${block.gpu}`;
+  const rows = [["planned", mib(block.planned_bytes)]];
+  if (block.gpu !== null) {
+    rows.push(
+      ["weights", mib(block.weights_bytes)],
+      ["KV cache", mib(block.kv_bytes)],
+      ["compute buffers", mib(block.compute_bytes)],
+      ["CUDA context + growth", mib(block.overhead_bytes)],
+      ["layers", block.layers === null ? "–" : String(block.layers)],
+    );
+  } else {
+    rows.push(["(weights kept in host memory, repacked CPU weights, CPU KV cache and compute)", ""]);
+  }
+  rows.push(["allocated by llama.cpp", mib(block.allocated_bytes)]);
+  if (block.gpu !== null) rows.push(["process on the GPU (NVML)", mib(block.process_bytes)]);
+  const list = el("dl");
+  for (const [term, value] of rows) list.append(el("dt", { text: term }), el("dd", { text: value }));
+  detail.replaceChildren(el("strong", { text: block.model }), ` on ${where} (${block.state})`, list);
+}
+
+function bar(label, sub, total, figures, blocks, segments, detail) {
+  const used = blocks.reduce((sum, b) => sum + b.planned_bytes, 0);
+  // To scale: the bar is the device's total, unless the plan overcommits it.
+  const scale = Math.max(total, used + segments.other);
+  const track = el("div", { class: "bar" });
+  for (const block of blocks) {
+    const key = blockKey(block);
+    const node = el(
+      "button",
+      {
+        type: "button",
+        class: `block ${block.state}${key === selected.get(detail) ? " selected" : ""}`,
+        "data-model": block.model,
+        "aria-label": `${block.model}: ${mib(block.planned_bytes)} planned`,
+        title: `${block.model}: ${mib(block.planned_bytes)} planned`,
+      },
+      el("span", { class: "block-name", text: `${block.model} · ${mib(block.planned_bytes)}` }),
+    );
+    node.style.width = pct(block.planned_bytes, scale);
+    for (const [cls, value] of [["alloc", block.allocated_bytes], ["nvml", block.process_bytes]]) {
+      if (value === null || value === undefined) continue;
+      const overlay = el("span", { class: `ov ${cls}${value > block.planned_bytes ? " over" : ""}` });
+      overlay.style.width = pct(Math.min(value, block.planned_bytes), block.planned_bytes);
+      node.append(overlay);
+    }
+    const pick = () => {
+      selected.set(detail, key);
+      const map = node.closest(".map") || document;
+      for (const other of map.querySelectorAll(".block.selected")) other.classList.remove("selected");
+      node.classList.add("selected");
+      showDetail(block, detail);
+    };
+    node.addEventListener("mouseenter", pick);
+    node.addEventListener("focus", pick);
+    node.addEventListener("click", pick);
+    track.append(node);
+    if (key === selected.get(detail)) showDetail(block, detail);
+  }
+  if (segments.other > 0) {
+    const other = el("div", { class: "seg other", title: `in use, not by these models: ${mib(segments.other)}` });
+    other.style.width = pct(segments.other, scale);
+    track.append(other);
+  }
+  track.append(el("div", { class: "seg free", title: `free: ${mib(segments.free)}` }));
+  if (segments.reserve > 0) {
+    const reserve = el("div", { class: "seg reserve", title: `reserve: ${mib(segments.reserve)}` });
+    reserve.style.width = pct(segments.reserve, scale);
+    track.append(reserve);
+  }
+  return el(
+    "div",
+    { class: "bar-row" },
+    el("div", { class: "bar-label" }, el("strong", { text: label }), el("span", { class: "muted", text: sub }), el("span", { class: "figures", text: figures })),
+    track,
+  );
+}
+
+function renderMap(container, map, detail) {
+  const rows = [];
+  for (const gpu of map.gpus) {
+    const blocks = map.blocks.filter((b) => b.gpu === gpu.index);
+    const planned = blocks.reduce((sum, b) => sum + b.planned_bytes, 0);
+    const figures =
+      `${mib(planned)} planned · ${mib(gpu.free_bytes)} free (${mib(gpu.reserve_bytes)} of it reserve) · ${size(gpu.total_bytes)} total` +
+      (gpu.other_bytes ? ` · ${mib(gpu.other_bytes)} used by others` : "") +
+      (gpu.note ? ` · ${gpu.note}` : "");
+    const row = bar(`GPU ${gpu.index}`, gpu.name, gpu.total_bytes, figures, blocks, {
+      other: gpu.other_bytes, free: gpu.free_bytes, reserve: gpu.reserve_bytes,
+    }, detail);
+    row.dataset.bar = `gpu-${gpu.index}`;
+    rows.push(row);
+  }
+  if (map.host) {
+    const blocks = map.blocks.filter((b) => b.gpu === null);
+    const planned = blocks.reduce((sum, b) => sum + b.planned_bytes, 0);
+    const figures = `${mib(planned)} planned · ${mib(map.host.free_bytes)} available · ${size(map.host.total_bytes)} total`;
+    const row = bar("host", "memory (RAM)", map.host.total_bytes, figures, blocks, {
+      other: map.host.other_bytes, free: map.host.free_bytes, reserve: 0,
+    }, detail);
+    row.dataset.bar = "host";
+    rows.push(row);
+  }
+  if (!map.gpus.length) rows.unshift(el("p", { class: "muted", text: "No GPU in the inventory: every model runs on the CPU." }));
+  container.replaceChildren(...rows);
+}
+
+// ------------------------------------------------------------------ models table
+
+const COLUMNS = 10;
+
+function stateCell(model) {
+  const cell = el("td", {}, el("span", { class: `state state-${model.state}`, text: model.state === "starting" ? "loading" : model.state }));
+  if (model.state === "starting") {
+    const fill = el("span");
+    fill.style.width = `${Math.max(0, Math.min(100, model.progress))}%`;
+    cell.append(" ", el("span", { class: "muted", text: `${model.progress}%` }), el("span", { class: "progress" }, fill));
+  }
+  return cell;
+}
+
+function gpusText(model) {
+  if (!model.placed) return "–";
+  return model.gpus.length ? model.gpus.join(", ") : "CPU";
+}
+
+function actionsCell(model) {
+  const cell = el("td", { class: "actions" });
+  if (model.load !== "on_demand") return cell;
+  const act = (action) => async (event) => {
+    const button = event.currentTarget;
+    button.disabled = true;
+    say(`${action === "load" ? "Loading" : "Unloading"} ${model.name}…`);
+    const result = await call("POST", modelPath(model.name, action));
+    button.disabled = false;
+    if (result.ok) say(`${model.name}: ${result.data.state}`);
+    else say(`${action} ${model.name}: ${errorText(result)}`, true);
+    refresh();
+  };
+  if (model.state === "stopped" || model.state === "failed") {
+    cell.append(el("button", { type: "button", "data-action": "load", onclick: act("load") }, "Load"));
+  } else if (model.state === "ready") {
+    cell.append(el("button", { type: "button", "data-action": "unload", onclick: act("unload") }, "Unload"));
+  }
+  return cell;
+}
+
+function renderModels(state) {
+  const rows = [];
+  for (const model of state.models) {
+    const name = el("td", {}, el("strong", { text: model.name }));
+    if (model.aliases.length) name.append(el("span", { class: "aliases", text: model.aliases.join(", ") }));
+    const cells = [
+      name,
+      stateCell(model),
+      el("td", { text: gpusText(model) }),
+      el("td", { class: "num", text: model.n_ctx.toLocaleString("en-US") }),
+      el("td", { class: "num", text: `${model.running} / ${model.max_concurrency}` }),
+      el("td", { class: "num", text: `${model.waiting} / ${model.queue_size}` }),
+      el("td", { class: "num", text: String(model.requests_1m) }),
+      el("td", { class: "num", text: model.tokens_per_s_1m.toFixed(1) }),
+      el("td", { class: "error", text: model.error || "", title: model.error || null }),
+    ];
+    if (state.admin) cells.push(actionsCell(model));
+    rows.push(el("tr", { "data-model": model.name }, ...cells));
+    // Why: a failed model, or one whose last load was refused, gets the whole explanation.
+    if (model.error && model.state !== "ready") {
+      rows.push(el("tr", { class: "why", "data-why": model.name }, el("td", { colspan: String(state.admin ? COLUMNS : COLUMNS - 1) }, `why: ${model.error}`)));
+    }
+  }
+  document.querySelector("#models-table tbody").replaceChildren(...rows);
+  $("window-note").textContent = `Requests and tokens/s over the last ${state.window_s} s. Memory: ${
+    state.inventory === "declared" ? "a declared GPU inventory ([planner] gpus)" : "NVML, read at each update"
+  }.`;
+}
+
+// ------------------------------------------------------------------ polling
+
+let lastBody = "";
+let timer = null;
+let polling = false;
+let pollAgain = false; // asked for while a poll was in flight
+let pollFailed = false; // the message line shows a polling problem
+
+function showAdmin(admin, reloadable) {
+  for (const node of document.querySelectorAll(".admin")) node.hidden = !admin;
+  $("reload").hidden = !(admin && reloadable);
+}
+
+function render(state) {
+  const status = $("status");
+  status.textContent = state.status;
+  status.className = `badge ${state.status}`;
+  showAdmin(state.admin, state.reloadable);
+  renderMap($("map"), state.map, $("detail"));
+  renderModels(state);
+}
+
+async function refresh() {
+  if (polling) {
+    pollAgain = true;
+    return;
+  }
+  polling = true;
+  clearTimeout(timer);
+  try {
+    const result = await call("GET", "/ui/state");
+    if (result.status === 401 || result.status === 403) {
+      lastBody = "";
+      showAdmin(false, false);
+      $("status").textContent = "key needed";
+      $("status").className = "badge unavailable";
+      say(apiKey() ? `The API key was refused (${errorText(result)}).` : "This gateway needs an API key: enter it above.", true);
+      pollFailed = true;
+      $("map").replaceChildren();
+      document.querySelector("#models-table tbody").replaceChildren();
+    } else if (!result.ok || !result.data) {
+      say(`Could not read the gateway's state: ${errorText(result)}`, true);
+      pollFailed = true;
+    } else {
+      const body = JSON.stringify(result.data);
+      // Redraw only what changed: a button under the pointer stays put between polls.
+      if (body !== lastBody) {
+        lastBody = body;
+        render(result.data);
+      }
+      if (pollFailed) {
+        pollFailed = false;
+        say("");
+      }
+      $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    }
+  } catch (err) {
+    say(`The gateway does not answer (${err.message}); retrying.`, true);
+    pollFailed = true;
+  } finally {
+    polling = false;
+    if (pollAgain) {
+      pollAgain = false;
+      refresh();
+    } else {
+      timer = setTimeout(refresh, POLL_MS);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ admin actions
+
+async function reloadConfig() {
+  const button = $("reload");
+  button.disabled = true;
+  say("Reloading models.toml…");
+  const result = await call("POST", "/admin/reload");
+  button.disabled = false;
+  const data = result.data || {};
+  if (result.ok && data.reloaded) {
+    const parts = ["added", "changed", "removed", "unchanged"].filter((k) => data[k] && data[k].length).map((k) => `${k}: ${data[k].join(", ")}`);
+    say(`Reloaded. ${parts.join("; ")}`);
+  } else if (Array.isArray(data.problems)) {
+    say(`Reload refused, nothing changed: ${data.problems.join(" | ")}`, true);
+  } else {
+    say(`Reload: ${errorText(result)}`, true);
+  }
+  refresh();
+}
+
+async function runPreview() {
+  const button = $("preview-run");
+  const gpus = $("preview-gpus").value.split(",").map((s) => s.trim()).filter(Boolean);
+  const body = { config: $("preview-text").value };
+  if (gpus.length) body.gpus = gpus;
+  button.disabled = true;
+  const result = await call("POST", "/admin/plan", body);
+  button.disabled = false;
+  const box = $("preview-result");
+  box.hidden = false;
+  const summary = $("preview-summary");
+  const problems = $("preview-problems");
+  const previewMap = $("preview-map");
+  if (!result.ok || !result.data) {
+    summary.textContent = `Preview: ${errorText(result)}`;
+    summary.className = "unfit";
+    problems.replaceChildren();
+    previewMap.replaceChildren();
+    return;
+  }
+  const data = result.data;
+  summary.textContent = data.fits
+    ? `Fits (${data.inventory === "declared" ? "declared inventory" : "this machine's GPUs"}).`
+    : data.valid
+      ? `Does not fit: ${data.problems.length} problem(s).`
+      : `Invalid: ${data.problems.length} problem(s).`;
+  summary.className = data.fits ? "fits" : "unfit";
+  problems.replaceChildren(...data.problems.map((p) => el("li", { text: p })));
+  if (data.map) renderMap(previewMap, data.map, $("preview-detail"));
+  else previewMap.replaceChildren();
+  $("preview-ondemand").textContent = data.on_demand.length
+    ? `On demand (placed when first asked for, not on this map): ${data.on_demand.join(", ")}`
+    : "";
+}
+
+// ------------------------------------------------------------------ start
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key").value.trim();
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    $("key").value = "";
+    say(key ? "Using the key for this tab." : "");
+    lastBody = "";
+    refresh();
+  });
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    say("Key forgotten.");
+    lastBody = "";
+    refresh();
+  });
+  $("reload").addEventListener("click", reloadConfig);
+  $("preview-run").addEventListener("click", runPreview);
+  $("preview-file").addEventListener("change", async (event) => {
+    const file = event.target.files && event.target.files[0];
+    if (file) $("preview-text").value = await file.text();
+  });
+  refresh();
+});

@@ -1,0 +1,368 @@
+"""The router's Litestar app: the OpenAI API on one address, answered by the cluster's nodes.
+
+``create_router_app(config)`` takes everything explicitly (``transport`` and ``clock`` are seams
+for tests). The lifespan owns the HTTP client and the poller: it reads every node's /v1/models
+once before the first request, then every ``[router] poll_interval_s``.
+
+A request is forwarded byte for byte (its body, its answer) to the best node for its ``model``
+(gateway.router.directory); the answer is relayed as it arrives, never buffered, so a streamed
+generation reaches the client token by token. A node that refuses the connection, or answers
+that the model cannot take requests now (503 model_unavailable, 429 queue_full), is skipped for
+the next replica; with none left the client gets the node's answer, or 503 naming each node and
+what is wrong there. Clients' API keys are checked here; the nodes get the internal key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from gateway.config.schema import Config
+from gateway.errors import GatewayError, InvalidRequestError
+from gateway.http.auth import Auth
+from gateway.http.errors import classify, error_body
+from gateway.observability.telemetry import REQUEST_ID_HEADER
+from gateway.router.directory import Directory, NodeState
+from gateway.router.metrics import NO_NODE, RouterMetrics
+
+log = logging.getLogger("gateway.router")
+
+NODE_HEADER = "X-Gateway-Node"
+# Answers of a node that mean "not now, try another replica" (OpenAI error codes of our nodes).
+RETRY_CODES = {503: "model_unavailable", 429: "queue_full"}
+FAILOVER_REASON = {"model_unavailable": "node_unavailable", "queue_full": "queue_full"}
+# Relayed from a node's answer to the client; hop-by-hop and length headers are the server's.
+PASSED_HEADERS = ("content-type", "cache-control", "retry-after", "www-authenticate", "x-accel-buffering", REQUEST_ID_HEADER.lower())
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class _ModelField(msgspec.Struct):
+    """The one field the router reads from a request body."""
+
+    model: Any = None
+
+
+class Router:
+    """What the handlers share: the directory, the HTTP client, the metrics and the settings."""
+
+    def __init__(self, config: Config, directory: Directory, metrics: RouterMetrics) -> None:
+        self.config = config
+        self.directory = directory
+        self.metrics = metrics
+        self._client: httpx.AsyncClient | None = None
+        router = config.router
+        self.poll_interval_s = router.poll_interval_s if router is not None else 1.0
+        self.poll_timeout_s = router.poll_timeout_s if router is not None else 2.0
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise GatewayError("the router's HTTP client is not running (outside the app's lifespan)")
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def running(self, transport: httpx.AsyncBaseTransport | None) -> AsyncIterator[None]:
+        """The HTTP client to the nodes, and the poller, for the app's lifetime."""
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        timeout = httpx.Timeout(connect=self.poll_timeout_s, read=None, write=None, pool=None)
+        async with httpx.AsyncClient(transport=transport, limits=limits, timeout=timeout) as client:
+            self._client = client
+            await self.poll_all()  # know the nodes before the first request
+            poller = asyncio.create_task(self.poll_forever(), name="poll-nodes")
+            try:
+                yield
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                self._client = None
+
+    def node_headers(self, request_id: str | None = None) -> dict[str, str]:
+        headers = {}
+        if self.config.gateway.internal_api_key:
+            headers["authorization"] = f"Bearer {self.config.gateway.internal_api_key}"
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        return headers
+
+    # ------------------------------------------------------------------ polling
+
+    async def poll_node(self, node: NodeState) -> None:
+        try:
+            resp = await self.client.get(node.url + "/v1/models", headers=self.node_headers(), timeout=self.poll_timeout_s)
+        except httpx.HTTPError as exc:
+            self._down(node, _transport_reason(exc))
+            return
+        if resp.status_code != 200:
+            self._down(node, f"/v1/models answered HTTP {resp.status_code}")
+            return
+        try:
+            listing = resp.json()
+        except ValueError:
+            self._down(node, "/v1/models answered no JSON")
+            return
+        was_up = node.up
+        self.directory.update(node.name, listing)
+        if node.up and not was_up:
+            log.info("node %s: up (%s)", node.name, ", ".join(sorted(node.models)) or "no models")
+
+    def _down(self, node: NodeState, reason: str) -> None:
+        if node.up:
+            log.warning("node %s: down (%s)", node.name, reason)
+        self.directory.mark_down(node.name, reason)
+
+    async def poll_all(self) -> None:
+        await asyncio.gather(*(self.poll_node(n) for n in self.directory.nodes.values()))
+
+    async def poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            await self.poll_all()
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def forward(self, request: Request, path: str) -> Response | Stream:
+        started = request.state.started = time.monotonic()
+        raw = await request.body()
+        try:
+            requested = msgspec.json.decode(raw, type=_ModelField).model
+        except msgspec.ValidationError:
+            raise InvalidRequestError("the request body must be a JSON object") from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+        model = self.directory.resolve(requested)
+        request.state.model = model
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        headers = {"content-type": request.headers.get("content-type", "application/json"), **self.node_headers(request_id)}
+        if "accept" in request.headers:
+            headers["accept"] = request.headers["accept"]
+        last: tuple[httpx.Response, bytes, NodeState] | None = None
+        for node in self.directory.candidates(model):
+            self.directory.started(node, model)
+            self.metrics.started(node.name, model)
+            upstream_req = self.client.build_request("POST", node.url + path, content=raw, headers=headers)
+            try:
+                upstream = await self.client.send(upstream_req, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing reached the node: safe to give the request to the next replica.
+                self._ended(node, model)
+                self._down(node, _transport_reason(exc))
+                self.metrics.failover(node.name, model, "connect_error")
+                continue
+            except httpx.HTTPError as exc:
+                self._ended(node, model)
+                self._down(node, _transport_reason(exc))
+                raise _NodeFailed(node.name, exc) from None
+            if upstream.status_code in RETRY_CODES:
+                body = await upstream.aread()
+                await upstream.aclose()
+                code = _error_code(body)
+                if code == RETRY_CODES[upstream.status_code]:
+                    self._ended(node, model)
+                    self.metrics.failover(node.name, model, FAILOVER_REASON[code])
+                    last = (upstream, body, node)
+                    continue
+                return self._whole(upstream, body, node, model, started)
+            if upstream.status_code >= 400:
+                body = await upstream.aread()
+                await upstream.aclose()
+                return self._whole(upstream, body, node, model, started)
+            if not upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                # A whole answer comes from the node in one piece when it is done: relaying it
+                # as a stream would cost a task per request and gain no time.
+                try:
+                    body = await upstream.aread()
+                except httpx.HTTPError as exc:
+                    self._ended(node, model)
+                    self._down(node, _transport_reason(exc))
+                    raise _NodeFailed(node.name, exc) from None
+                finally:
+                    await upstream.aclose()
+                return self._whole(upstream, body, node, model, started)
+            return self._relay(upstream, node, model, started)
+        if last is not None:
+            # Every replica said "not now": the last one's answer (429 or 503) is the truth.
+            upstream, body, node = last
+            self.metrics.answered(node.name, model, upstream.status_code, time.monotonic() - started)
+            return Response(content=body, status_code=upstream.status_code, headers=_passed(upstream, node))
+        raise self.directory.unavailable(model)
+
+    def _ended(self, node: NodeState, model: str) -> None:
+        self.directory.finished(node, model)
+        self.metrics.ended(node.name, model)
+
+    def _finish(self, node: NodeState, model: str, status: int, started: float) -> None:
+        self._ended(node, model)
+        self.metrics.answered(node.name, model, status, time.monotonic() - started)
+
+    def _whole(self, upstream: httpx.Response, body: bytes, node: NodeState, model: str, started: float) -> Response:
+        self._finish(node, model, upstream.status_code, started)
+        return Response(content=body, status_code=upstream.status_code, headers=_passed(upstream, node))
+
+    def _relay(self, upstream: httpx.Response, node: NodeState, model: str, started: float) -> Stream:
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            # A client that goes away is recorded as 499 (nginx's "client closed request");
+            # closing the upstream answer then stops the generation on the node.
+            status = 499
+            try:
+                # Decoded as it arrives (a node does not compress; if one did, the client gets
+                # plain bytes and no content-encoding).
+                async for chunk in upstream.aiter_bytes():
+                    yield chunk
+                status = upstream.status_code
+            except httpx.HTTPError as exc:
+                # The node died mid-answer: the headers are gone, so say it in-band as the
+                # gateway does, then end the stream.
+                status = 502
+                self._down(node, _transport_reason(exc))
+                if sse:
+                    yield b"data: " + msgspec.json.encode(error_body(f"node {node.name} failed mid-answer: {_transport_reason(exc)}", "server_error")) + b"\n\n"
+                    yield SSE_DONE
+            finally:
+                await upstream.aclose()
+                self._finish(node, model, status, started)
+
+        return Stream(chunks(), status_code=upstream.status_code, headers=_passed(upstream, node))
+
+
+class _NodeFailed(GatewayError):
+    """A node broke the connection after the request reached it (not retried: it may run)."""
+
+    def __init__(self, node: str, exc: Exception) -> None:
+        super().__init__(f"node {node} failed: {_transport_reason(exc)}")
+
+
+def _transport_reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), str) else None
+
+
+def _passed(upstream: httpx.Response, node: NodeState) -> dict[str, str]:
+    headers = {k: upstream.headers[k] for k in PASSED_HEADERS if k in upstream.headers}
+    headers[NODE_HEADER] = node.name
+    return headers
+
+
+# ---------------------------------------------------------------- routes
+
+
+async def _forward(request: Request, router: NamedDependency[Router]) -> Response | Stream:
+    return await router.forward(request, request.url.path)
+
+
+async def list_models(router: NamedDependency[Router]) -> dict[str, Any]:
+    d = router.directory
+    return {"object": "list", "data": [d.describe(m) for m in d.model_names]}
+
+
+async def get_model(model_id: FromPath[str], router: NamedDependency[Router]) -> dict[str, Any]:
+    d = router.directory
+    return d.describe(d.resolve(model_id.lstrip("/")))
+
+
+async def health(router: NamedDependency[Router]) -> Response:
+    status, serving, nodes = router.directory.health()
+    return Response(content={"status": status, "nodes": nodes}, status_code=200 if serving else 503)
+
+
+async def metrics_endpoint(request: Request, router: NamedDependency[Router]) -> Response:
+    body, content_type = router.metrics.render(request.headers.get("accept"))
+    return Response(content=body, media_type=content_type)
+
+
+def _error_handlers(router: Router) -> dict[type[Exception], Callable[[Request, Any], Response]]:
+    """The gateway's mapping of the exception tree (gateway.http.errors), recorded in the
+    router's own series: node "" (the router answered itself)."""
+
+    def finish(request: Request, response: Response) -> Response:
+        state: State = request.state
+        model = state.get("model") or ""
+        # Set once a handler ran; a request refused before (a key, a size) took no time here.
+        started = state.get("started") or time.monotonic()
+        router.metrics.answered(NO_NODE, model, response.status_code, time.monotonic() - started)
+        return response
+
+    def gateway_error(request: Request, exc: GatewayError) -> Response:
+        if isinstance(exc, _NodeFailed):
+            return finish(request, Response(content=error_body(str(exc), "server_error", None, "node_failed"), status_code=502))
+        status, body, headers, _ = classify(exc)
+        return finish(request, Response(content=body, status_code=status, headers=headers))
+
+    def http_error(request: Request, exc: HTTPException) -> Response:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return finish(request, Response(content=error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {}))
+
+    def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return finish(request, Response(content=error_body("internal server error", "server_error"), status_code=500))
+
+    return {GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error}
+
+
+def create_router_app(
+    config: Config,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Litestar:
+    """The router for a cluster config (its [[nodes]] and [[models]]; no model is loaded here)."""
+    directory = Directory(config, clock)
+    metrics = RouterMetrics(lambda: {n.name: n.up for n in directory.nodes.values()})
+    router = Router(config, directory, metrics)
+    auth = Auth(lambda: config.gateway)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with router.running(transport):
+            yield
+
+    api = [auth.guard("api")]
+    openai = [
+        post(path, guards=api, status_code=200, operation_id=op)(_forward)
+        for path, op in (
+            ("/v1/chat/completions", "createChatCompletion"),
+            ("/v1/completions", "createCompletion"),
+            ("/v1/embeddings", "createEmbedding"),
+        )
+    ]
+    return Litestar(
+        route_handlers=[
+            *openai,
+            get("/v1/models", guards=api, operation_id="listModels")(list_models),
+            get("/v1/models/{model_id:path}", guards=api, operation_id="retrieveModel")(get_model),
+            get("/health", guards=[auth.guard("health")], operation_id="health")(health),
+            get("/metrics", guards=[auth.guard("metrics")], operation_id="metrics")(metrics_endpoint),
+        ],
+        dependencies={"router": Provide(lambda: router, use_cache=True, sync_to_thread=False)},
+        exception_handlers=_error_handlers(router),
+        lifespan=[lifespan],
+        openapi_config=None,
+        request_max_body_size=config.gateway.max_body_bytes,
+        debug=False,
+    )

@@ -1,0 +1,251 @@
+"""`gateway serve --router` in front of three real gateways on loopback playing the nodes: one
+serves the real Gemma 3 270M, two serve tiny models on a declared GPU inventory (the engines run
+on the CPU). Routing by model, the least-busy replica, streaming through, the merged model list,
+metrics, and failover and 503 once a node is killed (those tests come last)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import tomli_w
+
+from tests.ggufmaker import write_tiny_llama
+from tests.serving import free_port, kill_group, spawn, wait_until_answering
+
+pytestmark = pytest.mark.llama
+
+CLIENT_KEY = "client-key"
+INTERNAL_KEY = "internal-key"
+AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
+# Often enough that a test waits well under a second for the router to see a change.
+POLL_S = 0.2
+
+
+def _node_config(port: int, models: list[dict], declared: bool) -> dict:
+    doc: dict = {"gateway": {"port": port, "api_keys": [INTERNAL_KEY], "request_timeout_s": 30}, "models": models}
+    if declared:
+        doc["planner"] = {"gpus": ["2GiB"], "reserve_mib": 0, "min_budget_mib": 0}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, gemma_path):
+    tmp = tmp_path_factory.mktemp("router")
+    tiny = write_tiny_llama(tmp / "tiny.gguf", n_layers=2, n_embd=64, ctx=8192)
+    tiny_model = {"name": "tiny", "path": str(tiny), "n_ctx": 8192, "queue_size": 4}
+    gemma = {"name": "gemma", "path": str(gemma_path), "chat_format": "gemma", "n_ctx": 512, "flash_attn": True}
+    nodes = {
+        "node-a": ([gemma], False),
+        "node-b": ([tiny_model, {"name": "only-b", "path": str(tiny), "n_ctx": 256}], True),
+        "node-c": ([tiny_model, {"name": "only-c", "path": str(tiny), "n_ctx": 256}], True),
+    }
+    ports = {name: free_port() for name in nodes}
+    procs: dict = {}
+    try:
+        for name, (models, declared) in nodes.items():
+            cfg = tmp / f"{name}.toml"
+            cfg.write_text(tomli_w.dumps(_node_config(ports[name], models, declared)))
+            procs[name] = spawn(["serve", "--config", str(cfg)], tmp / f"{name}.log")
+        for name, proc in procs.items():
+            wait_until_answering(f"http://127.0.0.1:{ports[name]}", proc, tmp / f"{name}.log", timeout=120)
+        router_port = free_port()
+        cluster_doc = {
+            "gateway": {"port": router_port, "api_keys": [CLIENT_KEY], "internal_api_key": INTERNAL_KEY},
+            "router": {"poll_interval_s": POLL_S, "poll_timeout_s": 1.0},
+            "nodes": [{"name": n, "gpus": ["2GiB"], "url": f"http://127.0.0.1:{ports[n]}"} for n in nodes],
+            "models": [
+                {"name": "gemma", "path": str(gemma_path)},
+                {"name": "tiny", "path": str(tiny), "replicas": 2},
+                {"name": "only-b", "path": str(tiny)},
+                {"name": "only-c", "path": str(tiny)},
+                # Configured, but no node serves it.
+                {"name": "nowhere", "path": str(tiny)},
+            ],
+        }
+        cfg = tmp / "cluster.toml"
+        cfg.write_text(tomli_w.dumps(cluster_doc))
+        procs["router"] = spawn(["serve", "--router", str(cfg)], tmp / "router.log")
+        base = f"http://127.0.0.1:{router_port}"
+        wait_until_answering(base, procs["router"], tmp / "router.log", timeout=60)
+        yield {"base": base, "nodes": {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, "procs": procs, "tmp": tmp}
+    finally:
+        for proc in procs.values():
+            kill_group(proc)
+
+
+def complete(base: str, model: str, headers=AUTH, **extra) -> httpx.Response:
+    body = {"model": model, "prompt": "a", "max_tokens": 4, "logit_bias": {"97": 50}, **extra}
+    return httpx.post(base + "/v1/completions", json=body, headers=headers, timeout=60)
+
+
+def node_of(r: httpx.Response) -> str:
+    return r.headers["x-gateway-node"]
+
+
+def wait_for(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_each_request_goes_to_a_node_that_serves_its_model(cluster):
+    base = cluster["base"]
+    for model, node in (("only-b", "node-b"), ("only-c", "node-c")):
+        r = complete(base, model)
+        assert r.status_code == 200, r.text
+        assert node_of(r) == node and r.json()["model"] == model
+    r = httpx.post(
+        base + "/v1/chat/completions",
+        json={"model": "gemma", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert r.status_code == 200 and node_of(r) == "node-a"
+    assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_clients_need_the_routers_key_and_nodes_take_only_the_internal_key(cluster):
+    assert complete(cluster["base"], "only-b", headers={}).status_code == 401
+    # A client's key opens the router, not a node.
+    assert complete(cluster["nodes"]["node-b"], "only-b").status_code == 401
+    assert complete(cluster["nodes"]["node-b"], "only-b", headers={"Authorization": f"Bearer {INTERNAL_KEY}"}).status_code == 200
+
+
+def test_the_model_list_merges_the_nodes_with_where_each_model_runs(cluster):
+    r = httpx.get(cluster["base"] + "/v1/models", headers=AUTH, timeout=10)
+    data = {m["id"]: m for m in r.json()["data"]}
+    assert [n["node"] for n in data["tiny"]["nodes"]] == ["node-b", "node-c"]
+    assert [n["node"] for n in data["gemma"]["nodes"]] == ["node-a"]
+    assert data["gemma"]["state"] == "ready" and data["tiny"]["replicas"] == 2
+    assert data["nowhere"]["nodes"] == [] and data["nowhere"]["state"] == "unavailable"
+    assert data["gemma"]["nodes"][0]["planned"]["cuda_visible_devices"] == ""  # the node's own entry
+
+
+def test_a_streamed_generation_comes_through_as_the_node_makes_it(cluster):
+    body = {"model": "gemma", "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0, "stream": True}
+    # The same generation straight from the node, for comparison.
+    direct = httpx.post(cluster["nodes"]["node-a"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {INTERNAL_KEY}"}, timeout=60)
+    arrivals, pieces = [], []
+    start = time.monotonic()
+    with httpx.stream("POST", cluster["base"] + "/v1/completions", json=body, headers=AUTH, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic() - start)
+                pieces.append(line)
+    assert pieces[-1] == "data: [DONE]"
+
+    def texts(lines: list[str]) -> list[str]:
+        return [json.loads(line[6:])["choices"][0]["text"] for line in lines if line != "data: [DONE]"]
+
+    assert texts(pieces) == texts([line for line in direct.text.splitlines() if line.startswith("data: ")])
+    # Token by token: a buffering proxy would hand every event over at once; here they arrive
+    # as the node makes them, each at its own time (to the millisecond).
+    assert len(arrivals) >= 10
+    assert len({round(t, 3) for t in arrivals}) >= len(arrivals) // 2, arrivals
+
+
+def test_the_least_busy_replica_gets_the_request(cluster):
+    base, node_b = cluster["base"], cluster["nodes"]["node-b"]
+    internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
+    hold = {"model": "tiny", "prompt": "a", "max_tokens": 8000, "logit_bias": {"97": 50}, "stream": True}
+
+    def b_running() -> bool:
+        models = httpx.get(node_b + "/v1/models", headers=internal, timeout=5).json()["data"]
+        return next(m for m in models if m["id"] == "tiny")["queue"]["running"] == 1
+
+    answered: list[str] = []
+    for _ in range(3):
+        stop = threading.Event()
+
+        def busy() -> None:
+            # A long generation straight on node b, read until the test is done with it;
+            # closing the stream stops it on the node.
+            with httpx.stream("POST", node_b + "/v1/completions", json=hold, headers=internal, timeout=60) as r:
+                for _ in r.iter_raw():
+                    if stop.is_set():
+                        break
+
+        holder = threading.Thread(target=busy, daemon=True)
+        holder.start()
+        try:
+            wait_for(b_running)
+            time.sleep(3 * POLL_S)  # the router has read node b's queue since
+            answered = []
+            for _ in range(4):
+                node = node_of(complete(base, "tiny"))
+                if not b_running():
+                    break  # the generation ended on its own (a fast moment): hold again
+                answered.append(node)
+        finally:
+            stop.set()
+            holder.join(30)
+        if len(answered) == 4:
+            break
+    assert answered == ["node-c"] * 4
+
+
+def test_a_client_that_goes_away_stops_the_generation_on_the_node(cluster):
+    body = {"model": "only-b", "prompt": "a", "max_tokens": 8000, "logit_bias": {"97": 50}, "stream": True}
+    internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
+    with httpx.stream("POST", cluster["base"] + "/v1/completions", json=body, headers=AUTH, timeout=60) as r:
+        for _ in zip(range(3), r.iter_lines()):
+            pass  # a few events, then hang up
+
+    def idle() -> bool:
+        models = httpx.get(cluster["nodes"]["node-b"] + "/v1/models", headers=internal, timeout=5).json()["data"]
+        return next(m for m in models if m["id"] == "only-b")["queue"]["running"] == 0
+
+    wait_for(idle, timeout=10)
+    assert complete(cluster["base"], "only-b").status_code == 200
+
+
+def test_equal_replicas_share_the_requests(cluster):
+    answered = {node_of(complete(cluster["base"], "tiny")) for _ in range(6)}
+    assert answered == {"node-b", "node-c"}
+
+
+def test_a_model_no_node_serves_is_a_503_and_an_unknown_one_a_404(cluster):
+    r = complete(cluster["base"], "nowhere")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "model_unavailable"
+    assert r.json()["error"]["message"] == "model 'nowhere' is not served by any node that answers"
+    r = complete(cluster["base"], "nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_router_metrics_count_requests_per_node_and_model(cluster):
+    complete(cluster["base"], "only-c")
+    text = httpx.get(cluster["base"] + "/metrics", timeout=10).text
+    assert 'vram_gateway_router_requests_total{model="only-c",node="node-c",status="200"}' in text
+    assert 'vram_gateway_router_requests_total{model="nowhere",node="",status="503"}' in text
+    assert 'vram_gateway_router_node_up{node="node-a"} 1.0' in text
+
+
+# ---------------------------------------------------------------- a node dies (keep these last)
+
+
+def test_when_a_node_is_killed_its_requests_go_to_the_other_replica(cluster):
+    kill_group(cluster["procs"]["node-c"])
+    # At once, before any poll has noticed: the refused connection hands the request on.
+    answered = [complete(cluster["base"], "tiny") for _ in range(4)]
+    assert [r.status_code for r in answered] == [200] * 4
+    assert {node_of(r) for r in answered} == {"node-b"}
+    wait_for(lambda: httpx.get(cluster["base"] + "/health", timeout=5).json()["nodes"]["node-c"]["up"] is False)
+    health = httpx.get(cluster["base"] + "/health", timeout=5)
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+
+
+def test_a_model_whose_only_node_died_is_a_503_that_says_why(cluster):
+    r = complete(cluster["base"], "only-c")
+    assert r.status_code == 503
+    message = r.json()["error"]["message"]
+    assert message.startswith("model 'only-c': no node can take it now: node node-c: down (")
+    models = {m["id"]: m for m in httpx.get(cluster["base"] + "/v1/models", headers=AUTH, timeout=10).json()["data"]}
+    assert [(n["node"], n["up"]) for n in models["tiny"]["nodes"]] == [("node-b", True), ("node-c", False)]

@@ -1,0 +1,30 @@
+"""Helpers for the in-process app tests: a models.toml on a declared inventory, and a client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tomli_w
+from litestar.testing import TestClient
+
+from gateway.config.schema import load_config
+from gateway.http.app import create_app
+from gateway.runtime.fake import FakeTransport
+
+KEY = "admin-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def write_config(path: Path, tiny: Path, models: list[dict], *, gpus: list[str] | None, planner: dict | None = None, **gateway) -> Path:
+    doc = {
+        "gateway": {"shutdown_grace_s": 0.5, **gateway},
+        "planner": {**({"gpus": gpus} if gpus is not None else {}), "reserve_mib": 0, "min_budget_mib": 0, **(planner or {})},
+        "models": [{"path": str(tiny), "n_ctx": 256, **m} for m in models],
+    }
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def client_for(cfg: Path, transport: FakeTransport | None = None) -> TestClient:
+    app = create_app(load_config(cfg, environ={}), config_path=cfg, transport=transport or FakeTransport())
+    return TestClient(app)

@@ -1,0 +1,180 @@
+"""The admin API behind the web page, in-process on fake workers: load, unload, plan preview."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.runtime.fake import FakeScript, FakeTransport
+from tests.ggufmaker import write_tiny_llama
+from tests.unit.http.apps import AUTH, KEY, client_for, write_config
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("admin") / "tiny.gguf", n_layers=2, n_embd=64, ctx=4096)
+
+
+@pytest.fixture
+def cfg(tmp_path, tiny) -> Path:
+    models = [{"name": "eager"}, {"name": "od", "load": "on_demand", "aliases": ["od-alias"]}, {"name": "org/od", "load": "on_demand"}]
+    return write_config(tmp_path / "models.toml", tiny, models, gpus=["8GiB"], api_keys=[KEY])
+
+
+def states(client) -> dict[str, str]:
+    return {m["id"]: m["state"] for m in client.get("/v1/models", headers=AUTH).json()["data"]}
+
+
+def test_an_on_demand_model_loads_and_unloads_through_the_admin_api(cfg):
+    with client_for(cfg) as client:
+        loaded = client.post("/admin/models/od/load", headers=AUTH)
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["id"] == "od" and loaded.json()["state"] == "ready"
+        assert loaded.json()["planned"]["devices"][0]["gpu"] == 0
+        assert states(client)["od"] == "ready"
+        unloaded = client.post("/admin/models/od-alias/unload", headers=AUTH)  # an alias works too
+        assert unloaded.status_code == 200, unloaded.text
+        assert unloaded.json()["state"] == "stopped" and states(client)["od"] == "stopped"
+
+
+def test_a_model_name_with_a_slash_needs_no_escaping(cfg):
+    with client_for(cfg) as client:
+        assert client.post("/admin/models/org/od/load", headers=AUTH).json()["id"] == "org/od"
+        assert client.post("/admin/models/org/od/unload", headers=AUTH).json()["state"] == "stopped"
+
+
+def test_admin_actions_need_the_admin_key_when_api_keys_is_set(cfg):
+    with client_for(cfg) as client:
+        for path in ("/admin/models/od/load", "/admin/models/od/unload", "/admin/plan"):
+            assert client.post(path).status_code == 401, path
+            assert client.post(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+        assert states(client)["od"] == "stopped"
+
+
+def test_without_api_keys_admin_actions_answer_loopback_clients_only(tmp_path, tiny):
+    cfg = write_config(tmp_path / "m.toml", tiny, [{"name": "od", "load": "on_demand"}], gpus=["8GiB"])
+    with client_for(cfg) as client:  # the test client's address is "testclient", not loopback
+        assert client.post("/admin/models/od/load").status_code == 401
+
+
+def test_eager_unknown_and_misspelt_targets_are_refused_with_their_reason(cfg):
+    with client_for(cfg) as client:
+        eager = client.post("/admin/models/eager/unload", headers=AUTH)
+        assert eager.status_code == 400 and "eager" in eager.json()["error"]["message"]
+        assert client.post("/admin/models/eager/load", headers=AUTH).json()["state"] == "ready"  # already is
+        unknown = client.post("/admin/models/nope/load", headers=AUTH)
+        assert unknown.status_code == 404 and "known models" in unknown.json()["error"]["message"]
+        assert client.post("/admin/models/od/restart", headers=AUTH).status_code == 404
+        assert client.post("/admin/models/load", headers=AUTH).status_code == 404
+
+
+def test_unloading_a_model_with_a_request_running_is_a_conflict(cfg):
+    with client_for(cfg, FakeTransport(FakeScript(tokens=10, token_s=0.05))) as client:
+        assert client.post("/admin/models/od/load", headers=AUTH).status_code == 200
+        done: list = []
+        t = threading.Thread(
+            target=lambda: done.append(client.post("/v1/completions", json={"model": "od", "prompt": "a"}, headers=AUTH))
+        )
+        t.start()
+        time.sleep(0.15)
+        busy = client.post("/admin/models/od/unload", headers=AUTH)
+        t.join()
+        assert busy.status_code == 409, busy.text
+        assert done[0].status_code == 200
+        assert client.post("/admin/models/od/unload", headers=AUTH).status_code == 200
+
+
+def test_a_load_that_cannot_be_placed_says_why_and_the_page_shows_it(tmp_path, tiny):
+    # Each tiny model is planned at ~716 MiB (mostly the CUDA context); the eager one is never evicted.
+    models = [{"name": "eager"}, {"name": "od", "load": "on_demand"}]
+    cfg = write_config(tmp_path / "m.toml", tiny, models, gpus=["1GiB"], api_keys=[KEY])
+    with client_for(cfg) as client:
+        refused = client.post("/admin/models/od/load", headers=AUTH)
+        assert refused.status_code == 503, refused.text
+        message = refused.json()["error"]["message"]
+        assert "cannot be placed" in message and "short by" in message and "GPU 0" in message
+        row = next(m for m in client.get("/ui/state", headers=AUTH).json()["models"] if m["name"] == "od")
+        assert row["state"] == "stopped" and row["error"] == message
+
+
+def test_the_plan_preview_lists_every_problem_with_its_dotted_path(cfg):
+    text = f"[planner]\nreserve_mib = -1\n\n[[models]]\nname = '{XSS}'\npath = 'x.gguf'\nn_ctx = -5\ncolour = 'red'\n"
+    with client_for(cfg) as client:
+        response = client.post("/admin/plan", json={"config": text}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["valid"] is False and body["fits"] is False and body["map"] is None
+        problems = body["problems"]
+        assert any(p.startswith("planner.reserve_mib: -1") for p in problems), problems
+        assert any(p.startswith("models[0].n_ctx: -5") for p in problems), problems
+        assert any(p.startswith("models[0].colour") for p in problems), problems
+        assert any(p.startswith("models[0].name") and XSS in p for p in problems), problems
+
+
+def test_the_plan_preview_reads_relative_paths_beside_the_running_config_and_reports_missing_files(cfg, tiny):
+    text = "[[models]]\nname = 'a'\npath = 'tiny.gguf'\n\n[[models]]\nname = 'b'\npath = 'missing.gguf'\n"
+    (cfg.parent / "tiny.gguf").write_bytes(tiny.read_bytes())
+    with client_for(cfg) as client:
+        body = client.post("/admin/plan", json={"config": text, "gpus": ["8GiB"]}, headers=AUTH).json()
+        assert body["valid"] is False
+        assert len(body["problems"]) == 1 and body["problems"][0].startswith("models[1].path:"), body["problems"]
+
+
+def test_the_plan_preview_maps_a_valid_config_and_touches_nothing_running(cfg, tiny):
+    text = (
+        "[planner]\ngpus = ['4GiB', '2GiB']\nreserve_mib = 256\nmin_budget_mib = 0\n\n"
+        f"[[models]]\nname = 'new'\npath = '{tiny}'\nn_ctx = 512\n\n"
+        f"[[models]]\nname = 'later'\npath = '{tiny}'\nload = 'on_demand'\n"
+    )
+    transport = FakeTransport()
+    with client_for(cfg, transport) as client:
+        spawned = len(transport.spawned)
+        body = client.post("/admin/plan", json={"config": text}, headers=AUTH).json()
+        assert body["valid"] and body["fits"] and body["problems"] == []
+        assert body["inventory"] == "declared" and body["on_demand"] == ["later"]
+        assert [g["total_bytes"] for g in body["map"]["gpus"]] == [4 << 30, 2 << 30]
+        assert {g["reserve_bytes"] for g in body["map"]["gpus"]} == {256 << 20}
+        (block,) = [b for b in body["map"]["blocks"] if b["gpu"] is not None]
+        assert block["model"] == "new" and block["state"] == "planned"
+        assert block["planned_bytes"] == block["weights_bytes"] + block["kv_bytes"] + block["compute_bytes"] + block["overhead_bytes"]
+        assert len(transport.spawned) == spawned
+        assert set(states(client)) == {"eager", "od", "org/od"}
+
+
+def test_the_plan_preview_plans_on_a_declared_inventory_given_with_the_request(cfg, tiny):
+    text = f"[planner]\nreserve_mib = 0\nmin_budget_mib = 0\n\n[[models]]\nname = 'a'\npath = '{tiny}'\n"
+    with client_for(cfg) as client:
+        small = client.post("/admin/plan", json={"config": text, "gpus": ["512MiB"]}, headers=AUTH).json()
+        assert small["valid"] and not small["fits"]
+        assert small["problems"][0].startswith("plan: model 'a' does not fit"), small["problems"]
+        bad = client.post("/admin/plan", json={"config": text, "gpus": ["8GiB", "lots"]}, headers=AUTH).json()
+        assert bad["problems"] and bad["problems"][0].startswith("gpus[1]: 'lots'"), bad["problems"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"gpus": ["8GiB"]}', b'{"config": 5}', b'{"config": "", "extra": 1}', b'{"config": "", "gpus": "8GiB"}'],
+)
+def test_a_malformed_preview_request_is_a_400_naming_the_problem(cfg, body):
+    with client_for(cfg) as client:
+        response = client.post("/admin/plan", content=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"].startswith("the request body")
+
+
+def test_the_openapi_document_describes_the_admin_api_with_its_security(cfg):
+    with client_for(cfg) as client:
+        doc = client.get("/openapi.json").json()
+        ops = {op["operationId"]: (path, op) for path, item in doc["paths"].items() for op in item.values()}
+        for op_id, path in (("loadModel", "/admin/models/{name}/load"), ("unloadModel", "/admin/models/{name}/unload"), ("planPreview", "/admin/plan")):
+            assert ops[op_id][0] == path
+            assert ops[op_id][1]["security"] == [{"bearer": []}]
+            assert "401" in ops[op_id][1]["responses"]
+        assert ops["planPreview"][1]["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PlanPreviewRequest"}
+        assert doc["components"]["schemas"]["PlanPreviewRequest"]["required"] == ["config"]
+        assert not any(p.startswith("/ui") for p in doc["paths"])

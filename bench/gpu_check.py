@@ -557,7 +557,7 @@ def run_dry(args: argparse.Namespace) -> int:
 def _check_load(p: Planned) -> bool:
     """llama.cpp (this build, no GPU) reads the header: a no_alloc dry run of the model on the CPU."""
     from gateway.engine.protocol import WorkerSpec
-    from gateway.engine.dry_run import dry_run
+    from gateway.placement.verify import dry_run
     from gateway.placement.mapping import run_settings, worker_context
 
     # The model's context as the planner sized it, every layer on the CPU.
@@ -583,7 +583,7 @@ def _workdir(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_gpu(args: argparse.Namespace) -> int:
-    from gateway.engine.dry_run import cuda_status, unavailable_message
+    from gateway.placement.verify import cuda_status, unavailable_message
 
     status = cuda_status()
     if not status.available:

@@ -23,6 +23,7 @@ __all__ = [
     "QueueFullError",
     "QueueTimeoutError",
     "RateLimitError",
+    "VerifyError",
 ]
 
 
@@ -103,3 +104,7 @@ class RateLimitError(GatewayError):
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
         super().__init__(message)
+
+
+class VerifyError(GatewayError):
+    """The plan cannot be verified here (no CUDA build or no GPU), or a dry run went wrong."""

@@ -23,7 +23,7 @@ from gateway.config.schema import Config, dump_config, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models
-from gateway.cluster.cli import add_render_parser, cmd_render
+from gateway.cli.cluster import add_render_parser, cmd_render
 from gateway.cli.render import analysis_json, analysis_text, gpus_text, keys_text, plan_json, plan_text, plan_toml_doc, status_text
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
@@ -269,7 +269,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return _plan_budgets(args)
     config = config_from_args(args)
     if config.nodes is not None:
-        from gateway.cluster.cli import cmd_plan_cluster
+        from gateway.cli.cluster import cmd_plan_cluster
 
         return cmd_plan_cluster(args, config)
     files = read_models(config)
@@ -282,7 +282,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     lazy_problems = on_demand_problems(config, files.infos, devices)
     rows = None
     if args.verify:
-        from gateway.engine.dry_run import verify_plan
+        from gateway.placement.verify import verify_plan
 
         # Off a CUDA build or GPU this raises VerifyError, printed as one line by main().
         rows = verify_plan(config, result, files.paths)
@@ -291,7 +291,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         doc["on_demand"] = lazy
         doc["problems"] += lazy_problems
         if rows is not None:
-            from gateway.engine.dry_run import verify_json
+            from gateway.placement.verify import verify_json
 
             doc["verify"] = verify_json(rows)
         print(json.dumps(doc, indent=2))
@@ -304,7 +304,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for p in lazy_problems:
             print(f"  {p}")
         if rows is not None:
-            from gateway.engine.dry_run import format_verify_table
+            from gateway.placement.verify import format_verify_table
 
             print()
             print(format_verify_table(rows))

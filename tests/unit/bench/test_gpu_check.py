@@ -37,14 +37,13 @@ from gateway.cli.fit_params import (
 from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import plan_config, read_models
 from gateway.engine.protocol import WorkerSpec
-from gateway.engine.dry_run import (
+from gateway.engine.dry_run import DryRun, dry_run_params
+from gateway.errors import VerifyError
+from gateway.placement.verify import (
     CudaStatus,
-    DryRun,
-    VerifyError,
     compare_dry_run,
     cuda_status,
     dry_run,
-    dry_run_params,
     format_verify_table,
     unavailable_message,
     verify_plan,

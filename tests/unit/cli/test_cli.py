@@ -197,12 +197,12 @@ def test_validate_config_checks_each_on_demand_model_alone(capsys, tmp_path, qwe
     ids=["neither", "gpu-without-cuda-build", "cuda-build-without-gpu"],
 )
 def test_plan_verify_without_a_cuda_build_and_a_gpu_says_so_and_runs_no_dry_run(capsys, qwen7b, monkeypatch, gpu_offload, nvml_gpus, has):
-    from gateway.engine.dry_run import CudaStatus
+    from gateway.placement.verify import CudaStatus
 
     # cuda_status() is what plan --verify asks; the dry run must then never start.
-    monkeypatch.setattr("gateway.engine.dry_run.cuda_status", lambda: CudaStatus(gpu_offload=gpu_offload, nvml_gpus=nvml_gpus))
+    monkeypatch.setattr("gateway.placement.verify.cuda_status", lambda: CudaStatus(gpu_offload=gpu_offload, nvml_gpus=nvml_gpus))
     dry_runs = []
-    monkeypatch.setattr("gateway.engine.dry_run.dry_run", lambda spec, env: dry_runs.append(spec))
+    monkeypatch.setattr("gateway.placement.verify.dry_run", lambda spec, env: dry_runs.append(spec))
     code, _, err = run(capsys, "plan", "--model", str(qwen7b), "--gpus", "24GiB", "--verify")
     assert (code, dry_runs) == (1, [])
     assert err == (

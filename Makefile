@@ -36,6 +36,9 @@ bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/plan.py
 	$(PY) bench/ondemand.py
 	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
+	$(PY) bench/concurrency.py --bench-python $(BENCH_VENV)/bin/python
+	$(PY) bench/keys.py
+	$(PY) bench/router.py
 
 GPU_CHECK_ARGS ?=
 # On a CUDA machine with the CUDA build of llama-cpp-python: predicted vs measured GPU memory

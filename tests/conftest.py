@@ -70,6 +70,7 @@ queue_size = 1
 name = "tiny"
 path = "{tiny}"
 n_ctx = 256
+max_concurrency = 2
 
 [[models]]
 name = "tiny-embed"

@@ -10,6 +10,7 @@ from typing import Any
 from gateway.errors import InvalidRequestError
 
 _NUMBER = (int, float)
+MAX_CHOICES = 128  # OpenAI's own limit on n
 
 # field -> (accepted types, llama-cpp-python argument); bool is excluded from numbers below.
 _SAMPLING: dict[str, tuple[tuple[type, ...], str]] = {
@@ -72,8 +73,13 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequestError("'stop' must be a string or a list of strings", param="stop")
         params["stop"] = stop
     n = body.get("n")
-    if isinstance(n, bool) or n not in (None, 1):
-        raise InvalidRequestError("only n = 1 is supported", param="n")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+            raise InvalidRequestError(f"'n' must be an integer from 1 to {MAX_CHOICES}, not {n!r}", param="n")
+        if n > 1:
+            # Choices share the prompt's KV cells and take one slot each: more than the model's
+            # max_concurrency is refused by its worker with a 400 that says so.
+            params["n"] = n
     return params
 
 
@@ -271,7 +277,7 @@ _COMMON_PROPERTIES: dict[str, Any] = {
         }
     ),
     "stop": _nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
-    "n": _nullable({"type": "integer", "enum": [1], "description": "Only 1 is supported."}),
+    "n": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_CHOICES, "description": "Choices to generate; at most the model's max_concurrency (its slots), else 400."}),
     "stream": _nullable({"type": "boolean"}),
     "stream_options": _nullable(
         {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}

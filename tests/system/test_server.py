@@ -67,6 +67,20 @@ def test_completion_streamed_and_not(client):
     assert chunks and all(c.model == "tiny" for c in chunks)
 
 
+def test_n_choices_share_one_prompt_and_come_back_as_n_choices(client):
+    r = client.completions.create(model="tiny", prompt="hello", max_tokens=4, n=2, logit_bias={"97": 50})
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert r.usage.completion_tokens == 8
+    chunks = list(client.completions.create(model="tiny", prompt="hello", max_tokens=4, n=2, stream=True))
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+
+
+def test_more_choices_than_the_model_has_slots_is_a_400_that_says_so(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model="gemma", prompt="hello", max_tokens=4, n=2)
+    assert "n" in str(exc.value)
+
+
 def test_embeddings(client):
     r = client.embeddings.create(model="tiny-embed", input=["one", "two"])
     assert len(r.data) == 2 and len(r.data[0].embedding) == 64

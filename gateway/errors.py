@@ -23,6 +23,7 @@ __all__ = [
     "QueueFullError",
     "QueueTimeoutError",
     "RateLimitError",
+    "UpstreamError",
     "VerifyError",
 ]
 
@@ -108,3 +109,8 @@ class RateLimitError(GatewayError):
 
 class VerifyError(GatewayError):
     """The plan cannot be verified here (no CUDA build or no GPU), or a dry run went wrong."""
+
+
+class UpstreamError(GatewayError):
+    """A node behind the router broke the connection after the request reached it (502; not
+    retried elsewhere, since the node may have run it)."""

@@ -25,6 +25,7 @@ from gateway.errors import (
     QueueFullError,
     QueueTimeoutError,
     RateLimitError,
+    UpstreamError,
 )
 from gateway.http.auth import request_key
 from gateway.observability.metrics import GatewayMetrics
@@ -78,19 +79,43 @@ def classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], st
         return 429, error_body(str(exc), "rate_limit_error", None, exc.code), headers, exc.code
     if isinstance(exc, QueueFullError):
         return 429, error_body(str(exc), "rate_limit_error", None, "queue_full"), {"Retry-After": RETRY_AFTER_S}, "queue_full"
+    if isinstance(exc, UpstreamError):
+        return 502, error_body(str(exc), "server_error", None, "node_failed"), {}, None
     if isinstance(exc, (QueueTimeoutError, ModelUnavailableError)):
         reason = "queue_timeout" if isinstance(exc, QueueTimeoutError) else "model_unavailable"
         return 503, error_body(str(exc), "service_unavailable", None, reason), {"Retry-After": RETRY_AFTER_S}, reason
     return 500, error_body(str(exc), "server_error", None, type(exc).__name__), {}, None
 
 
-def exception_handlers(
-    metrics: GatewayMetrics, on_rejected: Callable[[str | None, str], None] | None = None
-) -> dict[type[Exception], Callable[[Request, Any], Response]]:
-    """Litestar's exception handlers for one app, recording into its metrics; ``on_rejected``
-    (key name, reason) also hears of every refusal (a key's last minute: gateway.access)."""
+Handlers = dict[type[Exception], Callable[[Request, Any], Response]]
+Finish = Callable[[Request, Response, "str | None"], Response]
 
-    def finish(request: Request, response: Response, reason: str | None = None) -> Response:
+
+def mapped_handlers(finish: Finish) -> Handlers:
+    """Litestar's exception handlers over the one mapping (``classify``); ``finish`` records each
+    answer (the metrics and log line of its app) and returns the response."""
+
+    def gateway_error(request: Request, exc: GatewayError) -> Response:
+        status, body, headers, reason = classify(exc)
+        return finish(request, Response(content=body, status_code=status, headers=headers), reason)
+
+    def http_error(request: Request, exc: HTTPException) -> Response:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return finish(request, Response(content=error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {}), None)
+
+    def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return finish(request, Response(content=error_body("internal server error", "server_error"), status_code=500), None)
+
+    return {GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error}
+
+
+def exception_handlers(metrics: GatewayMetrics, on_rejected: Callable[[str | None, str], None] | None = None) -> Handlers:
+    """The gateway's handlers, recording into its metrics; ``on_rejected`` (key name, reason)
+    also hears of every refusal (a key's last minute: gateway.access)."""
+
+    def finish(request: Request, response: Response, reason: str | None) -> Response:
         record = request_record(request)
         if reason is not None:
             metrics.rejected(record.model, reason, key=record.key)
@@ -100,17 +125,4 @@ def exception_handlers(
         response.headers[REQUEST_ID_HEADER] = record.request_id
         return response
 
-    def gateway_error(request: Request, exc: GatewayError) -> Response:
-        status, body, headers, reason = classify(exc)
-        return finish(request, Response(content=body, status_code=status, headers=headers), reason)
-
-    def http_error(request: Request, exc: HTTPException) -> Response:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return finish(request, Response(content=error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {}))
-
-    def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return finish(request, Response(content=error_body("internal server error", "server_error"), status_code=500))
-
-    return {GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error}
+    return mapped_handlers(finish)

@@ -75,6 +75,22 @@ class _Server(Granian):  # type: ignore[misc, valid-type]
             log.error("SIGHUP: could not reach the app to reload: %s", exc)
 
 
+def granian_server(cls: type[Granian], factory: str, config: Config, *, kill_after_grace_s: int) -> Granian:
+    """One granian server process with one app worker (``factory`` builds the app), on the
+    config's address, logging in our format."""
+    return cls(
+        factory,
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=config.gateway.host,
+        port=config.gateway.port,
+        workers=1,
+        log_level=LogLevels(config.gateway.log_level),
+        log_dictconfig=granian_log_config(config.gateway.log_level, config.gateway.log_format == "json"),
+        workers_kill_timeout=int(config.gateway.shutdown_grace_s) + kill_after_grace_s,
+    )
+
+
 def _loopback_url(host: str, port: int, path: str) -> str:
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
@@ -93,19 +109,9 @@ def run_server(
     state = write_state(config, launches, strict=strict, config_path=config_path, reload_token=token)
     os.environ[STATE_ENV] = str(state)
     try:
-        server = _Server(
-            "gateway.http.asgi:app_from_state",
-            factory=True,
-            interface=Interfaces.ASGI,
-            address=config.gateway.host,
-            port=config.gateway.port,
-            workers=1,
-            log_level=LogLevels(config.gateway.log_level),
-            log_dictconfig=granian_log_config(config.gateway.log_level, config.gateway.log_format == "json"),
-            # The lifespan drains requests and stops the model workers: give it the grace
-            # period plus time to SIGTERM/SIGKILL them before granian kills the app process.
-            workers_kill_timeout=int(config.gateway.shutdown_grace_s) + 15,
-        )
+        # The lifespan drains requests and stops the model workers: give it the grace period
+        # plus time to SIGTERM/SIGKILL them before granian kills the app process.
+        server = granian_server(_Server, "gateway.http.asgi:app_from_state", config, kill_after_grace_s=15)
         server.reload_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/reload")
         server.reload_token = token
         server.serve()

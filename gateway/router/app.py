@@ -27,14 +27,13 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
 from gateway.config.schema import Config
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth
-from gateway.http.errors import classify, error_body
+from gateway.http.errors import Handlers, error_body, mapped_handlers
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
 from gateway.router.metrics import NO_NODE, RouterMetrics
@@ -241,7 +240,7 @@ class Router:
         return Stream(chunks(), status_code=upstream.status_code, headers=_passed(upstream, node))
 
 
-class _NodeFailed(GatewayError):
+class _NodeFailed(UpstreamError):
     """A node broke the connection after the request reached it (not retried: it may run)."""
 
     def __init__(self, node: str, exc: Exception) -> None:
@@ -295,11 +294,11 @@ async def metrics_endpoint(request: Request, router: NamedDependency[Router]) ->
     return Response(content=body, media_type=content_type)
 
 
-def _error_handlers(router: Router) -> dict[type[Exception], Callable[[Request, Any], Response]]:
+def _error_handlers(router: Router) -> Handlers:
     """The gateway's mapping of the exception tree (gateway.http.errors), recorded in the
     router's own series: node "" (the router answered itself)."""
 
-    def finish(request: Request, response: Response) -> Response:
+    def finish(request: Request, response: Response, _reason: str | None) -> Response:
         state: State = request.state
         model = state.get("model") or ""
         # Set once a handler ran; a request refused before (a key, a size) took no time here.
@@ -307,22 +306,7 @@ def _error_handlers(router: Router) -> dict[type[Exception], Callable[[Request, 
         router.metrics.answered(NO_NODE, model, response.status_code, time.monotonic() - started)
         return response
 
-    def gateway_error(request: Request, exc: GatewayError) -> Response:
-        if isinstance(exc, _NodeFailed):
-            return finish(request, Response(content=error_body(str(exc), "server_error", None, "node_failed"), status_code=502))
-        status, body, headers, _ = classify(exc)
-        return finish(request, Response(content=body, status_code=status, headers=headers))
-
-    def http_error(request: Request, exc: HTTPException) -> Response:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return finish(request, Response(content=error_body(detail, type_), status_code=exc.status_code, headers=exc.headers or {}))
-
-    def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return finish(request, Response(content=error_body("internal server error", "server_error"), status_code=500))
-
-    return {GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error}
+    return mapped_handlers(finish)
 
 
 def create_router_app(

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import tomli_w
 from granian import Granian
-from granian.constants import Interfaces
-from granian.log import LogLevels
 
 from gateway.config.schema import Config, dump_config, load_config, parse_config
 from gateway.errors import ConfigError
-from gateway.observability.logs import granian_log_config
+from gateway.http.server import granian_server
 
 STATE_ENV = "VRAM_GATEWAY_ROUTER_STATE"
 
@@ -48,17 +46,7 @@ def serve_router(args: argparse.Namespace) -> int:
     nodes = ", ".join(n.name for n in config.nodes or ())
     print(f"routing to {len(config.nodes or ())} node(s) ({nodes}) on http://{config.gateway.host}:{config.gateway.port}/v1", flush=True)
     try:
-        Granian(
-            "gateway.router.asgi:router_from_state",
-            factory=True,
-            interface=Interfaces.ASGI,
-            address=config.gateway.host,
-            port=config.gateway.port,
-            workers=1,
-            log_level=LogLevels(config.gateway.log_level),
-            log_dictconfig=granian_log_config(config.gateway.log_level, config.gateway.log_format == "json"),
-            workers_kill_timeout=int(config.gateway.shutdown_grace_s) + 5,
-        ).serve()
+        granian_server(Granian, "gateway.router.asgi:router_from_state", config, kill_after_grace_s=5).serve()
     finally:
         state.unlink(missing_ok=True)
     return 0

@@ -232,15 +232,18 @@ def model_label_values(base: str) -> list[str]:
     return sorted(labels["data"])
 
 
-def requests_total(gateway: str) -> float:
-    """The gateway's own count of answered requests, read from its /metrics."""
+def sample_sum(gateway: str, name: str) -> float:
+    """The sum of the gateway's own samples of ``name``, read from its /metrics."""
     text = httpx.get(gateway + "/metrics", timeout=10).text
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "vram_gateway_requests_total"
-    )
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def requests_total(gateway: str) -> float:
+    """The gateway's own count of answered requests."""
+    return sample_sum(gateway, "vram_gateway_requests_total")
+
+
+STEPS = "vram_gateway_engine_batch_tokens_count"
 
 
 def send_traffic(gateway: str) -> None:
@@ -271,10 +274,19 @@ def test_prometheus_scrapes_the_real_gateway_and_answers_the_dashboard(tmp_path,
         assert up[0]["metric"]["instance"] == f"127.0.0.1:{port}"
         # Two batches, each waited for until Prometheus has scraped it: the first creates the
         # series, the second moves them, so rate() and histogram_quantile() have a change to see.
+        # The workers report their decode steps about once a second ("stats"): wait for those
+        # of each batch to reach the gateway too.
         for batch in ("first", "second"):
+            steps_before = sample_sum(gateway, STEPS)
             send_traffic(gateway)
             seen = requests_total(gateway)
-            wait_for(f"a scrape of the {batch} batch", lambda seen=seen: query(base, f"sum(vram_gateway_requests_total) >= {seen}"))
+            wait_for(f"the {batch} batch's engine stats", lambda before=steps_before: sample_sum(gateway, STEPS) > before)
+            steps = sample_sum(gateway, STEPS)
+            wait_for(
+                f"a scrape of the {batch} batch",
+                lambda seen=seen, steps=steps: query(base, f"sum(vram_gateway_requests_total) >= {seen}")
+                and query(base, f"sum({STEPS}) >= {steps}"),
+            )
 
         check_dashboard(base, skip_gpu_only=True)
 

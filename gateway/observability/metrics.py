@@ -74,7 +74,7 @@ _MIB = 1024 * 1024
 class ModelSnapshot:
     """One configured model as it is at scrape time.
 
-    ``state`` is the supervisor's name (``starting|ready|failed|stopping|stopped``); it is
+    ``state`` is the ModelState value (``starting|ready|failed|stopping|stopped``); it is
     exported under its ``ModelState.label``. Byte maps are keyed by NVML GPU index:
 
     - ``planned_bytes``: the planner's per-GPU prediction (weights, KV, compute, CUDA context
@@ -191,7 +191,7 @@ class _StateCollector(Collector):
         process = GaugeMetricFamily(PREFIX + "model_process_used_bytes", "GPU memory NVML reports for the model's worker process (CUDA context included).", labels=mem_labels)
         for m in models:
             current = ModelState(m.state).label if m.state in set(ModelState) else m.state
-            # An unknown state is shown as itself rather than dropped, so a new supervisor
+            # An unknown state is shown as itself rather than dropped, so a new
             # state shows up on the dashboard instead of the model vanishing from it.
             for name in MODEL_STATES if current in MODEL_STATES else (*MODEL_STATES, current):
                 state.add_metric([m.name, name], 1 if name == current else 0)

@@ -36,7 +36,6 @@ from planner.llama_log import parse_buffer_lines
 SHUTDOWN_GRACE_S = 2.0  # how long "shutdown" waits for cancelled generations to send "end"
 SETTLE_TIMEOUT_S = 30.0  # how long a finished request waits for its jobs' counts
 
-Send = Callable[[dict[str, Any]], None]
 
 
 @dataclass

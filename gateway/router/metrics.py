@@ -20,7 +20,6 @@ from gateway.observability.metrics import DURATION_BUCKETS, PREFIX
 
 ROUTER_PREFIX = PREFIX + "router_"
 NO_NODE = ""
-FAILOVER_REASONS: tuple[str, ...] = ("connect_error", "node_unavailable", "queue_full")
 
 
 class _NodesUp(Collector):

@@ -259,11 +259,10 @@ class ModelPool:
         states = {e.name: {"state": e.state.value, "reason": e.reason} for e in self.entries.values()}
         if self.draining:
             return "draining", False, states
-        ready = sum(1 for e in self.entries.values() if e.state is ModelState.READY)
         servable = sum(1 for e in self.entries.values() if e.servable)
         if servable == 0:
             return "unavailable", False, states
-        return ("ok" if servable == len(states) else "degraded"), True, {**states}
+        return ("ok" if servable == len(states) else "degraded"), True, states
 
     def failed(self) -> dict[str, str]:
         return {e.name: e.reason or "failed" for e in self.entries.values() if e.state is ModelState.FAILED}

@@ -52,7 +52,6 @@ class WorkerProcess:
         self.allocated: dict[str, Any] = {}
         self.gpu_used_bytes: dict[str, int] = {}
         self.load_seconds: float | None = None
-        self.exit_code: int | None = None
         self.slots: int | None = None  # the engine's last "stats": its slots and how many are busy
         self.busy_slots: int | None = None
         self._conn: WorkerConnection | None = None
@@ -60,7 +59,7 @@ class WorkerProcess:
         self._ids = itertools.count(1)
         self._settled = asyncio.Event()  # ready, failed or stopped: wait_ready returns
         self._exited = asyncio.Event()
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
         self._started_at = 0.0
 
     @property
@@ -152,7 +151,6 @@ class WorkerProcess:
             self._fail(str(msg.get("message", "load failed")))
 
     def _on_exit(self, code: int, conn: WorkerConnection) -> None:
-        self.exit_code = code
         for queue in self._pending.values():
             queue.put_nowait({"type": "error", "kind": "worker_exited", "message": f"the model's worker exited (code {code})"})
         tail = " | ".join(conn.stderr_tail()[-3:])

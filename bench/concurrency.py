@@ -323,23 +323,9 @@ def gateway_run(model: Path, tmp: Path, clients: int, tokens: int, n_ctx: int, t
 
 
 def llama_server_run(python: str, model: Path, tmp: Path, clients: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> Run:
-    port = bench_gateway._free_port()
-    config = {
-        "host": "127.0.0.1",
-        "port": port,
-        "models": [{"model": str(model), "model_alias": "gemma", "n_ctx": n_ctx, "flash_attn": True, "n_threads": threads, "n_threads_batch": threads, "verbose": False}],
-    }
-    cfg = tmp / "llama-server.json"
-    cfg.write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [python, "-m", "llama_cpp.server", "--config_file", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "llama-server.log", "wb"),
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    models = [{"model": str(model), "model_alias": "gemma", "n_ctx": n_ctx, "flash_attn": True, "n_threads": threads, "n_threads_batch": threads, "verbose": False}]
+    proc, base = bench_gateway.spawn_llama_server(python, models, tmp)
     try:
-        bench_gateway._wait_http(base + "/v1/models", proc)
         http_clients(base, "gemma", 1, 2, bias)
         with PeakRss(proc.pid) as peak:
             started = time.perf_counter()

@@ -164,20 +164,11 @@ def start_gateway(model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
     return proc, base
 
 
-def start_llama_server(python: str, model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+def spawn_llama_server(python: str, models: list[dict], tmp: Path) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's own server with ``models`` (its config file's entries), answering."""
     port = _free_port()
-    config = {
-        "host": "127.0.0.1",
-        "port": port,
-        "models": [
-            # Its settings have no swa_full: it gets llama.cpp's full-size SWA cache (more memory,
-            # the same speed at this n_ctx).
-            {"model": str(model), "model_alias": alias, "n_ctx": N_CTX, "flash_attn": True, "verbose": False}
-            for alias in ("gemma-a", "gemma-b")
-        ],
-    }
     cfg = tmp / "llama-server.json"
-    cfg.write_text(json.dumps(config))
+    cfg.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}))
     proc = subprocess.Popen(
         [python, "-m", "llama_cpp.server", "--config_file", str(cfg)],
         stdout=subprocess.DEVNULL,
@@ -185,8 +176,22 @@ def start_llama_server(python: str, model: Path, tmp: Path) -> tuple[subprocess.
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    _wait_http(base + "/v1/models", proc)
+    try:
+        _wait_http(base + "/v1/models", proc)
+    except BaseException:
+        _stop(proc)
+        raise
     return proc, base
+
+
+def start_llama_server(python: str, model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    # Its settings have no swa_full: it gets llama.cpp's full-size SWA cache (more memory, the
+    # same speed at this n_ctx).
+    models = [
+        {"model": str(model), "model_alias": alias, "n_ctx": N_CTX, "flash_attn": True, "verbose": False}
+        for alias in ("gemma-a", "gemma-b")
+    ]
+    return spawn_llama_server(python, models, tmp)
 
 
 def _stop(proc: subprocess.Popen) -> None:

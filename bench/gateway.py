@@ -104,15 +104,19 @@ def bench_direct(llm) -> dict[str, float]:
 # ------------------------------------------------------------------ added latency, paired
 
 
-def paired_overhead(llm, base: str, model: str, rounds: int = ROUNDS) -> dict[str, dict[str, float]]:
+PAIRED_ROUNDS = 16  # x 5 prompts: 80 pairs per client
+
+
+def paired_overhead(llm, base: str, model: str, rounds: int = PAIRED_ROUNDS) -> dict[str, dict[str, float]]:
     """What a 4-token completion through the server at ``base`` takes over the same call on
     ``llm`` (an in-process llama_cpp.Llama with the same context and threads), per HTTP client.
 
-    Each request through the server follows the same call made directly, and the figure is the
-    median of those paired differences: on a 2-vCPU VM the machine's speed drifts by more than
-    the difference measured, so two medians taken minutes apart would compare two machines. Each
-    client gets its own pass over the prompts, so no prompt follows itself (a slot's prompt cache
-    would read it for free)."""
+    Each request through the server is paired with the same call made directly, the two run
+    back to back (in turn first, so a drift in the machine's speed cancels), and the figure is
+    the median of the pairs' differences: on a 2-vCPU VM the speed drifts by more than the
+    difference measured, so two medians taken minutes apart would compare two machines. Each
+    client gets its own pass over the prompts, so no prompt follows itself (a slot's prompt
+    cache would read it for free)."""
     body = {"model": model, "max_tokens": SHORT_TOKENS, "temperature": 0, "seed": 1}
     out: dict[str, dict[str, float]] = {}
     with httpx.Client(base_url=base, timeout=120) as hx, lean_http.LeanClient(base) as lean:
@@ -123,18 +127,25 @@ def paired_overhead(llm, base: str, model: str, rounds: int = ROUNDS) -> dict[st
         llm.create_completion("warm up", max_tokens=2)
         for send in senders.values():
             send("warm up")
+
+        def timed(call) -> float:
+            t0 = time.perf_counter()
+            call()
+            return time.perf_counter() - t0
+
         samples: dict[str, dict[str, list[float]]] = {name: {"direct": [], "server": [], "added": []} for name in senders}
-        for _ in range(rounds):
+        for k in range(rounds):
             for name, send in senders.items():
-                for prompt in PROMPTS:
-                    t0 = time.perf_counter()
-                    llm.create_completion(prompt, max_tokens=SHORT_TOKENS, temperature=0, seed=1)
-                    t1 = time.perf_counter()
-                    send(prompt)
-                    t2 = time.perf_counter()
-                    samples[name]["direct"].append(t1 - t0)
-                    samples[name]["server"].append(t2 - t1)
-                    samples[name]["added"].append((t2 - t1) - (t1 - t0))
+                for i, prompt in enumerate(PROMPTS):
+                    direct = lambda: llm.create_completion(prompt, max_tokens=SHORT_TOKENS, temperature=0, seed=1)  # noqa: E731
+                    server = lambda: send(prompt)  # noqa: E731
+                    if (k + i) % 2 == 0:
+                        d, t = timed(direct), timed(server)
+                    else:
+                        t, d = timed(server), timed(direct)
+                    samples[name]["direct"].append(d)
+                    samples[name]["server"].append(t)
+                    samples[name]["added"].append(t - d)
     for name, got in samples.items():
         out[name] = {k: _pct(v, 0.5) for k, v in got.items()}
     return out

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.engine.completion import Completions, Started
+from gateway.engine.completion import CompletionOptions, Completions, Started
 from gateway.engine.jobs import RequestScope
 
 
@@ -107,8 +107,7 @@ class ChatLlama:
             raise ValueError(f"n > 1 is not supported with chat format {self.chat_format!r}: it makes several completions per answer")
         stream = bool(kwargs.pop("stream", False))
         if fanout.started is None:
-            kwargs.pop("tfs_z", None)  # llama.cpp has no tail-free sampling any more
-            fanout.started = self._completions.start(self._scope, **kwargs, n=fanout.n)
+            fanout.started = self._completions.start(self._scope, CompletionOptions(**kwargs, n=fanout.n))
         started = fanout.started
         if stream:
             return self._completions.stream(started, choice=self._choice)

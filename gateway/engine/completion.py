@@ -24,6 +24,39 @@ from gateway.engine.sampling import SamplerChain, sampling_params
 from gateway.engine.vocab import Vocab
 
 
+@dataclass(frozen=True)
+class CompletionOptions:
+    """The arguments of ``Llama.create_completion`` (llama-cpp-python 0.3.36), with its defaults,
+    plus ``n``: the one list of them (the worker checks a request's params against it)."""
+
+    prompt: str | list[int]
+    suffix: str | None = None
+    max_tokens: int | None = 16
+    temperature: float = 0.8
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    logprobs: int | None = None
+    echo: bool = False
+    stop: str | list[str] | None = None  # llama-cpp-python's default is [], which means the same
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    top_k: int = 40
+    stream: bool = False
+    seed: int | None = None
+    tfs_z: float = 1.0  # taken and ignored: llama.cpp has no tail-free sampling any more
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    model: str | None = None
+    stopping_criteria: Any = None
+    logits_processor: Any = None
+    grammar: Any = None
+    logit_bias: dict[str, float] | None = None
+    n: int = 1
+
+
 @dataclass
 class Started:
     """A submitted completion: its job and what its responses say about it."""
@@ -86,98 +119,21 @@ class Completions:
     def n_ctx(self) -> int:
         return self.loaded.n_ctx_seq
 
-    # The argument list is create_completion's (llama-cpp-python 0.3.36) plus n: the worker
-    # binds a request's params against it, so an unknown argument is the request's error.
-    def create_completion(
-        self,
-        scope: RequestScope,
-        prompt: str | list[int],
-        suffix: str | None = None,
-        max_tokens: int | None = 16,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        typical_p: float = 1.0,
-        logprobs: int | None = None,
-        echo: bool = False,
-        stop: str | list[str] | None = [],  # noqa: B006 - llama-cpp-python's default
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        top_k: int = 40,
-        stream: bool = False,
-        seed: int | None = None,
-        tfs_z: float = 1.0,
-        mirostat_mode: int = 0,
-        mirostat_tau: float = 5.0,
-        mirostat_eta: float = 0.1,
-        model: str | None = None,
-        stopping_criteria: Any = None,
-        logits_processor: Any = None,
-        grammar: Any = None,
-        logit_bias: dict[str, float] | None = None,
-        n: int = 1,
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        started = self.start(
-            scope,
-            prompt=prompt,
-            suffix=suffix,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            logprobs=logprobs,
-            echo=echo,
-            stop=stop,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            repeat_penalty=repeat_penalty,
-            top_k=top_k,
-            seed=seed,
-            mirostat_mode=mirostat_mode,
-            mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta,
-            model=model,
-            stopping_criteria=stopping_criteria,
-            logits_processor=logits_processor,
-            grammar=grammar,
-            logit_bias=logit_bias,
-            n=n,
-        )
-        return self.stream(started) if stream else self.result(started)
+    def create_completion(self, scope: RequestScope, **params: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """``Llama.create_completion(**params)`` on the batch engine: a whole response, or its
+        stream chunks when ``stream``. ValueError names an argument it does not take."""
+        try:
+            options = CompletionOptions(**params)
+        except TypeError as exc:  # an unknown or missing argument is the request's fault
+            raise ValueError(str(exc)) from None
+        started = self.start(scope, options)
+        return self.stream(started) if options.stream else self.result(started)
 
-    def start(
-        self,
-        scope: RequestScope,
-        *,
-        prompt: Any,
-        suffix: Any = None,
-        max_tokens: Any = 16,
-        temperature: Any = 0.8,
-        top_p: Any = 0.95,
-        min_p: Any = 0.05,
-        typical_p: Any = 1.0,
-        logprobs: Any = None,
-        echo: Any = False,
-        stop: Any = None,
-        frequency_penalty: Any = 0.0,
-        presence_penalty: Any = 0.0,
-        repeat_penalty: Any = 1.0,
-        top_k: Any = 40,
-        seed: Any = None,
-        mirostat_mode: Any = 0,
-        mirostat_tau: Any = 5.0,
-        mirostat_eta: Any = 0.1,
-        model: Any = None,
-        stopping_criteria: Any = None,
-        logits_processor: Any = None,
-        grammar: Any = None,
-        logit_bias: Any = None,
-        n: Any = 1,
-    ) -> Started:
+    def start(self, scope: RequestScope, options: CompletionOptions) -> Started:
         """Check the arguments (ValueError naming what is wrong), submit the job."""
-        if logits_processor is not None:
+        o = options
+        prompt, suffix, n, logprobs, echo, stop, max_tokens = o.prompt, o.suffix, o.n, o.logprobs, o.echo, o.stop, o.max_tokens
+        if o.logits_processor is not None:
             raise ValueError("logits_processor is not supported (the batch engine samples with llama.cpp's samplers)")
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
             raise ValueError("prompt must be a string or a list of token ids")
@@ -208,27 +164,27 @@ class Completions:
         limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
 
         params = sampling_params(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            mirostat_mode=mirostat_mode,
-            mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta,
-            seed=seed,
-            logit_bias=logit_bias,
-            grammar=grammar,
+            temperature=o.temperature,
+            top_k=o.top_k,
+            top_p=o.top_p,
+            min_p=o.min_p,
+            typical_p=o.typical_p,
+            repeat_penalty=o.repeat_penalty,
+            frequency_penalty=o.frequency_penalty,
+            presence_penalty=o.presence_penalty,
+            mirostat_mode=o.mirostat_mode,
+            mirostat_tau=o.mirostat_tau,
+            mirostat_eta=o.mirostat_eta,
+            seed=o.seed,
+            logit_bias=o.logit_bias,
+            grammar=o.grammar,
             n_vocab=self.vocab.n_vocab,
         )
         chains: list[SamplerChain] = []
         try:
             for i in range(n):
                 # n choices with one seed must still differ: one seed each.
-                choice_params = params if seed is None or i == 0 else dataclasses.replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
+                choice_params = params if o.seed is None or i == 0 else dataclasses.replace(params, seed=(params.seed + i) & 0xFFFFFFFF)
                 chains.append(SamplerChain(choice_params, self.loaded.model.vocab, self.vocab.n_vocab))
         except BaseException:
             for chain in chains:
@@ -242,7 +198,7 @@ class Completions:
             stops=stops,
             logprobs=logprobs,
             text_offset=len(prompt),
-            stopping_criteria=stopping_criteria,
+            stopping_criteria=o.stopping_criteria,
         )
         try:
             scope.register(job, self.engine.cancel)
@@ -261,7 +217,7 @@ class Completions:
             scope=scope,
             completion_id=f"cmpl-{uuid.uuid4()}",
             created=int(time.time()),
-            model_name=model if isinstance(model, str) else self.model_name,
+            model_name=o.model if isinstance(o.model, str) else self.model_name,
             echo_text=echo_text,
         )
 

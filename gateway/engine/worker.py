@@ -50,8 +50,10 @@ class Service:
     signatures: dict[str, inspect.Signature] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from gateway.engine.completion import CompletionOptions
+
         self.signatures = {
-            "completion": inspect.signature(self.completions.create_completion),
+            "completion": inspect.signature(CompletionOptions),
             "chat": inspect.signature(self.chat.signature_target()),
             "embedding": inspect.signature(self.embeddings.create_embedding),
         }
@@ -232,7 +234,7 @@ class Worker:
             return
         params = {**params, "stream": stream}
         if op == "completion":
-            service.check("completion", scope, **params)
+            service.check("completion", **params)
             response = service.completions.create_completion(scope, **params)
         else:
             service.check("chat", None, **{k: v for k, v in params.items() if k != "n"})

@@ -4,11 +4,14 @@ The lease (a run slot on a ready worker, from the pool) is held until the respon
 a client that goes away closes the stream, which cancels the generation in the worker. So is the
 key's ticket (gateway.access.limits): a whole response charges its usage at the end; a stream
 charges each token as it passes and, when the key's tokens_per_minute runs out, ends as
-max_tokens would (finish_reason "length") with a ``note`` saying why, instead of being cut off.
+max_tokens would (finish_reason "length") with a ``note`` saying why, instead of being cut off;
+its usage then counts the tokens sent and the prompt's, which the cancelled worker reports.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,8 +27,10 @@ from gateway.http.errors import error_body, raise_worker_error
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import REQUEST_ID_HEADER, RequestRecord
 from gateway.runtime.pool import Lease
+from gateway.runtime.worker_process import WorkerRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
+END_AFTER_CANCEL_S = 2.0  # how long a stopped stream waits for the worker's "end" (its usage)
 
 
 def sse(data: Any) -> bytes:
@@ -103,7 +108,8 @@ async def streamed(
                     if not ticket.take(_generated(data)):
                         # The key's budget ran out: this token is not sent, the generation stops.
                         yield sse(_budget_stop(data, lease.name, ticket.budget_note()))
-                        end_usage = {"prompt_tokens": None, "completion_tokens": ticket.charged, "total_tokens": None}
+                        end_usage = await _usage_after_cancel(messages, ticket.charged)
+                        ticket.settle(end_usage)
                         if include_usage:
                             yield sse(_usage_chunk(data, lease.name, end_usage))
                         status = 200
@@ -140,6 +146,23 @@ async def streamed(
             **ticket.headers(),
         },
     )
+
+
+async def _usage_after_cancel(messages: WorkerRequest, sent: int) -> dict[str, Any]:
+    """A stream stopped by the gateway: cancel the generation and read on to its "end" for the
+    prompt's tokens; its completion tokens are the ``sent`` ones (what the client got)."""
+    messages.cancel()
+    prompt = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(END_AFTER_CANCEL_S):
+            async for msg in messages:
+                if msg["type"] in ("end", "error"):
+                    prompt = (msg.get("usage") or {}).get("prompt_tokens")
+                    break
+    if not isinstance(prompt, int):
+        # No end in time (a worker that is stuck or gone): the usage says what is known.
+        return {"prompt_tokens": None, "completion_tokens": sent, "total_tokens": None}
+    return {"prompt_tokens": prompt, "completion_tokens": sent, "total_tokens": prompt + sent}
 
 
 def _generated(chunk: dict[str, Any]) -> int:

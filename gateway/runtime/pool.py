@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from gateway.placement.planning import inventory, model_request, plan_policy, re
 from gateway.runtime.admission import Admission
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
-from gateway.runtime.worker_process import WorkerProcess
+from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
 from planner.devices import Device
 from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
 from planner.plan import ModelRequest, Plan, plan
@@ -121,7 +121,7 @@ class Lease:
         self._worker = worker
         self._stack = stack
 
-    def request(self, op: str, params: dict[str, Any], *, stream: bool) -> AsyncIterator[dict[str, Any]]:
+    def request(self, op: str, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
         return self._worker.request(op, params, stream=stream)
 
     async def release(self) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from gateway.engine.protocol import WorkerSpec
@@ -169,36 +169,30 @@ class WorkerProcess:
         self._settled.set()
         self._emit("stopped", {"code": code})
 
-    async def request(self, op: str, params: dict[str, Any], *, stream: bool) -> AsyncIterator[dict[str, Any]]:
-        """Send one request; yield its messages up to and including the terminal one.
+    def request(self, op: str, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
+        """One request's messages, up to and including the terminal one (sent on the first read).
 
-        Closing the iterator early (a client that went away) cancels the generation in the
-        worker, which stops it at the next token.
+        Closing it early (a client that went away) cancels the generation in the worker, which
+        stops it at the next token; ``cancel`` does so while its messages can still be read.
         """
+        return WorkerRequest(self, op, params, stream)
+
+    def _open(self, message: dict[str, Any]) -> tuple[int, WorkerConnection, asyncio.Queue[dict[str, Any]]]:
         conn = self._conn
         if self.state is not ModelState.READY or conn is None:
             raise ModelUnavailableError(f"model {self.name!r} is {self.state.value}")
         rid = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[rid] = queue
-        finished = False
         try:
-            try:
-                conn.send({"type": "request", "id": rid, "op": op, "stream": stream, "params": params})
-            except WorkerGone:
-                finished = True
-                raise EngineError(f"model {self.name!r}: its worker is gone") from None
-            while True:
-                msg = await queue.get()
-                finished = msg["type"] in TERMINAL
-                yield msg
-                if finished:
-                    return
-        finally:
+            conn.send({**message, "id": rid})
+        except WorkerGone:
             self._pending.pop(rid, None)
-            if not finished:
-                with contextlib.suppress(WorkerGone):
-                    conn.send({"type": "cancel", "id": rid})
+            raise EngineError(f"model {self.name!r}: its worker is gone") from None
+        return rid, conn, queue
+
+    def _close(self, rid: int) -> None:
+        self._pending.pop(rid, None)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker (shutdown, SIGTERM, SIGKILL); returns once it has exited."""
@@ -223,3 +217,50 @@ class WorkerProcess:
     def kill_now(self) -> None:
         if self._conn is not None:
             self._conn.kill_now()
+
+
+class WorkerRequest:
+    """One request to a worker, read as an async iterator of its messages."""
+
+    def __init__(self, worker: WorkerProcess, op: str, params: dict[str, Any], stream: bool) -> None:
+        self._worker = worker
+        self._message = {"type": "request", "op": op, "stream": stream, "params": params}
+        self._rid: int | None = None
+        self._conn: WorkerConnection | None = None
+        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._finished = False
+        self._cancelled = False
+
+    def __aiter__(self) -> WorkerRequest:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._queue is None:
+            try:
+                self._rid, self._conn, self._queue = self._worker._open(self._message)
+            except BaseException:
+                self._finished = True
+                raise
+        msg = await self._queue.get()
+        if msg["type"] in TERMINAL:
+            self._finished = True
+            self._worker._close(self._rid)  # type: ignore[arg-type]
+        return msg
+
+    def cancel(self) -> None:
+        """Stop the generation at its next token; its last messages (its "end", with the usage
+        so far) can still be read."""
+        if self._cancelled or self._finished or self._conn is None:
+            return
+        self._cancelled = True
+        with contextlib.suppress(WorkerGone):
+            self._conn.send({"type": "cancel", "id": self._rid})
+
+    async def aclose(self) -> None:
+        if self._queue is not None and not self._finished:
+            self.cancel()
+            self._finished = True
+            self._worker._close(self._rid)  # type: ignore[arg-type]
+        self._finished = True

@@ -116,6 +116,8 @@ def test_a_stream_stops_at_the_keys_token_budget_with_finish_reason_length_and_a
     assert [c.choices[0].finish_reason for c in finish] == ["length"]
     assert "key 'budget' reached its tokens_per_minute (20)" in finish[0].model_extra["note"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(text_chunks)
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     with pytest.raises(openai.RateLimitError) as info:
         budget.completions.create(model="chat", prompt="a", max_tokens=2)
     assert info.value.response.headers["x-ratelimit-remaining-tokens"] == "0"

@@ -152,7 +152,7 @@ def test_tokens_per_minute_counts_prompt_and_completion_tokens(gateway):
     assert tok.completions.create(model="a", prompt="x").choices
 
 
-def test_a_stream_is_stopped_by_its_token_budget_with_finish_reason_length_and_a_note(gateway):
+def test_a_stream_is_stopped_by_its_token_budget_with_finish_reason_length_a_note_and_whole_usage(gateway):
     client, *_ = gateway
     tok = oai(client, "tok")
     tok.completions.create(model="a", prompt="x", max_tokens=6)  # 7 of 10 tokens used: 3 left
@@ -163,6 +163,8 @@ def test_a_stream_is_stopped_by_its_token_budget_with_finish_reason_length_and_a
     assert stop.choices[0].finish_reason == "length"
     assert "key 'tok' reached its tokens_per_minute (10)" in stop.model_extra["note"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    # The prompt's tokens come from the cancelled worker's end, and count against the budget too.
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.total_tokens) == (1, 4)
     # The budget is spent: the next request waits for the minute to move on.
     with pytest.raises(openai.RateLimitError):
         tok.completions.create(model="a", prompt="x", stream=True)

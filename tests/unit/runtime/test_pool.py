@@ -278,3 +278,28 @@ def test_eviction_spares_the_often_used_model_over_the_most_recently_used_one(ti
         await pool.stop()
 
     asyncio.run(run())
+
+
+def test_a_cancelled_request_still_reads_its_end_with_the_usage_so_far(tiny):
+    async def run():
+        transport = FakeTransport(FakeScript(tokens=50, token_s=0.01))
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport)
+        await pool.start()
+        try:
+            lease = await pool.acquire("m")
+            async with lease:
+                messages = lease.request("completion", {"prompt": "a"}, stream=True)
+                first = await anext(messages)
+                messages.cancel()
+                messages.cancel()  # once is enough: the worker is told once
+                rest = [m async for m in messages]
+            cancels = [m for m in transport.latest("m").received if m.get("type") == "cancel"]
+            return first, rest, cancels
+        finally:
+            await pool.stop()
+
+    first, rest, cancels = asyncio.run(run())
+    assert first["type"] == "chunk"
+    assert rest[-1]["type"] == "end" and rest[-1]["usage"]["prompt_tokens"] == 1
+    assert rest[-1]["usage"]["completion_tokens"] < 50
+    assert len(cancels) == 1

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.di import Provide
 
 from gateway.config.schema import Config
@@ -25,10 +25,11 @@ from gateway.config.source import ConfigFile
 from gateway.errors import EngineError, PlanError
 from gateway.access.gate import Access
 from gateway.access.limits import Clock
-from gateway.http.auth import Auth, provide_key
+from gateway.http.auth import Auth, provide_key, request_key
 from gateway.http.errors import exception_handlers
 from gateway.http.openapi import openapi_config
 from gateway.http.routes import handlers
+from gateway.http.routes.openai import Call
 from gateway.observability.events import EventLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import model_snapshots
@@ -117,6 +118,9 @@ def create_app(
             reaper.cancel()
             await pool.stop()
 
+    def provide_call(request: Request) -> Call:
+        return Call(pool, metrics, access, request_key(request))
+
     config_file = ConfigFile(config_path)
     return Litestar(
         route_handlers=handlers(auth),
@@ -127,6 +131,7 @@ def create_app(
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
             "access": Provide(lambda: access, use_cache=True, sync_to_thread=False),
             "key": Provide(provide_key, sync_to_thread=False),
+            "call": Provide(provide_call, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(metrics, access.rejected),
         lifespan=[lifespan],

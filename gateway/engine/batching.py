@@ -68,8 +68,11 @@ class BatchEngine:
         vocab: Vocab,
         *,
         send_stats: Callable[[dict[str, Any]], None] | None = None,
+        after_step: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``after_step``: called on the loop's thread after each step that did work (the worker
+        flushes the stream chunks the step's jobs wrote)."""
         from llama_cpp import llama_cpp as capi
 
         self._capi = capi
@@ -83,6 +86,7 @@ class BatchEngine:
         self._budget = PrefillBudget(loaded.n_batch)
         self._clock = clock
         self._stats = StepStats(self.n_slots, send_stats, clock)
+        self._after_step = after_step
         self._unified = loaded.spec.kv_unified
 
         self._lock = threading.Condition()
@@ -131,6 +135,8 @@ class BatchEngine:
                 worked = self._embedding is not None and self._embedding_step()
                 # A generation step follows every embedding step: streams keep flowing.
                 worked = self._generation_step() or worked
+                if worked and self._after_step is not None:
+                    self._after_step()
                 if not worked:
                     self._idle_wait()
                 self._stats.maybe_send(self.busy_slots())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,8 +129,12 @@ class Completions:
         started = self.start(scope, options)
         return self.stream(started) if options.stream else self.result(started)
 
-    def start(self, scope: RequestScope, options: CompletionOptions) -> Started:
-        """Check the arguments (ValueError naming what is wrong), submit the job."""
+    def start(
+        self, scope: RequestScope, options: CompletionOptions, *, on_chunk: Callable[[dict[str, Any]], None] | None = None
+    ) -> Started:
+        """Check the arguments (ValueError naming what is wrong), submit the job. With
+        ``on_chunk``, the decode loop hands it each stream chunk (as ``stream`` would yield them)
+        on its own thread; ``reader`` then sees only the job's end."""
         o = options
         prompt, suffix, n, logprobs, echo, stop, max_tokens = o.prompt, o.suffix, o.n, o.logprobs, o.echo, o.stop, o.max_tokens
         if o.logits_processor is not None:
@@ -200,26 +204,34 @@ class Completions:
             text_offset=len(prompt),
             stopping_criteria=o.stopping_criteria,
         )
-        try:
-            scope.register(job, self.engine.cancel)
-        except BaseException:
-            job.free_chains()
-            raise
-        self.engine.submit(job)
-        reader = JobReader(job)
-        scope.track(reader)
         echo_text = None
         if echo:
             echo_text = prompt if isinstance(prompt, str) else self.vocab.detokenize(prompt).decode("utf-8", errors="ignore")
-        return Started(
+        started = Started(
             job=job,
-            reader=reader,
+            reader=JobReader(job),
             scope=scope,
             completion_id=f"cmpl-{uuid.uuid4()}",
             created=int(time.time()),
             model_name=o.model if isinstance(o.model, str) else self.model_name,
             echo_text=echo_text,
         )
+        if on_chunk is not None:
+
+            def sink(event: Delta | Finish) -> None:
+                chunk = self._chunk_for(started, event, event.choice)
+                if chunk is not None:
+                    on_chunk(chunk)
+
+            job.sink = sink
+        try:
+            scope.register(job, self.engine.cancel)
+        except BaseException:
+            job.free_chains()
+            raise
+        self.engine.submit(job)
+        scope.track(started.reader)
+        return started
 
     # ------------------------------------------------------------------ shapes
 
@@ -248,18 +260,24 @@ class Completions:
             "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}],
         }
 
+    def _chunk_for(self, started: Started, event: Delta | Finish, index: int) -> dict[str, Any] | None:
+        """The stream chunk an event makes (at choice ``index``), or None when it makes none."""
+        if isinstance(event, Delta):
+            if event.text or event.logprobs:
+                return self._chunk(started, index, event.text, self._logprobs(event.logprobs), None)
+        elif event.reason != "cancelled":
+            return self._chunk(started, index, "", None, event.reason)
+        return None
+
     def stream(self, started: Started, choice: int | None = None) -> Iterator[dict[str, Any]]:
         """The job's stream chunks: every choice's (index = choice), or one choice's (index 0)."""
         reader = started.reader
         read_to_end = False
         try:
             while (event := reader.next(choice)) is not None:
-                index = event.choice if choice is None else 0
-                if isinstance(event, Delta):
-                    if event.text or event.logprobs:
-                        yield self._chunk(started, index, event.text, self._logprobs(event.logprobs), None)
-                elif isinstance(event, Finish) and event.reason != "cancelled":
-                    yield self._chunk(started, index, "", None, event.reason)
+                chunk = self._chunk_for(started, event, event.choice if choice is None else 0)
+                if chunk is not None:
+                    yield chunk
             read_to_end = True
         finally:
             if not read_to_end:

@@ -82,9 +82,16 @@ class Job:
 
     accepted_at: float  # when the worker read the request (monotonic): time to first token counts from here
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    # Called on the decode loop's thread with each Delta and Finish instead of queueing them (a
+    # streamed completion sends its chunks from there, without waking a thread per token); the
+    # Summary and any Failure still come through ``events``.
+    sink: Callable[[Delta | Finish], None] | None = None
 
     def emit(self, event: Event) -> None:
-        self.events.put(event)
+        if self.sink is not None and isinstance(event, (Delta, Finish)):
+            self.sink(event)
+        else:
+            self.events.put(event)
 
 
 @dataclass(eq=False)

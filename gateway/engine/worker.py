@@ -82,14 +82,24 @@ class Worker:
         # delaying the next request. Reused threads save ~0.1 ms a request over new ones.
         self._threads = ThreadPoolExecutor(max_workers=2 * spec.slots + 2, thread_name_prefix="request")
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], *, flush: bool = True) -> None:
+        """Write one message; ``flush=False`` leaves it in the buffer for the next flush (the
+        decode loop's stream chunks: one write per step for all of them)."""
         line = encode(message)
         with self._out_lock:
             try:
                 self._out.write(line)
-                self._out.flush()
+                if flush:
+                    self._out.flush()
             except OSError:
                 self.exit(1)  # the gateway is gone: nobody left to answer
+
+    def flush(self) -> None:
+        with self._out_lock:
+            try:
+                self._out.flush()
+            except OSError:
+                self.exit(1)
 
     def exit(self, code: int) -> NoReturn:
         """Leave now: os._exit, because interpreter shutdown would wait for generations."""
@@ -117,7 +127,7 @@ class Worker:
         try:
             loaded = loading.load(self.spec, loading.LoadProgress(self.send))
             vocab = Vocab(loaded.model)
-            engine = BatchEngine(loaded, vocab, send_stats=self.send)
+            engine = BatchEngine(loaded, vocab, send_stats=self.send, after_step=self.flush)
             completions = Completions(engine, loaded, vocab)
             chat = Chat(completions, chat_setup(loaded.model, completions.metadata, self.spec.chat_format))
             embeddings = Embeddings(engine, loaded, vocab)
@@ -235,6 +245,9 @@ class Worker:
         params = {**params, "stream": stream}
         if op == "completion":
             service.check("completion", **params)
+            if stream:
+                self._stream_completion(request_id, params, scope, service)
+                return
             response = service.completions.create_completion(scope, **params)
         else:
             service.check("chat", None, **{k: v for k, v in params.items() if k != "n"})
@@ -258,6 +271,19 @@ class Worker:
             close = getattr(response, "close", None)
             if close is not None:
                 close()  # runs the generators' cleanup now (a stream left early cancels its job)
+        self._end(request_id, scope)
+
+
+    def _stream_completion(self, request_id: int, params: dict[str, Any], scope: RequestScope, service: Service) -> None:
+        """A streamed completion's chunks go out from the decode loop's own thread as it makes
+        them (flushed once a step), so no thread wakes per token; this one waits for the end."""
+        from gateway.engine.completion import CompletionOptions
+
+        def send_chunk(chunk: dict[str, Any]) -> None:
+            self.send({"type": "chunk", "id": request_id, "data": chunk}, flush=False)
+
+        started = service.completions.start(scope, CompletionOptions(**params), on_chunk=send_chunk)
+        started.reader.wait()  # the Summary (cancelled or not), or JobFailed
         self._end(request_id, scope)
 
 

@@ -4,6 +4,9 @@ One model (Gemma 3 270M Q4_K_M, CPU), one prompt set, temperature 0 and a fixed 
 path generates the same tokens:
 
 - latency p50/p95 of short completions (max_tokens 4);
+- the latency a 4-token completion adds over the same call on llama-cpp-python directly: the
+  median of paired differences, in alternating order (paired_overhead), through httpx and
+  through bench/lean_http.py's client (whose docstring says why the client matters here);
 - streamed tokens/s of one long completion (max_tokens 128);
 - aggregate tokens/s of two models served at once (two engines of the same file under two
   names, one request stream each).

@@ -55,16 +55,6 @@ sys.path.append(str(ROOT / "bench"))  # lean_http, when imported from elsewhere
 import lean_http  # noqa: E402
 from gateway.config.model_files import resolve_model_path  # noqa: E402
 
-PROMPTS = [
-    "The capital of France is",
-    "Water boils at",
-    "The quick brown fox",
-    "In 1969, humans first",
-    "A haiku about GPUs:",
-    "Once upon a time, in a land far away,",
-    "The best way to learn a language is",
-    "def fibonacci(n):",
-]
 MIB = 1024 * 1024
 
 
@@ -78,6 +68,13 @@ def _load_bench_gateway():
 
 
 bench_gateway = _load_bench_gateway()
+# bench/gateway.py's prompts, and three more for up to 8 distinct clients.
+PROMPTS = [
+    *bench_gateway.PROMPTS,
+    "Once upon a time, in a land far away,",
+    "The best way to learn a language is",
+    "def fibonacci(n):",
+]
 
 
 def pct(values: list[float], q: float) -> float:

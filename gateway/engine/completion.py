@@ -27,7 +27,7 @@ from gateway.engine.vocab import Vocab
 @dataclass(frozen=True)
 class CompletionOptions:
     """The arguments of ``Llama.create_completion`` (llama-cpp-python 0.3.36), with its defaults,
-    plus ``n``: the one list of them (the worker checks a request's params against it)."""
+    plus ``n``: the one list of them."""
 
     prompt: str | list[int]
     suffix: str | None = None
@@ -55,6 +55,14 @@ class CompletionOptions:
     grammar: Any = None
     logit_bias: dict[str, float] | None = None
     n: int = 1
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> CompletionOptions:
+        """A request's params as options; ValueError names an argument that is not one."""
+        try:
+            return cls(**params)
+        except TypeError as exc:  # an unknown or missing argument is the request's fault
+            raise ValueError(str(exc)) from None
 
 
 @dataclass
@@ -122,10 +130,7 @@ class Completions:
     def create_completion(self, scope: RequestScope, **params: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """``Llama.create_completion(**params)`` on the batch engine: a whole response, or its
         stream chunks when ``stream``. ValueError names an argument it does not take."""
-        try:
-            options = CompletionOptions(**params)
-        except TypeError as exc:  # an unknown or missing argument is the request's fault
-            raise ValueError(str(exc)) from None
+        options = CompletionOptions.of(params)
         started = self.start(scope, options)
         return self.stream(started) if options.stream else self.result(started)
 

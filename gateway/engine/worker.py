@@ -46,14 +46,12 @@ class Service:
     chat: Any  # gateway.engine.chat.Chat
     embeddings: Any  # gateway.engine.embedding.Embeddings
     engine: Any  # gateway.engine.batching.BatchEngine
-    # Each op's argument list, read once (inspect.signature costs ~0.1 ms a request).
-    signatures: dict[str, inspect.Signature] = field(default_factory=dict)
+    # The argument lists of the ops that take llama-cpp-python's, read once (inspect.signature
+    # costs ~0.1 ms a request); a completion's are its CompletionOptions, checked as they are made.
+    signatures: dict[str, inspect.Signature] = field(init=False)
 
     def __post_init__(self) -> None:
-        from gateway.engine.completion import CompletionOptions
-
         self.signatures = {
-            "completion": inspect.signature(CompletionOptions),
             "chat": inspect.signature(self.chat.signature_target()),
             "embedding": inspect.signature(self.embeddings.create_embedding),
         }
@@ -244,7 +242,6 @@ class Worker:
             return
         params = {**params, "stream": stream}
         if op == "completion":
-            service.check("completion", **params)
             if stream:
                 self._stream_completion(request_id, params, scope, service)
                 return
@@ -273,7 +270,6 @@ class Worker:
                 close()  # runs the generators' cleanup now (a stream left early cancels its job)
         self._end(request_id, scope)
 
-
     def _stream_completion(self, request_id: int, params: dict[str, Any], scope: RequestScope, service: Service) -> None:
         """A streamed completion's chunks go out from the decode loop's own thread as it makes
         them (flushed once a step), so no thread wakes per token; this one waits for the end."""
@@ -282,7 +278,7 @@ class Worker:
         def send_chunk(chunk: dict[str, Any]) -> None:
             self.send({"type": "chunk", "id": request_id, "data": chunk}, flush=False)
 
-        started = service.completions.start(scope, CompletionOptions(**params), on_chunk=send_chunk)
+        started = service.completions.start(scope, CompletionOptions.of(params), on_chunk=send_chunk)
         started.reader.wait()  # the Summary (cancelled or not), or JobFailed
         self._end(request_id, scope)
 

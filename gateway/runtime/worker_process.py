@@ -187,7 +187,7 @@ class WorkerProcess:
         try:
             conn.send({**message, "id": rid})
         except WorkerGone:
-            self._pending.pop(rid, None)
+            self._close(rid)
             raise EngineError(f"model {self.name!r}: its worker is gone") from None
         return rid, conn, queue
 
@@ -261,6 +261,5 @@ class WorkerRequest:
     async def aclose(self) -> None:
         if self._queue is not None and not self._finished:
             self.cancel()
-            self._finished = True
             self._worker._close(self._rid)  # type: ignore[arg-type]
         self._finished = True

@@ -262,6 +262,19 @@ def test_worker_unknown_parameter_is_invalid_request(spawn, tiny_spec):
     assert error["kind"] == "invalid_request" and "no_such_option" in error["message"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_worker_unknown_completion_parameter_is_invalid_request_streamed_or_not(spawn, tiny_spec, stream):
+    worker = _ready(spawn, tiny_spec)
+    worker.request(1, "completion", {"prompt": "hi", "max_tokens": 2, "no_such_option": 1}, stream=stream)
+
+    [error] = worker.answer(1)
+
+    assert error["kind"] == "invalid_request" and "no_such_option" in error["message"]
+    # The worker goes on: the next request is answered.
+    worker.request(2, "completion", {"prompt": "hi", "max_tokens": 2})
+    assert worker.answer(2)[-1]["type"] == "result"
+
+
 def test_worker_embedding(spawn, tiny_spec):
     worker = _ready(spawn, dataclasses.replace(tiny_spec, embedding=True))
     worker.request(1, "embedding", {"input": ["hello world", "the end"]})

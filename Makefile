@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.toml
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test bench plan clean gpu-check
+.PHONY: venv serve test bench plan clean gpu-check gpu-payload gpu-validate-cpu
 
 # The venv is rebuilt only when pyproject.toml changes. llama-cpp-python compiles llama.cpp
 # from source on first install (~9 minutes on 2 cores); pip caches the wheel afterwards.
@@ -41,10 +41,22 @@ bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/router.py
 
 GPU_CHECK_ARGS ?=
+# The venv only where PY is the venv's: a GPU machine runs `make gpu-check PY=python3`.
+PY_DEPS := $(if $(findstring $(VENV)/,$(PY)),$(VENV)/.installed)
 # On a CUDA machine with the CUDA build of llama-cpp-python: predicted vs measured GPU memory
 # (docs/gpu-validation.md). Exits 2 off a GPU; the CPU part is bench/gpu_check.py --dry-run.
-gpu-check: $(VENV)/.installed
+gpu-check: $(PY_DEPS)
 	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# The one-call GPU validation: `make gpu-payload` here prepares .gpu/ (a trimmed llama-cpp-python
+# sdist and the wheels a CUDA machine without network lacks); that machine then runs
+# `bash bench/gpu/validate.sh` from the repo root (build, then every GPU check; docs/gpu-validation.md).
+# `make gpu-validate-cpu` runs the same script's steps on this machine's CPU build.
+gpu-payload:
+	bash bench/gpu/prepare-payload.sh .gpu
+
+gpu-validate-cpu: $(VENV)/.installed
+	GPU_BUILD=skip PY=$(PY) SHAPE=tiny CLIENTS=1,4 OUT=$(CURDIR)/gpu-out bash bench/gpu/validate.sh
 
 plan: $(VENV)/.installed
 	$(VENV)/bin/gateway plan --config $(CONFIG)

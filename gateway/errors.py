@@ -14,6 +14,7 @@ __all__ = [
     "DeviceError",
     "EngineError",
     "GatewayError",
+    "ImportOrderError",
     "InvalidRequestError",
     "ModelFileError",
     "ModelNotFoundError",
@@ -114,3 +115,8 @@ class VerifyError(GatewayError):
 class UpstreamError(GatewayError):
     """A node behind the router broke the connection after the request reached it (502; not
     retried elsewhere, since the node may have run it)."""
+
+
+class ImportOrderError(GatewayError):
+    """A model-loading process imported numpy before llama.cpp's native library (the order that
+    crashed every CUDA load: gateway/engine/native.py)."""

@@ -237,6 +237,7 @@ def write_header_only_model(
     context_length: int = 4096,
     vocab_in_header: bool = True,
     n_merges: int = 0,
+    byte_tokenizer: bool = False,
     name: str = "",
     file_type: int | None = None,
     alignment: int | None = None,
@@ -250,7 +251,8 @@ def write_header_only_model(
     With ``split_max_tensors`` the model is split like gguf-split (``<stem>-00001-of-0000N.gguf``)
     and the first part's path is returned. ``vocab_in_header`` writes ``tokenizer.ggml.tokens``
     (and token types, and ``n_merges`` merges) with ``n_vocab`` entries; otherwise
-    ``{arch}.vocab_size`` carries it.
+    ``{arch}.vocab_size`` carries it. ``byte_tokenizer`` writes ``tiny_tokenizer(n_vocab)`` and a
+    chat template instead, so that any text tokenizes (a sparse model served over HTTP).
     """
     path = Path(path)
     specs = model_tensor_specs(
@@ -271,7 +273,18 @@ def write_header_only_model(
         sliding_window_pattern=sliding_window_pattern, name=name or f"header-only {arch}",
         file_type=file_type,
     )
-    if vocab_in_header:
+    if byte_tokenizer:
+        tokens, types, merges, bos, eos = tiny_tokenizer(n_vocab)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(bos)
+        w.add_eos_token_id(eos)
+        w.add_add_bos_token(True)
+        w.add_chat_template(_CHAT_TEMPLATE)
+    elif vocab_in_header:
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
         w.add_token_list(_fake_vocab(n_vocab))
@@ -304,12 +317,13 @@ def write_header_only_model(
     return paths[0]
 
 
-def write_qwen2_7b_q4_k_m(path: str | os.PathLike[str], *, vocab_in_header: bool = True, n_merges: int = 151387) -> Path:
-    """The header of DeepSeek-R1-Distill-Qwen-7B Q4_K_M (tensor data 4,677,120,000 bytes)."""
+def write_qwen2_7b_q4_k_m(path: str | os.PathLike[str], *, vocab_in_header: bool = True, n_merges: int = 151387, byte_tokenizer: bool = False) -> Path:
+    """The header of DeepSeek-R1-Distill-Qwen-7B Q4_K_M (tensor data 4,677,120,000 bytes);
+    ``byte_tokenizer``: a byte-level vocabulary of the same size instead of a fake one."""
     return write_header_only_model(
         path, arch="qwen2", n_layers=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944,
         n_vocab=152064, tensor_types=q4_k_m_types(28), attn_bias=True, context_length=131072,
-        vocab_in_header=vocab_in_header, n_merges=n_merges if vocab_in_header else 0,
+        vocab_in_header=vocab_in_header, n_merges=n_merges if vocab_in_header else 0, byte_tokenizer=byte_tokenizer,
         name="DeepSeek R1 Distill Qwen 7B", file_type=int(gguf.LlamaFileType.MOSTLY_Q4_K_M),
     )
 

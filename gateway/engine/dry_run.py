@@ -100,6 +100,12 @@ def _child_main(argv: Sequence[str]) -> int:
     from gateway.engine.process import take_stdout
 
     out = take_stdout()  # llama.cpp's prints must not reach the result line
+    import faulthandler
+
+    from gateway.engine import native
+
+    faulthandler.enable(file=sys.stderr, all_threads=False)  # a native crash names its Python stack
+    native.load_first()  # before anything imports numpy: gateway/engine/native.py says why
     from gateway.engine.loading import LlamaLog
 
     if len(argv) != 1:

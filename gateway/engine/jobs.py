@@ -13,9 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.engine.sampling import SamplerChain
+if TYPE_CHECKING:  # the worker imports this module before llama.cpp, sampling brings numpy
+    from gateway.engine.sampling import SamplerChain
+
 
 class JobFailed(Exception):
     """The decode loop ended the job with an error (``kind`` as in the protocol's error)."""

@@ -9,12 +9,14 @@ It dies with its parent (PR_SET_PDEATHSIG, and EOF on stdin), ignores SIGINT (th
 handles Ctrl-C and sends "shutdown") and exits on SIGTERM by the default action.
 
 llama-cpp-python is imported only after fd 1 has been pointed at stderr, so nothing it prints
-while loading can reach the protocol stream.
+while loading can reach the protocol stream, and before numpy (gateway.engine.native): the modules
+imported at the top of this file must not pull numpy in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import inspect
 import os
 import signal
@@ -27,6 +29,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import msgspec
 
+from gateway.engine import native
 from gateway.engine.jobs import Cancelled, JobFailed, RequestScope
 from gateway.engine.process import die_with_parent, one_line, take_stdout
 from gateway.engine.protocol import WorkerSpec, decode, encode
@@ -288,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = take_stdout()
+    # A native crash (llama.cpp, CUDA) prints the crashing thread's Python stack to stderr, which
+    # the gateway keeps as the model's failure reason (gateway.runtime.exit_reason).
+    faulthandler.enable(file=sys.stderr, all_threads=False)
+    native.load_first()  # before anything imports numpy: gateway/engine/native.py says why
     if len(args) != 1:
         print("usage: python -m gateway.engine.worker '<WorkerSpec JSON>'", file=sys.stderr)
         sys.exit(2)

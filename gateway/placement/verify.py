@@ -37,6 +37,7 @@ from typing import Any
 
 from gateway.config.schema import Config
 from gateway.engine.dry_run import DryRun
+from gateway.engine.process import exit_reason
 from gateway.engine.protocol import WorkerSpec
 from gateway.errors import VerifyError
 from gateway.nvml import read_nvml_devices
@@ -136,8 +137,8 @@ def dry_run(spec: WorkerSpec, env: Mapping[str, str], *, timeout: float = DRY_RU
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        tail = " | ".join(proc.stderr.decode(errors="replace").strip().splitlines()[-3:])
-        return DryRun(ok=False, error=f"the dry run exited with code {proc.returncode}" + (f": {tail}" if tail else ""))
+        lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
+        return DryRun(ok=False, error=exit_reason("the dry run", proc.returncode, lines))
     return DryRun(
         ok=bool(doc.get("ok")),
         lines=tuple(doc.get("lines") or ()),

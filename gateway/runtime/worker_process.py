@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.engine.process import exit_reason
 from gateway.engine.protocol import WorkerSpec
 from gateway.errors import EngineError, ModelUnavailableError
 from gateway.runtime.states import ModelState, check_transition
@@ -153,8 +154,7 @@ class WorkerProcess:
     def _on_exit(self, code: int, conn: WorkerConnection) -> None:
         for queue in self._pending.values():
             queue.put_nowait({"type": "error", "kind": "worker_exited", "message": f"the model's worker exited (code {code})"})
-        tail = " | ".join(conn.stderr_tail()[-3:])
-        reason = f"worker exited with code {code}" + (f": {tail}" if tail else "")
+        reason = exit_reason("worker", code, conn.stderr_tail())
         if self.state is ModelState.STOPPING:
             self._finish_stop(code)
         elif self.state is ModelState.STARTING:

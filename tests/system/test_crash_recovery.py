@@ -121,3 +121,25 @@ def test_model_is_left_failed_after_too_many_crashes(two_models):
     assert model["reason"].startswith("gave up after 3 crashes within 60 s; last: worker exited with code -9")
     assert _ask(base, "victim") == 503
     assert _ask(base, "bystander") == 200
+
+
+def test_a_worker_killed_by_a_native_crash_reports_its_python_stack(tmp_path):
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    port = free_port()
+    cfg = tmp_path / "models.toml"
+    # restart_max_failures = 0: the first crash leaves the model failed, its reason in view.
+    cfg.write_text(f'[gateway]\nport = {port}\nrestart_max_failures = 0\n\n[[models]]\nname = "victim"\npath = "{tiny}"\nn_ctx = 256\n')
+    with running_gateway(cfg, port, tmp_path / "serve.log") as gw:
+        deadline = time.monotonic() + 15
+        while (pid := _pid(gw.base, "victim")) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGSEGV)  # faulthandler reports it as it would a real segfault
+        while time.monotonic() < deadline:
+            health = httpx.get(gw.base + "/health", timeout=5).json()
+            if health["models"]["victim"]["state"] == "failed":
+                break
+            time.sleep(0.05)
+        reason = health["models"]["victim"]["reason"]
+        assert "worker exited with code -11 (SIGSEGV): Fatal Python error: Segmentation fault; Python stack (most recent call first): " in reason, reason
+        assert "gateway/engine/" in reason, reason  # a frame of ours, file and line
+        assert "Fatal Python error: Segmentation fault; Python stack" in gw.log.read_text()

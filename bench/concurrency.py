@@ -288,7 +288,8 @@ def child_llama_batch(model: Path, clients: int, tokens: int, n_ctx: int, thread
     capi.llama_backend_init()
     loaded = capi.llama_model_load_from_file(str(model).encode(), capi.llama_model_default_params())
     cp = capi.llama_context_default_params()
-    cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = n_ctx * clients, clients, 512, 512
+    # Every prompt goes into one batch: n_batch holds them all (llama_decode splits it into ubatches).
+    cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = n_ctx * clients, clients, max(512, 32 * clients), 512
     cp.n_threads = cp.n_threads_batch = threads
     cp.flash_attn_type = capi.LLAMA_FLASH_ATTN_TYPE_ENABLED
     cp.swa_full = False
@@ -296,7 +297,7 @@ def child_llama_batch(model: Path, clients: int, tokens: int, n_ctx: int, thread
     vocab = capi.llama_model_get_vocab(loaded)
     n_vocab = capi.llama_vocab_n_tokens(vocab)
     suppressed = np.array([int(t) for t in bias], dtype=np.int64)
-    batch = capi.llama_batch_init(max(512, clients), 0, clients)
+    batch = capi.llama_batch_init(max(512, 32 * clients), 0, clients)
 
     def tokenize(text: str) -> list[int]:
         raw = text.encode()

@@ -196,7 +196,7 @@ def main() -> int:
         config = tmp / "models.toml"
         config.write_text(
             f'[gateway]\nport = {free_port()}\nlog_level = "info"\nrequest_timeout_s = 600\n\n'
-            f'[[models]]\nname = "{MODEL}"\npath = "{path}"\nn_ctx = {args.n_ctx * slots}\nflash_attn = true\n'
+            f'[[models]]\nname = "{MODEL}"\npath = "{path}"\nn_ctx = {args.n_ctx}\nflash_attn = true\n'
             f"max_concurrency = {slots}\nqueue_size = {slots * 2}\n"
         )
         report["config"] = config.read_text()

@@ -2,10 +2,12 @@
 
 Why: on an NVIDIA H200 (driver 580.159.04, CUDA 13.0, Python 3.12, numpy 2.5.2, llama-cpp-python
 0.3.36 built with CUDA), every process that imported numpy before llama-cpp-python's native
-library died with SIGSEGV inside ``llama_model_load_from_file``; the same load with the same
-parameters and file succeeded when the native library came first (docs/gpu-validation.md,
-"Import order"). llama-cpp-python's own package import loads the library before numpy, which is
-why ``Llama()`` users never meet it; our processes imported numpy first through their own modules.
+library died with SIGSEGV inside ``llama_model_load_from_file`` (in ``llama_model::print_info``,
+in a copy of libstdc++ that the CUDA build's libggml-cuda.so carries, while numpy had loaded the
+system's libstdc++ first); the same load succeeded with the native library first
+(docs/calibration.md#import-order). llama-cpp-python's own package import loads the library
+before numpy, which is why ``Llama()`` users never meet it; our processes imported numpy first
+through their own modules.
 
 So the entry point of each process that loads a model (the worker, the dry run of
 ``plan --verify``, the benchmarks' children) calls ``load_first()`` before it imports anything

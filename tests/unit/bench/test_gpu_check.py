@@ -584,3 +584,19 @@ def test_a_failing_fit_params_is_a_clear_error(empty_path):
     with pytest.raises(FitParamsError) as exc:
         run_fit_params(require_fit_params(), "/models/m.gguf", RunSettings(n_ctx=4096))
     assert "llama-fit-params failed for /models/m.gguf (exit 1): llama_params_fit: failed to fit" in str(exc.value)
+
+
+H200_RUN = ROOT / "docs" / "measurements" / "h200-2026-12-04" / "gpu-check.json"
+
+
+def test_the_first_h200_run_passes_and_the_planner_still_predicts_what_was_measured_there(tmp_path):
+    """docs/gpu-validation.md's first GPU run: the recorded figures pass the verdict, and planning
+    the same four models again gives the same per-GPU totals, so a change to the memory model
+    that would move them away from what the H200 measured shows here."""
+    meta, rows = gc.load_record(H200_RUN)
+    assert meta["card"] == "0: NVIDIA H200 (143,771 MiB)"
+    assert gc.judge(rows).ok
+    args = gc.build_parser().parse_args(["--dry-run", "--offload-vram-gib", "20"])
+    planned = gc.prepare(args, tmp_path, declared_devices(["143771MiB"]), ["143771MiB"], lambda _: None)
+    predicted = {p.model.key: p.placement.memory.devices[0].total_bytes for p in planned}
+    assert predicted == {r.model: r.predicted_bytes for r in rows}

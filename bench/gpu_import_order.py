@@ -13,7 +13,11 @@ under ``LD_DEBUG=files`` to record which shared objects were opened, in which or
 - ``numpy first, one BLAS thread``: the same with OPENBLAS_NUM_THREADS=1 (numpy's OpenBLAS
   starts no threads);
 - ``numpy's libraries only``: each shared object numpy's wheel bundles (numpy.libs) opened with
-  ctypes, without importing numpy, then llama_cpp: which library matters, if any.
+  ctypes, without importing numpy, then llama_cpp: which library matters, if any;
+- ``numpy first, llama.cpp's libraries in LD_PRELOAD`` (the libraries' load order alone), and
+  ``numpy first, no GPU visible``.
+
+A crashing ``numpy first`` is also run under cuda-gdb (or gdb) for its native stack.
 
 Writes import-order.json under --out and prints one line per variant.
 """
@@ -60,7 +64,39 @@ def variants() -> dict[str, tuple[str, dict[str, str]]]:
     }
     for lib in numpy_libs():
         out[f"only {lib.name} (ctypes, no numpy)"] = (f"import ctypes\nctypes.CDLL({str(lib)!r})\n" + LOAD, {})
+    libs = native_libs()
+    if libs:
+        out["numpy first, llama.cpp's libraries in LD_PRELOAD"] = ("import numpy\n" + LOAD, {"LD_PRELOAD": ":".join(map(str, libs))})
+    out["numpy first, no GPU visible"] = ("import numpy\n" + LOAD, {"CUDA_VISIBLE_DEVICES": ""})
     return out
+
+
+def native_libs() -> list[Path]:
+    """llama-cpp-python's shared objects, dependencies first (without importing it)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return []
+    folder = Path(spec.origin).parent / "lib"
+    order = ["libggml-base", "libggml-cpu", "libggml-cuda", "libggml", "libllama"]
+    return [p for name in order for p in sorted(folder.glob(name + ".so")) if p.exists()]
+
+
+def native_backtrace(code: str, model: Path, tmp: Path) -> list[str]:
+    """The native stack of a crashing variant, where cuda-gdb is installed (it debugs host code
+    too; the CUDA image has no plain gdb)."""
+    gdb = next((p for p in ("/usr/local/cuda/bin/cuda-gdb", "cuda-gdb", "gdb") if Path(p).exists() or subprocess.run(["which", p], capture_output=True).returncode == 0), None)
+    if gdb is None:
+        return ["no cuda-gdb or gdb here"]
+    script = tmp / "crash.py"
+    script.write_text(code)
+    try:
+        proc = subprocess.run([gdb, "-q", "-batch", "-ex", "run", "-ex", "bt 12", "--args", sys.executable, str(script), str(model)],
+                              capture_output=True, timeout=120, cwd=ROOT)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return ["timed out"]
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if "SIGSEGV" in line or "received signal" in line), None)
+    return lines[start : start + 16] if start is not None else lines[-10:]
 
 
 def run(code: str, model: Path, env: dict[str, str], *, ld_debug: Path | None = None, timeout: float = 180) -> dict:
@@ -115,6 +151,9 @@ def main() -> int:
                 again = run(code, model, env, ld_debug=prefix)
                 result["ld_debug_code"] = again["code"]
                 result["init_order"] = opened_order(prefix)
+                result["native_backtrace"] = native_backtrace(code, model, tmp)
+                for line in result["native_backtrace"][:6]:
+                    print(f"    gdb: {line}", flush=True)
             report["variants"][name] = result
             print(f"{name:<55} exit {result['code']}  {result.get('stdout', '')[:60]}", flush=True)
             for line in result.get("fault", [])[:8]:

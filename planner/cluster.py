@@ -29,10 +29,22 @@ Rules, in order:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from planner.devices import Device, SkippedDevice, UsableDevice, select_devices
-from planner.plan import ModelRequest, Placement, Plan, PlanPolicy, allowed_gpus, place_model, plan, rank_key, take
+from planner.plan import (
+    ModelRequest,
+    Placement,
+    Plan,
+    PlanPolicy,
+    add_load,
+    allowed_gpus,
+    model_weight,
+    place_model,
+    plan,
+    rank_key,
+    take,
+)
 
 # A model that fits on no node is explained for this many nodes (the roomiest first); the rest
 # are counted. 64 lines per model would bury the ones that matter.
@@ -121,6 +133,7 @@ class _NodeState:
     by_index: dict[int, Device]
     budgets: dict[int, int]
     hosted: dict[int, Placement]  # model index -> its placement during assignment
+    load: dict[int, float] = field(default_factory=dict)  # expected load per GPU (plan's spread)
     # True while every placement so far was made in plan's order from empty GPUs, with none
     # taken back: then the placements are exactly what plan() gives, and need no second pass.
     in_plan_order: bool = True
@@ -144,17 +157,21 @@ class _NodeState:
             policy,
             self.by_index,
             no_gpu_at_all=not self.node.devices,
+            load=self.load,
         )
 
-    def keep(self, i: int, p: Placement, rank: int) -> None:
+    def keep(self, i: int, p: Placement, rank: int, weight: float) -> None:
         self.hosted[i] = p
         take(self.budgets, p)
+        add_load(self.load, p, weight)
         if rank < self.last_rank:
             self.in_plan_order = False
         self.last_rank = rank
 
-    def drop(self, i: int) -> None:
-        take(self.budgets, self.hosted.pop(i), -1)
+    def drop(self, i: int, weight: float) -> None:
+        p = self.hosted.pop(i)
+        take(self.budgets, p, -1)
+        add_load(self.load, p, -weight)
         self.in_plan_order = False
 
     def as_plan(self) -> Plan:
@@ -298,7 +315,7 @@ def _assign_eager(
             if p is None:
                 lost.setdefault(i, {})[node.name] = "it no longer fits"
                 continue
-            state.keep(i, p, position[i])
+            state.keep(i, p, position[i], model_weight(models[i].request))
             kept.setdefault(i, []).append(node.name)
 
     for i in ranked:
@@ -311,7 +328,12 @@ def _assign_eager(
                 for n in nodes
                 if n.name not in chosen[i] and (i, n.name) not in forbidden
             ]
-            by_room = sorted(candidates, key=lambda s: -s.room)  # stable: node order breaks ties
+            # spread: the least expected load first, then the most room; else the most room.
+            # Stable: node order breaks ties.
+            if policy.packing == "spread":
+                by_room = sorted(candidates, key=lambda s: (sum(s.load.values()), -s.room))
+            else:
+                by_room = sorted(candidates, key=lambda s: -s.room)
             home = _first_fit(m.request, by_room, policy)
             if home is None:
                 home = _displace(i, m.request, by_room, policy, models, position, lost, chosen)
@@ -319,7 +341,7 @@ def _assign_eager(
                 problems += _explain(m.name, replica, m.replicas, m.request, candidates, policy)
                 break
             state, p = home
-            state.keep(i, p, position[i])
+            state.keep(i, p, position[i], model_weight(models[i].request))
             chosen[i].append(state.node.name)
     return states, chosen, problems, lost
 
@@ -363,7 +385,7 @@ def _displace(
         if state.try_place(req, policy, trial)[0] is None:
             continue
         for j in lower:
-            state.drop(j)
+            state.drop(j, model_weight(models[j].request))
             lost.setdefault(j, {})[state.node.name] = f"made room for higher-priority model {req.name!r}"
             chosen[j] = [n for n in chosen[j] if n != state.node.name]
             p, _ = state.try_place(req, policy)

@@ -8,9 +8,14 @@ Rules, in order:
   layer on the last one (llama.cpp's rule, see planner.split);
 - fewer GPUs per model is better: each extra GPU costs a CUDA context (~530 MiB on the H200,
   docs/calibration.md#cuda-context);
-  among the sets of the smallest size that fit, ``best_fit`` takes the one that leaves the
-  least memory unused on it (keeping big holes for later models), ``first_fit`` the first in
-  device order (the PoC's behaviour, docs/poc-reference.md#other-poc-notes);
+  among the sets of the smallest size that fit, ``spread`` (the default) takes the one whose GPUs
+  carry the least expected load so far (each placed model adds its ``weight``, by default its
+  size in GiB, shared over its GPUs by their bytes; ties go to the most memory left, as Ollama
+  does), so that models share compute and bandwidth only when they must; ``best_fit`` takes the
+  set that leaves the least memory unused on it (keeping big holes for later models),
+  ``first_fit`` the first in device order (the PoC's behaviour, docs/poc-reference.md#other-poc-notes);
+- ``spread`` never places fewer models than ``best_fit``: where spreading leaves a model out
+  that packing would place, the plan is the packed one, and says so;
 - each GPU keeps its reserve; each model stays within its ``gpus`` and ``max_vram_mib``;
 - partial CPU offload (the last layers on GPUs, the rest on the CPU, as llama.cpp offloads) only
   where ``allow_cpu_offload`` says so; a machine without any GPU runs every model on the CPU.
@@ -19,7 +24,7 @@ Rules, in order:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -35,9 +40,9 @@ from planner.memory import (
 )
 from planner.model_info import ModelInfo
 from planner.split import assign_layers, layer_counts, resolve_n_gpu_layers, tensor_split_for_counts
-from planner.units import MIB
+from planner.units import GIB, MIB
 
-Packing = Literal["best_fit", "first_fit"]
+Packing = Literal["spread", "best_fit", "first_fit"]
 
 
 @dataclass(frozen=True)
@@ -54,13 +59,14 @@ class ModelRequest:
     max_vram_bytes: int | None = None
     priority: int = 0
     allow_cpu_offload: bool = False
+    weight: float | None = None  # expected share of traffic, for spread; None: its size in GiB
 
 
 @dataclass(frozen=True)
 class PlanPolicy:
     devices: DevicePolicy = DevicePolicy()
     costs: CudaCosts = CudaCosts()
-    packing: Packing = "best_fit"
+    packing: Packing = "spread"
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,14 @@ def _assignment(n: int, m: int, counts: Sequence[int]) -> list[int | None]:
 
 
 def _try_sets(
-    req: ModelRequest, costs: _Costs, allowed: Sequence[int], budgets: dict[int, int], m: int, packing: Packing, policy: PlanPolicy
+    req: ModelRequest,
+    costs: _Costs,
+    allowed: Sequence[int],
+    budgets: dict[int, int],
+    m: int,
+    packing: Packing,
+    policy: PlanPolicy,
+    load: Mapping[int, float] | None = None,
 ) -> _Fit | None:
     max_k = 1 if req.split_mode == "none" else len(allowed)
     by_room = sorted((budgets[g] for g in allowed), reverse=True)
@@ -257,21 +270,37 @@ def _try_sets(
             fit = _Fit(tuple(combo), tuple(counts), memory, slack)
             if packing == "first_fit":
                 return fit
-            if best is None or fit.slack < best.slack:
+            if best is None or _better(fit, best, packing, load or {}):
                 best = fit
         if best is not None:
             return best
     return None
 
 
+def _better(fit: _Fit, best: _Fit, packing: Packing, load: Mapping[int, float]) -> bool:
+    """Whether ``fit`` beats ``best`` (strictly: the earlier set in device order wins ties)."""
+    if packing == "spread":
+        def key(f: _Fit) -> tuple[float, int]:
+            return (sum(load.get(g, 0.0) for g in f.gpus), -f.slack)
+
+        return key(fit) < key(best)
+    return fit.slack < best.slack
+
+
 def _max_offload(
-    req: ModelRequest, costs: _Costs, allowed: Sequence[int], budgets: dict[int, int], m_max: int, policy: PlanPolicy
+    req: ModelRequest,
+    costs: _Costs,
+    allowed: Sequence[int],
+    budgets: dict[int, int],
+    m_max: int,
+    policy: PlanPolicy,
+    load: Mapping[int, float] | None = None,
 ) -> _Fit | None:
     """The placement with the most layers on GPUs, by bisection on the layer count."""
     lo, hi, best = 1, m_max - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        fit = _try_sets(req, costs, allowed, budgets, mid, policy.packing, policy)
+        fit = _try_sets(req, costs, allowed, budgets, mid, policy.packing, policy, load)
         if fit is not None:
             best, lo = (fit, mid), mid + 1
         else:
@@ -421,11 +450,13 @@ def place_model(
     devices: dict[int, Device],
     *,
     no_gpu_at_all: bool = False,
+    load: Mapping[int, float] | None = None,
 ) -> tuple[Placement | None, str | None]:
     """One step of ``plan``: place one model on the GPUs ``allowed`` (device order) given the
     bytes still free on each in ``budgets``; returns the placement, or why it does not fit.
 
     ``budgets`` is not changed: ``take`` subtracts a placement once the caller keeps it.
+    ``load`` is the expected load already on each GPU (``spread`` places by it; none: all idle).
     ``planner.cluster`` packs each node's GPUs with this same step, so a node's packing is
     exactly what ``plan`` gives for that node's models.
     """
@@ -439,17 +470,47 @@ def place_model(
         return _manual(req, allowed, budgets, policy)
     costs = _Costs(req, policy.costs)
     m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
-    fit = _try_sets(req, costs, allowed, budgets, m, policy.packing, policy) if allowed else None
+    fit = _try_sets(req, costs, allowed, budgets, m, policy.packing, policy, load) if allowed else None
     if fit is not None:
         notes = () if m == costs.n + 1 else (f"n_gpu_layers = {req.n_gpu_layers}: {m} of {costs.n + 1} layers on GPU",)
-        return _placement(req, fit, m, notes), None
+        return _placement(req, fit, m, notes + _why(fit, policy.packing, allowed, load)), None
     if req.allow_cpu_offload:
-        fit = _max_offload(req, costs, allowed, budgets, m, policy) if allowed else None
+        fit = _max_offload(req, costs, allowed, budgets, m, policy, load) if allowed else None
         if fit is not None:
             m_fit = sum(fit.counts)
-            return _placement(req, fit, m_fit, (f"partial CPU offload: {m_fit} of {costs.n + 1} layers on GPU",)), None
+            notes = (f"partial CPU offload: {m_fit} of {costs.n + 1} layers on GPU",) + _why(fit, policy.packing, allowed, load)
+            return _placement(req, fit, m_fit, notes), None
         return _cpu_placement(req, policy, "allow_cpu_offload: no GPU has room, runs on the CPU"), None
     return None, _explain(req, allowed, budgets, policy, devices)
+
+
+def _why(fit: _Fit, packing: Packing, allowed: Sequence[int], load: Mapping[int, float] | None) -> tuple[str, ...]:
+    """Why the model went where it did, for ``plan``'s output and the /ui."""
+    if len(allowed) < 2:
+        return ()
+    gpus = ", ".join(f"GPU {g}" for g in fit.gpus)
+    if packing == "spread":
+        before = sum((load or {}).get(g, 0.0) for g in fit.gpus)
+        return (f"packing spread: {gpus} had the least expected load among the GPUs with room ({before:,.1f} before it)",)
+    if packing == "best_fit":
+        return (f"packing best_fit: {gpus} left the least memory unused",)
+    return (f"packing first_fit: {gpus} came first in device order",)
+
+
+def model_weight(req: ModelRequest) -> float:
+    """A model's expected share of the load for ``spread``: its ``weight``, else its size in GiB
+    (weights and KV cache), so that a bigger model counts as busier."""
+    if req.weight is not None:
+        return req.weight
+    return (req.info.total_bytes + sum(kv_layer_bytes(req.info, req.settings))) / GIB
+
+
+def add_load(load: dict[int, float], p: Placement, weight: float) -> None:
+    """Share a placed model's weight over its GPUs by the bytes it has on each."""
+    total = p.vram_bytes
+    for slot, g in enumerate(p.gpus):
+        share = p.memory.devices[slot].total_bytes / total if total else 1 / len(p.gpus)
+        load[g] = load.get(g, 0.0) + weight * share
 
 
 def take(budgets: dict[int, int], p: Placement, sign: int = 1) -> None:
@@ -468,8 +529,28 @@ def allowed_gpus(req: ModelRequest, order: Sequence[int]) -> list[int]:
     return [g for g in order if req.gpus is None or g in req.gpus]
 
 
-def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy = PlanPolicy()) -> Plan:
-    """Place all models on the GPUs together; see the module docstring for the rules."""
+def plan(
+    models: Sequence[ModelRequest],
+    devices: Sequence[Device],
+    policy: PlanPolicy = PlanPolicy(),
+    load: Mapping[int, float] | None = None,
+) -> Plan:
+    """Place all models on the GPUs together; see the module docstring for the rules.
+
+    ``load``: the expected load already on each GPU (models running beside these, for
+    ``spread``); none: every GPU idle."""
+    result = _plan(models, devices, policy, load)
+    if policy.packing != "spread" or not result.problems:
+        return result
+    packed = _plan(models, devices, replace(policy, packing="best_fit"), load)
+    if len(packed.placements) <= len(result.placements):
+        return result
+    left_out = len(packed.placements) - len(result.placements)
+    note = f"packing best_fit instead of spread: spreading would leave {left_out} more model(s) out"
+    return replace(packed, placements=tuple(replace(p, notes=p.notes + (note,)) for p in packed.placements))
+
+
+def _plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy, load: Mapping[int, float] | None) -> Plan:
     usable, skipped = select_devices(devices, policy.devices)
     order = [u.index for u in usable]
     by_index = {d.index: d for d in devices}
@@ -479,13 +560,17 @@ def plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: Plan
     ranked = sorted(range(len(models)), key=lambda i: rank_key(models[i], i))
     placed: dict[int, Placement] = {}
     problems: list[tuple[int, str]] = []
+    gpu_load = dict(load or {})
     for i in ranked:
         req = models[i]
-        p, problem = place_model(req, allowed_gpus(req, order), budgets, policy, by_index, no_gpu_at_all=no_gpu_at_all)
+        p, problem = place_model(
+            req, allowed_gpus(req, order), budgets, policy, by_index, no_gpu_at_all=no_gpu_at_all, load=gpu_load
+        )
         if p is None:
             problems.append((i, problem or f"model {req.name!r} does not fit"))
             continue
         take(budgets, p)
+        add_load(gpu_load, p, model_weight(req))
         placed[i] = p
     return Plan(
         gpus=tuple(usable),

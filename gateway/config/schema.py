@@ -165,7 +165,9 @@ class PlannerConfig(BaseModel):
     # Measured on an H200: 528-533 MiB (docs/calibration.md#cuda-context).
     cuda_overhead_mib: Annotated[int, Field(ge=0)] = DEFAULT_CUDA_OVERHEAD_MIB
     growth_mib: Annotated[int, Field(ge=0)] | None = None
-    packing: Literal["best_fit", "first_fit"] = "best_fit"
+    # spread: each model on the GPUs with the least expected load (models' weight) that have
+    # room; best_fit: the least memory left unused; first_fit: device order (planner/plan.py).
+    packing: Literal["spread", "best_fit", "first_fit"] = "spread"
 
 
 class ModelConfig(BaseModel):
@@ -190,6 +192,8 @@ class ModelConfig(BaseModel):
     max_vram_mib: Annotated[int, Field(gt=0)] | None = None
     priority: int = 0
     allow_cpu_offload: bool = False
+    # Expected share of the traffic, for packing = "spread"; unset: the model's size in GiB.
+    weight: Annotated[float, Field(gt=0)] | None = None
     use_mmap: bool = True
     use_mlock: bool = False
     chat_format: NonEmptyStr | None = None

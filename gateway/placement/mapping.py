@@ -57,6 +57,7 @@ def model_request(model: ModelConfig, info: ModelInfo) -> ModelRequest:
         max_vram_bytes=model.max_vram_mib * MIB if model.max_vram_mib is not None else None,
         priority=model.priority,
         allow_cpu_offload=model.allow_cpu_offload,
+        weight=model.weight,
     )
 
 

@@ -43,6 +43,7 @@ from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
 from planner.devices import Device
 from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
 from planner.plan import ModelRequest, Plan, plan
+from planner.units import GIB
 
 log = logging.getLogger("gateway")
 
@@ -185,6 +186,23 @@ def free_devices(devices: Sequence[Device], entries: Iterable[ModelEntry], decla
         dataclasses.replace(d, free_bytes=max(0, min(d.total_bytes, d.free_bytes + adjust.get(d.index, 0))))
         for d in devices
     ]
+
+
+def running_load(entries: Iterable[ModelEntry], leaving: set[str]) -> dict[int, float]:
+    """The expected load on each GPU from the models that stay (``packing = "spread"`` places a
+    new model beside the lightest): each one's ``weight``, else its planned GiB, shared over its
+    GPUs by their bytes, as planner.plan counts the models it places."""
+    load: dict[int, float] = {}
+    for entry in entries:
+        if entry.launch is None or entry.worker is None or entry.name in leaving:
+            continue
+        if entry.state not in (ModelState.READY, ModelState.STARTING) or not entry.launch.devices:
+            continue
+        total = sum(d.total_bytes for d in entry.launch.devices)
+        weight = entry.config.weight if entry.config.weight is not None else total / GIB
+        for d in entry.launch.devices:
+            load[d.gpu] = load.get(d.gpu, 0.0) + weight * (d.total_bytes / total if total else 1 / len(entry.launch.devices))
+    return load
 
 
 class ModelPool:
@@ -478,7 +496,7 @@ class ModelPool:
     def _plan_one(self, request: ModelRequest, devices: list[Device], leaving: set[str]) -> Plan:
         config = self._config
         free = free_devices(devices, self.entries.values(), config.planner.gpus is not None, leaving)
-        return plan([request], free, plan_policy(config))
+        return plan([request], free, plan_policy(config), load=running_load(self.entries.values(), leaving))
 
     async def _load(self, entry: ModelEntry, reason: str) -> None:
         try:

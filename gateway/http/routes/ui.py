@@ -102,6 +102,8 @@ def model_row(entry: ModelEntry, described: dict[str, Any], recent: RecentActivi
         "progress": described["progress"],
         "load": entry.config.load,
         "gpus": [d["gpu"] for d in planned.get("devices", [])],
+        # Why it went there (the planner's notes: packing, partial offload), for the GPUs cell.
+        "placement": list(planned.get("notes", [])),
         "placed": entry.launch is not None,
         "n_ctx": entry.config.n_ctx,
         "running": queue["running"],

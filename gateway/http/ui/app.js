@@ -252,7 +252,7 @@ function renderModels(state) {
     const cells = [
       name,
       stateCell(model),
-      el("td", { text: gpusText(model) }),
+      el("td", { text: gpusText(model), title: (model.placement || []).join("; ") }),
       el("td", { class: "num", text: model.n_ctx.toLocaleString("en-US") }),
       el("td", { class: "num", text: `${model.running} / ${model.max_concurrency}` }),
       el("td", { class: "num", text: `${model.waiting} / ${model.queue_size}` }),

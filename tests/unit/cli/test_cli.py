@@ -68,8 +68,8 @@ def test_plan_json_shape_for_two_models(capsys, qwen7b):
         dev = m["devices"][0]
         assert set(dev) == {"gpu", "layers", "weights_bytes", "kv_bytes", "compute_bytes", "overhead_bytes", "total_bytes"}
         assert dev["total_bytes"] == dev["weights_bytes"] + dev["kv_bytes"] + dev["compute_bytes"] + dev["overhead_bytes"]
-    # Best fit: both fit the 12 GiB card (11 GiB usable), which keeps the 24 GiB card whole.
-    assert [m["cuda_visible_devices"] for m in doc["models"]] == ["1", "1"]
+    # Spread (the default): one on each GPU, rather than both on the 12 GiB card as best fit does.
+    assert [m["cuda_visible_devices"] for m in doc["models"]] == ["0", "1"]
 
 
 def test_plan_write_saves_the_plan_as_toml(capsys, qwen7b, tmp_path):

@@ -113,7 +113,7 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "gpus": None,
         "cuda_overhead_mib": 530,
         "growth_mib": None,
-        "packing": "best_fit",
+        "packing": "spread",
     }
 
 
@@ -329,7 +329,7 @@ def test_gateway_field_errors_say_what_is_allowed(table: str, line: str) -> None
         ("min_budget_mib = -1", "planner.min_budget_mib: -1 (must be >= 0)"),
         ("cuda_overhead_mib = -1", "planner.cuda_overhead_mib: -1 (must be >= 0)"),
         ("growth_mib = -1", "planner.growth_mib: -1 (must be >= 0)"),
-        ('packing = "worst_fit"', "planner.packing: 'worst_fit' (must be one of: best_fit, first_fit)"),
+        ('packing = "worst_fit"', "planner.packing: 'worst_fit' (must be one of: spread, best_fit, first_fit)"),
         ("devices = [0, 2, 2]", "planner.devices: [0, 2, 2] (lists GPU 2 more than once)"),
         ('gpus = ["24"]', "planner.gpus[0]: '24' (no unit; expected a number and a unit, e.g. '24GiB'; "
          "units: B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal))"),
@@ -644,3 +644,9 @@ def test_multi_gpu_example_parses_with_declared_gpus_enabled() -> None:
     enabled = text.replace('# gpus = ["24GiB", "24GiB", "12GiB"]', 'gpus = ["24GiB", "24GiB", "12GiB"]')
     assert enabled != text
     assert parse(enabled).planner.gpus == ["24GiB", "24GiB", "12GiB"]
+
+
+def test_a_models_weight_must_be_positive():
+    with pytest.raises(ConfigError) as err:
+        parse_config('[[models]]\nname = "m"\npath = "m.gguf"\nweight = 0\n', environ={})
+    assert "models[0].weight: 0" in str(err.value)

@@ -82,14 +82,24 @@ def test_replicas_that_only_one_node_can_hold_are_explained():
     assert "it is short by" in line
 
 
-def test_new_models_go_to_the_node_with_the_most_free_memory():
+def test_under_best_fit_new_models_go_to_the_node_with_the_most_free_memory():
     nodes = [node("small", "24GiB"), node("large", "80GiB"), node("mid", "48GiB")]
-    result = plan_cluster([gib_model("one", 4), gib_model("two", 4), gib_model("three", 4)], nodes, NO_RESERVE)
+    best_fit = replace(NO_RESERVE, packing="best_fit")
+    result = plan_cluster([gib_model("one", 4), gib_model("two", 4), gib_model("three", 4)], nodes, best_fit)
     # Each goes to the roomiest node at its turn: 80 -> 48 -> 80 - 5 = 75 still the roomiest...
     assert result.assignment()["one"] == ("large",)
     assert result.assignment()["two"] == ("large",)
     # ...and the nodes' packing is still plan's.
-    assert_nodes_packed_by_plan(result, [gib_model("one", 4), gib_model("two", 4), gib_model("three", 4)], nodes, NO_RESERVE)
+    assert_nodes_packed_by_plan(result, [gib_model("one", 4), gib_model("two", 4), gib_model("three", 4)], nodes, best_fit)
+
+
+def test_under_spread_each_model_goes_to_the_least_loaded_node_with_room():
+    nodes = [node("small", "24GiB"), node("large", "80GiB"), node("mid", "48GiB")]
+    models = [gib_model("one", 4), gib_model("two", 4), gib_model("three", 4)]
+    result = plan_cluster(models, nodes, NO_RESERVE)
+    # All idle: the roomiest first; then the nodes that carry nothing yet, roomiest first.
+    assert result.assignment() == {"one": ("large",), "two": ("mid",), "three": ("small",)}
+    assert_nodes_packed_by_plan(result, models, nodes, NO_RESERVE)
 
 
 def test_models_spread_over_equal_nodes():

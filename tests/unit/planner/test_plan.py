@@ -33,7 +33,7 @@ def test_plan_puts_small_model_on_one_gpu():
 
 
 def test_best_fit_puts_small_model_on_smallest_gpu_that_holds_it():
-    (p,) = plan([req("small")], BOX).placements
+    (p,) = plan([req("small")], BOX, PlanPolicy(packing="best_fit")).placements
     assert p.gpus == (2,)  # the 12 GiB card: keeps the 24 GiB cards whole for bigger models
 
 
@@ -240,3 +240,63 @@ def test_quantized_kv_cache_that_does_not_divide_the_head_dimension_is_refused()
     assert result.problems == (
         "model 'tiny': type_k = 'q8_0' needs a head dimension divisible by 32 (this model's is 16)",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# spread (the default): models on the GPUs with the least expected load
+# --------------------------------------------------------------------------------------------
+
+TWO = declared_devices(["24GiB", "24GiB"])
+# The example: a 7B at 64k context, the same 7B at 8k, a 270M model (sizes alike).
+THREE = [req("7b-64k", layer_mib=260), req("7b-8k", layer_mib=150), req("270m", layer_mib=8)]
+
+
+def test_spread_uses_both_gpus_where_best_fit_packs_one():
+    spread = {p.name: p.gpus for p in plan(THREE, TWO).placements}
+    assert spread == {"7b-64k": (0,), "7b-8k": (1,), "270m": (1,)}  # the small one joins the lighter GPU
+    packed = {p.name: p.gpus for p in plan(THREE, TWO, PlanPolicy(packing="best_fit")).placements}
+    assert packed == {"7b-64k": (0,), "7b-8k": (0,), "270m": (0,)}
+
+
+def test_spread_says_why_each_model_went_where_it_did():
+    notes = {p.name: p.notes for p in plan(THREE, TWO).placements}
+    assert notes["7b-8k"] == ("packing spread: GPU 1 had the least expected load among the GPUs with room (0.0 before it)",)
+    assert notes["270m"] == ("packing spread: GPU 1 had the least expected load among the GPUs with room (5.4 before it)",)
+    best = {p.name: p.notes for p in plan(THREE, TWO, PlanPolicy(packing="best_fit")).placements}
+    assert best["270m"] == ("packing best_fit: GPU 0 left the least memory unused",)
+
+
+def test_a_models_weight_steers_spread():
+    # Declared the busiest, the small model gets a GPU of its own; the big two share the other.
+    models = [req("7b-64k", layer_mib=260), req("7b-8k", layer_mib=150), req("270m", layer_mib=8, weight=100.0)]
+    assert [p.gpus for p in plan(models, TWO).placements] == [(0,), (1,), (1,)]  # size order: 7b-64k, 7b-8k, then 270m
+    models[2] = req("270m", layer_mib=8, priority=1, weight=100.0)  # placed first now
+    placed = {p.name: p.gpus for p in plan(models, TWO).placements}
+    assert placed == {"270m": (0,), "7b-64k": (1,), "7b-8k": (1,)}
+
+
+def test_spread_packs_where_spreading_would_leave_a_model_out():
+    models = [req("a", layer_mib=400), req("b", layer_mib=500), req("c", layer_mib=300), req("d", layer_mib=500)]
+    gpus = declared_devices(["12GiB", "12GiB", "24GiB"])
+    spread = plan(models, gpus, NO_RESERVE)
+    best = plan(models, gpus, PlanPolicy(devices=NO_RESERVE.devices, packing="best_fit"))
+    assert len(spread.placements) == len(best.placements) == 4 - len(best.problems)
+    assert [p.gpus for p in spread.placements] == [p.gpus for p in best.placements]
+    assert all(p.notes[-1] == "packing best_fit instead of spread: spreading would leave 1 more model(s) out" for p in spread.placements)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gpus=st.lists(st.sampled_from(["8GiB", "12GiB", "16GiB", "24GiB", "48GiB"]), min_size=1, max_size=4),
+    sizes=st.lists(st.sampled_from([20, 50, 100, 200, 300, 400, 500, 700]), min_size=1, max_size=6),
+    weights=st.lists(st.one_of(st.none(), st.floats(0.1, 100)), min_size=6, max_size=6),
+)
+def test_spread_never_places_fewer_models_than_best_fit(gpus, sizes, weights):
+    models = [req(f"m{i}", layer_mib=mib, weight=w) for i, (mib, w) in enumerate(zip(sizes, weights))]
+    devices = declared_devices(gpus)
+    spread = plan(models, devices, NO_RESERVE)
+    best = plan(models, devices, PlanPolicy(devices=NO_RESERVE.devices, packing="best_fit"))
+    assert len(spread.placements) >= len(best.placements)
+    for p in spread.placements:  # and within every budget, as any plan
+        for slot, g in enumerate(p.gpus):
+            assert sum(b for _, b in spread.used_bytes(g)) <= devices[g].total_bytes

@@ -30,10 +30,13 @@ def tiny(tmp_path_factory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("pool") / "tiny.gguf", n_layers=2, n_embd=64, ctx=4096)
 
 
-def make_config(tiny: Path, models: list[dict], *, gpus: list[str] | None = None, **gateway) -> Config:
+def make_config(tiny: Path, models: list[dict], *, gpus: list[str] | None = None, planner_packing: str | None = None, **gateway) -> Config:
+    planner = {"gpus": gpus or ["64GiB"], "reserve_mib": 0, "min_budget_mib": 0}
+    if planner_packing is not None:
+        planner["packing"] = planner_packing
     doc = {
         "gateway": {**FAST, **gateway},
-        "planner": {"gpus": gpus or ["64GiB"], "reserve_mib": 0, "min_budget_mib": 0},
+        "planner": planner,
         "models": [{"path": str(tiny), "n_ctx": 256, **m} for m in models],
     }
     return parse_config(tomli_w.dumps(doc), environ={})
@@ -303,3 +306,23 @@ def test_a_cancelled_request_still_reads_its_end_with_the_usage_so_far(tiny):
     assert rest[-1]["type"] == "end" and rest[-1]["usage"]["prompt_tokens"] == 1
     assert rest[-1]["usage"]["completion_tokens"] < 50
     assert len(cancels) == 1
+
+
+def test_an_on_demand_model_loads_beside_the_lightest_gpu_under_spread_and_packs_under_best_fit(tiny):
+    async def gpu_of(packing: str) -> tuple[int, ...]:
+        config = make_config(
+            tiny, [{"name": "big", "weight": 10.0}, {"name": "od", "load": "on_demand"}], gpus=["4GiB", "6GiB"], planner_packing=packing
+        )
+        pool = make_pool(config, FakeTransport(FakeScript(load_s=0.01)))
+        await pool.start()
+        try:
+            await complete(pool, "od")
+            return tuple(d.gpu for d in pool.entries["od"].launch.devices), tuple(d.gpu for d in pool.entries["big"].launch.devices)
+        finally:
+            await pool.stop()
+
+    # spread: "big" takes the roomier GPU 1; "od" then goes to idle GPU 0 although GPU 1 has more
+    # memory free, because "big" (weight 10) makes GPU 1 the busier one.
+    assert asyncio.run(gpu_of("spread")) == ((0,), (1,))
+    # best_fit: both on the smaller GPU 0, the least memory left unused.
+    assert asyncio.run(gpu_of("best_fit")) == ((0,), (0,))

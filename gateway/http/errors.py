@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException
 from gateway.errors import (
     AuthenticationError,
     ConflictError,
+    CrossSiteRequestError,
     EngineError,
     GatewayError,
     InvalidRequestError,
@@ -25,6 +26,7 @@ from gateway.errors import (
     QueueFullError,
     QueueTimeoutError,
     RateLimitError,
+    UnsupportedMediaTypeError,
     UpstreamError,
 )
 from gateway.http.auth import request_key
@@ -70,6 +72,10 @@ def classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], st
         return 400, error_body(str(exc), "invalid_request_error", exc.param), {}, None
     if isinstance(exc, AuthenticationError):
         return 401, error_body(str(exc), "invalid_request_error", None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"}, None
+    if isinstance(exc, CrossSiteRequestError):
+        return 403, error_body(str(exc), "permission_denied", None, "cross_site_request"), {}, None
+    if isinstance(exc, UnsupportedMediaTypeError):
+        return 415, error_body(str(exc), "invalid_request_error", None, "unsupported_media_type"), {}, None
     if isinstance(exc, PermissionDeniedError):
         return 403, error_body(str(exc), "permission_denied", None, "permission_denied"), {}, "scope"
     if isinstance(exc, ConflictError):

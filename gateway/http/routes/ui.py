@@ -133,9 +133,13 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
             if e.launch is not None and e.worker is not None and e.state in HOLDING
         ]
         status, _, _ = pool.health()
+        admin = allows(auth, request, "admin")
         body = {
             "status": status,
-            "admin": allows(auth, request, "admin"),
+            "admin": admin,
+            # Sent back with each admin action (gateway.http.auth); a page of another site cannot
+            # read this document (same-origin policy; a re-bound name fails the Host check).
+            "admin_token": auth.ui_token if admin else None,
             "reloadable": config_file.path is not None,
             "inventory": "declared" if config.planner.gpus is not None else "nvml",
             "window_s": metrics.recent.window_s,

@@ -31,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.http.auth import request_key
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.telemetry import REQUEST_ID_HEADER, RequestRecord, new_record
+from gateway.observability.telemetry import REQUEST_ID_HEADER, UNMATCHED_ENDPOINT, RequestRecord, new_record
 
 log = logging.getLogger("gateway")
 
@@ -42,13 +42,21 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def endpoint_of(request: Request) -> str:
+    """The route a request matched, as its template (``/v1/models/{model_id}``), never the raw
+    path: a metric label per path would grow a series per random URL. ``UNMATCHED_ENDPOINT``
+    for a path no route matched (a 404 or 405 from the router)."""
+    template = request.scope.get("path_template") if "route_handler" in request.scope else None
+    return template if isinstance(template, str) else UNMATCHED_ENDPOINT
+
+
 def request_record(request: Request) -> RequestRecord:
     """The request's record; requests that failed before a handler ran get one here."""
     record = request.state.get("record")
     if record is None:
         key = request_key(request)  # set by the guard, also when it refused (an admin call)
         record = request.state.record = new_record(
-            request.url.path, request.headers.get(REQUEST_ID_HEADER), key.name if key is not None else None
+            endpoint_of(request), request.headers.get(REQUEST_ID_HEADER), key.name if key is not None else None
         )
     return record
 

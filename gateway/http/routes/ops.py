@@ -31,7 +31,7 @@ async def health(request: Request, pool: NamedDependency[ModelPool], access: Nam
     else:
         keyed = True
     if not keyed:
-        models = {name: {k: v for k, v in model.items() if k != "reason"} for name, model in models.items()}
+        models = {name: {**model, "reason": None} for name, model in models.items()}
     return Response(content={"status": status, "models": models}, status_code=200 if serving else 503)
 
 

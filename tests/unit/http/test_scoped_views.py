@@ -55,7 +55,7 @@ def test_health_without_a_key_carries_no_failure_reason(cfg, tiny):
     transport = FakeTransport(lambda spec: FakeScript(fail_load=f"cannot open {tiny}" if spec.name == "gemma" else None))
     with client_for(cfg, transport) as client:
         open_body = client.get("/health").json()
-        assert open_body["models"]["gemma"] == {"state": "failed"}
+        assert open_body["models"]["gemma"] == {"state": "failed", "reason": None}
         assert str(tiny) not in client.get("/health").text
         keyed = client.get("/health", headers={"Authorization": f"Bearer {ADMIN}"}).json()
         assert str(tiny) in keyed["models"]["gemma"]["reason"]

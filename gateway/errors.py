@@ -11,6 +11,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "ConflictError",
+    "CrossSiteRequestError",
     "DeviceError",
     "EngineError",
     "GatewayError",
@@ -24,6 +25,7 @@ __all__ = [
     "QueueFullError",
     "QueueTimeoutError",
     "RateLimitError",
+    "UnsupportedMediaTypeError",
     "UpstreamError",
     "VerifyError",
 ]
@@ -96,6 +98,15 @@ class ConflictError(GatewayError):
 
 class PermissionDeniedError(GatewayError):
     """A valid API key that may not do this (a model outside its scope, an admin call): 403."""
+
+
+class CrossSiteRequestError(GatewayError):
+    """A browser sent this request for a page of another site (its ``Origin``): 403."""
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    """A request body that is not ``application/json`` (415): the types a web page may send
+    anywhere without asking first (text/plain, form data) are never accepted."""
 
 
 class RateLimitError(GatewayError):

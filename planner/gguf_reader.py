@@ -273,7 +273,8 @@ def _read_part(path: str) -> _Part:
 def _parse(path: str, buf: mmap.mmap, size: int) -> _Part:
     magic = buf[:4]
     if magic != b"GGUF":
-        raise ModelFileError(path, f"not a GGUF file (magic {magic!r})")
+        # Never the bytes themselves: the message may reach someone who may not read the file.
+        raise ModelFileError(path, "not a GGUF file (it does not start with the GGUF magic)")
     if size < 8:
         raise ModelFileError(path, f"truncated GGUF header: file ends at byte {size} while reading the version")
 

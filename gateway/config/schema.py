@@ -12,6 +12,7 @@ file in one round instead of one error per restart.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -90,7 +91,22 @@ def _check_not_all_zero(values: list[float]) -> list[float]:
     return values
 
 
+def _check_host_name(text: str) -> str:
+    if text == "*":
+        return text
+    if ":" in text:
+        try:
+            ipaddress.IPv6Address(text.strip("[]"))
+        except ValueError:
+            raise ValueError("must be a host name or an address as clients write it, without scheme or port, or '*' for any") from None
+        return text
+    if re.fullmatch(r"[A-Za-z0-9.-]+", text) is None:
+        raise ValueError("must be a host name or an address as clients write it, without scheme or port, or '*' for any")
+    return text
+
+
 GpuSpec = Annotated[str, AfterValidator(_check_gpu_spec)]
+HostName = Annotated[str, Field(min_length=1), AfterValidator(_check_host_name)]
 GpuIndexList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_check_unique_indices)]
 TensorSplit = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1), AfterValidator(_check_not_all_zero)]
 
@@ -110,6 +126,12 @@ class GatewaySettings(BaseSettings):
     )
 
     host: NonEmptyStr = "127.0.0.1"
+    # The names (Host header) requests may reach the gateway under; "*" for any. None: the host
+    # above, localhost, 127.0.0.1 and ::1 (any name when host is 0.0.0.0 or :: and keys are
+    # required). A page re-bound to 127.0.0.1 (DNS rebinding) carries its own name: refused.
+    allowed_hosts: list[HostName] | None = None
+    # Listening beyond loopback without api_keys or [[keys]] is refused unless this is true.
+    allow_unauthenticated_network: bool = False
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     api_keys: list[NonEmptyStr] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

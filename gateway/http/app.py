@@ -27,6 +27,7 @@ from gateway.access.gate import Access
 from gateway.access.limits import Clock
 from gateway.http.auth import Auth, provide_key, request_key
 from gateway.http.errors import exception_handlers
+from gateway.http.network import BrowserGuard
 from gateway.http.openapi import openapi_config
 from gateway.http.routes import handlers
 from gateway.http.routes.openai import Call
@@ -124,6 +125,7 @@ def create_app(
     config_file = ConfigFile(config_path)
     return Litestar(
         route_handlers=handlers(auth),
+        guards=[BrowserGuard(lambda: pool.config.gateway, auth.keys_required)],
         dependencies={
             "pool": Provide(lambda: pool, use_cache=True, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),

@@ -9,7 +9,9 @@ of endpoint. It is the one place that decides; every endpoint of a kind gets its
   use is the handler's question: gateway.access.gate).
 - ``admin``: /admin/* (and the web page's actions); a key with ``admin = true`` (every plain
   ``api_keys`` entry is one) when any key is configured, else loopback clients only. The server
-  process forwarding a SIGHUP proves itself with the reload token instead.
+  process forwarding a SIGHUP proves itself with the reload token instead. A browser's admin
+  action (an unsafe method with an ``Origin``) also needs the page's token (``ui_token``, which
+  /ui/state gives to admins), on top of gateway.http.network's checks of Host and Origin.
 - ``health``, ``metrics``: a key only with ``health_requires_key`` / ``metrics_requires_key``.
 
 The key found is kept in the connection's state for the handler (``request_key``).
@@ -18,6 +20,7 @@ The key found is kept in the connection's state for the handler (``request_key``
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -27,10 +30,10 @@ from litestar.handlers.base import BaseRouteHandler
 
 from gateway.access.keyring import ApiKey, KeyRing
 from gateway.config.schema import GatewaySettings
-from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.errors import AuthenticationError, CrossSiteRequestError, PermissionDeniedError
+from gateway.http.network import SAFE_METHODS, UI_TOKEN_HEADER, is_loopback
 
 RELOAD_TOKEN_HEADER = "X-Gateway-Reload-Token"
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 KEY_STATE = "api_key"
 
 Kind = Literal["api", "admin", "health", "metrics"]
@@ -67,6 +70,12 @@ class Auth:
         self._reload_token = reload_token
         self._keyring = keyring or self._plain_keys
         self._plain: tuple[GatewaySettings, KeyRing] | None = None
+        # The web page's admin actions send it back (UI_TOKEN_HEADER); new with each app.
+        self.ui_token = secrets.token_urlsafe(32)
+
+    def keys_required(self) -> bool:
+        """Whether the keys in force ask callers for a key."""
+        return self._keyring().required
 
     def _plain_keys(self) -> KeyRing:
         settings = self._settings()
@@ -87,10 +96,16 @@ class Auth:
             given = connection.headers.get(RELOAD_TOKEN_HEADER, "")
             if given and hmac.compare_digest(given.encode(), self._reload_token.encode()):
                 return  # the server process itself, forwarding a SIGHUP
+        if kind == "admin" and connection.scope.get("method") not in SAFE_METHODS and "origin" in connection.headers:
+            given = connection.headers.get(UI_TOKEN_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self.ui_token.encode()):
+                raise CrossSiteRequestError(
+                    f"an admin action from a browser needs the page's token ({UI_TOKEN_HEADER}, from /ui/state)"
+                )
         settings = self._settings()
         keys = self._keyring()
         if not keys.required:
-            if kind == "admin" and (connection.client is None or connection.client.host not in LOOPBACK):
+            if kind == "admin" and (connection.client is None or not is_loopback(connection.client.host)):
                 raise AuthenticationError("without api_keys, admin endpoints answer loopback clients only")
             return
         if kind == "health" and not settings.health_requires_key:
@@ -109,6 +124,6 @@ class Auth:
         """Whether ``check`` lets this connection through (for a page that shows or hides actions)."""
         try:
             self.check(connection, kind)
-        except (AuthenticationError, PermissionDeniedError):
+        except (AuthenticationError, PermissionDeniedError, CrossSiteRequestError):
             return False
         return True

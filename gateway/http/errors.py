@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException
 from gateway.errors import (
     AuthenticationError,
     ConflictError,
+    CrossSiteRequestError,
     EngineError,
     GatewayError,
     InvalidRequestError,
@@ -25,11 +26,12 @@ from gateway.errors import (
     QueueFullError,
     QueueTimeoutError,
     RateLimitError,
+    UnsupportedMediaTypeError,
     UpstreamError,
 )
 from gateway.http.auth import request_key
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.telemetry import REQUEST_ID_HEADER, RequestRecord, new_record
+from gateway.observability.telemetry import REQUEST_ID_HEADER, UNMATCHED_ENDPOINT, RequestRecord, new_record
 
 log = logging.getLogger("gateway")
 
@@ -40,13 +42,21 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def endpoint_of(request: Request) -> str:
+    """The route a request matched, as its template (``/v1/models/{model_id}``), never the raw
+    path: a metric label per path would grow a series per random URL. ``UNMATCHED_ENDPOINT``
+    for a path no route matched (a 404 or 405 from the router)."""
+    template = request.scope.get("path_template") if "route_handler" in request.scope else None
+    return template if isinstance(template, str) else UNMATCHED_ENDPOINT
+
+
 def request_record(request: Request) -> RequestRecord:
     """The request's record; requests that failed before a handler ran get one here."""
     record = request.state.get("record")
     if record is None:
         key = request_key(request)  # set by the guard, also when it refused (an admin call)
         record = request.state.record = new_record(
-            request.url.path, request.headers.get(REQUEST_ID_HEADER), key.name if key is not None else None
+            endpoint_of(request), request.headers.get(REQUEST_ID_HEADER), key.name if key is not None else None
         )
     return record
 
@@ -70,6 +80,10 @@ def classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], st
         return 400, error_body(str(exc), "invalid_request_error", exc.param), {}, None
     if isinstance(exc, AuthenticationError):
         return 401, error_body(str(exc), "invalid_request_error", None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"}, None
+    if isinstance(exc, CrossSiteRequestError):
+        return 403, error_body(str(exc), "permission_denied", None, "cross_site_request"), {}, None
+    if isinstance(exc, UnsupportedMediaTypeError):
+        return 415, error_body(str(exc), "invalid_request_error", None, "unsupported_media_type"), {}, None
     if isinstance(exc, PermissionDeniedError):
         return 403, error_body(str(exc), "permission_denied", None, "permission_denied"), {}, "scope"
     if isinstance(exc, ConflictError):

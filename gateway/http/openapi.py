@@ -356,6 +356,7 @@ _ERRORS: dict[str, str] = {
     "403": "The API key may not use this model (outside its `models`; also for a name that does not exist)",
     "404": "An unknown model (the message lists the known ones)",
     "413": "A body over `max_body_bytes`",
+    "415": "A body that is not `Content-Type: application/json`",
     "429": (
         "The model's queue is full, or the API key's requests_per_minute, tokens_per_minute or max_concurrency "
         "is reached (its limits are in the `x-ratelimit-*` headers): retry after `Retry-After` seconds"
@@ -419,7 +420,7 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-_MODEL_ERRORS = ("400", "401", "403", "404", "413", "429", "503")
+_MODEL_ERRORS = ("400", "401", "403", "404", "413", "415", "429", "503")
 
 # operationId -> what Litestar cannot know; "auth" is the guard's kind (see app._guard).
 OPERATIONS: dict[str, dict[str, Any]] = {
@@ -504,6 +505,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "400": _error("400", "A body that is not a JSON object with a string `config`"),
             "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
             "413": _error("413"),
+            "415": _error("415"),
         },
     },
     "loadModel": {

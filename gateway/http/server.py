@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
+import socket
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from granian import Granian
+from granian._granian import SocketHolder
 from granian.constants import Interfaces
 from granian.log import LogLevels
 
+from gateway.access.keyring import keys_required
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.http.asgi import STATE_ENV
+from gateway.http.network import exposure_problem, is_loopback
 from gateway.config.schema import Config, dump_config
+from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import ModelLaunch, encode_launches
 from gateway.observability.logs import granian_log_config
 
@@ -44,6 +51,54 @@ def write_state(
     with os.fdopen(fd, "wb") as f:
         f.write(msgspec.json.encode(state))
     return Path(path)
+
+
+def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket that no other process shares: without SO_REUSEPORT, a second
+    gateway (or anything else) on the same address and port fails here with "address in use"
+    instead of splitting the connections with the first."""
+    try:
+        (family, kind, proto, _, address), *_ = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        # SO_REUSEADDR only lets a restart bind while old connections sit in TIME_WAIT; on
+        # Linux it never lets two listeners share a port (SO_REUSEPORT would).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise GatewayError(f"cannot listen on {host}:{port}: address in use (is another gateway running there?)") from None
+        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _ExclusiveSocket:
+    """Mixed into a granian server class: the server process binds the one listening socket
+    itself (``bind_listener``) and hands it to its worker, as granian does on other systems.
+    granian's own Linux path has each worker bind with SO_REUSEPORT, which lets a second server
+    on a busy port start and take half of its connections."""
+
+    bind_addr: str
+    bind_port: int
+    backlog: int
+    bind_uds: Any
+
+    def _init_shared_socket(self) -> None:
+        if self.bind_uds:
+            super()._init_shared_socket()  # type: ignore[misc]
+            return
+        sock = bind_listener(self.bind_addr, self.bind_port, self.backlog)
+        self._ssp = None
+        self._shd = SocketHolder(sock.fileno(), False, self.backlog)
+        self._sfd = sock.fileno()
+        self._sso = sock  # closed by granian's _drop_shared_socket
 
 
 class _Server(Granian):  # type: ignore[misc, valid-type]
@@ -77,8 +132,23 @@ class _Server(Granian):  # type: ignore[misc, valid-type]
 
 def granian_server(cls: type[Granian], factory: str, config: Config, *, kill_after_grace_s: int) -> Granian:
     """One granian server process with one app worker (``factory`` builds the app), on the
-    config's address, logging in our format."""
-    return cls(
+    config's address, logging in our format, on a socket no other process shares.
+
+    Refused (ConfigError) when it would listen beyond loopback without API keys and the config
+    does not say ``allow_unauthenticated_network = true``; said in the log when it does.
+    """
+    required = keys_required(config)
+    problem = exposure_problem(config, required)
+    if problem is not None:
+        raise ConfigError([problem])
+    if not required and not is_loopback(config.gateway.host):
+        log.warning(
+            "listening on %s:%d WITHOUT API keys (allow_unauthenticated_network = true): anyone who can "
+            "reach this address may use every model",
+            config.gateway.host, config.gateway.port,
+        )
+    exclusive = type(cls.__name__, (_ExclusiveSocket, cls), {})
+    return exclusive(
         factory,
         factory=True,
         interface=Interfaces.ASGI,

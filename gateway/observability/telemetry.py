@@ -14,6 +14,8 @@ from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import ModelState
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# The endpoint label of a request no route matched: one value, whatever the path.
+UNMATCHED_ENDPOINT = "unmatched"
 
 
 @dataclass

@@ -14,11 +14,13 @@ from litestar.params import FromPath
 from litestar import Request, Response, post
 from litestar.handlers import HTTPRouteHandler
 
+from gateway.access.keyring import keys_required
 from gateway.config.schema import Config
 from gateway.errors import ConfigError
 from gateway.http.admin_params import plan_preview_request
 from gateway.http.auth import Auth
 from gateway.http.memory_map import plan_map
+from gateway.http.network import exposure_problem
 from gateway.placement.host_memory import read_host_memory
 from gateway.placement.planning import inventory
 from gateway.placement.preview import preview_config
@@ -36,7 +38,9 @@ async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDepen
     except ConfigError as exc:
         result = ReloadResult(False, problems=list(exc.problems))
     else:
-        result = await pool.reload(new)
+        # The address stays the one bound at start: a reload may not drop the keys it needs.
+        exposed = exposure_problem(new, keys_required(new), host=pool.config.gateway.host)
+        result = ReloadResult(False, problems=[exposed]) if exposed is not None else await pool.reload(new)
     if result.reloaded:
         log.info(
             "reloaded %s: unchanged %s, removed %s, changed %s, added %s",

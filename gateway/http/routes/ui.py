@@ -26,7 +26,8 @@ from litestar.params import FromPath
 
 from gateway.config.source import ConfigFile
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.http.auth import Auth, Kind
+from gateway.access.gate import Access
+from gateway.http.auth import Auth, Kind, request_key
 from gateway.http.memory_map import held_model, live_map
 from gateway.observability.activity import RecentActivity
 from gateway.observability.metrics import GatewayMetrics
@@ -123,11 +124,14 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
         request: Request,
         pool: NamedDependency[ModelPool],
         metrics: NamedDependency[GatewayMetrics],
+        access: NamedDependency[Access],
         config_file: NamedDependency[ConfigFile],
     ) -> Response:
         config = pool.config
         devices, host = await asyncio.gather(asyncio.to_thread(pool.devices), asyncio.to_thread(read_host_memory))
-        entries = list(pool.entries.values())
+        # A scoped key sees its own models only, in the table and on the map (as in /v1/models);
+        # the others' memory still shows as used on their GPUs.
+        entries = access.visible(request_key(request), pool.entries.values())
         described = {e.name: pool.describe(e) for e in entries}
         held = [
             held_model(e.name, e.state.value, e.launch, e.worker.allocated, e.worker.gpu_used_bytes)
@@ -135,9 +139,13 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
             if e.launch is not None and e.worker is not None and e.state in HOLDING
         ]
         status, _, _ = pool.health()
+        admin = allows(auth, request, "admin")
         body = {
             "status": status,
-            "admin": allows(auth, request, "admin"),
+            "admin": admin,
+            # Sent back with each admin action (gateway.http.auth); a page of another site cannot
+            # read this document (same-origin policy; a re-bound name fails the Host check).
+            "admin_token": auth.ui_token if admin else None,
             "reloadable": config_file.path is not None,
             "inventory": "declared" if config.planner.gpus is not None else "nvml",
             "window_s": metrics.recent.window_s,

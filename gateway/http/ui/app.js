@@ -52,10 +52,15 @@ function apiKey() {
   return sessionStorage.getItem(KEY_STORAGE) || "";
 }
 
+// The token /ui/state gives an admin; every admin action sends it back (the gateway refuses a
+// browser's admin action without it).
+let adminToken = "";
+
 async function call(method, path, body) {
   const headers = { Accept: "application/json" };
   const key = apiKey();
   if (key) headers.Authorization = `Bearer ${key}`;
+  if (method !== "GET" && adminToken) headers["X-Gateway-UI-Token"] = adminToken;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method,
@@ -287,6 +292,7 @@ function showAdmin(admin, reloadable) {
 }
 
 function render(state) {
+  adminToken = state.admin_token || "";
   const status = $("status");
   status.textContent = state.status;
   status.className = `badge ${state.status}`;
@@ -306,6 +312,7 @@ async function refresh() {
     const result = await call("GET", "/ui/state");
     if (result.status === 401 || result.status === 403) {
       lastBody = "";
+      adminToken = "";
       showAdmin(false, false);
       $("status").textContent = "key needed";
       $("status").className = "badge unavailable";

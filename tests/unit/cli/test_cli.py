@@ -53,7 +53,7 @@ def test_analyze_corrupt_gguf_is_one_line_error_not_a_traceback(capsys, tmp_path
     bad.write_bytes(b"hello world, not a model")
     code, out, err = run(capsys, "analyze", "--model", str(bad))
     assert code == 1
-    assert err == f"error: models[0].path: {bad}: not a GGUF file (magic b'hell')\n"
+    assert err == f"error: models[0].path: {bad}: not a GGUF file (it does not start with the GGUF magic)\n"
 
 
 def test_plan_json_shape_for_two_models(capsys, qwen7b):

@@ -88,6 +88,8 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
     config = parse(MINIMAL)
     assert config.gateway.model_dump() == {
         "host": "127.0.0.1",
+        "allowed_hosts": None,
+        "allow_unauthenticated_network": False,
         "port": 8080,
         "api_keys": [],
         "log_level": "info",

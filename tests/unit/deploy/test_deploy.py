@@ -190,6 +190,22 @@ def test_deployment_mounts_the_configmap_and_the_service_selects_the_pod():
     assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
 
 
+def test_every_container_setup_may_listen_on_every_interface():
+    """A gateway without keys refuses 0.0.0.0 (gateway.http.network.exposure_problem): compose
+    says it means it (its port is published on loopback only), the Deployment brings keys."""
+    from gateway.access.keyring import keys_required
+    from gateway.http.network import exposure_problem, served_hosts
+
+    compose_env = load_yaml(ROOT / "deploy/docker-compose.yml")["services"]["gateway"]["environment"]
+    config = parse_config((ROOT / "configs/demo.toml").read_text(), base_dir=ROOT / "configs", environ=compose_env)
+    assert exposure_problem(config, keys_required(config)) is None
+    # Prometheus scrapes gateway:8080 (prometheus.yml), so that name is served.
+    assert "gateway" in served_hosts(config.gateway, keys_required(config))
+    (container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    keys = next(e for e in container["env"] if e["name"] == "GATEWAY_API_KEYS")
+    assert keys["valueFrom"]["secretKeyRef"]["key"] == "api-keys"
+
+
 def test_configmap_models_toml_is_a_valid_config():
     text = k8s("ConfigMap")["data"]["models.toml"]
     config = parse_config(text, environ={"GATEWAY_HOST": "0.0.0.0"})

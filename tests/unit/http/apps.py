@@ -11,6 +11,8 @@ from gateway.config.schema import load_config
 from gateway.http.app import create_app
 from gateway.runtime.fake import FakeTransport
 
+# The name the test clients reach the app under: one it serves (gateway.http.network.served_hosts).
+BASE_URL = "http://127.0.0.1"
 KEY = "admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -27,4 +29,4 @@ def write_config(path: Path, tiny: Path, models: list[dict], *, gpus: list[str] 
 
 def client_for(cfg: Path, transport: FakeTransport | None = None) -> TestClient:
     app = create_app(load_config(cfg, environ={}), config_path=cfg, transport=transport or FakeTransport())
-    return TestClient(app)
+    return TestClient(app, base_url=BASE_URL)

@@ -13,6 +13,7 @@ from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.runtime.fake import FakeScript, FakeTransport
 from tests.ggufmaker import write_tiny_llama
+from tests.unit.http.apps import BASE_URL
 
 TOKEN = "reload-token"
 
@@ -34,7 +35,7 @@ def write_config(path: Path, tiny: Path, models: list[dict], *, gpus: list[str],
 
 def client_for(cfg: Path, transport: FakeTransport | None = None) -> TestClient:
     app = create_app(load_config(cfg, environ={}), config_path=cfg, reload_token=TOKEN, transport=transport or FakeTransport())
-    return TestClient(app)
+    return TestClient(app, base_url=BASE_URL)
 
 
 def reload(client: TestClient):

@@ -25,6 +25,7 @@ from gateway.http.auth import RELOAD_TOKEN_HEADER, Auth
 from gateway.observability.logs import JsonFormatter
 from gateway.runtime.fake import FakeScript, FakeTransport
 from tests.ggufmaker import write_tiny_llama
+from tests.unit.http.apps import BASE_URL
 
 TOKEN = "reload-token"
 KEYS = {
@@ -69,12 +70,12 @@ def gateway(tmp_path, tiny):
     clock = Clock()
     script = FakeScript(tokens=6)
     app = create_app(load_config(cfg, environ={}), config_path=cfg, reload_token=TOKEN, transport=FakeTransport(script), key_clock=clock)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE_URL) as client:
         yield client, clock, cfg, script
 
 
 def oai(client: TestClient, name: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver.local/v1", api_key=f"sk-{name}", http_client=client, max_retries=0)
+    return openai.OpenAI(base_url=f"{BASE_URL}/v1", api_key=f"sk-{name}", http_client=client, max_retries=0)
 
 
 def metric_lines(client: TestClient, prefix: str) -> list[str]:
@@ -287,7 +288,7 @@ def test_only_admin_keys_may_call_admin_endpoints(gateway, tmp_path, tiny):
 def test_plain_api_keys_keep_working_unscoped_unlimited_and_admin(tmp_path, tiny):
     cfg = write_config(tmp_path / "models.toml", tiny, {"ci": KEYS["ci"]}, api_keys=["plain-key"])
     app = create_app(load_config(cfg, environ={}), config_path=cfg, transport=FakeTransport())
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE_URL) as client:
         plain = oai(client, "x")
         plain.api_key = "plain-key"
         assert [m.id for m in plain.models.list()] == ["a", "b"]

@@ -371,7 +371,7 @@ def test_reader_rejects_non_gguf_file_naming_its_magic(tmp_path):
     path = tmp_path / "notes.gguf"
     path.write_bytes(b"hello world, not a model")
 
-    assert str(model_error(path)) == f"{path}: not a GGUF file (magic b'hell')"
+    assert str(model_error(path)) == f"{path}: not a GGUF file (it does not start with the GGUF magic)"
 
 
 def test_reader_rejects_empty_file(tmp_path):

@@ -24,7 +24,7 @@ Rules, in order:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -380,12 +380,10 @@ def _manual(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], 
     )
 
 
-def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy, devices: dict[int, Device]) -> str:
-    """Which GPU, by how many MiB, and what would make the model fit."""
+def _where(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy, devices: dict[int, Device]) -> str:
+    """Which GPU, by how many MiB: why ``req`` does not fit in ``budgets``."""
     costs = _Costs(req, policy.costs)
     m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
-    if not allowed:
-        return f"model {req.name!r}: no usable GPU for it" + (f" (gpus = {list(req.gpus)})" if req.gpus is not None else "")
     # The closest attempt: all allowed GPUs in device order (one for split_mode none).
     attempt = list(allowed[:1] if req.split_mode == "none" else allowed)
     counts, short = _fill(costs, attempt, budgets, m)
@@ -397,49 +395,78 @@ def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int],
                 f" for the last {m - short.placed_layers} of its {m} GPU layers, "
                 f"after filling GPUs {','.join(map(str, attempt[: attempt.index(short.gpu)]))}"
             )
-    elif counts is not None and req.max_vram_bytes is not None:
+        return where
+    if counts is not None and req.max_vram_bytes is not None:
         assignment = _assignment(costs.n, m, counts)
         est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs)
         total = sum(d.total_bytes for d in est.devices)
-        where = f"it needs {_mib(total)}, over its max_vram_mib = {req.max_vram_bytes // MIB:,} by {_mib(total - req.max_vram_bytes)}"
-    else:
-        where = "no set of its GPUs holds it"
-    fixes = []
+        return f"it needs {_mib(total)}, over its max_vram_mib = {req.max_vram_bytes // MIB:,} by {_mib(total - req.max_vram_bytes)}"
+    return "no set of its GPUs holds it"
+
+
+@dataclass(frozen=True)
+class _Fix:
+    text: str
+    request: ModelRequest
+
+
+def _fix_families(req: ModelRequest) -> list[list[_Fix]]:
+    """The settings that could make ``req`` fit, each family mildest first (a stronger value
+    fits whenever a milder one does): a smaller context, fewer slots, a q8_0 KV cache."""
     s = req.settings
-
-    def fits_with(settings: RunSettings) -> bool:
-        changed = replace(req, settings=settings)
-        return _try_sets(changed, _Costs(changed, policy.costs), allowed, budgets, m, policy.packing, policy) is not None
-
+    families = []
+    contexts = []
     n_ctx = s.n_ctx // 2
     while n_ctx >= 256:
         # An explicit shared pool shrinks with the context it must hold.
         pool = s.kv_size * n_ctx // s.n_ctx if s.kv_size is not None else None
-        if fits_with(replace(s, n_ctx=n_ctx, kv_size=pool)):
-            fixes.append(f"n_ctx = {n_ctx}" + (f" (kv_pool_tokens = {pool})" if pool is not None else ""))
-            break
+        text = f"n_ctx = {n_ctx}" + (f" (kv_pool_tokens = {pool})" if pool is not None else "")
+        contexts.append(_Fix(text, replace(req, settings=replace(s, n_ctx=n_ctx, kv_size=pool))))
         n_ctx //= 2
+    families.append(contexts)
     if s.slots > 1 and s.kv_size is None:
-        # Memory grows with slots: bisect for the most that fit.
-        lo, hi, fewer = 1, s.slots - 1, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            if fits_with(replace(s, slots=mid)):
-                fewer, lo = mid, mid + 1
-            else:
-                hi = mid - 1
-        if fewer is not None:
-            fixes.append(f"max_concurrency = {fewer}")
-    if (s.type_k, s.type_v) != ("q8_0", "q8_0") and fits_with(replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)):
-        fixes.append('type_k = type_v = "q8_0" (with flash_attn = true)')
+        families.append([_Fix(f"max_concurrency = {k}", replace(req, settings=replace(s, slots=k))) for k in range(s.slots - 1, 0, -1)])
+    if (s.type_k, s.type_v) != ("q8_0", "q8_0"):
+        q8 = replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)
+        families.append([_Fix('type_k = type_v = "q8_0" (with flash_attn = true)', replace(req, settings=q8))])
+    return families
+
+
+def _mildest(family: Sequence[_Fix], fits: Callable[[ModelRequest], bool]) -> _Fix | None:
+    """The mildest fix of a family that fits, by bisection (the family is monotone)."""
+    lo, hi, found = 0, len(family) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(family[mid].request):
+            found, hi = family[mid], mid - 1
+        else:
+            lo = mid + 1
+    return found
+
+
+def _hint(fixes: Sequence[str]) -> str:
+    return "; would fit with " + ", or ".join(fixes) if fixes else "; it needs more free GPU memory or fewer models"
+
+
+def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy, devices: dict[int, Device]) -> str:
+    """Which GPU, by how many MiB, and what would make the model fit in ``budgets`` (what is
+    left after the models placed before it; ``plan`` checks its hints against the whole plan)."""
+    if not allowed:
+        return f"model {req.name!r}: no usable GPU for it" + (f" (gpus = {list(req.gpus)})" if req.gpus is not None else "")
+    costs = _Costs(req, policy.costs)
+    m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
+
+    def fits_with(changed: ModelRequest) -> bool:
+        return _try_sets(changed, _Costs(changed, policy.costs), allowed, budgets, m, policy.packing, policy) is not None
+
+    fixes = [fix.text for family in _fix_families(req) if (fix := _mildest(family, fits_with)) is not None]
     if not req.allow_cpu_offload:
         fit = _max_offload(req, costs, allowed, budgets, m, policy)
         if fit is not None:
             fixes.append(f"allow_cpu_offload = true ({sum(fit.counts)} of {costs.n + 1} layers on GPU)")
         else:
             fixes.append("allow_cpu_offload = true with n_gpu_layers = 0 (CPU only)")
-    hint = "; would fit with " + ", or ".join(fixes) if fixes else "; it needs more free GPU memory or fewer models"
-    return f"model {req.name!r} does not fit: {where}{hint}"
+    return f"model {req.name!r} does not fit: {_where(req, allowed, budgets, policy, devices)}{_hint(fixes)}"
 
 
 def place_model(
@@ -538,19 +565,62 @@ def plan(
     """Place all models on the GPUs together; see the module docstring for the rules.
 
     ``load``: the expected load already on each GPU (models running beside these, for
-    ``spread``); none: every GPU idle."""
-    result = _plan(models, devices, policy, load)
-    if policy.packing != "spread" or not result.problems:
+    ``spread``); none: every GPU idle. A model that does not fit gets hints that come true:
+    each is checked by planning the whole config again with it, and kept only where that plan
+    places the model and every model placed without it."""
+    result, unplaced = _packed(models, devices, policy, load)
+    if not unplaced:
         return result
-    packed = _plan(models, devices, replace(policy, packing="best_fit"), load)
+    problems = {i: message for i, message, _ in unplaced}
+    for i, _, where in unplaced:
+        if where is not None:
+            fixes = _checked_fixes(i, models, devices, policy, load, {p.name for p in result.placements})
+            problems[i] = f"model {models[i].name!r} does not fit: {where}{_hint(fixes)}"
+    return replace(result, problems=tuple(problems[i] for i in sorted(problems)))
+
+
+def _checked_fixes(
+    i: int, models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy, load: Mapping[int, float] | None, placed: set[str]
+) -> list[str]:
+    """The mildest setting of each kind that makes model ``i`` fit in a whole new plan that
+    still places every model in ``placed``."""
+    req = models[i]
+
+    def replan(changed: ModelRequest) -> Placement | None:
+        trial = [changed if j == i else r for j, r in enumerate(models)]
+        again, _ = _packed(trial, devices, policy, load)
+        names = {p.name for p in again.placements}
+        return again.placement(changed.name) if placed <= names else None
+
+    fixes = [fix.text for family in _fix_families(req) if (fix := _mildest(family, lambda r: replan(r) is not None)) is not None]
+    if not req.allow_cpu_offload:
+        p = replan(replace(req, allow_cpu_offload=True))
+        if p is not None and p.gpus:
+            fixes.append(f"allow_cpu_offload = true ({sum(p.layer_counts)} of {req.info.n_layers + 1} layers on GPU)")
+        elif p is not None:
+            fixes.append("allow_cpu_offload = true (it then runs on the CPU)")
+    return fixes
+
+
+def _packed(
+    models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy, load: Mapping[int, float] | None
+) -> tuple[Plan, list[tuple[int, str, str | None]]]:
+    """The plan under ``policy.packing``, best_fit's where spread would leave more models out;
+    and each unplaced model's index, message and shortfall (None: refused for another reason)."""
+    result, unplaced = _plan(models, devices, policy, load)
+    if policy.packing != "spread" or not unplaced:
+        return result, unplaced
+    packed, packed_unplaced = _plan(models, devices, replace(policy, packing="best_fit"), load)
     if len(packed.placements) <= len(result.placements):
-        return result
+        return result, unplaced
     left_out = len(packed.placements) - len(result.placements)
     note = f"packing best_fit instead of spread: spreading would leave {left_out} more model(s) out"
-    return replace(packed, placements=tuple(replace(p, notes=p.notes + (note,)) for p in packed.placements))
+    return replace(packed, placements=tuple(replace(p, notes=p.notes + (note,)) for p in packed.placements)), packed_unplaced
 
 
-def _plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy, load: Mapping[int, float] | None) -> Plan:
+def _plan(
+    models: Sequence[ModelRequest], devices: Sequence[Device], policy: PlanPolicy, load: Mapping[int, float] | None
+) -> tuple[Plan, list[tuple[int, str, str | None]]]:
     usable, skipped = select_devices(devices, policy.devices)
     order = [u.index for u in usable]
     by_index = {d.index: d for d in devices}
@@ -559,22 +629,27 @@ def _plan(models: Sequence[ModelRequest], devices: Sequence[Device], policy: Pla
 
     ranked = sorted(range(len(models)), key=lambda i: rank_key(models[i], i))
     placed: dict[int, Placement] = {}
-    problems: list[tuple[int, str]] = []
+    unplaced: list[tuple[int, str, str | None]] = []
     gpu_load = dict(load or {})
     for i in ranked:
         req = models[i]
-        p, problem = place_model(
-            req, allowed_gpus(req, order), budgets, policy, by_index, no_gpu_at_all=no_gpu_at_all, load=gpu_load
-        )
+        allowed = allowed_gpus(req, order)
+        p, problem = place_model(req, allowed, budgets, policy, by_index, no_gpu_at_all=no_gpu_at_all, load=gpu_load)
         if p is None:
-            problems.append((i, problem or f"model {req.name!r} does not fit"))
+            # A shortfall whose hints plan() can check (not a refused KV type, a GPU-less model
+            # or a manual split).
+            checkable = allowed and req.tensor_split is None and not kv_type_problems(req.info, req.settings)
+            where = _where(req, allowed, budgets, policy, by_index) if checkable else None
+            unplaced.append((i, problem or f"model {req.name!r} does not fit", where))
             continue
         take(budgets, p)
         add_load(gpu_load, p, model_weight(req))
         placed[i] = p
-    return Plan(
+    unplaced.sort()
+    result = Plan(
         gpus=tuple(usable),
         skipped=tuple(skipped),
         placements=tuple(placed[i] for i in range(len(models)) if i in placed),
-        problems=tuple(msg for _, msg in sorted(problems)),
+        problems=tuple(message for _, message, _ in unplaced),
     )
+    return result, unplaced

@@ -1,5 +1,7 @@
 """The global planner (planner.plan) on declared inventories."""
 
+from dataclasses import replace
+
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -300,3 +302,72 @@ def test_spread_never_places_fewer_models_than_best_fit(gpus, sizes, weights):
     for p in spread.placements:  # and within every budget, as any plan
         for slot, g in enumerate(p.gpus):
             assert sum(b for _, b in spread.used_bytes(g)) <= devices[g].total_bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Hints that come true: each is checked by planning the whole config again with it
+# --------------------------------------------------------------------------------------------
+
+def apply_hint(r: ModelRequest, hint: str) -> ModelRequest:
+    """What a user does with a printed hint."""
+    s = r.settings
+    if hint.startswith("n_ctx = "):
+        return replace(r, settings=replace(s, n_ctx=int(hint.split()[2])))
+    if hint.startswith("max_concurrency = "):
+        return replace(r, settings=replace(s, slots=int(hint.split()[2])))
+    if hint.startswith('type_k = type_v = "q8_0"'):
+        return replace(r, settings=replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True))
+    if hint.startswith("allow_cpu_offload = true"):
+        return replace(r, allow_cpu_offload=True)
+    raise AssertionError(f"unknown hint {hint!r}")
+
+
+def hints_of(problem: str) -> list[str]:
+    return problem.split("; would fit with ", 1)[1].split(", or ") if "; would fit with " in problem else []
+
+
+def assert_every_hint_comes_true(models, devices, policy):
+    result = plan(models, devices, policy)
+    placed = {p.name for p in result.placements}
+    checked = 0
+    for problem in result.problems:
+        name = problem.split("'")[1]
+        i = next(k for k, m in enumerate(models) if m.name == name)
+        for hint in hints_of(problem):
+            trial = [apply_hint(m, hint) if k == i else m for k, m in enumerate(models)]
+            again = {p.name for p in plan(trial, devices, policy).placements}
+            assert name in again and placed <= again, f"{hint!r} for {name}: placed {sorted(again)}, before {sorted(placed)}"
+            checked += 1
+    return checked
+
+
+def test_a_hint_that_would_push_another_model_out_is_made_strong_enough_for_both():
+    # "chat" (priority 1) is placed first and does not fit. Alone on the GPU it would fit with
+    # n_ctx = 1024, 2 slots or 22 layers offloaded (test_model_that_fits_with_fewer_slots_says_how_many),
+    # but each of those leaves no room for "emb" (777+ MiB with its CUDA context), placed after
+    # it: only n_ctx = 512 makes room for both.
+    devices = declared_devices(["8GiB"])
+    chat = ModelRequest(name="chat", info=model_info(n_layers=32, layer_mib=150), settings=RunSettings(n_ctx=4096, slots=8), priority=1)
+    small = model_info(n_layers=4, layer_mib=10, name="emb", n_vocab=8000, token_embd_mib=5, output_mib=5)
+    emb = ModelRequest(name="emb", info=small, settings=RunSettings(n_ctx=512))
+    policy = PlanPolicy(devices=DevicePolicy(reserve_mib=1024))
+    (problem,) = plan([chat, emb], devices, policy).problems
+    assert hints_of(problem) == ["n_ctx = 512"]
+    assert assert_every_hint_comes_true([chat, emb], devices, policy) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    gpus=st.lists(st.sampled_from(["8GiB", "12GiB", "24GiB"]), min_size=1, max_size=2),
+    specs=st.lists(
+        st.tuples(st.sampled_from([40, 100, 200, 400]), st.sampled_from([1, 2, 4, 8]), st.sampled_from([2048, 8192, 32768]), st.integers(0, 2)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_every_printed_hint_fits_when_applied_to_the_whole_config(gpus, specs):
+    models = [
+        ModelRequest(name=f"m{i}", info=model_info(layer_mib=mib, name=f"m{i}"), settings=RunSettings(n_ctx=n_ctx, slots=slots), priority=prio)
+        for i, (mib, slots, n_ctx, prio) in enumerate(specs)
+    ]
+    assert_every_hint_comes_true(models, declared_devices(gpus), NO_RESERVE)

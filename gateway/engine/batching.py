@@ -217,7 +217,9 @@ class BatchEngine:
             self._start(job, idle)
 
     def _start(self, job: GenerationJob, idle: list[Slot]) -> None:
-        slot, shared = pick_slot(job.prompt, idle)
+        # A seeded job takes no cached prefix (GenerationJob.fresh_prompt): the same request
+        # then decodes the same batches on an idle model, and samples the same text.
+        slot, shared = pick_slot([] if job.fresh_prompt else job.prompt, idle)
         n_past = self._kv.reuse(slot, job.prompt, shared)
         self._admissions += 1
         first = Sequence(job, 0, slot, job.chains[0], SeqState.PREFILL, self._admissions, n_past=n_past, prompt_pos=n_past)

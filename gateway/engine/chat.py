@@ -14,12 +14,14 @@ submits it, each later call reads its own choice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.engine.completion import CompletionOptions, Completions, Started
 from gateway.engine.jobs import RequestScope
+from gateway.errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,9 @@ class Chat:
 
     def create(self, scope: RequestScope, params: dict[str, Any], stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
         params = dict(params)
+        fmt = params.get("response_format")
+        if isinstance(fmt, dict) and "schema" in fmt:
+            check_schema(fmt["schema"])
         n = params.pop("n", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, not {n!r}")
@@ -152,6 +157,36 @@ class Chat:
             choices.append(choice)
         merged["choices"] = choices
         return merged
+
+
+def check_schema(schema: Any) -> None:
+    """A response_format's JSON Schema as llama-cpp-python will turn it into a grammar; an
+    InvalidRequestError naming the field when it cannot. llama_chat_format would instead fall
+    back to any JSON, silently (issue 21, item 11). A ``$ref`` outside the schema is refused
+    too: the converter would fetch a URL for a request."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    where = "response_format.json_schema.schema"
+    for ref in _refs(schema):
+        if not (isinstance(ref, str) and ref.startswith("#")):
+            raise InvalidRequestError(f"'{where}': $ref {ref!r} is outside the schema (only '#...' references are followed)", param="response_format")
+    try:
+        json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # noqa: BLE001 - the converter reports a bad schema with asserts, KeyError, TypeError...
+        raise InvalidRequestError(f"'{where}' is not a JSON Schema that can be followed: {type(exc).__name__}: {exc}", param="response_format") from None
+
+
+def _refs(node: Any) -> Iterator[Any]:
+    """Every ``$ref`` value in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and not isinstance(value, (dict, list)):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
 
 
 def _interleave(streams: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:

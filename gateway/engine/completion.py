@@ -208,6 +208,7 @@ class Completions:
             logprobs=logprobs,
             text_offset=len(prompt),
             stopping_criteria=o.stopping_criteria,
+            fresh_prompt=o.seed is not None,
         )
         echo_text = None
         if echo:

@@ -108,6 +108,10 @@ class GenerationJob(Job):
     text_offset: int = 0  # where the choice's text starts, for logprobs text offsets
     # llama-cpp-python's StoppingCriteriaList (from some chat formats): (tokens so far, logits) -> stop
     stopping_criteria: Callable[[Any, Any], bool] | None = None
+    # A seeded request decodes its whole prompt, never a slot's cached prefix: logits computed
+    # in another batch shape (a cached prefix plus the rest) differ in their last bits, and a
+    # sampled text with them (issue 21, item 12).
+    fresh_prompt: bool = False
 
     @property
     def n_choices(self) -> int:

@@ -23,7 +23,8 @@ Worker -> gateway:
     {"type": "end", "id": 7, "usage": {...}, "timings": {...}}
                                                          a stream ended (after its last chunk),
                                                          or any request was cancelled
-    {"type": "error", "id": 7, "kind": "invalid_request" | "engine", "message": str}
+    {"type": "error", "id": 7, "kind": "invalid_request" | "engine", "message": str,
+     "param": str | None}                                 param: the request field at fault, if known
     {"type": "stats", "busy_slots": int, "slots": int, "batch_sizes": {"<tokens>": count},
      "cached_prompt_tokens": int}                        the decode loop's activity (below)
 

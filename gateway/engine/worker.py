@@ -33,6 +33,7 @@ from gateway.engine import native
 from gateway.engine.jobs import Cancelled, JobFailed, RequestScope
 from gateway.engine.process import die_with_parent, one_line, take_stdout
 from gateway.engine.protocol import WorkerSpec, decode, encode
+from gateway.errors import InvalidRequestError
 from gateway.nvml import process_gpu_memory
 from planner.llama_log import parse_buffer_lines
 
@@ -214,6 +215,8 @@ class Worker:
             self._end(request_id, scope)
         except JobFailed as exc:
             self.send({"type": "error", "id": request_id, "kind": exc.kind, "message": str(exc)})
+        except InvalidRequestError as exc:  # the request's fault, and which field it is
+            self.send({"type": "error", "id": request_id, "kind": "invalid_request", "message": str(exc), "param": exc.param})
         except ValueError as exc:
             # The request's fault: a prompt longer than the context, a bad response_format,
             # an argument llama-cpp-python does not take...

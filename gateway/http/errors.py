@@ -66,7 +66,8 @@ def raise_worker_error(msg: dict[str, Any], name: str) -> None:
     kind = msg.get("kind")
     text = str(msg.get("message", "error"))
     if kind == "invalid_request":
-        raise InvalidRequestError(text)
+        param = msg.get("param")
+        raise InvalidRequestError(text, param=param if isinstance(param, str) else None)
     if kind == "worker_exited":
         raise ModelUnavailableError(f"model {name!r}: {text}")
     raise EngineError(f"model {name!r}: {text}")

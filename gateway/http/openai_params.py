@@ -12,6 +12,23 @@ from gateway.errors import InvalidRequestError
 _NUMBER = (int, float)
 MAX_CHOICES = 128  # OpenAI's own limit on n
 
+# The inclusive bounds of every bounded option, OpenAI's where OpenAI has the option (min_p is
+# llama.cpp's: a share of the most likely token's probability). The checks below and the
+# OpenAPI schemas at the end of this module both read them.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+    "top_logprobs": (0, 20),  # a chat's alternatives per token
+    "completion.logprobs": (0, 5),  # a completion's "logprobs" (the same count; a chat's is a boolean)
+    "n": (1, MAX_CHOICES),
+}
+
+# The roles a chat message may have (OpenAI's, plus llama-cpp-python's "function").
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
 # field -> (accepted types, llama-cpp-python argument); bool is excluded from numbers below.
 _SAMPLING: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": (_NUMBER, "temperature"),
@@ -24,6 +41,14 @@ _SAMPLING: dict[str, tuple[tuple[type, ...], str]] = {
     "repeat_penalty": (_NUMBER, "repeat_penalty"),
     "logit_bias": ((dict,), "logit_bias"),
 }
+
+
+def _bounded(key: str, value: Any, bounds: str | None = None) -> Any:
+    """``value`` when it lies within ``BOUNDS[bounds or key]``; else a 400 naming ``key``."""
+    low, high = BOUNDS[bounds or key]
+    if not low <= value <= high:  # NaN fails too
+        raise InvalidRequestError(f"'{key}' must be from {low:g} to {high:g}, not {value!r}", param=key)
+    return value
 
 
 def _as_int(value: Any) -> Any:
@@ -51,7 +76,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     for key, (types, arg) in _SAMPLING.items():
         value = _typed(body, key, types, "a number" if types == _NUMBER else types[0].__name__)
         if value is not None:
-            params[arg] = value
+            params[arg] = _bounded(key, value) if key in BOUNDS else value
     bias = params.get("logit_bias")
     if bias is not None:
         for token, value in bias.items():
@@ -72,10 +97,9 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise InvalidRequestError("'stop' must be a string or a list of strings", param="stop")
         params["stop"] = stop
-    n = body.get("n")
+    n = _typed(body, "n", (int,), "an integer")
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-            raise InvalidRequestError(f"'n' must be an integer from 1 to {MAX_CHOICES}, not {n!r}", param="n")
+        _bounded("n", n)
         if n > 1:
             # Choices share the prompt's KV cells and take one slot each: more than the model's
             # max_concurrency is refused by its worker with a 400 that says so.
@@ -105,6 +129,10 @@ def chat_params(body: dict[str, Any]) -> dict[str, Any]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidRequestError(f"'messages[{i}]' must be an object with a 'role'", param=f"messages[{i}]")
+        if m["role"] not in ROLES:
+            raise InvalidRequestError(
+                f"'messages[{i}].role' must be one of {', '.join(ROLES)}, not {m['role']!r}", param=f"messages[{i}].role"
+            )
         content = m.get("content")
         if not (
             content is None
@@ -122,7 +150,7 @@ def chat_params(body: dict[str, Any]) -> dict[str, Any]:
         params["logprobs"] = True
         top = _typed(body, "top_logprobs", (int,), "an integer")
         if top is not None:
-            params["top_logprobs"] = top
+            params["top_logprobs"] = _bounded("top_logprobs", top)
     fmt = body.get("response_format")
     if fmt is not None:
         if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
@@ -204,11 +232,9 @@ def completion_params(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequestError("'prompt' must be a string (or a list of one string)", param="prompt")
     params = _common(body)
     params["prompt"] = prompt
-    logprobs = _as_int(body.get("logprobs"))
+    logprobs = _typed(body, "logprobs", (int,), "an integer")
     if logprobs is not None:
-        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0:
-            raise InvalidRequestError("'logprobs' must be a non-negative integer", param="logprobs")
-        params["logprobs"] = logprobs
+        params["logprobs"] = _bounded("logprobs", logprobs, "completion.logprobs")
     echo = _typed(body, "echo", (bool,), "a boolean")
     if echo is not None:
         params["echo"] = echo
@@ -241,6 +267,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+def _within(schema: dict[str, Any], bounds: str) -> dict[str, Any]:
+    low, high = BOUNDS[bounds]
+    return {**schema, "minimum": low, "maximum": high}
+
+
 _NUMBER_SCHEMA = {"type": "number"}
 
 _COMMON_PROPERTIES: dict[str, Any] = {
@@ -260,13 +291,13 @@ _COMMON_PROPERTIES: dict[str, Any] = {
             ),
         }
     ),
-    "temperature": _nullable(_NUMBER_SCHEMA),
-    "top_p": _nullable(_NUMBER_SCHEMA),
+    "temperature": _nullable(_within(_NUMBER_SCHEMA, "temperature")),
+    "top_p": _nullable(_within(_NUMBER_SCHEMA, "top_p")),
     "top_k": _nullable({"type": "integer"}),
-    "min_p": _nullable(_NUMBER_SCHEMA),
+    "min_p": _nullable(_within(_NUMBER_SCHEMA, "min_p")),
     "seed": _nullable({"type": "integer"}),
-    "presence_penalty": _nullable(_NUMBER_SCHEMA),
-    "frequency_penalty": _nullable(_NUMBER_SCHEMA),
+    "presence_penalty": _nullable(_within(_NUMBER_SCHEMA, "presence_penalty")),
+    "frequency_penalty": _nullable(_within(_NUMBER_SCHEMA, "frequency_penalty")),
     "repeat_penalty": _nullable(_NUMBER_SCHEMA),
     "logit_bias": _nullable(
         {
@@ -277,7 +308,7 @@ _COMMON_PROPERTIES: dict[str, Any] = {
         }
     ),
     "stop": _nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
-    "n": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_CHOICES, "description": "Choices to generate; at most the model's max_concurrency (its slots), else 400."}),
+    "n": _nullable({**_within({"type": "integer"}, "n"), "description": "Choices to generate; at most the model's max_concurrency (its slots), else 400."}),
     "stream": _nullable({"type": "boolean"}),
     "stream_options": _nullable(
         {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}
@@ -312,7 +343,7 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["role"],
                 "properties": {
-                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+                    "role": {"type": "string", "enum": list(ROLES)},
                     "content": _nullable({"anyOf": [{"type": "string"}, {"type": "array", "items": _CONTENT_PART}]}),
                     "name": {"type": "string"},
                     "tool_call_id": {"type": "string"},
@@ -324,7 +355,7 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
             {"type": "integer", "minimum": 1, "description": "Preferred over max_tokens when both are given."}
         ),
         "logprobs": _nullable({"type": "boolean"}),
-        "top_logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 20}),
+        "top_logprobs": _nullable(_within({"type": "integer"}, "top_logprobs")),
         "response_format": _nullable(
             {
                 "type": "object",
@@ -389,7 +420,7 @@ COMPLETION_REQUEST_SCHEMA: dict[str, Any] = {
             ],
             "description": "A string, or a list of one string.",
         },
-        "logprobs": _nullable({"type": "integer", "minimum": 0}),
+        "logprobs": _nullable(_within({"type": "integer"}, "completion.logprobs")),
         "echo": _nullable({"type": "boolean"}),
         "suffix": _nullable({"type": "string"}),
     },

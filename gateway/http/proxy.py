@@ -1,7 +1,10 @@
 """One OpenAI request through a model's worker: a whole response, or a server-sent event stream.
 
 The lease (a run slot on a ready worker, from the pool) is held until the response's last byte;
-a client that goes away closes the stream, which cancels the generation in the worker. So is the
+a client that goes away cancels the generation in the worker, which stops it at its next decode
+step: a stream is closed by Litestar then, and a whole response watches for the ASGI
+``http.disconnect`` while it waits (``client_gone``; issue 21, item 6: a non-streamed request
+kept its slot until its last token after its client had left). So is the
 key's ticket (gateway.access.limits): a whole response charges its usage at the end; a stream
 charges each token as it passes and, when the key's tokens_per_minute runs out, ends as
 max_tokens would (finish_reason "length") with a ``note`` saying why, instead of being cut off;
@@ -14,11 +17,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
-from litestar import Response
+from litestar import Request, Response
 from litestar.response import Stream
 
 from gateway.access.limits import Ticket
@@ -31,6 +34,20 @@ from gateway.runtime.worker_process import WorkerRequest
 
 SSE_DONE = b"data: [DONE]\n\n"
 END_AFTER_CANCEL_S = 2.0  # how long a stopped stream waits for the worker's "end" (its usage)
+CLIENT_CLOSED = 499  # nginx's "client closed request", for the metrics and the log
+
+Disconnected = Callable[[], Awaitable[None]]
+
+
+def client_gone(request: Request) -> Disconnected:
+    """Waits until the client disconnects (the ASGI ``http.disconnect``); for a request whose
+    body was read, so that nothing else receives from it."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
 
 
 def sse(data: Any) -> bytes:
@@ -46,29 +63,78 @@ def _ttft(record: RequestRecord, sent_at: float, timings: dict[str, Any] | None)
 
 
 async def whole(
-    lease: Lease, record: RequestRecord, metrics: GatewayMetrics, op: str, params: dict[str, Any], ticket: Ticket | None = None
+    lease: Lease,
+    record: RequestRecord,
+    metrics: GatewayMetrics,
+    op: str,
+    params: dict[str, Any],
+    ticket: Ticket | None = None,
+    disconnected: Disconnected | None = None,
 ) -> Response:
-    """A non-streamed request; the lease and the ticket are released when it returns."""
+    """A non-streamed request; the lease and the ticket are released when it returns. When
+    ``disconnected`` returns first, the generation is cancelled and its usage so far charged."""
     ticket = ticket or Ticket(None, None, time.monotonic)
     try:
         async with lease:
             sent_at = time.monotonic()
-            async for msg in lease.request(op, params, stream=False):
-                if msg["type"] == "error":
-                    raise_worker_error(msg, lease.name)
-                if msg["type"] == "result":
-                    data = msg["data"]
-                    usage = msg.get("usage")
-                    if isinstance(data, dict):
-                        data["model"] = lease.name
-                        usage = usage or data.get("usage")
+            messages = lease.request(op, params, stream=False)
+            try:
+                msg = await _unless(_answer(messages), disconnected)
+                if msg is None:  # the client left
+                    usage = await _end_after_cancel(messages)
                     ticket.settle(usage)
-                    record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, msg.get("timings")), usage=usage)
-                    headers = {REQUEST_ID_HEADER: record.request_id, **ticket.headers()}
-                    return Response(content=data, status_code=200, headers=headers)
+                    record.finish(metrics, CLIENT_CLOSED, usage=usage)
+                    return Response(content=b"", status_code=CLIENT_CLOSED)
+            finally:
+                await messages.aclose()
+            if msg["type"] == "result":
+                data = msg["data"]
+                usage = msg.get("usage")
+                if isinstance(data, dict):
+                    data["model"] = lease.name
+                    usage = usage or data.get("usage")
+                ticket.settle(usage)
+                record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, msg.get("timings")), usage=usage)
+                headers = {REQUEST_ID_HEADER: record.request_id, **ticket.headers()}
+                return Response(content=data, status_code=200, headers=headers)
+            if msg["type"] == "error":
+                raise_worker_error(msg, lease.name)
         raise EngineError(f"model {lease.name!r}: no result from the worker")
     finally:
         ticket.release()
+
+
+async def _answer(messages: WorkerRequest) -> dict[str, Any]:
+    """A whole response's terminal message (its result, or an error; an "end" without one)."""
+    async for msg in messages:
+        if msg["type"] in ("result", "error", "end"):
+            return msg
+    return {"type": "end"}
+
+
+async def _unless(work: Awaitable[dict[str, Any]], disconnected: Disconnected | None) -> dict[str, Any] | None:
+    """``work``'s result, or None when ``disconnected`` returns first (``work`` is cancelled)."""
+    if disconnected is None:
+        return await work
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        return task.result() if task.done() else None
+    finally:
+        for pending in (task, watch):
+            pending.cancel()
+        await asyncio.gather(task, watch, return_exceptions=True)
+
+
+async def _end_after_cancel(messages: WorkerRequest) -> dict[str, Any] | None:
+    """Cancel a generation whose client left, and read on to its "end" for the usage so far."""
+    messages.cancel()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(END_AFTER_CANCEL_S):
+            async for msg in messages:
+                if msg["type"] in ("result", "end", "error"):
+                    return msg.get("usage")
+    return None
 
 
 async def streamed(

@@ -2,7 +2,9 @@
 
 ``FakeTransport`` spawns ``FakeConnection``s that speak the worker protocol without a process or
 a model: they load for ``load_s``, answer requests with ``tokens`` words ``token_s`` apart, take
-``stop_s`` to exit after "shutdown" and can be crashed at any moment (``crash``). Races that take
+``stop_s`` to exit after "shutdown" and can be crashed at any moment (``crash``), break the
+protocol (``break_protocol``: killed, as the real connection kills such a worker) or lose its
+stdin while it runs (``close_stdin``). Races that take
 seconds with real workers (a crash during a reload, a ready line after a stop) take milliseconds.
 It runs the real pool and the real ``WorkerProcess``; only the process is missing.
 """
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.engine.protocol import WorkerSpec
-from gateway.runtime.transport import WorkerGone
+from gateway.runtime.transport import ProtocolError, WorkerGone
+
+_BROKEN = object()  # in the output queue: the worker broke the protocol here
 
 
 @dataclass
@@ -47,6 +51,8 @@ class FakeConnection:
         self._tasks: set[asyncio.Task] = set()
         self.received: list[dict[str, Any]] = []
         self.shutdown_at: float | None = None
+        self._stdin_closed = False
+        self._broken = ""
         self._spawn(self._load())
 
     # ------------------------------------------------------------ what tests use
@@ -59,6 +65,15 @@ class FakeConnection:
         """Die now, as kill -9 would."""
         self._die(code)
 
+    def break_protocol(self, what: str = "a line over the limit") -> None:
+        """Write something that is not a message (after what is already queued)."""
+        self._broken = what
+        self._out.put_nowait(_BROKEN)  # type: ignore[arg-type]
+
+    def close_stdin(self) -> None:
+        """Stop taking messages while still running (a worker whose stdin reader died)."""
+        self._stdin_closed = True
+
     # ------------------------------------------------------------ the connection
 
     @property
@@ -66,7 +81,7 @@ class FakeConnection:
         return self._pid
 
     def send(self, message: dict[str, Any]) -> None:
-        if self._exit.done() or self.shutdown_at is not None:
+        if self._exit.done() or self.shutdown_at is not None or self._stdin_closed:
             raise WorkerGone(self.spec.name)
         self.received.append(message)
         kind = message.get("type")
@@ -79,6 +94,9 @@ class FakeConnection:
 
     async def messages(self) -> AsyncIterator[dict[str, Any]]:
         while (msg := await self._out.get()) is not None:
+            if msg is _BROKEN:
+                self._die(-9)  # as SubprocessConnection does: killed, then the error
+                raise ProtocolError(f"the fake worker wrote {self._broken}")
             yield msg
 
     async def wait(self) -> int:

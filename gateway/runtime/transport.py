@@ -9,6 +9,11 @@ slow stop) to drive races in milliseconds.
 The real worker runs in its own process group (``start_new_session``), so stopping it reaches
 anything it started: a "shutdown" message and EOF first, then SIGTERM to the group, then SIGKILL.
 It also dies with its parent (PR_SET_PDEATHSIG and stdin EOF, see gateway.engine.worker).
+
+A worker that breaks the protocol (a line over ``STREAM_LIMIT``, a line that is not a JSON
+object) is killed at once and its output discarded to the end, then ``messages`` raises
+``ProtocolError``: the pool treats it as a crash (issue 21, item 2: a reader that raised with
+the process alive waited for its exit forever, and the model with it).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class WorkerGone(Exception):
     """The worker's stdin is closed: it exited or is exiting."""
 
 
+class ProtocolError(Exception):
+    """The worker broke the line protocol; it has been killed."""
+
+
 class WorkerConnection(Protocol):
     """One running worker, as the pool sees it."""
 
@@ -46,7 +55,8 @@ class WorkerConnection(Protocol):
         """Queue one message for the worker; raises ``WorkerGone`` once it cannot take any."""
 
     def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """The worker's messages, decoded, until its output ends."""
+        """The worker's messages, decoded, until its output ends. ``ProtocolError`` once it
+        sends something that is not a message: it is killed first."""
 
     async def wait(self) -> int:
         """Wait for the exit; the exit code."""
@@ -68,9 +78,10 @@ class WorkerTransport(Protocol):
 class SubprocessConnection:
     """A real worker process and its pipes."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, line_limit: int = STREAM_LIMIT) -> None:
         self._proc = proc
         self._name = name
+        self._line_limit = line_limit
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._log_task = asyncio.create_task(self._read_log(), name=f"{name}-stderr")
 
@@ -89,11 +100,29 @@ class SubprocessConnection:
 
     async def messages(self) -> AsyncIterator[dict[str, Any]]:
         stream = self._proc.stdout
-        while stream is not None and (line := await stream.readline()):
+        while stream is not None:
             try:
-                yield decode(line)
-            except ValueError:
-                log.warning("[%s] unreadable message from worker: %r", self._name, line[:200])
+                line = await stream.readline()
+            except ValueError:  # asyncio's "chunk is longer than limit" (the line is dropped)
+                await self._abandon(stream)
+                raise ProtocolError(f"the worker wrote a line over the {self._line_limit / 2**20:g} MiB limit") from None
+            if not line:
+                return
+            try:
+                message = decode(line)
+            except ValueError:  # msgspec.DecodeError is one
+                message = None
+            if not isinstance(message, dict):
+                await self._abandon(stream)
+                raise ProtocolError(f"the worker wrote a line that is not a message: {line[:200]!r}")
+            yield message
+
+    async def _abandon(self, stream: asyncio.StreamReader) -> None:
+        """Kill the worker and read its output to the end, so that its exit can be awaited (a
+        pipe paused with unread data never reports its end)."""
+        self.kill_now()
+        while await stream.read(2**20):
+            pass
 
     async def wait(self) -> int:
         code = await self._proc.wait()
@@ -134,11 +163,13 @@ class SubprocessConnection:
 
 
 class SubprocessTransport:
-    """Spawns ``python -m gateway.engine.worker '<spec>'`` in its own process group."""
+    """Spawns ``python -m gateway.engine.worker '<spec>'`` in its own process group; a line of its
+    output may be up to ``line_limit`` bytes."""
 
-    def __init__(self, python: str = sys.executable, module: str = WORKER_MODULE) -> None:
+    def __init__(self, python: str = sys.executable, module: str = WORKER_MODULE, line_limit: int = STREAM_LIMIT) -> None:
         self._python = python
         self._module = module
+        self._line_limit = line_limit
 
     async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> SubprocessConnection:
         proc = await asyncio.create_subprocess_exec(
@@ -151,9 +182,9 @@ class SubprocessTransport:
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,
-            limit=STREAM_LIMIT,
+            limit=self._line_limit,
         )
-        return SubprocessConnection(proc, spec.name)
+        return SubprocessConnection(proc, spec.name, self._line_limit)
 
 
 def _signal_group(pid: int, sig: int) -> None:

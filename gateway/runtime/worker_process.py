@@ -6,7 +6,8 @@ message or exit of an old process can never touch its successor). Its state move
 is reported to its owner (the pool) through ``on_event(worker, name, data)``:
 
 - ``progress`` (percent), ``ready`` (load seconds), ``failed`` (reason: the load failed),
-- ``crashed`` (reason, code: it died while ready; the pool decides whether to restart),
+- ``crashed`` (reason, code: it died while ready, or broke the protocol and was killed; the pool
+  decides whether to restart),
 - ``stopped`` (code: it exited after ``stop``), ``stats`` (the worker's engine statistics).
 
 A "ready" line read after ``stop`` began is ignored (the process is on its way out), and that
@@ -24,9 +25,9 @@ from typing import Any
 
 from gateway.engine.process import exit_reason
 from gateway.engine.protocol import WorkerSpec
-from gateway.errors import EngineError, ModelUnavailableError
+from gateway.errors import ModelUnavailableError
 from gateway.runtime.states import ModelState, check_transition
-from gateway.runtime.transport import SubprocessTransport, WorkerConnection, WorkerGone, WorkerTransport
+from gateway.runtime.transport import ProtocolError, SubprocessTransport, WorkerConnection, WorkerGone, WorkerTransport
 
 EventSink = Callable[["WorkerProcess", str, dict[str, Any]], None]
 
@@ -119,12 +120,15 @@ class WorkerProcess:
         self.reason = reason
 
     async def _read(self, conn: WorkerConnection) -> None:
+        broken = None
         try:
             async for msg in conn.messages():
                 self._dispatch(msg)
+        except ProtocolError as exc:
+            broken = str(exc)  # the connection killed the worker: a crash like any other
         finally:
             code = await conn.wait()
-            self._on_exit(code, conn)
+            self._on_exit(code, conn, broken)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -151,10 +155,11 @@ class WorkerProcess:
         elif kind == "failed":
             self._fail(str(msg.get("message", "load failed")))
 
-    def _on_exit(self, code: int, conn: WorkerConnection) -> None:
+    def _on_exit(self, code: int, conn: WorkerConnection, broken: str | None = None) -> None:
+        why = f"was killed: {broken}" if broken else f"exited (code {code})"
         for queue in self._pending.values():
-            queue.put_nowait({"type": "error", "kind": "worker_exited", "message": f"the model's worker exited (code {code})"})
-        reason = exit_reason("worker", code, conn.stderr_tail())
+            queue.put_nowait({"type": "error", "kind": "worker_exited", "message": f"the model's worker {why}"})
+        reason = f"{broken}; the worker was killed" if broken else exit_reason("worker", code, conn.stderr_tail())
         if self.state is ModelState.STOPPING:
             self._finish_stop(code)
         elif self.state is ModelState.STARTING:
@@ -187,8 +192,11 @@ class WorkerProcess:
         try:
             conn.send({**message, "id": rid})
         except WorkerGone:
+            # Its stdin is closed while it counts as ready: a crash the reader has not seen yet.
+            # The kill makes sure it sees one (and the pool restarts the model).
             self._close(rid)
-            raise EngineError(f"model {self.name!r}: its worker is gone") from None
+            conn.kill_now()
+            raise ModelUnavailableError(f"model {self.name!r}: its worker is gone; it restarts") from None
         return rid, conn, queue
 
     def _close(self, rid: int) -> None:

@@ -70,6 +70,62 @@ def test_wrong_types_are_400_naming_the_field(base, body, param):
     assert _error(r)["param"] == param
 
 
+def _json_schema(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        # Issue 21, items 2 and 11: accepted before, out of OpenAI's bounds.
+        ("/v1/chat/completions", {"messages": HI, "temperature": -1}, "temperature"),
+        ("/v1/chat/completions", {"messages": HI, "temperature": 2.5}, "temperature"),
+        ("/v1/completions", {"prompt": "a", "top_p": -5}, "top_p"),
+        ("/v1/completions", {"prompt": "a", "presence_penalty": 3}, "presence_penalty"),
+        ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ("/v1/completions", {"prompt": "a", "logprobs": 1_000_000}, "logprobs"),
+        ("/v1/completions", {"prompt": "a", "logprobs": 6}, "logprobs"),
+        ("/v1/chat/completions", {"messages": HI, "logprobs": True, "top_logprobs": 1_000_000}, "top_logprobs"),
+        ("/v1/chat/completions", {"messages": HI, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        # A schema llama-cpp-python cannot follow gave unconstrained output.
+        ("/v1/chat/completions", {"messages": HI, "response_format": _json_schema({"type": 123})}, "response_format"),
+        (
+            "/v1/chat/completions",
+            {"messages": HI, "response_format": _json_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/none"}}})},
+            "response_format",
+        ),
+        ("/v1/chat/completions", {"messages": HI, "response_format": _json_schema({"$ref": "https://example.com/s.json"})}, "response_format"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_values_out_of_bounds_are_400_naming_the_field(base, path, body, param, stream):
+    r = _post(base, path, json={**body, "max_tokens": 2, "stream": stream})
+    assert r.status_code == 400, r.text
+    assert _error(r)["param"] == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"temperature": 0, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2, "logprobs": 5},
+        {"temperature": 2, "top_p": 0, "logprobs": 0},
+    ],
+)
+def test_the_bounds_themselves_are_allowed(base, body):
+    r = _post(base, "/v1/completions", json={"prompt": "a", "max_tokens": 2, **body})
+    assert r.status_code == 200, r.text
+
+
+def test_a_chat_may_ask_for_20_alternatives_per_token(base):
+    r = _post(base, "/v1/chat/completions", json={"messages": HI, "max_tokens": 2, "logprobs": True, "top_logprobs": 20})
+    assert r.status_code == 200, r.text
+    # (llama-cpp-python keys them by token text: tokens with one text count once.)
+    assert all(1 < len(t["top_logprobs"]) <= 21 for t in r.json()["choices"][0]["logprobs"]["content"])
+
+
 def test_body_over_the_limit_is_413(base):
     r = _post(base, "/v1/completions", json={"prompt": "a" * 10_000})
     assert r.status_code == 413

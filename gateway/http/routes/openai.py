@@ -70,7 +70,7 @@ async def _generate(request: Request, call: Call, endpoint: str, op: str) -> Res
     lease, ticket = await _lease(pool, access, key, entry)
     if stream:
         return await proxy.streamed(lease, record, call.metrics, op, params, include_usage(body), ticket)
-    return await proxy.whole(lease, record, call.metrics, op, params, ticket)
+    return await proxy.whole(lease, record, call.metrics, op, params, ticket, proxy.client_gone(request))
 
 
 async def chat_completions(request: Request, call: NamedDependency[Call]) -> Response | Stream:
@@ -91,7 +91,7 @@ async def embeddings(request: Request, call: NamedDependency[Call]) -> Response:
         raise InvalidRequestError(f"model {entry.name!r} does not serve embeddings (set embedding = true)", param="model")
     params = embedding_params(body)
     lease, ticket = await _lease(pool, access, key, entry)
-    return await proxy.whole(lease, record, call.metrics, "embedding", params, ticket)
+    return await proxy.whole(lease, record, call.metrics, "embedding", params, ticket, proxy.client_gone(request))
 
 
 async def list_models(pool: NamedDependency[ModelPool], access: NamedDependency[Access], key: Key) -> dict[str, Any]:

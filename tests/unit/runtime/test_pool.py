@@ -326,3 +326,54 @@ def test_an_on_demand_model_loads_beside_the_lightest_gpu_under_spread_and_packs
     assert asyncio.run(gpu_of("spread")) == ((0,), (1,))
     # best_fit: both on the smaller GPU 0, the least memory left unused.
     assert asyncio.run(gpu_of("best_fit")) == ((0,), (0,))
+
+
+def test_a_worker_that_breaks_the_protocol_is_killed_and_restarted_and_its_requests_get_503(tiny):
+    # Issue 21, item 2: a line over the limit raised in the reader with the worker alive; the
+    # pool waited for its exit forever, its requests hung and the model stayed "ready".
+    async def run():
+        transport = FakeTransport(FakeScript(tokens=1000, token_s=0.01))
+        events: list = []
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport, events)
+        await pool.start()
+        try:
+            first = transport.latest("m")
+            lease = await pool.acquire("m")
+            async with lease:
+                messages = lease.request("completion", {"prompt": "a"}, stream=True)
+                assert (await anext(messages))["type"] == "chunk"
+                first.break_protocol()
+                async with asyncio.timeout(3):
+                    rest = [m async for m in messages]
+            assert not first.alive
+            await wait_for(lambda: ("restarting", "m") in events)
+            await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
+            assert transport.latest("m") is not first and len(transport.alive("m")) == 1
+            assert (await complete(pool, "m"))[-1]["type"] == "result"
+            return rest
+        finally:
+            await pool.stop()
+
+    rest = asyncio.run(run())
+    error = rest[-1]
+    assert error["type"] == "error" and error["kind"] == "worker_exited" and "killed" in error["message"]
+
+
+def test_a_worker_whose_stdin_is_closed_answers_503_and_restarts(tiny):
+    # Before: a 500 "its worker is gone" on every request, the model still "ready".
+    async def run():
+        transport = FakeTransport()
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport)
+        await pool.start()
+        try:
+            first = transport.latest("m")
+            first.close_stdin()
+            with pytest.raises(ModelUnavailableError, match="restarts"):
+                await complete(pool, "m")
+            await wait_for(lambda: not first.alive)
+            await wait_for(lambda: pool.entries["m"].state is ModelState.READY and transport.latest("m") is not first)
+            assert (await complete(pool, "m"))[-1]["type"] == "result"
+        finally:
+            await pool.stop()
+
+    asyncio.run(run())

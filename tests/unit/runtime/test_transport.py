@@ -1,0 +1,56 @@
+"""The real transport (gateway.runtime.transport) around a real worker process and its pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.engine.protocol import WorkerSpec
+from gateway.runtime.states import ModelState
+from gateway.runtime.transport import SubprocessTransport
+from gateway.runtime.worker_process import WorkerProcess
+from tests.ggufmaker import write_tiny_llama
+
+pytestmark = pytest.mark.llama
+
+REPO = Path(__file__).resolve().parents[3]
+TIMEOUT_S = 60.0
+LINE_LIMIT = 64 * 1024  # the gateway's is 64 MiB; the tiny model's answers are smaller
+
+
+def test_a_real_worker_whose_answer_is_over_the_line_limit_is_killed_and_its_request_ends(tmp_path):
+    # Issue 21, item 2: a line over the limit (Gemma with top_logprobs: 1000000 writes ~16 MB a
+    # token) raised in the reader with the worker alive; its exit never came, the request hung
+    # and the model stayed "ready".
+    async def run():
+        events: list[str] = []
+        spec = WorkerSpec(name="tiny", model_path=str(write_tiny_llama(tmp_path / "tiny.gguf")), n_ctx=512, n_threads=2)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        transport = SubprocessTransport(line_limit=LINE_LIMIT)
+        worker = WorkerProcess(spec, env, transport, lambda w, name, data: events.append(name))
+        await worker.start()
+        try:
+            assert await worker.wait_ready(TIMEOUT_S) is ModelState.READY
+            pid = worker.pid
+            # Every token of the vocabulary as an alternative, 100 tokens: one line of ~2 MB.
+            params = {"prompt": "a", "max_tokens": 100, "temperature": 0, "logit_bias": {"97": 50.0}, "logprobs": 1_000_000}
+            async with asyncio.timeout(TIMEOUT_S):
+                # (The exit fails the requests and moves the state in one step.)
+                answer = [m async for m in worker.request("completion", params, stream=False)]
+            return answer, pid, events, worker.state, worker.reason
+        finally:
+            worker.kill_now()  # (before the fix, stop() itself never returned)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await worker.stop(5)
+
+    answer, pid, events, state, reason = asyncio.run(run())
+    assert answer[-1]["type"] == "error" and answer[-1]["kind"] == "worker_exited", answer[-1]
+    assert "over the 0.0625 MiB limit" in answer[-1]["message"]
+    assert "crashed" in events and state is ModelState.FAILED and "killed" in (reason or "")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

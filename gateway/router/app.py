@@ -402,5 +402,7 @@ def create_router_app(
         lifespan=[lifespan],
         openapi_config=None,
         request_max_body_size=config.gateway.max_body_bytes,
+        # Logging is set up once, in our format (gateway.router.asgi), as for a gateway.
+        logging_config=None,
         debug=False,
     )

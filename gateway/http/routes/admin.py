@@ -39,8 +39,8 @@ async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDepen
         result = await pool.reload(new)
     if result.reloaded:
         log.info(
-            "reloaded %s: unchanged %s, removed %s, changed %s, added %s",
-            config_file.path, result.unchanged, result.removed, result.changed, result.added,
+            "reloaded %s: unchanged %s, removed %s, changed %s, added %s, restarted %s",
+            config_file.path, result.unchanged, result.removed, result.changed, result.added, result.restarted,
         )
     else:
         log.error("reload of %s refused, nothing changed:\n  %s", config_file.path, "\n  ".join(result.problems))

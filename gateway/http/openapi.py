@@ -232,6 +232,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             **{k: {"type": "array", "items": _STR} for k in ("problems", "unchanged", "removed", "changed", "added", "restarted")},
         },
     },
+    "DrainResult": {
+        "type": "object",
+        "required": ["draining", "in_flight"],
+        "properties": {"draining": {"type": "boolean"}, "in_flight": {"type": "integer", "minimum": 0}},
+    },
     "KeyList": {
         "type": "object",
         "description": "Every API key in force, by name (never the key or its hash), and its last minute of use.",
@@ -484,6 +489,15 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "400": _error("400", "The gateway was started without a config file"),
             "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
             "409": _error("409", "A reload is already running"),
+        },
+    },
+    "drain": {
+        "summary": "Stop taking requests and wait for those in flight (what SIGTERM does first); no undo",
+        "auth": "admin",
+        "responses": {
+            "200": _json("Drained: the requests still in flight after shutdown_grace_s (0 when all ended)", "DrainResult"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "403": _error("403", "A key without admin = true"),
         },
     },
     "listKeys": {

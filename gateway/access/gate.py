@@ -7,6 +7,10 @@ key's usage follows its *name*, so a key rotated to a new hash keeps its minute 
 
 A scoped key is told 403 for every model outside its scope, whether or not such a model exists,
 so its answers never reveal the names of models it may not use.
+
+The router (gateway.router.app) uses the same ``Access`` over its cluster config: ``permit`` and
+``visible_names`` work on the config's model names, so scopes, limits and usage mean the same
+through a router as on one gateway.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ key's usage follows its *name*, so a key rotated to a new hash keeps its minute 
 
 A scoped key is told 403 for every model outside its scope, whether or not such a model exists,
 so its answers never reveal the names of models it may not use.
+
+The router (gateway.router.app) uses the same ``Access`` over its cluster config: ``permit`` and
+``visible_names`` work on the config's model names, so scopes, limits and usage mean the same
+through a router as on one gateway.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from gateway.access.keyring import ApiKey, KeyRing
 from gateway.access.limits import Clock, KeyUsage, Ticket, admit
+from gateway.config.names import ModelNames
 from gateway.config.schema import Config
 from gateway.errors import InvalidRequestError, ModelNotFoundError, PermissionDeniedError
 from gateway.runtime.pool import ModelEntry, ModelPool
@@ -27,6 +32,11 @@ log = logging.getLogger("gateway")
 
 def _names(entry: ModelEntry) -> tuple[str, ...]:
     return (entry.name, *entry.config.aliases)
+
+
+def _config_names(config: Config, name: str) -> tuple[str, ...]:
+    model = next(m for m in config.models if m.name == name)
+    return (model.name, *model.aliases)
 
 
 class Access:
@@ -45,6 +55,7 @@ class Access:
         self._built_for: Config | None = None
         self._ring = KeyRing([])
         self._usage: dict[str, KeyUsage] = {}
+        self._names: tuple[Config, ModelNames] | None = None
 
     def ring(self) -> KeyRing:
         """The keys of the config in force."""
@@ -67,25 +78,44 @@ class Access:
 
     # ------------------------------------------------------------------ scopes
 
-    def resolve(self, pool: ModelPool, key: ApiKey | None, requested: Any) -> ModelEntry:
-        """The model a request names, if the key may use it; 403 otherwise (never a 404)."""
+    def permit(self, key: ApiKey | None, requested: Any) -> str:
+        """The configured name of the model a request names, if the key may use it; 403
+        otherwise (never a 404). The one rule for a gateway and for the router in front of
+        several: both resolve names by the config in force (gateway.config.names)."""
+        config = self._config()
+        names = self._names_of(config)
         if key is None or not key.scoped:
-            return pool.resolve(requested)
+            return names.resolve(requested)
         try:
-            entry: ModelEntry | None = pool.resolve(requested)
+            name: str | None = names.resolve(requested)
         except ModelNotFoundError:
-            entry = None
+            name = None
         except InvalidRequestError as exc:
             if exc.param != "model" or requested not in (None, ""):
                 raise
             # No model and no default: name the key's models only, never the others.
-            allowed = ", ".join(e.name for e in self.visible(key, pool.entries.values())) or "none"
+            allowed = ", ".join(self.visible_names(key)) or "none"
             raise InvalidRequestError(f"'model' is required: key {key.name!r} may use {allowed}", param="model") from None
-        if entry is None or not key.may_use(_names(entry)):
-            allowed = ", ".join(e.name for e in self.visible(key, pool.entries.values())) or "none"
+        if name is None or not key.may_use(_config_names(config, name)):
+            allowed = ", ".join(self.visible_names(key)) or "none"
             what = "the default model" if requested is None or requested == "" else f"model {requested!r}"
             raise PermissionDeniedError(f"key {key.name!r} may not use {what}; its models: {allowed}")
-        return entry
+        return name
+
+    def visible_names(self, key: ApiKey | None) -> list[str]:
+        """The configured models a key may use, in config order (all of them for an unscoped key
+        or an open gateway)."""
+        config = self._config()
+        return [m.name for m in config.models if key is None or key.may_use((m.name, *m.aliases))]
+
+    def _names_of(self, config: Config) -> ModelNames:
+        if self._names is None or self._names[0] is not config:
+            self._names = (config, ModelNames(config))
+        return self._names[1]
+
+    def resolve(self, pool: ModelPool, key: ApiKey | None, requested: Any) -> ModelEntry:
+        """``permit`` as the pool's entry (the pool follows the same config)."""
+        return pool.entries[self.permit(key, requested)]
 
     def visible(self, key: ApiKey | None, entries: Iterable[ModelEntry]) -> list[ModelEntry]:
         """The models a key may use (every model for an unscoped key or an open gateway)."""

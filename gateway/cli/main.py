@@ -414,6 +414,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 1
     for key in ("unchanged", "removed", "changed", "added"):
         print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
+    if doc.get("restarted"):  # failed models started again (shown only when there are some)
+        print(f"restarted: {', '.join(doc['restarted'])}")
     return 0
 
 

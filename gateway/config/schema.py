@@ -141,11 +141,13 @@ class GatewaySettings(BaseSettings):
     health_requires_key: bool = False
     metrics_requires_key: bool = False
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
-    # How long a request may wait for an on-demand model to load (evictions included).
+    # How long a request may wait for a model to load: an on-demand one (evictions included), or
+    # an eager one that a reload, a restart or a retry is loading.
     load_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
     # A worker that crashes while serving is restarted after restart_backoff_s, doubling up to
     # 30 s; after restart_max_failures crashes within restart_window_s the model stays failed.
+    # An eager model whose load failed is tried again on the same backoff, until it loads.
     # Larger request bodies get 413 before they are read into memory.
     max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024
     restart_max_failures: Annotated[int, Field(ge=0)] = 5

@@ -226,11 +226,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "ReloadResult": {
         "type": "object",
-        "required": ["reloaded", "problems", "unchanged", "removed", "changed", "added"],
+        "required": ["reloaded", "problems", "unchanged", "removed", "changed", "added", "restarted"],
         "properties": {
             "reloaded": {"type": "boolean"},
-            **{k: {"type": "array", "items": _STR} for k in ("problems", "unchanged", "removed", "changed", "added")},
+            **{k: {"type": "array", "items": _STR} for k in ("problems", "unchanged", "removed", "changed", "added", "restarted")},
         },
+    },
+    "DrainResult": {
+        "type": "object",
+        "required": ["draining", "in_flight"],
+        "properties": {"draining": {"type": "boolean"}, "in_flight": {"type": "integer", "minimum": 0}},
     },
     "KeyList": {
         "type": "object",
@@ -480,11 +485,20 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "Re-read models.toml (as SIGHUP does)",
         "auth": "admin",
         "responses": {
-            "200": _json("Reloaded: what was unchanged, removed, changed and added", "ReloadResult"),
+            "200": _json("Reloaded: what was unchanged, removed, changed, added and restarted (unchanged but failed)", "ReloadResult"),
             "422": _json("The new models.toml is invalid or does not fit: nothing changed", "ReloadResult"),
             "400": _error("400", "The gateway was started without a config file"),
             "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
             "409": _error("409", "A reload is already running"),
+        },
+    },
+    "drain": {
+        "summary": "Stop taking requests and wait for those in flight (what SIGTERM does first); no undo",
+        "auth": "admin",
+        "responses": {
+            "200": _json("Drained: the requests still in flight after shutdown_grace_s (0 when all ended)", "DrainResult"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "403": _error("403", "A key without admin = true"),
         },
     },
     "listKeys": {
@@ -509,11 +523,10 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         },
     },
     "loadModel": {
-        "summary": "Load an on-demand model now (evicting idle ones if needed)",
+        "summary": "Load a model now: an on-demand one (evicting idle ones if needed), or an eager one that failed",
         "auth": "admin",
         "responses": {
-            "200": _json("The model, ready (an eager model that is ready is left as it is)", "Model"),
-            "400": _error("400", "An eager model that is not ready (it loads at start)"),
+            "200": _json("The model, ready (a model that is ready is left as it is)", "Model"),
             "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
             "404": _error("404"),
             "503": _error("503", "The model could not be loaded: why (the planner's explanation, or the worker's error)"),

@@ -171,13 +171,13 @@ async def streamed(
                 if msg["type"] == "chunk":
                     data = msg["data"]
                     data["model"] = lease.name
-                    if not ticket.take(_generated(data)):
+                    if not ticket.take(generated_tokens(data)):
                         # The key's budget ran out: this token is not sent, the generation stops.
-                        yield sse(_budget_stop(data, lease.name, ticket.budget_note()))
+                        yield sse(budget_stop_chunk(data, lease.name, ticket.budget_note()))
                         end_usage = await _usage_after_cancel(messages, ticket.charged)
                         ticket.settle(end_usage)
                         if include_usage:
-                            yield sse(_usage_chunk(data, lease.name, end_usage))
+                            yield sse(usage_chunk(data, lease.name, end_usage))
                         status = 200
                         break
                     last = data
@@ -186,7 +186,7 @@ async def streamed(
                     end_usage = msg.get("usage")
                     ticket.settle(end_usage)
                     if include_usage and end_usage is not None:
-                        yield sse(_usage_chunk(last, lease.name, end_usage))
+                        yield sse(usage_chunk(last, lease.name, end_usage))
                     status = 200
                     break
                 elif msg["type"] == "error":
@@ -231,7 +231,7 @@ async def _usage_after_cancel(messages: WorkerRequest, sent: int) -> dict[str, A
     return {"prompt_tokens": prompt, "completion_tokens": sent, "total_tokens": prompt + sent}
 
 
-def _generated(chunk: dict[str, Any]) -> int:
+def generated_tokens(chunk: dict[str, Any]) -> int:
     """Tokens one stream chunk carries: llama.cpp streams a token per chunk and choice (the
     worker's usage at the end corrects the count)."""
     count = 0
@@ -242,7 +242,7 @@ def _generated(chunk: dict[str, Any]) -> int:
     return count
 
 
-def _budget_stop(chunk: dict[str, Any], model: str, note: str) -> dict[str, Any]:
+def budget_stop_chunk(chunk: dict[str, Any], model: str, note: str) -> dict[str, Any]:
     """The last chunk of a stream stopped by its key's token budget: each choice ends with
     finish_reason "length" (as at max_tokens), and ``note`` says why."""
     chat = chunk.get("object") == "chat.completion.chunk"
@@ -253,7 +253,7 @@ def _budget_stop(chunk: dict[str, Any], model: str, note: str) -> dict[str, Any]
     return {**_envelope(chunk, model), "choices": choices, "note": note}
 
 
-def _usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+def usage_chunk(last: dict[str, Any] | None, model: str, usage: dict[str, Any]) -> dict[str, Any]:
     return {**_envelope(last, model), "choices": [], "usage": usage}
 
 

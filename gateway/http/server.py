@@ -9,6 +9,7 @@ import secrets
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ from gateway.placement.launch import ModelLaunch, encode_launches
 from gateway.observability.logs import granian_log_config
 
 log = logging.getLogger("gateway")
+
+# How often a SIGHUP that came during start-up asks again whether the app answers.
+RELOAD_RETRY_S = 0.2
 
 
 def write_state(
@@ -102,32 +106,89 @@ class _ExclusiveSocket:
 
 
 class _Server(Granian):  # type: ignore[misc, valid-type]
-    """granian's server, with SIGHUP meaning "reload models.toml" instead of "respawn the app".
+    """granian's server, with SIGHUP meaning "reload models.toml" instead of "respawn the app",
+    and SIGTERM/SIGINT draining the app before granian stops listening.
 
     Respawning would reload every model; our reload keeps unchanged models serving. The app
-    process does the work (``POST /admin/reload``); this process only forwards the signal.
+    process does the work (``POST /admin/reload``); this process only forwards the signal. A
+    SIGHUP that comes while the app is still starting (loading its models) is kept, and sent
+    once the app answers; SIGHUPs meanwhile join it.
+
+    granian stops accepting connections as soon as it is told to stop, so during the drain a
+    load balancer's health check would be refused rather than told. So the first SIGTERM (or
+    SIGINT) asks the app to drain first (``POST /admin/drain``: new requests and /health get
+    503 "draining", requests in flight get ``shutdown_grace_s``), and only then stops granian.
+    A second one stops at once; an app that does not answer (still starting) stops at once too.
     """
 
     reload_url: str = ""
+    drain_url: str = ""
     reload_token: str = ""
+    drain_timeout_s: float = 0.0
+    _reload_queued: bool = False
+    _stopping: bool = False
 
     def _reload(self, spawn_target, target_loader):  # noqa: ANN001
         self.reload_signal = False
         self.main_loop_interrupt.clear()
+        if self._reload_queued:
+            log.info("SIGHUP: a reload is already waiting for the app to start; this one joins it")
+            return
+        self._reload_queued = True
         threading.Thread(target=self._post_reload, name="reload", daemon=True).start()
 
     def _post_reload(self) -> None:
         import urllib.error
+
+        waited = False
+        try:
+            while True:
+                try:
+                    body = self._post(self.reload_url, timeout=3600)
+                except urllib.error.HTTPError as exc:
+                    log.error("SIGHUP: reload refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
+                    return
+                except OSError as exc:
+                    # Nothing listens yet: the app is starting. Keep the reload until it answers.
+                    if self._stopping:
+                        log.error("SIGHUP: not reloaded, the gateway is stopping: %s", exc)
+                        return
+                    if not waited:
+                        log.info("SIGHUP: the app is still starting; the reload runs once it answers")
+                        waited = True
+                    time.sleep(RELOAD_RETRY_S)
+                    continue
+                log.info("SIGHUP: %s", body)
+                return
+        finally:
+            self._reload_queued = False
+
+    def signal_handler_interrupt(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        if self._stopping or not self.drain_url:
+            super().signal_handler_interrupt(*args, **kwargs)  # a second signal: stop now
+            return
+        self._stopping = True
+        threading.Thread(target=self._drain_then_stop, name="drain", daemon=True).start()
+
+    def _drain_then_stop(self) -> None:
+        import urllib.error
+
+        try:
+            log.info("draining: new requests get 503; waiting for the requests in flight")
+            log.info("drained: %s", self._post(self.drain_url, timeout=self.drain_timeout_s))
+        except urllib.error.HTTPError as exc:
+            log.error("drain refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
+        except OSError as exc:
+            log.info("stopping without a drain (the app does not answer: %s)", exc)
+        finally:
+            super().signal_handler_interrupt()
+
+    def _post(self, url: str, timeout: float) -> str:
         import urllib.request
 
-        req = urllib.request.Request(self.reload_url, method="POST", headers={RELOAD_TOKEN_HEADER: self.reload_token})
-        try:
-            with urllib.request.urlopen(req, timeout=3600) as resp:
-                log.info("SIGHUP: %s", resp.read().decode(errors="replace"))
-        except urllib.error.HTTPError as exc:
-            log.error("SIGHUP: reload refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
-        except OSError as exc:
-            log.error("SIGHUP: could not reach the app to reload: %s", exc)
+        req = urllib.request.Request(url, method="POST", headers={RELOAD_TOKEN_HEADER: self.reload_token})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read().decode(errors="replace")
 
 
 def granian_server(cls: type[Granian], factory: str, config: Config, *, kill_after_grace_s: int) -> Granian:
@@ -183,6 +244,8 @@ def run_server(
         # plus time to SIGTERM/SIGKILL them before granian kills the app process.
         server = granian_server(_Server, "gateway.http.asgi:app_from_state", config, kill_after_grace_s=15)
         server.reload_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/reload")
+        server.drain_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/drain")
+        server.drain_timeout_s = config.gateway.shutdown_grace_s + 5
         server.reload_token = token
         server.serve()
     finally:

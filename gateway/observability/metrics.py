@@ -210,6 +210,49 @@ class _StateCollector(Collector):
         yield from (state, waiting, running, concurrency, capacity, slots, busy, planned, allocated, process)
 
 
+class KeyMetrics:
+    """The per-key series (by key *name*), in the registry of the app that checks the keys: a
+    gateway (GatewayMetrics) or the router (gateway.router.metrics), under the same names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self._requests = Counter(
+            PREFIX + "key_requests", "Requests answered, by API key name and HTTP status.", ["key", "status"], registry=r
+        )
+        self._prompt_tokens = Counter(PREFIX + "key_prompt_tokens", "Prompt tokens, by API key name.", ["key"], registry=r)
+        self._completion_tokens = Counter(
+            PREFIX + "key_completion_tokens", "Completion tokens, by API key name.", ["key"], registry=r
+        )
+        self._rejected = Counter(
+            PREFIX + "key_requests_rejected",
+            "A key's requests refused: scope (403), rate or concurrency (429), and the model's own refusals.",
+            ["key", "reason"],
+            registry=r,
+        )
+
+    def add_keys(self, names: Iterable[str]) -> None:
+        """Create the keys' counters at zero (the keys in force; called again after a reload)."""
+        for key in names:
+            for reason in KEY_REJECT_REASONS:
+                self._rejected.labels(key=key, reason=reason)
+            self._prompt_tokens.labels(key=key)
+            self._completion_tokens.labels(key=key)
+
+    def answered(self, key: str | None, status_code: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """One answered request of ``key`` (None: a gateway without keys, nothing counted)."""
+        if key is None:
+            return
+        self._requests.labels(key=key, status=str(status_code)).inc()
+        if prompt_tokens:
+            self._prompt_tokens.labels(key=key).inc(prompt_tokens)
+        if completion_tokens:
+            self._completion_tokens.labels(key=key).inc(completion_tokens)
+
+    def rejected(self, key: str | None, reason: str) -> None:
+        if key is not None:
+            self._rejected.labels(key=key, reason=reason).inc()
+
+
 class GatewayMetrics:
     """Every series ``GET /metrics`` serves, in a registry of its own.
 
@@ -272,19 +315,7 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=r,
         )
-        self._key_requests = Counter(
-            PREFIX + "key_requests", "Requests answered, by API key name and HTTP status.", ["key", "status"], registry=r
-        )
-        self._key_prompt_tokens = Counter(PREFIX + "key_prompt_tokens", "Prompt tokens, by API key name.", ["key"], registry=r)
-        self._key_completion_tokens = Counter(
-            PREFIX + "key_completion_tokens", "Completion tokens, by API key name.", ["key"], registry=r
-        )
-        self._key_rejected = Counter(
-            PREFIX + "key_requests_rejected",
-            "A key's requests refused: scope (403), rate or concurrency (429), and the model's own refusals.",
-            ["key", "reason"],
-            registry=r,
-        )
+        self.keys = KeyMetrics(r)
         self._restarts = Counter(PREFIX + "worker_restarts", "Times a model's worker process was restarted.", ["model"], registry=r)
         self._load = Gauge(
             PREFIX + "model_load_duration_seconds", "Seconds the model's last successful load took.", ["model"], registry=r
@@ -332,11 +363,7 @@ class GatewayMetrics:
 
     def add_keys(self, names: Iterable[str]) -> None:
         """Create the keys' counters at zero (the keys in force; called again after a reload)."""
-        for key in names:
-            for reason in KEY_REJECT_REASONS:
-                self._key_rejected.labels(key=key, reason=reason)
-            self._key_prompt_tokens.labels(key=key)
-            self._key_completion_tokens.labels(key=key)
+        self.keys.add_keys(names)
 
     def request_finished(
         self,
@@ -362,12 +389,7 @@ class GatewayMetrics:
             self._prompt_tokens.labels(model=name).inc(prompt_tokens)
         if completion_tokens:
             self._completion_tokens.labels(model=name).inc(completion_tokens)
-        if key is not None:  # the key's name (None on a gateway without keys)
-            self._key_requests.labels(key=key, status=str(status_code)).inc()
-            if prompt_tokens:
-                self._key_prompt_tokens.labels(key=key).inc(prompt_tokens)
-            if completion_tokens:
-                self._key_completion_tokens.labels(key=key).inc(completion_tokens)
+        self.keys.answered(key, status_code, prompt_tokens, completion_tokens)
         if not 200 <= status_code < 300:
             return
         if _finite_non_negative(duration_s):
@@ -397,8 +419,7 @@ class GatewayMetrics:
             # Call sites pass constants: an unknown reason is a bug that would mint new series.
             raise ValueError(f"unknown rejection reason {reason!r} (one of {', '.join(REJECT_REASONS)})")
         self._rejected.labels(model=NO_MODEL if model is None else model, reason=reason).inc()
-        if key is not None:
-            self._key_rejected.labels(key=key, reason=reason).inc()
+        self.keys.rejected(key, reason)
 
     def worker_restarted(self, model: str) -> None:
         """Count one restart of the model's worker process."""

@@ -9,7 +9,12 @@ A request is forwarded byte for byte (its body, its answer) to the best node for
 generation reaches the client token by token. A node that refuses the connection, or answers
 that the model cannot take requests now (503 model_unavailable, 429 queue_full), is skipped for
 the next replica; with none left the client gets the node's answer, or 503 naming each node and
-what is wrong there. Clients' API keys are checked here; the nodes get the internal key.
+what is wrong there.
+
+Clients' API keys are checked here with the gateway's own machinery: the same guards
+(gateway.http.auth), scopes, limits and usage (gateway.access), per-key series under the same
+names (gateway.observability.metrics.KeyMetrics); the nodes get the internal key, and each
+request's tokens are charged to its key from the node's answer (gateway.router.metering).
 """
 
 from __future__ import annotations
@@ -30,12 +35,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from gateway.access.gate import Access
+from gateway.access.keyring import ApiKey
+from gateway.access.limits import Clock
 from gateway.config.schema import Config
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
-from gateway.http.auth import Auth
+from gateway.http.auth import Auth, request_key
 from gateway.http.errors import Handlers, error_body, mapped_handlers
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
+from gateway.observability.metrics import REJECT_REASONS
+from gateway.router.metering import Metered
 from gateway.router.metrics import NO_NODE, RouterMetrics
 
 log = logging.getLogger("gateway.router")
@@ -49,19 +59,22 @@ PASSED_HEADERS = ("content-type", "cache-control", "retry-after", "www-authentic
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-class _ModelField(msgspec.Struct):
-    """The one field the router reads from a request body."""
+class _Fields(msgspec.Struct):
+    """The fields the router reads from a request body."""
 
     model: Any = None
+    stream: Any = None
+    stream_options: Any = None
 
 
 class Router:
     """What the handlers share: the directory, the HTTP client, the metrics and the settings."""
 
-    def __init__(self, config: Config, directory: Directory, metrics: RouterMetrics) -> None:
+    def __init__(self, config: Config, directory: Directory, metrics: RouterMetrics, access: Access) -> None:
         self.config = config
         self.directory = directory
         self.metrics = metrics
+        self.access = access
         self._client: httpx.AsyncClient | None = None
         router = config.router
         self.poll_interval_s = router.poll_interval_s if router is not None else 1.0
@@ -134,17 +147,32 @@ class Router:
 
     # ------------------------------------------------------------------ forwarding
 
-    async def forward(self, request: Request, path: str) -> Response | Stream:
+    async def forward(self, request: Request, path: str, key: ApiKey | None) -> Response | Stream:
         started = request.state.started = time.monotonic()
         raw = await request.body()
         try:
-            requested = msgspec.json.decode(raw, type=_ModelField).model
+            fields = msgspec.json.decode(raw, type=_Fields)
         except msgspec.ValidationError:
             raise InvalidRequestError("the request body must be a JSON object") from None
         except msgspec.DecodeError as exc:
             raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
-        model = self.directory.resolve(requested)
+        # The key's scope (403), then its limits (429), as on a gateway (gateway.access).
+        model = self.access.permit(key, fields.model)
         request.state.model = model
+        ticket = self.access.admit(key)
+        try:
+            stream = fields.stream is True
+            options = fields.stream_options
+            metered = Metered(ticket, stream, isinstance(options, dict) and bool(options.get("include_usage")))
+            answer = await self._send(request, path, model, metered.body(raw), metered, started)
+        except BaseException:
+            ticket.release()
+            raise
+        if not isinstance(answer, Stream):
+            ticket.release()
+        return answer
+
+    async def _send(self, request: Request, path: str, model: str, raw: bytes, metered: Metered, started: float) -> Response | Stream:
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         headers = {"content-type": request.headers.get("content-type", "application/json"), **self.node_headers(request_id)}
         if "accept" in request.headers:
@@ -175,11 +203,11 @@ class Router:
                     self.metrics.failover(node.name, model, FAILOVER_REASON[code])
                     last = (upstream, body, node)
                     continue
-                return self._whole(upstream, body, node, model, started)
+                return self._whole(upstream, body, node, model, started, metered)
             if upstream.status_code >= 400:
                 body = await upstream.aread()
                 await upstream.aclose()
-                return self._whole(upstream, body, node, model, started)
+                return self._whole(upstream, body, node, model, started, metered)
             if not upstream.headers.get("content-type", "").startswith("text/event-stream"):
                 # A whole answer comes from the node in one piece when it is done: relaying it
                 # as a stream would cost a task per request and gain no time.
@@ -191,28 +219,41 @@ class Router:
                     raise _NodeFailed(node.name, exc) from None
                 finally:
                     await upstream.aclose()
-                return self._whole(upstream, body, node, model, started)
-            return self._relay(upstream, node, model, started)
+                return self._whole(upstream, body, node, model, started, metered)
+            return self._relay(upstream, node, model, started, metered)
         if last is not None:
             # Every replica said "not now": the last one's answer (429 or 503) is the truth.
             upstream, body, node = last
-            self.metrics.answered(node.name, model, upstream.status_code, time.monotonic() - started)
+            self._refused(metered, body)
+            self.metrics.answered(node.name, model, upstream.status_code, time.monotonic() - started, metered.key)
             return Response(content=body, status_code=upstream.status_code, headers=_passed(upstream, node))
         raise self.directory.unavailable(model)
+
+    def _refused(self, metered: Metered, body: bytes) -> None:
+        """A node's refusal (queue_full, model_unavailable...) in the key's refusals, as a
+        gateway counts its own."""
+        code = _error_code(body)
+        if metered.key is not None and code in REJECT_REASONS:
+            self.metrics.keys.rejected(metered.key, code)
+            self.access.rejected(metered.key, code)
 
     def _ended(self, node: NodeState, model: str) -> None:
         self.directory.finished(node, model)
         self.metrics.ended(node.name, model)
 
-    def _finish(self, node: NodeState, model: str, status: int, started: float) -> None:
+    def _finish(self, node: NodeState, model: str, status: int, started: float, metered: Metered) -> None:
         self._ended(node, model)
-        self.metrics.answered(node.name, model, status, time.monotonic() - started)
+        self.metrics.answered(node.name, model, status, time.monotonic() - started, metered.key, metered.usage)
 
-    def _whole(self, upstream: httpx.Response, body: bytes, node: NodeState, model: str, started: float) -> Response:
-        self._finish(node, model, upstream.status_code, started)
-        return Response(content=body, status_code=upstream.status_code, headers=_passed(upstream, node))
+    def _whole(self, upstream: httpx.Response, body: bytes, node: NodeState, model: str, started: float, metered: Metered) -> Response:
+        metered.whole(upstream.status_code, body)
+        if upstream.status_code in RETRY_CODES:
+            self._refused(metered, body)
+        self._finish(node, model, upstream.status_code, started, metered)
+        headers = {**_passed(upstream, node), **metered.ticket.headers()}
+        return Response(content=body, status_code=upstream.status_code, headers=headers)
 
-    def _relay(self, upstream: httpx.Response, node: NodeState, model: str, started: float) -> Stream:
+    def _relay(self, upstream: httpx.Response, node: NodeState, model: str, started: float, metered: Metered) -> Stream:
         sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -222,7 +263,7 @@ class Router:
             try:
                 # Decoded as it arrives (a node does not compress; if one did, the client gets
                 # plain bytes and no content-encoding).
-                async for chunk in upstream.aiter_bytes():
+                async for chunk in metered.relay(upstream.aiter_bytes(), model):
                     yield chunk
                 status = upstream.status_code
             except httpx.HTTPError as exc:
@@ -235,9 +276,11 @@ class Router:
                     yield SSE_DONE
             finally:
                 await upstream.aclose()
-                self._finish(node, model, status, started)
+                self._finish(node, model, status, started, metered)
+                metered.ticket.release()
 
-        return Stream(chunks(), status_code=upstream.status_code, headers=_passed(upstream, node))
+        headers = {**_passed(upstream, node), **metered.ticket.headers()}
+        return Stream(chunks(), status_code=upstream.status_code, headers=headers)
 
 
 class _NodeFailed(UpstreamError):
@@ -271,17 +314,18 @@ def _passed(upstream: httpx.Response, node: NodeState) -> dict[str, str]:
 
 
 async def _forward(request: Request, router: NamedDependency[Router]) -> Response | Stream:
-    return await router.forward(request, request.url.path)
+    return await router.forward(request, request.url.path, request_key(request))
 
 
-async def list_models(router: NamedDependency[Router]) -> dict[str, Any]:
+async def list_models(request: Request, router: NamedDependency[Router]) -> dict[str, Any]:
+    """The models the key may use (all of them for an unscoped key or a router without keys)."""
     d = router.directory
-    return {"object": "list", "data": [d.describe(m) for m in d.model_names]}
+    return {"object": "list", "data": [d.describe(m) for m in router.access.visible_names(request_key(request))]}
 
 
-async def get_model(model_id: FromPath[str], router: NamedDependency[Router]) -> dict[str, Any]:
+async def get_model(request: Request, model_id: FromPath[str], router: NamedDependency[Router]) -> dict[str, Any]:
     d = router.directory
-    return d.describe(d.resolve(model_id.lstrip("/")))
+    return d.describe(router.access.permit(request_key(request), model_id.lstrip("/")))
 
 
 async def health(router: NamedDependency[Router]) -> Response:
@@ -298,12 +342,17 @@ def _error_handlers(router: Router) -> Handlers:
     """The gateway's mapping of the exception tree (gateway.http.errors), recorded in the
     router's own series: node "" (the router answered itself)."""
 
-    def finish(request: Request, response: Response, _reason: str | None) -> Response:
+    def finish(request: Request, response: Response, reason: str | None) -> Response:
         state: State = request.state
         model = state.get("model") or ""
         # Set once a handler ran; a request refused before (a key, a size) took no time here.
         started = state.get("started") or time.monotonic()
-        router.metrics.answered(NO_NODE, model, response.status_code, time.monotonic() - started)
+        key = request_key(request)  # set by the guard when it found the key
+        name = key.name if key is not None else None
+        if reason is not None:
+            router.metrics.keys.rejected(name, reason)
+            router.access.rejected(name, reason)
+        router.metrics.answered(NO_NODE, model, response.status_code, time.monotonic() - started, name)
         return response
 
     return mapped_handlers(finish)
@@ -314,12 +363,17 @@ def create_router_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
+    key_clock: Clock = time.monotonic,
 ) -> Litestar:
-    """The router for a cluster config (its [[nodes]] and [[models]]; no model is loaded here)."""
+    """The router for a cluster config (its [[nodes]] and [[models]]; no model is loaded here).
+    ``key_clock`` drives the keys' limits (as ``create_app``'s)."""
     directory = Directory(config, clock)
     metrics = RouterMetrics(lambda: {n.name: n.up for n in directory.nodes.values()})
-    router = Router(config, directory, metrics)
-    auth = Auth(lambda: config.gateway)
+    # The keys ([[keys]] and plain api_keys) as a gateway has them: one Access, one Auth.
+    access = Access(lambda: config, clock=key_clock, on_keys=metrics.keys.add_keys)
+    access.ring()  # the keys' series exist from the first scrape
+    router = Router(config, directory, metrics, access)
+    auth = Auth(lambda: config.gateway, keyring=access.ring)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -348,5 +402,7 @@ def create_router_app(
         lifespan=[lifespan],
         openapi_config=None,
         request_max_body_size=config.gateway.max_body_bytes,
+        # Logging is set up once, in our format (gateway.router.asgi), as for a gateway.
+        logging_config=None,
         debug=False,
     )

@@ -9,14 +9,15 @@ for it, bad request); ``model`` is a configured name or "" (the request never na
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from gateway.observability.metrics import DURATION_BUCKETS, PREFIX
+from gateway.observability.metrics import DURATION_BUCKETS, PREFIX, KeyMetrics
 
 ROUTER_PREFIX = PREFIX + "router_"
 NO_NODE = ""
@@ -58,6 +59,8 @@ class RouterMetrics:
             registry=r,
         )
         r.register(_NodesUp(nodes_up))
+        # The clients' keys are checked here, so their series are here, as on a gateway.
+        self.keys = KeyMetrics(r)
 
     def started(self, node: str, model: str) -> None:
         self._in_flight.labels(node, model).inc()
@@ -65,10 +68,16 @@ class RouterMetrics:
     def ended(self, node: str, model: str) -> None:
         self._in_flight.labels(node, model).dec()
 
-    def answered(self, node: str, model: str, status: int, seconds: float) -> None:
-        """One request answered (once, whatever replicas it tried): by ``node``, or NO_NODE."""
+    def answered(
+        self, node: str, model: str, status: int, seconds: float, key: str | None = None, usage: Mapping[str, Any] | None = None
+    ) -> None:
+        """One request answered (once, whatever replicas it tried): by ``node``, or NO_NODE;
+        ``key``: the name of the client's key (None without keys), ``usage``: the node's."""
         self._requests.labels(node, model, str(status)).inc()
         self._duration.labels(node, model).observe(max(seconds, 0.0))
+        usage = usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        self.keys.answered(key, status, prompt if isinstance(prompt, int) else None, completion if isinstance(completion, int) else None)
 
     def failover(self, node: str, model: str, reason: str) -> None:
         self._failovers.labels(node, model, reason).inc()

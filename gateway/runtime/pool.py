@@ -48,6 +48,9 @@ from planner.units import GIB
 log = logging.getLogger("gateway")
 
 RESTART_BACKOFF_MAX_S = 30.0
+# A failed load of an eager model is tried again after restart_backoff_s, doubling up to
+# RESTART_BACKOFF_MAX_S, for as long as it fails; never sooner than this (restart_backoff_s = 0).
+LOAD_RETRY_MIN_S = 0.05
 WORKER_STOP_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.05
@@ -68,8 +71,9 @@ class ModelEntry:
     last_used: float = 0.0  # monotonic time of the last request's end
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loading: asyncio.Task | None = None  # the one on-demand load that waiting requests share
-    restart: asyncio.Task | None = None
+    restart: asyncio.Task | None = None  # a restart after a crash, or a retry after a failed load
     crashes: list[float] = field(default_factory=list)
+    load_failures: int = 0  # failed loads in a row (an eager model's retries back off by it)
     evicting: bool = False
     removed: bool = False  # replaced or removed by a reload: nothing may start it again
     # What eviction weighs (planner.eviction), kept across unloads: how often it is asked for
@@ -143,6 +147,7 @@ class ReloadResult:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)  # unchanged, but failed: started again
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -333,8 +338,15 @@ class ModelPool:
         entry = self.entries.get(worker.name)
         if entry is None or entry.worker is not worker:
             return  # a worker that was replaced or removed: its news changes nothing
-        if name == "crashed" and not self._stopping and not entry.removed:
+        if name == "ready":
+            entry.load_failures = 0
+        if self._stopping or entry.removed:
+            return
+        if name == "crashed":
             entry.restart = self._spawn(self._restart(entry, worker), f"restart-{entry.name}")
+        elif name == "failed" and data.get("loading") and not entry.on_demand and entry.launch is not None:
+            # An eager model has no request to load it again: the pool tries again itself.
+            entry.restart = self._spawn(self._retry_load(entry, worker), f"retry-{entry.name}")
 
     async def _restart(self, entry: ModelEntry, crashed: WorkerProcess) -> None:
         """Restart a crashed worker with exponential backoff, or give up and leave it failed."""
@@ -348,14 +360,26 @@ class ModelPool:
             return
         delay = min(RESTART_BACKOFF_MAX_S, settings.restart_backoff_s * 2 ** (len(entry.crashes) - 1))
         log.warning("model %s: worker crashed (%s); restarting in %.1f s", entry.name, crashed.reason, delay)
+        await self._start_again(entry, crashed, delay, len(entry.crashes))
+
+    async def _retry_load(self, entry: ModelEntry, failed: WorkerProcess) -> None:
+        """Load a failed eager model again, with exponential backoff, until it loads (a model
+        file truncated and then restored, a GPU that had no room for a while)."""
+        entry.load_failures += 1
+        base = max(self._config.gateway.restart_backoff_s, LOAD_RETRY_MIN_S)
+        delay = min(RESTART_BACKOFF_MAX_S, base * 2 ** (entry.load_failures - 1))
+        log.warning("model %s: load failed (%s); trying again in %.1f s", entry.name, failed.reason, delay)
+        await self._start_again(entry, failed, delay, entry.load_failures)
+
+    async def _start_again(self, entry: ModelEntry, previous: WorkerProcess, delay: float, attempt: int) -> None:
         await asyncio.sleep(delay)
         async with entry.lock:
             # The world may have moved on while we slept: a reload replaced or removed the
-            # model, an eviction or an on-demand load installed another worker, or we stop.
-            if self._stopping or entry.removed or entry.worker is not crashed or entry.launch is None:
+            # model, an eviction, an on-demand or admin load installed another worker, or we stop.
+            if self._stopping or entry.removed or entry.worker is not previous or entry.launch is None:
                 return
             worker = self._install(entry, entry.launch)
-            self._emit("restarting", {"model": entry.name, "attempt": len(entry.crashes)})
+            self._emit("restarting", {"model": entry.name, "attempt": attempt})
             self._emit("loading", {"model": entry.name, "reason": "restart"})
             await worker.start()
         await worker.wait_ready()
@@ -409,7 +433,7 @@ class ModelPool:
         if self.draining:
             raise ModelUnavailableError("the gateway is shutting down")
         entry.requests = entry.requests.observe(self._clock())
-        if not entry.on_demand and entry.state is not ModelState.READY:
+        if not entry.on_demand and entry.state is ModelState.FAILED:
             raise self._unavailable(entry)  # a failed eager model answers at once, without queueing
         stack = contextlib.AsyncExitStack()
         # The slot comes first: a model with a request waiting or running is never evicted.
@@ -434,17 +458,37 @@ class ModelPool:
         w = entry.worker
         if w is not None and w.state is ModelState.READY and not entry.evicting:
             return w
-        if not entry.on_demand or entry.removed:
+        if entry.removed:
             raise self._unavailable(entry)
+        if not entry.on_demand:
+            # An eager model that is loading (a reload changed it, a restart or retry): wait
+            # for it as for an on-demand load, up to load_timeout_s.
+            if w is not None:
+                await self._await_worker(entry, w)
+            w = entry.worker
+            if w is None or w.state is not ModelState.READY:
+                raise self._unavailable(entry)
+            return w
         await self._await_load(entry)
         w = entry.worker
         if w is None or w.state is not ModelState.READY:
             raise self._unavailable(entry)
         return w
 
-    async def _await_load(self, entry: ModelEntry) -> None:
+    async def _await_worker(self, entry: ModelEntry, worker: WorkerProcess) -> None:
+        """Wait until a loading worker is ready, failed or stopped, up to load_timeout_s."""
+        timeout = self._config.gateway.load_timeout_s
+        started = self._clock()
+        try:
+            state = await worker.wait_ready(timeout)
+        finally:
+            self._emit("load_wait", {"model": entry.name, "seconds": self._clock() - started})
+        if state is ModelState.STARTING:
+            raise ModelUnavailableError(f"model {entry.name!r} did not load within {timeout:g} s")
+
+    async def _await_load(self, entry: ModelEntry, reason: str = "on_demand") -> None:
         if entry.loading is None or entry.loading.done():
-            entry.loading = self._spawn(self._load(entry, "on_demand"), f"load-{entry.name}")
+            entry.loading = self._spawn(self._load(entry, reason), f"load-{entry.name}")
         timeout = self._config.gateway.load_timeout_s
         started = self._clock()
         try:
@@ -461,12 +505,19 @@ class ModelPool:
     # ------------------------------------------------------------------ on demand
 
     async def load(self, requested: Any) -> ModelEntry:
-        """Load an on-demand model now (the admin API); a loaded model is left as it is."""
+        """Load a model now (the admin API); a loaded model is left as it is. An eager model
+        that failed is placed and started again at once (its pending retry is dropped); one
+        that is loading is waited for."""
         entry = self.resolve(requested)
         if not entry.on_demand:
-            if entry.state is ModelState.READY:
-                return entry
-            raise InvalidRequestError(f"model {entry.name!r} is an eager model ({entry.state.value}): it loads at start")
+            w = entry.worker
+            if w is not None and w.state is ModelState.STARTING:
+                await self._await_worker(entry, w)
+            elif entry.state is not ModelState.READY:
+                await self._await_load(entry, "restart")
+            if entry.state is not ModelState.READY:
+                raise self._unavailable(entry)
+            return entry
         if entry.state is not ModelState.READY or entry.evicting:
             await self._await_load(entry)
         return entry
@@ -530,6 +581,8 @@ class ModelPool:
             running = self._cpu_models_running(leaving={v.name for v in victims} | {entry.name})
             launch = launch_from_placement(result.placements[0], str(files.paths[model.name]), cpu_models_running=running)
             async with entry.lock:
+                if entry.restart is not None:
+                    entry.restart.cancel()  # a retry waiting for its backoff: this load replaces it
                 if entry.worker is not None:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)  # a failed earlier attempt
                 worker = self._install(entry, launch)
@@ -624,11 +677,15 @@ class ModelPool:
 
     async def _reload(self, new: Config) -> ReloadResult:
         unchanged, removed, changed, added = diff_models(self._config, new)
-        result = ReloadResult(False, unchanged=unchanged, removed=removed, changed=changed, added=added)
+        # An unchanged eager model that failed (its file was broken and is mended now, say) is
+        # started again like a changed one: a reload is how an operator says "try again".
+        restarted = [n for n in unchanged if not self.entries[n].on_demand and self.entries[n].state is ModelState.FAILED]
+        unchanged = [n for n in unchanged if n not in restarted]
+        result = ReloadResult(False, unchanged=unchanged, removed=removed, changed=changed, added=added, restarted=restarted)
         # On-demand models are only planned when a request asks for them.
-        starting = [m for m in new.models if m.name in set(changed) | set(added) and m.load == "eager"]
+        starting = [m for m in new.models if m.name in set(changed) | set(added) | set(restarted) and m.load == "eager"]
         launches: dict[str, ModelLaunch] = {}
-        leaving = set(removed) | set(changed)
+        leaving = set(removed) | set(changed) | set(restarted)
         if starting:
             files = read_models(new.model_copy(update={"models": starting}))
             if files.problems:

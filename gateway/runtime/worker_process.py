@@ -5,7 +5,8 @@ message or exit of an old process can never touch its successor). Its state move
 ``gateway.runtime.states.TRANSITIONS``, from its own methods and its reader task, and every change
 is reported to its owner (the pool) through ``on_event(worker, name, data)``:
 
-- ``progress`` (percent), ``ready`` (load seconds), ``failed`` (reason: the load failed),
+- ``progress`` (percent), ``ready`` (load seconds), ``failed`` (reason, and ``loading``: true
+  when the load failed, false when it died while ready),
 - ``crashed`` (reason, code: it died while ready, or broke the protocol and was killed; the pool
   decides whether to restart),
 - ``stopped`` (code: it exited after ``stop``), ``stats`` (the worker's engine statistics).
@@ -108,10 +109,11 @@ class WorkerProcess:
         return self.state
 
     def _fail(self, reason: str) -> None:
+        loading = self.state is ModelState.STARTING
         self._move(ModelState.FAILED)
         self.reason = reason
         self._settled.set()
-        self._emit("failed", {"reason": reason})
+        self._emit("failed", {"reason": reason, "loading": loading})
 
     def give_up(self, reason: str) -> None:
         """Stay failed, with this reason (the pool's restart budget is spent)."""

@@ -143,3 +143,61 @@ def test_a_worker_killed_by_a_native_crash_reports_its_python_stack(tmp_path):
         assert "worker exited with code -11 (SIGSEGV): Fatal Python error: Segmentation fault; Python stack (most recent call first): " in reason, reason
         assert "gateway/engine/" in reason, reason  # a frame of ours, file and line
         assert "Fatal Python error: Segmentation fault; Python stack" in gw.log.read_text()
+
+
+def _state(base: str, model: str) -> dict:
+    return httpx.get(f"{base}/v1/models/{model}", timeout=5).json()
+
+
+def _wait(check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_a_model_whose_file_broke_during_its_restart_is_tried_again_until_it_loads(tmp_path):
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    good = tiny.read_bytes()
+    port = free_port()
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(f'[gateway]\nport = {port}\nrestart_backoff_s = 0.2\n\n[[models]]\nname = "m"\npath = "{tiny}"\nn_ctx = 256\n')
+    with running_gateway(cfg, port, tmp_path / "serve.log") as gw:
+        tiny.write_bytes(good[:4096])  # truncated while its worker is killed
+        os.kill(_state(gw.base, "m")["pid"], signal.SIGKILL)
+
+        def restart_failed() -> bool:  # failed, and not by the kill: the restart's load failed
+            model = _state(gw.base, "m")
+            return model["state"] == "failed" and "SIGKILL" not in (model["reason"] or "")
+
+        _wait(restart_failed)
+        tiny.write_bytes(good)  # mended: the pool's next try loads it, nobody asks
+        _wait(lambda: _state(gw.base, "m")["state"] == "ready")
+        assert _ask(gw.base, "m") == 200
+
+
+@pytest.mark.parametrize("action", ["admin_load", "reload"])
+def test_admin_load_and_reload_start_a_failed_eager_model_again(tmp_path, action):
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
+    good = tiny.read_bytes()
+    port = free_port()
+    cfg = tmp_path / "models.toml"
+    # No restart at all: the kill leaves the model failed, and only the operator brings it back.
+    cfg.write_text(f'[gateway]\nport = {port}\nrestart_max_failures = 0\n\n[[models]]\nname = "m"\npath = "{tiny}"\nn_ctx = 256\n')
+    with running_gateway(cfg, port, tmp_path / "serve.log") as gw:
+        tiny.write_bytes(good[:4096])
+        os.kill(_state(gw.base, "m")["pid"], signal.SIGKILL)
+        _wait(lambda: (_state(gw.base, "m")["reason"] or "").startswith("gave up"))
+        if action == "admin_load":
+            broken = httpx.post(f"{gw.base}/admin/models/m/load", timeout=120)
+            assert broken.status_code == 503, broken.text  # the file is still truncated: why, not a 400
+            tiny.write_bytes(good)
+            r = httpx.post(f"{gw.base}/admin/models/m/load", timeout=120)
+            assert r.status_code == 200 and r.json()["state"] == "ready", r.text
+        else:
+            tiny.write_bytes(good)
+            r = httpx.post(f"{gw.base}/admin/reload", timeout=120)
+            assert r.status_code == 200, r.text
+            assert (r.json()["restarted"], r.json()["unchanged"]) == (["m"], [])
+        assert _state(gw.base, "m")["state"] == "ready"
+        assert _ask(gw.base, "m") == 200

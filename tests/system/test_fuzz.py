@@ -64,6 +64,7 @@ BUDGET = {
     "unloadModel": (10, 10),
     "planPreview": (25, 20),
     "listKeys": (5, 0),
+    "drain": (0, 0),  # documented, never sent: it ends the server's service (SIGTERM's first step)
 }
 
 

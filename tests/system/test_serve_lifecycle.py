@@ -99,7 +99,9 @@ def broken_config(tmp_path, tiny) -> tuple[Path, int]:
     port = free_port()
     cfg = tmp_path / "models.toml"
     cfg.write_text(
-        f'[gateway]\nport = {port}\n\n[[models]]\nname = "good"\npath = "{tiny}"\nn_ctx = 256\n\n'
+        # A long backoff: the broken model's next try (an eager model that failed is tried again)
+        # comes after the test.
+        f'[gateway]\nport = {port}\nrestart_backoff_s = 60\n\n[[models]]\nname = "good"\npath = "{tiny}"\nn_ctx = 256\n\n'
         f'[[models]]\nname = "broken"\npath = "{broken}"\nn_ctx = 256\n'
     )
     return cfg, port
@@ -186,5 +188,34 @@ def test_sigkill_of_the_server_leaves_no_worker_behind(tmp_path, tiny):
         while time.monotonic() < deadline and [p for p in tree if _alive(p)]:
             time.sleep(0.1)
         assert not [p for p in tree if _alive(p)]
+    finally:
+        kill_group(proc)
+
+
+def test_during_the_sigterm_drain_health_answers_503_draining(tmp_path, gemma_path):
+    # Gemma on the CPU is slow enough that a 400-token stream is still running after the signal.
+    port = free_port()
+    log = tmp_path / "serve.log"
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(f'[gateway]\nport = {port}\nshutdown_grace_s = 60\n\n[[models]]\nname = "gemma"\npath = "{gemma_path}"\nn_ctx = 512\n')
+    proc = spawn(["serve", "--config", str(cfg)], log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(base, proc, log)
+        body = {"prompt": "Once upon a time", "max_tokens": 400, "stream": True}
+        with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))  # the stream runs
+            proc.send_signal(signal.SIGTERM)
+            # The drain begins when the server process has told the app: until then /health is 200.
+            deadline = time.monotonic() + 30
+            while (health := httpx.get(base + "/health", timeout=5)).status_code == 200:
+                assert time.monotonic() < deadline, "/health never said draining"
+                time.sleep(0.05)
+            assert health.status_code == 503 and health.json()["status"] == "draining"
+            late = httpx.post(base + "/v1/completions", json={"prompt": "a", "max_tokens": 2}, timeout=10)
+            assert late.status_code == 503 and late.headers["retry-after"] == "1"
+        # The client went away: nothing is in flight, the server stops.
+        assert proc.wait(60) == 0
     finally:
         kill_group(proc)

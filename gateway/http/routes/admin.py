@@ -43,12 +43,20 @@ async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDepen
         result = ReloadResult(False, problems=[exposed]) if exposed is not None else await pool.reload(new)
     if result.reloaded:
         log.info(
-            "reloaded %s: unchanged %s, removed %s, changed %s, added %s",
-            config_file.path, result.unchanged, result.removed, result.changed, result.added,
+            "reloaded %s: unchanged %s, removed %s, changed %s, added %s, restarted %s",
+            config_file.path, result.unchanged, result.removed, result.changed, result.added, result.restarted,
         )
     else:
         log.error("reload of %s refused, nothing changed:\n  %s", config_file.path, "\n  ".join(result.problems))
     return Response(content=result.as_dict(), status_code=200 if result.reloaded else 422)
+
+
+async def admin_drain(pool: NamedDependency[ModelPool]) -> dict[str, Any]:
+    """Stop taking requests and wait for those in flight, up to ``shutdown_grace_s``: what the
+    server does first on SIGTERM (gateway.http.server), so that /health says "draining" (503)
+    instead of refusing connections. There is no undo: the gateway is on its way out."""
+    await pool.drain(pool.config.gateway.shutdown_grace_s)
+    return {"draining": True, "in_flight": pool.in_flight()}
 
 
 MODEL_ACTIONS = ("load", "unload")
@@ -107,5 +115,6 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
     return [
         post("/admin/reload", status_code=200, guards=admin, operation_id="reload")(admin_reload),
         post("/admin/plan", status_code=200, guards=admin, operation_id="planPreview")(admin_plan),
+        post("/admin/drain", status_code=200, guards=admin, operation_id="drain")(admin_drain),
         post("/admin/models/{target:path}", status_code=200, guards=admin, include_in_schema=False)(admin_model_action),
     ]

@@ -377,3 +377,98 @@ def test_a_worker_whose_stdin_is_closed_answers_503_and_restarts(tiny):
             await pool.stop()
 
     asyncio.run(run())
+
+
+class ModelFile:
+    """A model file that a test breaks and mends: while broken, every load of it fails."""
+
+    def __init__(self, model: str = "m") -> None:
+        self.model = model
+        self.broken = False
+
+    def __call__(self, spec) -> FakeScript:
+        broken = self.broken and spec.name == self.model
+        return FakeScript(fail_load="not a GGUF file (truncated)") if broken else FakeScript()
+
+
+def test_an_eager_model_whose_restart_failed_to_load_is_tried_again_until_it_loads(tiny):
+    async def run():
+        file = ModelFile()
+        transport = FakeTransport(file)
+        pool = make_pool(make_config(tiny, [{"name": "m"}, {"name": "other"}]), transport)
+        await pool.start()
+        try:
+            file.broken = True  # the file is truncated while the worker is killed
+            transport.latest("m").crash()
+            await wait_for(lambda: "truncated" in (pool.entries["m"].reason or ""))
+            assert pool.entries["m"].state is ModelState.FAILED
+            file.broken = False  # and restored: the pool's next try loads it, nobody asks
+            await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
+            assert len(transport.alive("m")) == 1
+            assert (await complete(pool, "m"))[-1]["type"] == "result"
+        finally:
+            await pool.stop()
+            assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_admin_load_starts_a_failed_eager_model_again_at_once(tiny):
+    async def run():
+        file = ModelFile()
+        file.broken = True
+        transport = FakeTransport(file)
+        # A long backoff: the model would not be tried again by itself during the test.
+        pool = make_pool(make_config(tiny, [{"name": "m"}], restart_backoff_s=30), transport)
+        await pool.start()
+        try:
+            assert pool.entries["m"].state is ModelState.FAILED
+            file.broken = False
+            entry = await pool.load("m")
+            assert entry.state is ModelState.READY and len(transport.alive("m")) == 1
+            await asyncio.sleep(0.1)
+            assert len(transport.spawned) == 2  # the pending retry was dropped, not run as well
+        finally:
+            await pool.stop()
+            assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_a_reload_starts_a_failed_unchanged_eager_model_again(tiny):
+    async def run():
+        file = ModelFile()
+        file.broken = True
+        transport = FakeTransport(file)
+        config = make_config(tiny, [{"name": "m"}, {"name": "ok"}], restart_backoff_s=30)
+        pool = make_pool(config, transport)
+        await pool.start()
+        try:
+            assert pool.entries["m"].state is ModelState.FAILED
+            file.broken = False
+            result = await pool.reload(make_config(tiny, [{"name": "m"}, {"name": "ok"}], restart_backoff_s=30))
+            assert result.reloaded and result.restarted == ["m"]
+            assert result.unchanged == ["ok"]
+            assert pool.entries["m"].state is ModelState.READY
+        finally:
+            await pool.stop()
+            assert not transport.alive()
+
+    asyncio.run(run())
+
+
+def test_requests_to_an_eager_model_that_a_reload_restarts_wait_for_its_load(tiny):
+    async def run():
+        transport = FakeTransport(FakeScript(load_s=0.3))
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport)
+        await pool.start()
+        try:
+            reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "m", "n_ctx": 512}])))
+            await wait_for(lambda: pool.entries["m"].state is ModelState.STARTING and transport.latest("m").spec.n_ctx == 512)
+            # The new worker is loading: the request waits for it (up to load_timeout_s), no 503.
+            assert (await complete(pool, "m"))[-1]["type"] == "result"
+            assert (await reload).changed == ["m"]
+        finally:
+            await pool.stop()
+
+    asyncio.run(run())

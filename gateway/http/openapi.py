@@ -168,9 +168,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {
                         "object": {"type": "string", "enum": ["embedding"]},
                         "embedding": {
-                            "type": "array",
-                            "description": "one float per dimension (a list of them per token with pooling = none)",
-                            "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]},
+                            "anyOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "description": "encoding_format \"base64\": the little-endian float32 bytes"},
+                            ],
+                            "description": "the vector at unit length: one float per dimension, or base64",
                         },
                         "index": _INT,
                     },

@@ -4,6 +4,11 @@ cached prompt tokens and timings, and model entries a client can choose by (issu
 
 from __future__ import annotations
 
+import base64
+import math
+
+import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -31,3 +36,40 @@ def test_a_chat_without_chat_format_keeps_the_system_message(client):
     alone = _prompt_tokens(client, user)
     with_system = _prompt_tokens(client, [{"role": "system", "content": SYSTEM}, *user])
     assert with_system >= alone + 10  # the "gemma" format: equal
+
+
+TEXTS = ["The cat sat on the mat.", "A completely different sentence about the stock market."]
+
+
+def test_embeddings_are_unit_length(client):
+    r = client.embeddings.create(model="tiny-embed", input=TEXTS)
+    norms = [math.sqrt(sum(x * x for x in d.embedding)) for d in r.data]
+    assert norms == [pytest.approx(1.0, abs=1e-5)] * 2
+
+
+def test_base64_embeddings_are_the_little_endian_float32_bytes_of_the_float_ones(client):
+    floats = client.embeddings.create(model="tiny-embed", input=TEXTS, encoding_format="float")
+    encoded = client.embeddings.create(model="tiny-embed", input=TEXTS, encoding_format="base64")
+    for f, e in zip(floats.data, encoded.data, strict=True):
+        assert isinstance(e.embedding, str)
+        decoded = np.frombuffer(base64.b64decode(e.embedding), dtype="<f4")
+        assert decoded.tolist() == pytest.approx(f.embedding, abs=1e-6)
+
+
+def test_dimensions_is_refused_naming_the_field(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="tiny-embed", input="hello", dimensions=16)
+    error = caught.value.body
+    assert error["param"] == "dimensions"
+    assert "no model served here can shorten its embeddings" in error["message"]
+
+
+def test_an_unknown_encoding_format_is_refused_naming_the_allowed_ones(gateway_server):
+    r = httpx.post(
+        gateway_server["base"] + "/v1/embeddings",
+        json={"model": "tiny-embed", "input": "hi", "encoding_format": "int8"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "'encoding_format' must be one of float, base64, not 'int8'"

@@ -73,3 +73,23 @@ def test_an_unknown_encoding_format_is_refused_naming_the_allowed_ones(gateway_s
     )
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "'encoding_format' must be one of float, base64, not 'int8'"
+
+
+def test_model_entries_carry_what_a_client_chooses_by(client, gemma_path):
+    entries = {m.id: m.model_dump() for m in client.models.list().data}
+    gemma, tiny, embed = entries["gemma"], entries["tiny"], entries["tiny-embed"]
+    assert gemma["state"] == "ready"
+    assert (gemma["n_ctx"], gemma["context_length"]) == (1024, 32768)
+    assert gemma["capabilities"] == {"completion": True, "chat": True, "embeddings": False, "tools": False}
+    assert gemma["chat_format"] == "chatml"  # the file has no template: llama-server's fallback
+    assert (gemma["architecture"], gemma["quantization"]) == ("gemma3", "Q4_K_M")
+    assert gemma["n_params"] == 268_098_176  # llama.cpp's llama_model_n_params for this file
+    assert gemma["file_bytes"] == gemma_path.stat().st_size
+    # A file with a chat template chats in it; an embedding model says so.
+    assert (tiny["n_ctx"], tiny["context_length"], tiny["chat_format"]) == (256, 512, "chat_template.default")
+    assert embed["capabilities"] == {"completion": True, "chat": True, "embeddings": True, "tools": False}
+    # GET /v1/models/{id}, by name or alias: the same entry.
+    one = client.models.retrieve("gemma-3-270m").model_dump()
+    assert {k: one[k] for k in ("id", "n_ctx", "context_length", "capabilities", "n_params", "file_bytes", "quantization")} == {
+        k: gemma[k] for k in ("id", "n_ctx", "context_length", "capabilities", "n_params", "file_bytes", "quantization")
+    }

@@ -93,3 +93,59 @@ def test_model_entries_carry_what_a_client_chooses_by(client, gemma_path):
     assert {k: one[k] for k in ("id", "n_ctx", "context_length", "capabilities", "n_params", "file_bytes", "quantization")} == {
         k: gemma[k] for k in ("id", "n_ctx", "context_length", "capabilities", "n_params", "file_bytes", "quantization")
     }
+
+
+TIMINGS = {"cache_n", "prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", "predicted_n", "predicted_ms", "predicted_per_token_ms", "predicted_per_second"}
+LONG = "Here is a long shared preamble that a chat client sends with every turn of the conversation. " * 4
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens_and_llama_server_timings(client):
+    messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "Say hello."}]
+    first = client.chat.completions.create(model="gemma", messages=messages, max_tokens=4, temperature=0)
+    again = client.chat.completions.create(model="gemma", messages=messages, max_tokens=4, temperature=0)
+    # Gemma has one slot: the second request finds the first's prompt in it.
+    assert first.usage.prompt_tokens_details.cached_tokens < 10
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert again.usage.prompt_tokens - 2 <= cached < again.usage.prompt_tokens
+    timings = again.model_dump()["timings"]
+    assert set(timings) == TIMINGS
+    assert (timings["cache_n"], timings["prompt_n"]) == (cached, again.usage.prompt_tokens - cached)
+    assert timings["predicted_n"] == again.usage.completion_tokens
+    assert timings["prompt_ms"] > 0 and timings["prompt_per_second"] > 0
+    assert timings["predicted_ms"] >= 0
+
+
+def test_a_completion_carries_timings_too(client):
+    r = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=0)
+    timings = r.model_dump()["timings"]
+    assert set(timings) == TIMINGS
+    assert timings["prompt_n"] + timings["cache_n"] == r.usage.prompt_tokens
+    assert timings["predicted_n"] == r.usage.completion_tokens
+
+
+def test_the_last_streamed_chunk_carries_the_timings(client):
+    stream = client.chat.completions.create(
+        model="gemma", messages=[{"role": "user", "content": "Count to three."}], max_tokens=6, stream=True
+    )
+    chunks = [c.model_dump() for c in stream]
+    assert chunks[-1]["choices"][0]["finish_reason"] is not None
+    assert set(chunks[-1]["timings"]) == TIMINGS
+    assert chunks[-1]["timings"]["predicted_n"] == 6 or chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all("timings" not in c for c in chunks[:-1])
+
+
+def test_with_include_usage_the_usage_chunk_is_last_with_cached_tokens_and_timings(client):
+    stream = client.chat.completions.create(
+        model="gemma",
+        messages=[{"role": "user", "content": "Count to three."}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens > 0
+    assert last.usage.prompt_tokens_details.cached_tokens >= 0
+    timings = last.model_dump()["timings"]
+    assert timings["predicted_n"] == last.usage.completion_tokens
+    assert timings["prompt_n"] + timings["cache_n"] == last.usage.prompt_tokens

@@ -56,6 +56,7 @@ _MAX_MATERIALISED_ARRAY = 4096
 
 # llama.cpp's LLAMA_MAX_LAYERS: it refuses models with more (or no) layers.
 _MAX_LAYERS = 512
+_CHAT_TEMPLATE = _Keys.Tokenizer.CHAT_TEMPLATE  # "tokenizer.chat_template"; named templates add ".NAME"
 
 # ggml's GGML_MAX_DIMS: gguf.c rejects tensors with more dimensions.
 _MAX_DIMS = 4
@@ -640,6 +641,11 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
             other_bytes += t.nbytes
 
     name = kv.get(_Keys.General.NAME, "")
+    templates = tuple(
+        "chat_template.default" if k == _CHAT_TEMPLATE else f"chat_template.{k[len(_CHAT_TEMPLATE) + 1:]}"
+        for k, v in kv.items()
+        if (k == _CHAT_TEMPLATE or k.startswith(_CHAT_TEMPLATE + ".")) and isinstance(v, str)
+    )
     file_type = kv.get(_Keys.General.FILE_TYPE)
     return ModelInfo(
         paths=tuple(p.path for p in parts),
@@ -665,5 +671,6 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         file_bytes=sum(p.file_bytes for p in parts),
         name=name if isinstance(name, str) else "",
         file_type=file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None,
+        chat_templates=templates,
         tensors=tensors,
     )

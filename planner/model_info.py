@@ -46,6 +46,10 @@ class ModelInfo:
     file_bytes: int  # sum of all parts' sizes on disk
     name: str = ""  # general.name, when present
     file_type: int | None = None  # general.file_type
+    # The chat templates the header carries, named as llama-cpp-python names them (its chat
+    # handlers): "chat_template.default" for tokenizer.chat_template, "chat_template.NAME" for
+    # tokenizer.chat_template.NAME.
+    chat_templates: tuple[str, ...] = ()
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     @property
@@ -58,6 +62,17 @@ class ModelInfo:
             + self.output_norm_bytes
             + self.other_bytes
         )
+
+    @property
+    def n_params(self) -> int:
+        """Parameters: the elements of every tensor (llama.cpp's llama_model_n_params)."""
+        total = 0
+        for t in self.tensors:
+            count = 1
+            for dim in t.shape:
+                count *= dim
+            total += count
+        return total
 
     @property
     def output_layer_bytes(self) -> int:

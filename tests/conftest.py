@@ -60,7 +60,6 @@ request_timeout_s = 30
 name = "gemma"
 path = "{gemma_path}"
 aliases = ["gemma-3-270m"]
-chat_format = "gemma"
 n_ctx = 1024
 flash_attn = true
 max_concurrency = 1

@@ -319,8 +319,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if result.fits and not lazy_problems else 1
 
 
-def validate(path: Path, gpus: str | None = None) -> list[str]:
-    """Every problem with a models.toml: schema, model files, headers, and the plan's fit."""
+def validate(path: Path, gpus: str | None = None, warnings: list[str] | None = None) -> list[str]:
+    """Every problem with a models.toml: schema, model files, headers, and the plan's fit; what
+    the model files advise against is added to ``warnings`` when given."""
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -331,6 +332,8 @@ def validate(path: Path, gpus: str | None = None) -> list[str]:
         # Each node declares its GPUs: a --gpus inventory has no node to stand for.
         return (["--gpus: not with [[nodes]] (each node declares its gpus)"] if gpus else []) + cluster_problems(config)
     files = read_models(config)
+    if warnings is not None:
+        warnings += files.warnings
     problems = list(files.problems)
     devices = parse_gpus_flag(gpus) if gpus else _devices(config)
     result = plan_startup(config, files.infos, devices)
@@ -340,11 +343,15 @@ def validate(path: Path, gpus: str | None = None) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    problems = validate(args.file, args.gpus)
+    warnings: list[str] = []
+    problems = validate(args.file, args.gpus, warnings)
     if problems:
         print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if problems:
         return 1
     print(f"{args.file}: OK")
     return 0
@@ -361,6 +368,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     files = read_models(config)
     if files.problems:
         raise ConfigError(files.problems)
+    for warning in files.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     devices = _devices(config)
     result = plan_startup(config, files.infos, devices)
     if not result.fits:

@@ -53,6 +53,7 @@ class _Running:
     job: GenerationJob
     sequences: list[Sequence]
     cached_prompt_tokens: int
+    started_at: float  # when it took its slots: its prompt is read from then on
     first_token_at: float | None = None
     last_token_at: float | None = None
     cancelled: bool = False
@@ -232,7 +233,7 @@ class BatchEngine:
             extra.busy = fork
             first.forks.append(fork)
             sequences.append(fork)
-        self._running[job] = _Running(job, sequences, cached_prompt_tokens=n_past)
+        self._running[job] = _Running(job, sequences, cached_prompt_tokens=n_past, started_at=self._clock())
         self._prefilling.append(first)
         self._stats.cached(n_past)
 
@@ -383,6 +384,7 @@ class BatchEngine:
                 prompt_tokens=len(job.prompt),
                 completion_tokens=sum(len(s.completion) for s in running.sequences),
                 cached_prompt_tokens=running.cached_prompt_tokens,
+                started_at=running.started_at,
                 first_token_at=running.first_token_at,
                 last_token_at=running.last_token_at,
                 cancelled=running.cancelled,

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.config.chat_formats import DEFAULT_TEMPLATE, chat_format_in_use
 from gateway.engine.completion import CompletionOptions, Completions, Started
 from gateway.engine.jobs import RequestScope
 from gateway.errors import InvalidRequestError
@@ -34,8 +35,9 @@ class ChatSetup:
 
 def chat_setup(model: Any, metadata: dict[str, str], chat_format: str | None) -> ChatSetup:
     """What ``llama_cpp.Llama.__init__`` (0.3.36) derives from the GGUF: a handler per chat
-    template, and the format to use when the config names none (guessed from the template,
-    else the template itself, else llama-2)."""
+    template, and the format to use when the config names none: the GGUF's template (by the
+    name of a built-in format when it is one of theirs), else ChatML as llama.cpp's server
+    (gateway.config.chat_formats; Llama() would use llama-2)."""
     from llama_cpp import llama_chat_format
 
     eos_id, bos_id = model.token_eos(), model.token_bos()
@@ -50,9 +52,10 @@ def chat_setup(model: Any, metadata: dict[str, str], chat_format: str | None) ->
         ).to_chat_handler()
         for name, text in templates.items()
     }
-    if chat_format is None and "chat_template.default" in templates:
-        chat_format = llama_chat_format.guess_chat_format_from_gguf_metadata(metadata) or "chat_template.default"
-    return ChatSetup(chat_format or "llama-2", handlers)
+    in_use = chat_format_in_use(chat_format, list(templates))
+    if chat_format is None and in_use == DEFAULT_TEMPLATE:
+        in_use = llama_chat_format.guess_chat_format_from_gguf_metadata(metadata) or DEFAULT_TEMPLATE
+    return ChatSetup(in_use, handlers)
 
 
 class _Fanout:

@@ -6,11 +6,18 @@ token vectors, computed here, where llama-cpp-python answered one vector per tok
 list OpenAI clients cannot read). ``pooling = "none"`` in the config asks for exactly those
 per-token vectors, and ``rank`` for a reranker's scores: neither is an embedding, so such a model
 refuses embedding requests with a clear error.
+
+Each vector is scaled to unit length (Euclidean), as OpenAI's are and as llama-server does by
+default, so that a dot product is the cosine similarity. ``encoding_format = "base64"`` sends
+each one as OpenAI does: the little-endian float32 bytes, base64-encoded.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+
+import numpy as np
 
 from gateway.engine.batching import BatchEngine
 from gateway.engine.jobs import EmbeddingJob, JobReader, RequestScope
@@ -45,7 +52,9 @@ class Embeddings:
         return False
 
     # The argument list is llama-cpp-python's create_embedding: the worker binds params to it.
-    def create_embedding(self, scope: RequestScope, input: str | list[str], model: str | None = None) -> dict[str, Any]:
+    def create_embedding(
+        self, scope: RequestScope, input: str | list[str], model: str | None = None, encoding_format: str = "float"
+    ) -> dict[str, Any]:
         pool_mean = self._pool_mean()
         inputs = [input] if isinstance(input, str) else input
         if not isinstance(inputs, list) or not inputs or not all(isinstance(text, str) for text in inputs):
@@ -64,10 +73,28 @@ class Embeddings:
         self.engine.submit(job)
         summary = reader.wait()
         vectors = reader.embeddings.vectors if reader.embeddings is not None else ()
-        data = [{"object": "embedding", "embedding": vector, "index": i} for i, vector in enumerate(vectors)]
+        data = [{"object": "embedding", "embedding": encode(vector, encoding_format), "index": i} for i, vector in enumerate(vectors)]
         return {
             "object": "list",
             "data": data,
             "model": model if isinstance(model, str) else self.loaded.spec.model_path,
             "usage": {"prompt_tokens": summary.prompt_tokens, "total_tokens": summary.prompt_tokens},
         }
+
+
+def unit_length(vector: Any) -> np.ndarray:
+    """The vector scaled to Euclidean length 1 (a zero vector stays zero), in float32."""
+    v = np.asarray(vector, dtype=np.float64)
+    norm = float(np.sqrt(np.dot(v, v)))
+    return (v / norm if norm > 0 else v).astype(np.float32)
+
+
+def encode(vector: Any, encoding_format: str) -> list[float] | str:
+    """One embedding at unit length, as a list of floats or (``"base64"``) OpenAI's base64 of
+    its little-endian float32 bytes."""
+    unit = unit_length(vector)
+    if encoding_format == "base64":
+        return base64.b64encode(unit.astype("<f4").tobytes()).decode("ascii")
+    if encoding_format != "float":
+        raise ValueError(f"encoding_format must be 'float' or 'base64', not {encoding_format!r}")
+    return unit.tolist()

@@ -61,6 +61,7 @@ class Summary:
     first_token_at: float | None
     last_token_at: float | None
     cancelled: bool = False
+    started_at: float | None = None  # when it took its slots (None: it never did)
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,10 @@ class RequestScope:
         firsts = [s.first_token_at for s in self.summaries if s.first_token_at is not None]
         lasts = [s.last_token_at for s in self.summaries if s.last_token_at is not None]
         first = min(firsts) if firsts else None
+        starts = [s.started_at for s in self.summaries if s.started_at is not None]
         return {
             "ttft_s": None if first is None else round(first - self.accepted_at, 6),
+            "prompt_s": round(first - min(starts), 6) if first is not None and starts else None,
             "decode_s": round(max(lasts) - first, 6) if first is not None and lasts else 0.0,
             "completion_tokens": sum(s.completion_tokens for s in self.summaries),
             "prompt_tokens": sum(s.prompt_tokens for s in self.summaries),

@@ -34,6 +34,7 @@ Every request ends with exactly one of result, end or error.
 no completion tokens). "timings", on every result and end, streamed or not:
     {"ttft_s": float | None,       first token, from when the worker read the request (None when
                                    no token came: cancelled early, an embedding's is its result)
+     "prompt_s": float | None,     reading the prompt: from taking a slot to the first token
      "decode_s": float,            first token to last token
      "completion_tokens": int,     over all choices
      "prompt_tokens": int,

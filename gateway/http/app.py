@@ -35,6 +35,7 @@ from gateway.observability.events import EventLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import model_snapshots
 from gateway.placement.launch import ModelLaunch, launches_from_plan
+from gateway.placement.facts import ModelFactsReader
 from gateway.placement.planning import inventory, plan_startup, read_models
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.transport import WorkerTransport
@@ -123,6 +124,7 @@ def create_app(
         return Call(pool, metrics, access, request_key(request))
 
     config_file = ConfigFile(config_path)
+    model_facts = ModelFactsReader()  # the models' header facts for /v1/models
     return Litestar(
         route_handlers=handlers(auth),
         guards=[BrowserGuard(lambda: pool.config.gateway, auth.keys_required)],
@@ -132,6 +134,7 @@ def create_app(
             "config": Provide(lambda: pool.config, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
             "access": Provide(lambda: access, use_cache=True, sync_to_thread=False),
+            "model_facts": Provide(lambda: model_facts, use_cache=True, sync_to_thread=False),
             "key": Provide(provide_key, sync_to_thread=False),
             "call": Provide(provide_call, sync_to_thread=False),
         },

@@ -26,6 +26,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "n": (1, MAX_CHOICES),
 }
 
+# An embedding's encodings (OpenAI's): a list of floats, or base64 of little-endian float32.
+ENCODING_FORMATS = ("float", "base64")
+
 # The roles a chat message may have (OpenAI's, plus llama-cpp-python's "function").
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -253,7 +256,23 @@ def embedding_params(body: dict[str, Any]) -> dict[str, Any]:
         pass
     else:
         raise InvalidRequestError("'input' must be a string or a non-empty list of strings", param="input")
-    return {"input": value}
+    params: dict[str, Any] = {"input": value}
+    encoding = _typed(body, "encoding_format", (str,), "a string")
+    if encoding is not None:
+        if encoding not in ENCODING_FORMATS:
+            raise InvalidRequestError(
+                f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, not {encoding!r}", param="encoding_format"
+            )
+        params["encoding_format"] = encoding
+    if body.get("dimensions") is not None:
+        # OpenAI shortens text-embedding-3 vectors, which were trained for it (Matryoshka); cutting
+        # another model's vector changes what it means. No model served here supports it.
+        raise InvalidRequestError(
+            "'dimensions' is not supported: no model served here can shorten its embeddings "
+            "(each gives its full width, n_embd); leave it out",
+            param="dimensions",
+        )
+    return params
 
 
 # ---------------------------------------------------------------- the request bodies, for OpenAPI
@@ -437,5 +456,7 @@ EMBEDDING_REQUEST_SCHEMA: dict[str, Any] = {
                 {"type": "array", "items": {"type": "string"}, "minItems": 1},
             ]
         },
+        "encoding_format": _nullable({"type": "string", "enum": list(ENCODING_FORMATS)}),
+        "dimensions": {"type": "null", "description": "Not supported: no model served here can shorten its embeddings (400)."},
     },
 }

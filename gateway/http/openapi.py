@@ -168,9 +168,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {
                         "object": {"type": "string", "enum": ["embedding"]},
                         "embedding": {
-                            "type": "array",
-                            "description": "one float per dimension (a list of them per token with pooling = none)",
-                            "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]},
+                            "anyOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "description": "encoding_format \"base64\": the little-endian float32 bytes"},
+                            ],
+                            "description": "the vector at unit length: one float per dimension, or base64",
                         },
                         "index": _INT,
                     },
@@ -191,6 +193,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "owned_by": _STR,
             "aliases": {"type": "array", "items": _STR},
             "state": {"type": "string", "enum": [s.value for s in ModelState]},
+            "n_ctx": {"type": "integer", "description": "the configured context of one request"},
+            "context_length": {"type": ["integer", "null"], "description": "the context the model was trained on (its GGUF header)"},
+            "capabilities": {
+                "type": "object",
+                "description": "tools: chats answer with tool_calls (only the chat formats whose handlers parse them)",
+                "properties": {"completion": {"type": "boolean"}, "chat": {"type": "boolean"}, "embeddings": {"type": "boolean"}, "tools": {"type": "boolean"}},
+            },
+            "chat_format": {"type": ["string", "null"], "description": "the chat format or GGUF template (chat_template.NAME) chats use"},
+            "architecture": _NULL_STR,
+            "n_params": {"type": ["integer", "null"]},
+            "file_bytes": {"type": ["integer", "null"]},
+            "quantization": {"type": ["string", "null"], "description": "the GGUF's file type, e.g. Q4_K_M"},
             "reason": _NULL_STR,
             "progress": {"type": "number"},
             "load_seconds": {"type": ["number", "null"]},

@@ -93,6 +93,8 @@ async def whole(
                 if isinstance(data, dict):
                     data["model"] = lease.name
                     usage = usage or data.get("usage")
+                    if op != "embedding":
+                        _add_cache_and_timings(data, msg.get("timings"))
                 ticket.settle(usage)
                 record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, msg.get("timings")), usage=usage)
                 headers = {REQUEST_ID_HEADER: record.request_id, **ticket.headers()}
@@ -163,6 +165,9 @@ async def streamed(
 
     async def events() -> AsyncIterator[bytes]:
         last: dict[str, Any] | None = None
+        # A chunk that ends a choice waits for the next message: when that is the stream's
+        # "end", the stream's last chunk carries the timings (llama-server's place for them).
+        held: dict[str, Any] | None = None
         # A client that goes away is recorded as 499 (nginx's "client closed request").
         status, end_usage = 499, None
         try:
@@ -171,6 +176,9 @@ async def streamed(
                 if msg["type"] == "chunk":
                     data = msg["data"]
                     data["model"] = lease.name
+                    if held is not None:
+                        yield sse(held)
+                        held = None
                     if not ticket.take(generated_tokens(data)):
                         # The key's budget ran out: this token is not sent, the generation stops.
                         yield sse(budget_stop_chunk(data, lease.name, ticket.budget_note()))
@@ -181,20 +189,36 @@ async def streamed(
                         status = 200
                         break
                     last = data
-                    yield sse(data)
+                    if any(c.get("finish_reason") for c in data.get("choices") or ()):
+                        held = data
+                    else:
+                        yield sse(data)
                 elif msg["type"] == "end":
                     end_usage = msg.get("usage")
                     ticket.settle(end_usage)
+                    timings = llama_timings(msg.get("timings"))
                     if include_usage and end_usage is not None:
-                        yield sse(usage_chunk(last, lease.name, end_usage))
+                        if held is not None:
+                            yield sse(held)
+                            held = None
+                        chunk = usage_chunk(last, lease.name, with_cached_tokens(end_usage, msg.get("timings")))
+                        yield sse({**chunk, "timings": timings} if timings is not None else chunk)
+                    elif held is not None:
+                        yield sse({**held, "timings": timings} if timings is not None else held)
+                        held = None
                     status = 200
                     break
                 elif msg["type"] == "error":
+                    if held is not None:
+                        yield sse(held)
+                        held = None
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
                     yield sse(error_body(str(msg.get("message")), "server_error"))
                     status = 500
                     break
                 msg = await anext(messages, None)
+            if held is not None:  # the worker's messages ended without an "end"
+                yield sse(held)
             yield SSE_DONE
         finally:
             record.finish(metrics, status, ttft_s=ttft, usage=end_usage)
@@ -229,6 +253,56 @@ async def _usage_after_cancel(messages: WorkerRequest, sent: int) -> dict[str, A
         # No end in time (a worker that is stuck or gone): the usage says what is known.
         return {"prompt_tokens": None, "completion_tokens": sent, "total_tokens": None}
     return {"prompt_tokens": prompt, "completion_tokens": sent, "total_tokens": prompt + sent}
+
+
+def llama_timings(timings: Any) -> dict[str, Any] | None:
+    """llama-server's ``timings`` from the worker's (gateway.engine.protocol): the prompt tokens
+    read (``prompt_n``, the cached ones are ``cache_n``) and the time from taking a slot to the
+    first token; the tokens generated (``predicted_n``) and the time from the first to the last."""
+    if not isinstance(timings, dict):
+        return None
+    cached = int(timings.get("cached_prompt_tokens") or 0)
+    prompt_n = max(0, int(timings.get("prompt_tokens") or 0) - cached)
+    predicted_n = int(timings.get("completion_tokens") or 0)
+    prompt_s, decode_s = timings.get("prompt_s"), timings.get("decode_s")
+    prompt_ms = round(prompt_s * 1000, 3) if isinstance(prompt_s, (int, float)) else None
+    predicted_ms = round(decode_s * 1000, 3) if isinstance(decode_s, (int, float)) else None
+
+    def per_token(n: int, ms: float | None) -> float | None:
+        return round(ms / n, 3) if ms is not None and n else None
+
+    def per_second(n: int, ms: float | None) -> float | None:
+        return round(n * 1000 / ms, 3) if ms and n else None
+
+    return {
+        "cache_n": cached,
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": per_token(prompt_n, prompt_ms),
+        "prompt_per_second": per_second(prompt_n, prompt_ms),
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": per_token(predicted_n, predicted_ms),
+        "predicted_per_second": per_second(predicted_n, predicted_ms),
+    }
+
+
+def with_cached_tokens(usage: dict[str, Any], timings: Any) -> dict[str, Any]:
+    """OpenAI's usage with ``prompt_tokens_details.cached_tokens``: the prompt tokens a slot's
+    prompt cache held (not decoded again)."""
+    cached = timings.get("cached_prompt_tokens") if isinstance(timings, dict) else None
+    if not isinstance(cached, int):
+        return usage
+    return {**usage, "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _add_cache_and_timings(data: dict[str, Any], timings: Any) -> None:
+    """A whole completion's usage with its cached tokens, and llama-server's timings."""
+    if isinstance(data.get("usage"), dict):
+        data["usage"] = with_cached_tokens(data["usage"], timings)
+    shown = llama_timings(timings)
+    if shown is not None:
+        data["timings"] = shown
 
 
 def generated_tokens(chunk: dict[str, Any]) -> int:

@@ -7,11 +7,12 @@ and NVML.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.chat_formats import FALLBACK_CHAT_FORMAT, chat_format_problem
 from gateway.config.model_files import resolve_model_path
-from gateway.config.schema import Config
+from gateway.config.schema import Config, ModelConfig
 from gateway.nvml import read_nvml_devices
 from gateway.placement.mapping import model_request, run_settings
 from planner.devices import Device, DevicePolicy, declared_devices
@@ -30,6 +31,7 @@ __all__ = [
     "plan_config",
     "plan_policy",
     "plan_startup",
+    "model_warnings",
     "read_models",
     "run_settings",
 ]
@@ -37,11 +39,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """Each model's resolved file and header, and one line per model that could not be read."""
+    """Each model's resolved file and header; one line per model that could not be read or
+    whose settings its file refutes (problems), and per setting the file advises against
+    (warnings: printed, not refused)."""
 
     paths: dict[str, Path]
     infos: dict[str, ModelInfo]
     problems: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 def read_models(config: Config, cache_dir: Path | None = None) -> ModelFiles:
@@ -49,14 +54,37 @@ def read_models(config: Config, cache_dir: Path | None = None) -> ModelFiles:
     paths: dict[str, Path] = {}
     infos: dict[str, ModelInfo] = {}
     problems: list[str] = []
+    warnings: list[str] = []
     for i, model in enumerate(config.models):
         try:
             path = resolve_model_path(model.path, cache_dir)
-            infos[model.name] = read_model_info(path)
-            paths[model.name] = path
+            info = read_model_info(path)
         except ModelFileError as exc:
             problems.append(f"models[{i}].path: {exc}")
-    return ModelFiles(paths, infos, problems)
+            continue
+        infos[model.name] = info
+        paths[model.name] = path
+        bad_format = chat_format_problem(model.chat_format, info.chat_templates)
+        if bad_format is not None:
+            problems.append(f"models[{i}].chat_format: {bad_format}")
+        warnings += model_warnings(f"models[{i}]", model, info)
+    return ModelFiles(paths, infos, problems, warnings)
+
+
+def model_warnings(where: str, model: ModelConfig, info: ModelInfo) -> list[str]:
+    """What the model's file advises against in its settings: served anyway."""
+    warnings = []
+    if info.context_length and model.n_ctx > info.context_length:
+        warnings.append(
+            f"{where}.n_ctx: {model.n_ctx} is more than the {info.context_length} tokens the model was trained on "
+            "(answers past those degrade; llama.cpp warns the same)"
+        )
+    if model.chat_format is None and not info.chat_templates and not model.embedding:
+        warnings.append(
+            f"{where}.chat_format: not set and the model file carries no chat template: chats use "
+            f"{FALLBACK_CHAT_FORMAT!r}, as llama.cpp's server does (set chat_format to choose another)"
+        )
+    return warnings
 
 
 def inventory(config: Config, read_nvml: Callable[[], list[Device]] = read_nvml_devices) -> list[Device]:

@@ -171,7 +171,7 @@ class FakeConnection:
             if message.get("stream"):
                 self._put({"type": "chunk", "id": rid, "data": {"object": "text_completion", "choices": [{"index": 0, "text": f"w{i} ", "finish_reason": None}]}})
         usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
-        timings = {"ttft_s": self.script.token_s, "decode_s": time.monotonic() - started, "prompt_tokens": 1, "completion_tokens": len(words), "cached_prompt_tokens": 0}
+        timings = {"ttft_s": self.script.token_s, "prompt_s": self.script.token_s, "decode_s": time.monotonic() - started, "prompt_tokens": 1, "completion_tokens": len(words), "cached_prompt_tokens": 0}
         if rid in self._cancelled or message.get("stream"):
             self._put({"type": "end", "id": rid, "usage": usage, "timings": timings})
         else:

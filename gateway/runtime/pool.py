@@ -33,6 +33,7 @@ from typing import Any
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
 from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
+from gateway.placement.facts import ModelFacts, model_card
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
@@ -293,8 +294,10 @@ class ModelPool:
     def in_flight(self) -> int:
         return sum(e.admission.running + e.admission.waiting for e in self.entries.values())
 
-    def describe(self, entry: ModelEntry) -> dict[str, Any]:
-        """A /v1/models entry: OpenAI's fields plus state and planned vs allocated memory."""
+    def describe(self, entry: ModelEntry, facts: ModelFacts | None = None) -> dict[str, Any]:
+        """A /v1/models entry: OpenAI's fields plus state, what a client chooses a model by (its
+        contexts, capabilities and file: ``facts``, its header's, None when unread or unreadable)
+        and planned vs allocated memory."""
         w = entry.worker
         return {
             "id": entry.name,
@@ -303,6 +306,7 @@ class ModelPool:
             "owned_by": "vram-gateway",
             "aliases": list(entry.config.aliases),
             "state": entry.state.value,
+            **model_card(entry.config, facts),
             "reason": entry.reason,
             "progress": w.progress if w is not None else 0,
             "load_seconds": w.load_seconds if w is not None else None,

@@ -21,6 +21,7 @@ from gateway.http.admin_params import plan_preview_request
 from gateway.http.auth import Auth
 from gateway.http.memory_map import plan_map
 from gateway.http.network import exposure_problem
+from gateway.placement.facts import ModelFactsReader
 from gateway.placement.host_memory import read_host_memory
 from gateway.placement.planning import inventory
 from gateway.placement.preview import preview_config
@@ -62,7 +63,9 @@ async def admin_drain(pool: NamedDependency[ModelPool]) -> dict[str, Any]:
 MODEL_ACTIONS = ("load", "unload")
 
 
-async def admin_model_action(pool: NamedDependency[ModelPool], target: FromPath[str]) -> dict[str, Any]:
+async def admin_model_action(
+    pool: NamedDependency[ModelPool], model_facts: NamedDependency[ModelFactsReader], target: FromPath[str]
+) -> dict[str, Any]:
     """POST /admin/models/{name}/load and /unload; the model as /v1/models shows it afterwards.
 
     One route takes the whole rest of the path, so that a model name with a "/" in it (allowed,
@@ -72,7 +75,8 @@ async def admin_model_action(pool: NamedDependency[ModelPool], target: FromPath[
     if not name or action not in MODEL_ACTIONS:
         raise NotFoundException(f"no such admin action: POST /admin/models/{target.strip('/')} (use .../load or .../unload)")
     entry = await (pool.load(name) if action == "load" else pool.unload(name))
-    return pool.describe(entry)
+    facts = await model_facts.facts([entry.config.path])
+    return pool.describe(entry, facts[entry.config.path])
 
 
 async def admin_plan(

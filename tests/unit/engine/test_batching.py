@@ -263,7 +263,7 @@ def test_every_result_and_end_carries_usage_and_timings(spawn, tiny):
         last = got[request_id][-1][1]
         assert last["type"] in ("result", "end")
         timings = last["timings"]
-        assert set(timings) == {"ttft_s", "decode_s", "completion_tokens", "prompt_tokens", "cached_prompt_tokens"}
+        assert set(timings) == {"ttft_s", "prompt_s", "decode_s", "completion_tokens", "prompt_tokens", "cached_prompt_tokens"}
         assert 0 < timings["ttft_s"] < 10 and timings["decode_s"] >= 0
         assert timings["completion_tokens"] == last["usage"]["completion_tokens"] == 5
         assert timings["prompt_tokens"] == last["usage"]["prompt_tokens"] > 0

@@ -274,16 +274,7 @@ def write_header_only_model(
         file_type=file_type,
     )
     if byte_tokenizer:
-        tokens, types, merges, bos, eos = tiny_tokenizer(n_vocab)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(bos)
-        w.add_eos_token_id(eos)
-        w.add_add_bos_token(True)
-        w.add_chat_template(_CHAT_TEMPLATE)
+        _add_byte_tokenizer(w, tiny_tokenizer(n_vocab))
     elif vocab_in_header:
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
@@ -384,6 +375,20 @@ def tiny_tokenizer(n_vocab: int | None = None) -> tuple[list[str], list[int], li
     return tokens, types, list(_MERGES), bos, bos + 1
 
 
+def _add_byte_tokenizer(w: gguf.GGUFWriter, tokenizer: tuple[list[str], list[int], list[str], int, int]) -> None:
+    """A ``tiny_tokenizer`` vocabulary and a chat template: any text tokenizes."""
+    tokens, types, merges, bos, eos = tokenizer
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
+    w.add_add_bos_token(True)
+    w.add_chat_template(_CHAT_TEMPLATE)
+
+
 _CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -436,15 +441,7 @@ def write_tiny_llama(
         context_length=ctx, key_length=None, value_length=None, sliding_window=sliding_window,
         sliding_window_pattern=sliding_window_pattern, name=f"tiny {arch}", file_type=int(file_type),
     )
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(bos)
-    w.add_eos_token_id(eos)
-    w.add_add_bos_token(True)
-    w.add_chat_template(_CHAT_TEMPLATE)
+    _add_byte_tokenizer(w, (tokens, types, merges, bos, eos))
 
     rng = np.random.default_rng(seed)
     for s in specs:

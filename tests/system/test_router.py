@@ -157,10 +157,12 @@ def test_the_least_busy_replica_gets_the_request(cluster):
     hold = {"model": "tiny", "prompt": "a", "max_tokens": 8000, "logit_bias": {"97": 50}, "stream": True}
     stop = threading.Event()
 
-    def router_sees_b_running() -> bool:
+    def router_sees_only_b_running() -> bool:
+        # The router's last poll of each node: node b running the held one, node c nothing (a
+        # poll taken while c answered the previous request would still count that one).
         models = httpx.get(base + "/v1/models", headers=AUTH, timeout=5).json()["data"]
-        tiny = next(m for m in models if m["id"] == "tiny")
-        return next(n for n in tiny["nodes"] if n["node"] == "node-b")["queue"]["running"] == 1
+        nodes = {n["node"]: n["queue"] for n in next(m for m in models if m["id"] == "tiny")["nodes"]}
+        return nodes["node-b"]["running"] == 1 and nodes["node-c"]["running"] + nodes["node-c"]["waiting"] == 0
 
     def busy() -> None:
         # A generation straight on node b, read until the test is done with it; closing the
@@ -178,8 +180,9 @@ def test_the_least_busy_replica_gets_the_request(cluster):
         with worker_held(node_b, "tiny", headers=internal):
             holder.start()
             wait_for(lambda: queue_running(node_b, "tiny", headers=internal) == 1, timeout=60)
-            wait_for(router_sees_b_running, timeout=60)  # the router has polled node b since
-            answered = [node_of(complete(base, "tiny")) for _ in range(4)]
+            for _ in range(4):
+                wait_for(router_sees_only_b_running, timeout=60)
+                answered.append(node_of(complete(base, "tiny")))
             b_running_after = queue_running(node_b, "tiny", headers=internal)
     finally:
         stop.set()
@@ -211,10 +214,17 @@ def router_idle(base: str) -> bool:
     return not busy
 
 
+def router_sees_tiny_idle(base: str) -> bool:
+    """The router's last poll of both tiny replicas shows nothing running or waiting."""
+    models = httpx.get(base + "/v1/models", headers=AUTH, timeout=10).json()["data"]
+    nodes = next(m for m in models if m["id"] == "tiny")["nodes"]
+    return all(n["queue"]["running"] == 0 and n["queue"]["waiting"] == 0 for n in nodes)
+
+
 def test_equal_replicas_share_the_requests(cluster):
     # A node still busy with an earlier test's cancelled stream is rightly less preferred.
     wait_for(lambda: router_idle(cluster["base"]), timeout=10)
-    time.sleep(3 * POLL_S)
+    wait_for(lambda: router_sees_tiny_idle(cluster["base"]), timeout=60)
     answered = {node_of(complete(cluster["base"], "tiny")) for _ in range(6)}
     assert answered == {"node-b", "node-c"}
 

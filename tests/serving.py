@@ -82,3 +82,37 @@ def running_gateway(config: Path, port: int, log: Path, ok: Sequence[int] = (200
         yield Gateway(base, proc, log)
     finally:
         kill_group(proc)
+
+
+@contextlib.contextmanager
+def worker_held(base: str, model: str, headers: dict[str, str] | None = None) -> Iterator[int]:
+    """The model's worker process stopped (SIGSTOP) until the block ends (SIGCONT), whatever happens.
+
+    A request sent meanwhile holds its run slot and cannot end, however fast the machine: a test
+    that needs a model busy uses this instead of a long generation and a guessed sleep. The worker
+    then goes on where it stopped, so the held request still completes in full. Yields its pid.
+    """
+    models = httpx.get(base + "/v1/models", headers=headers, timeout=10).json()["data"]
+    pid = next(m for m in models if m["id"] == model)["pid"]
+    if not isinstance(pid, int):
+        raise AssertionError(f"model {model!r} has no running worker to hold: {models}")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_until(check, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; ``timeout`` only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def queue_running(base: str, model: str, headers: dict[str, str] | None = None) -> int:
+    """How many requests the model is running now, as the gateway's /v1/models says."""
+    models = httpx.get(base + "/v1/models", headers=headers, timeout=10).json()["data"]
+    return next(m for m in models if m["id"] == model)["queue"]["running"]

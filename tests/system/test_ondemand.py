@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 import tomli_w
 
 from tests.ggufmaker import write_header_only_model, write_tiny_llama
-from tests.serving import free_port, running_gateway
+from tests.serving import free_port, queue_running, running_gateway, wait_until, worker_held
 
 pytestmark = pytest.mark.llama
 
@@ -88,30 +89,44 @@ def test_alternating_requests_all_succeed_by_evicting_idle_models(gateway):
     assert "unloaded (make_room for" in gateway["log"].read_text()
 
 
+STREAM_TOKENS = 200
+STREAM_HANG_S = 300  # only a hang: a busy 2-core machine decodes the tiny model at ~10 tokens/s
+
+
 def test_a_model_streaming_is_not_evicted(gateway):
     base = gateway["base"]
     assert _ask(base, "b").status_code == 200
-    got: dict[str, int] = {}
+    got: dict = {}
 
     def stream_b() -> None:
         with httpx.stream(
             "POST",
             base + "/v1/completions",
-            json={"model": "b", "prompt": "a", "max_tokens": 1800, "logit_bias": {"97": 50}, "stream": True},
+            json={"model": "b", "prompt": "a", "max_tokens": STREAM_TOKENS, "logit_bias": {"97": 50}, "stream": True},
             timeout=90,
         ) as r:
             got["status"] = r.status_code
-            got["chunks"] = sum(1 for line in r.iter_lines() if line.startswith("data: {"))
+            got["events"] = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
 
+    # b's worker is held still, so its stream cannot end before the test is done, however fast
+    # the machine generates (the tiny model once streamed 1,800 tokens in 0.3 s, before a guessed
+    # 0.3 s sleep ended). It goes on where it stopped once c has been asked for.
     t = threading.Thread(target=stream_b)
-    t.start()
-    time.sleep(0.3)
-    r = _ask(base, "c")
-    t.join(90)
+    with worker_held(base, "b"):
+        t.start()
+        wait_until(lambda: queue_running(base, "b") == 1, what="b running the stream")
+        r = _ask(base, "c")
+        b_while_c_asked = _states(base)["b"], queue_running(base, "b")
+    t.join(STREAM_HANG_S)
+    assert not t.is_alive(), f"b's stream did not end within {STREAM_HANG_S} s"
     # b was busy and base is eager: nothing could make room for c.
     assert r.status_code == 503
     assert "cannot be placed even after evicting every idle on-demand model" in r.json()["error"]["message"]
-    assert got["status"] == 200 and got["chunks"] >= 1700  # the whole stream, not cut short
+    assert b_while_c_asked == ("ready", 1)
+    # The whole stream, not cut short: every token, and it ended at max_tokens.
+    assert got["status"] == 200
+    assert "".join(e["choices"][0]["text"] for e in got["events"]) == "a" * STREAM_TOKENS
+    assert got["events"][-1]["choices"][0]["finish_reason"] == "length"
     assert _ask(base, "c").status_code == 200  # once b is idle again, it can go
 
 

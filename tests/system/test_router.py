@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 
 from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, kill_group, spawn, wait_until_answering
+from tests.serving import free_port, kill_group, queue_running, spawn, wait_until_answering, worker_held
 
 pytestmark = pytest.mark.llama
 
@@ -155,40 +155,40 @@ def test_the_least_busy_replica_gets_the_request(cluster):
     base, node_b = cluster["base"], cluster["nodes"]["node-b"]
     internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
     hold = {"model": "tiny", "prompt": "a", "max_tokens": 8000, "logit_bias": {"97": 50}, "stream": True}
+    stop = threading.Event()
 
-    def b_running() -> bool:
-        models = httpx.get(node_b + "/v1/models", headers=internal, timeout=5).json()["data"]
-        return next(m for m in models if m["id"] == "tiny")["queue"]["running"] == 1
+    def router_sees_only_b_running() -> bool:
+        # The router's last poll of each node: node b running the held one, node c nothing (a
+        # poll taken while c answered the previous request would still count that one).
+        models = httpx.get(base + "/v1/models", headers=AUTH, timeout=5).json()["data"]
+        nodes = {n["node"]: n["queue"] for n in next(m for m in models if m["id"] == "tiny")["nodes"]}
+        return nodes["node-b"]["running"] == 1 and nodes["node-c"]["running"] + nodes["node-c"]["waiting"] == 0
 
+    def busy() -> None:
+        # A generation straight on node b, read until the test is done with it; closing the
+        # stream stops it on the node.
+        with httpx.stream("POST", node_b + "/v1/completions", json=hold, headers=internal, timeout=60) as r:
+            for _ in r.iter_raw():
+                if stop.is_set():
+                    break
+
+    holder = threading.Thread(target=busy, daemon=True)
     answered: list[str] = []
-    for _ in range(3):
-        stop = threading.Event()
-
-        def busy() -> None:
-            # A long generation straight on node b, read until the test is done with it;
-            # closing the stream stops it on the node.
-            with httpx.stream("POST", node_b + "/v1/completions", json=hold, headers=internal, timeout=60) as r:
-                for _ in r.iter_raw():
-                    if stop.is_set():
-                        break
-
-        holder = threading.Thread(target=busy, daemon=True)
-        holder.start()
-        try:
-            wait_for(b_running)
-            time.sleep(3 * POLL_S)  # the router has read node b's queue since
-            answered = []
+    try:
+        # Node b's worker is held still: the generation cannot end before the test is done,
+        # however fast the machine is.
+        with worker_held(node_b, "tiny", headers=internal):
+            holder.start()
+            wait_for(lambda: queue_running(node_b, "tiny", headers=internal) == 1, timeout=60)
             for _ in range(4):
-                node = node_of(complete(base, "tiny"))
-                if not b_running():
-                    break  # the generation ended on its own (a fast moment): hold again
-                answered.append(node)
-        finally:
-            stop.set()
-            holder.join(30)
-        if len(answered) == 4:
-            break
+                wait_for(router_sees_only_b_running, timeout=60)
+                answered.append(node_of(complete(base, "tiny")))
+            b_running_after = queue_running(node_b, "tiny", headers=internal)
+    finally:
+        stop.set()
+        holder.join(30)
     assert answered == ["node-c"] * 4
+    assert b_running_after == 1  # node b was busy for every one of them
 
 
 def test_a_client_that_goes_away_stops_the_generation_on_the_node(cluster):
@@ -214,10 +214,17 @@ def router_idle(base: str) -> bool:
     return not busy
 
 
+def router_sees_tiny_idle(base: str) -> bool:
+    """The router's last poll of both tiny replicas shows nothing running or waiting."""
+    models = httpx.get(base + "/v1/models", headers=AUTH, timeout=10).json()["data"]
+    nodes = next(m for m in models if m["id"] == "tiny")["nodes"]
+    return all(n["queue"]["running"] == 0 and n["queue"]["waiting"] == 0 for n in nodes)
+
+
 def test_equal_replicas_share_the_requests(cluster):
     # A node still busy with an earlier test's cancelled stream is rightly less preferred.
     wait_for(lambda: router_idle(cluster["base"]), timeout=10)
-    time.sleep(3 * POLL_S)
+    wait_for(lambda: router_sees_tiny_idle(cluster["base"]), timeout=60)
     answered = {node_of(complete(cluster["base"], "tiny")) for _ in range(6)}
     assert answered == {"node-b", "node-c"}
 

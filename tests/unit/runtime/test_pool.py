@@ -472,3 +472,38 @@ def test_requests_to_an_eager_model_that_a_reload_restarts_wait_for_its_load(tin
             await pool.stop()
 
     asyncio.run(run())
+
+
+def test_a_model_whose_stream_is_still_open_is_not_evicted(tiny):
+    """The pool-level twin of tests/system/test_ondemand.py's streaming test: a stream holds its
+    lease until the client is done with it (even once the worker has sent its last token), so
+    nothing can evict its model; once released, the model goes to make room."""
+
+    async def run():
+        transport = FakeTransport(FakeScript(tokens=5))
+        # Each tiny model is planned at ~720 MiB: 1600 MiB holds the eager one and one more.
+        models = [{"name": "base"}] + [{"name": n, "load": "on_demand"} for n in ("b", "c")]
+        pool = make_pool(make_config(tiny, models, gpus=["1600MiB"]), transport)
+        await pool.start()
+        try:
+            lease = await pool.acquire("b")
+            async with lease:
+                messages = lease.request("completion", {"prompt": "a"}, stream=True)
+                first = await anext(messages)
+                with pytest.raises(ModelUnavailableError, match="cannot be placed even after evicting every idle on-demand model"):
+                    await pool.acquire("c")
+                b_meanwhile = pool.entries["b"].state, bool(transport.alive("b")), bool(transport.alive("c"))
+                rest = [m async for m in messages]
+            served = await complete(pool, "c")
+            after = pool.entries["b"].state, bool(transport.alive("b"))
+            return first, b_meanwhile, rest, served, after
+        finally:
+            await pool.stop()
+
+    first, b_meanwhile, rest, served, after = asyncio.run(run())
+    assert first["type"] == "chunk"
+    assert b_meanwhile == (ModelState.READY, True, False)
+    # The whole stream, not cut short.
+    assert [m["type"] for m in rest] == ["chunk"] * 4 + ["end"] and rest[-1]["usage"]["completion_tokens"] == 5
+    assert served[-1]["type"] == "result"
+    assert after == (ModelState.STOPPED, False)  # idle again, it went for c

@@ -96,17 +96,12 @@ class Auth:
             given = connection.headers.get(RELOAD_TOKEN_HEADER, "")
             if given and hmac.compare_digest(given.encode(), self._reload_token.encode()):
                 return  # the server process itself, forwarding a SIGHUP
-        if kind == "admin" and connection.scope.get("method") not in SAFE_METHODS and "origin" in connection.headers:
-            given = connection.headers.get(UI_TOKEN_HEADER, "")
-            if not hmac.compare_digest(given.encode(), self.ui_token.encode()):
-                raise CrossSiteRequestError(
-                    f"an admin action from a browser needs the page's token ({UI_TOKEN_HEADER}, from /ui/state)"
-                )
         settings = self._settings()
         keys = self._keyring()
         if not keys.required:
             if kind == "admin" and (connection.client is None or not is_loopback(connection.client.host)):
                 raise AuthenticationError("without api_keys, admin endpoints answer loopback clients only")
+            self._check_ui_token(connection, kind)
             return
         if kind == "health" and not settings.health_requires_key:
             return
@@ -119,6 +114,17 @@ class Auth:
         connection.state[KEY_STATE] = key
         if kind == "admin" and not key.admin:
             raise PermissionDeniedError(f"key {key.name!r} may not call admin endpoints (it has admin = false)")
+        self._check_ui_token(connection, kind)
+
+    def _check_ui_token(self, connection: ASGIConnection, kind: Kind) -> None:
+        """A browser's admin action (an unsafe method with an Origin) carries the page's token.
+        Checked after the key, so that a caller without one hears that first (401)."""
+        if kind == "admin" and connection.scope.get("method") not in SAFE_METHODS and "origin" in connection.headers:
+            given = connection.headers.get(UI_TOKEN_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self.ui_token.encode()):
+                raise CrossSiteRequestError(
+                    f"an admin action from a browser needs the page's token ({UI_TOKEN_HEADER}, from /ui/state)"
+                )
 
     def allows(self, connection: ASGIConnection, kind: Kind) -> bool:
         """Whether ``check`` lets this connection through (for a page that shows or hides actions)."""

@@ -37,16 +37,40 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
-def spawn(args: Sequence[str], log: Path) -> subprocess.Popen:
-    """`gateway <args>` in a new process group, its output to ``log``."""
+def spawn(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`gateway <args>` in a new process group, its output to ``log`` (``env`` added to its environment)."""
     with open(log, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=clean_env(),
+            env={**clean_env(), **(env or {})},
             start_new_session=True,
         )
+
+
+_START_GATE = """\
+import os, sys, time
+_gate = os.environ.get("TEST_WORKER_START_GATE")
+if _gate and "{module}" in getattr(sys, "orig_argv", ()):
+    while not os.path.exists(_gate):
+        time.sleep(0.02)
+"""
+
+
+def worker_start_gate(folder: Path) -> tuple[dict[str, str], Path]:
+    """An environment for ``spawn`` in which every model worker waits, before it even imports
+    anything, until the returned gate file exists (the test creates it): the gateway stays in
+    start-up, with no model ready, for exactly as long as the test wants, however fast the machine.
+    A ``sitecustomize`` in ``folder`` does it; only processes started as the worker module wait.
+    """
+    from gateway.runtime.transport import WORKER_MODULE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_START_GATE.format(module=WORKER_MODULE))
+    gate = folder / "open"
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "TEST_WORKER_START_GATE": str(gate)}, gate
 
 
 def wait_until_answering(base: str, proc: subprocess.Popen, log: Path, timeout: float = 90, ok: Sequence[int] = (200,)) -> int:

@@ -4,7 +4,9 @@
 a model: they load for ``load_s``, answer requests with ``tokens`` words ``token_s`` apart, take
 ``stop_s`` to exit after "shutdown" and can be crashed at any moment (``crash``), break the
 protocol (``break_protocol``: killed, as the real connection kills such a worker) or lose its
-stdin while it runs (``close_stdin``). Races that take
+stdin while it runs (``close_stdin``). A test holds a load or a request at a point it controls
+with ``hold_load`` / ``hold_answer`` (a ``threading.Event``: the TestClient runs the app in another
+thread), as ``worker_held`` does for real workers: no guessed durations. Races that take
 seconds with real workers (a crash during a reload, a ready line after a stop) take milliseconds.
 It runs the real pool and the real ``WorkerProcess``; only the process is missing.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -35,6 +38,13 @@ class FakeScript:
     tokens: int = 3
     token_s: float = 0.0
     kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
+    hold_load: threading.Event | None = None  # "ready" (or "failed") waits until it is set
+    hold_answer: threading.Event | None = None  # each request's last token and end wait until it is set
+
+
+async def _until_set(event: threading.Event | None) -> None:
+    while event is not None and not event.is_set():
+        await asyncio.sleep(0.005)
 
 
 class FakeConnection:
@@ -151,6 +161,7 @@ class FakeConnection:
         await asyncio.sleep(self.script.load_s / 2)
         self._put({"type": "progress", "percent": 50})
         await asyncio.sleep(self.script.load_s / 2)
+        await _until_set(self.script.hold_load)
         if self.script.fail_load is not None:
             self._put({"type": "failed", "kind": "load", "message": self.script.fail_load})
             self._die(1)
@@ -167,6 +178,8 @@ class FakeConnection:
             if rid in self._cancelled:
                 break
             await asyncio.sleep(self.script.token_s)
+            if i == self.script.tokens - 1:
+                await _until_set(self.script.hold_answer)
             words.append(f"w{i}")
             if message.get("stream"):
                 self._put({"type": "chunk", "id": rid, "data": {"object": "text_completion", "choices": [{"index": 0, "text": f"w{i} ", "finish_reason": None}]}})

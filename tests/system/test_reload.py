@@ -16,7 +16,7 @@ import pytest
 import tomli_w
 
 from tests.ggufmaker import write_tiny_llama
-from tests.serving import clean_env, free_port, kill_group, running_gateway, spawn, wait_until_answering
+from tests.serving import clean_env, free_port, kill_group, running_gateway, spawn, wait_until, wait_until_answering, worker_start_gate
 
 pytestmark = pytest.mark.llama
 
@@ -120,31 +120,28 @@ def test_sighup_reloads_like_gateway_reload(gateway):
     assert g["proc"].poll() is None
 
 
-def test_a_sighup_during_start_up_is_kept_and_applied_once_the_app_runs(tmp_path, gemma_path):
+def test_a_sighup_during_start_up_is_kept_and_applied_once_the_app_runs(tmp_path):
     tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
     port = free_port()
     cfg = tmp_path / "models.toml"
-    # Gemma takes a while to load on the CPU: the signal comes while the app is starting.
-    slow = {"path": str(gemma_path), "n_ctx": 512}
-    cfg.write_text(_config(port, tiny, {"keep": {}, "gemma": slow}))
+    cfg.write_text(_config(port, tiny, {"keep": {}}))
     log = tmp_path / "serve.log"
-    proc = spawn(["serve", "--config", str(cfg)], log)
+    # The model's worker waits for the gate before loading, so the app is surely still starting
+    # (not answering) when the signal comes, however fast or slow the machine.
+    env, gate = worker_start_gate(tmp_path / "gate")
+    proc = spawn(["serve", "--config", str(cfg)], log, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         # granian's server process handles signals once it says where it listens.
-        deadline = time.monotonic() + 60
-        while "Listening at" not in log.read_text(errors="replace"):
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text(errors="replace")
-            time.sleep(0.02)
+        wait_until(lambda: "Listening at" in log.read_text(errors="replace") or proc.poll() is not None, what="Listening at")
+        assert proc.poll() is None, log.read_text(errors="replace")
         with pytest.raises(httpx.TransportError):
             httpx.get(base + "/health", timeout=2)  # the app is not up yet
-        cfg.write_text(_config(port, tiny, {"keep": {}, "gemma": slow, "late": {}}))
+        cfg.write_text(_config(port, tiny, {"keep": {}, "late": {}}))
         proc.send_signal(signal.SIGHUP)
+        gate.touch()  # only now may the model load and the app start
         wait_until_answering(base, proc, log, timeout=120)
-        deadline = time.monotonic() + 60
-        while "late" not in _pids(base):
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            time.sleep(0.1)
+        wait_until(lambda: "late" in _pids(base), what="the kept reload applied")
         assert _ask(base, "late") == 200
         assert "could not reach the app" not in log.read_text(errors="replace")
     finally:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.ggufmaker import write_header_only_model, write_tiny_llama
-from tests.serving import clean_env, free_port, kill_group, spawn, wait_until_answering
+from tests.serving import clean_env, free_port, kill_group, queue_running, spawn, wait_until, wait_until_answering, worker_held
 
 pytestmark = pytest.mark.llama
 
@@ -39,6 +39,13 @@ def _descendants(pid: int) -> set[int]:
             out.add(child)
             todo.append(child)
     return out
+
+
+def _health_status(base: str) -> int | None:
+    try:
+        return httpx.get(base + "/health", timeout=2).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -161,15 +168,19 @@ def test_sigterm_lets_the_running_request_finish_and_leaves_no_process(tmp_path,
             result["status"] = r.status_code
             result["done"] = r.text.rstrip().endswith("data: [DONE]")
 
+        model = httpx.get(base + "/v1/models", timeout=10).json()["data"][0]["id"]
         t = threading.Thread(target=long_request)
-        t.start()
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        # The worker is stopped until the drain has begun, so the request is surely in flight
+        # when SIGTERM comes, however fast the machine.
+        with worker_held(base, model):
+            t.start()
+            wait_until(lambda: queue_running(base, model) == 1, what="the request running")
+            proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: _health_status(base) == 503, what="/health answering 503 draining")
         t.join(60)
         proc.wait(60)
         assert result == {"status": 200, "done": True}
-        time.sleep(0.5)
-        assert not [p for p in tree if _alive(p)]
+        wait_until(lambda: not [p for p in tree if _alive(p)], timeout=30, what="every worker process gone")
     finally:
         kill_group(proc)
 

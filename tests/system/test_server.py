@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import API_KEY
+from tests.serving import wait_until, worker_held
 
 pytestmark = pytest.mark.llama
 
@@ -135,10 +136,24 @@ def test_full_queue_answers_429_with_retry_after(server):
             assert r.headers["retry-after"] == "1"
             assert r.json()["error"]["code"] == "queue_full"
 
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def queue() -> tuple[int, int]:
+        models = httpx.get(server["base"] + "/v1/models", headers=headers, timeout=10).json()["data"]
+        q = next(m for m in models if m["id"] == "gemma")["queue"]
+        return q["running"], q["waiting"]
+
     threads = [threading.Thread(target=ask) for _ in range(3)]
-    for t in threads:
-        t.start()
-        time.sleep(0.15)
+    # The worker is stopped, so the first request stays running and the second waiting, however
+    # fast the machine; each is sent once the one before is seen where it should be.
+    with worker_held(server["base"], "gemma", headers):
+        threads[0].start()
+        wait_until(lambda: queue() == (1, 0), what="the first request running")
+        threads[1].start()
+        wait_until(lambda: queue() == (1, 1), what="the second request waiting")
+        threads[2].start()
+        threads[2].join(60)
+        assert results == [429]
     for t in threads:
         t.join(60)
     assert sorted(results) == [200, 200, 429]

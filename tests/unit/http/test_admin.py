@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from gateway.runtime.fake import FakeScript, FakeTransport
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import wait_until
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -73,17 +73,26 @@ def test_eager_unknown_and_misspelt_targets_are_refused_with_their_reason(cfg):
         assert client.post("/admin/models/load", headers=AUTH).status_code == 404
 
 
+def running(client, model: str) -> int:
+    models = client.get("/v1/models", headers=AUTH).json()["data"]
+    return next(m for m in models if m["id"] == model)["queue"]["running"]
+
+
 def test_unloading_a_model_with_a_request_running_is_a_conflict(cfg):
-    with client_for(cfg, FakeTransport(FakeScript(tokens=10, token_s=0.05))) as client:
+    held = threading.Event()  # the request cannot end until the unload has been refused
+    with client_for(cfg, FakeTransport(FakeScript(hold_answer=held))) as client:
         assert client.post("/admin/models/od/load", headers=AUTH).status_code == 200
         done: list = []
         t = threading.Thread(
             target=lambda: done.append(client.post("/v1/completions", json={"model": "od", "prompt": "a"}, headers=AUTH))
         )
         t.start()
-        time.sleep(0.15)
-        busy = client.post("/admin/models/od/unload", headers=AUTH)
-        t.join()
+        try:
+            wait_until(lambda: running(client, "od") == 1, what="the request running")
+            busy = client.post("/admin/models/od/unload", headers=AUTH)
+        finally:
+            held.set()
+            t.join()
         assert busy.status_code == 409, busy.text
         assert done[0].status_code == 200
         assert client.post("/admin/models/od/unload", headers=AUTH).status_code == 200

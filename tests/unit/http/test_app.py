@@ -13,6 +13,7 @@ from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.runtime.fake import FakeScript, FakeTransport
 from tests.ggufmaker import write_tiny_llama
+from tests.serving import wait_until
 from tests.unit.http.apps import BASE_URL
 
 TOKEN = "reload-token"
@@ -99,16 +100,19 @@ def test_the_openapi_document_follows_api_keys_changed_by_a_reload(tmp_path, tin
 
 def test_a_second_reload_while_one_runs_gets_409(tmp_path, tiny):
     cfg = write_config(tmp_path / "m.toml", tiny, [{"name": "a"}], gpus=["8GiB"])
-    with client_for(cfg, FakeTransport(FakeScript(load_s=0.5))) as client:
-        write_config(cfg, tiny, [{"name": "a"}, {"name": "b"}], gpus=["8GiB"])
-        import threading
+    import threading
 
+    b_loading = threading.Event()  # the first reload cannot end until the second one was refused
+    transport = FakeTransport(lambda spec: FakeScript(hold_load=b_loading) if spec.name == "b" else FakeScript())
+    with client_for(cfg, transport) as client:
+        write_config(cfg, tiny, [{"name": "a"}, {"name": "b"}], gpus=["8GiB"])
         first: list = []
         t = threading.Thread(target=lambda: first.append(reload(client)))
         t.start()
-        import time
-
-        time.sleep(0.15)
-        assert reload(client).status_code == 409
-        t.join()
+        try:
+            wait_until(lambda: transport.alive("b"), what="the first reload loading b")
+            assert reload(client).status_code == 409
+        finally:
+            b_loading.set()
+            t.join()
         assert first[0].status_code == 200

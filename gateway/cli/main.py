@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import tomli_w
 
+from gateway.config.model_files import package_module
 from gateway.config.schema import Config, dump_config, load_config, parse_config, read_keys_file
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
@@ -158,7 +159,8 @@ def _csv_floats(text: str, flag: str) -> list[float]:
 
 
 def _model_name(path: str) -> str:
-    stem = Path(path).name.removesuffix(".gguf")
+    module = package_module(path)
+    stem = module if module is not None else Path(path).name.removesuffix(".gguf")
     stem = re.sub(r"-\d{5}-of-\d{5}$", "", stem)
     return re.sub(r"[^A-Za-z0-9._:/-]+", "-", stem) or "model"
 
@@ -176,7 +178,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             base, k = name, 2
             while name in taken:
                 name, k = f"{base}-{k}", k + 1
-            doc["models"].append({"name": name, "path": str(Path(path).expanduser().resolve())})
+            # A package: model (a PyPI-packaged GGUF) is resolved where every model path is, not here.
+            where = path if package_module(path) is not None else str(Path(path).expanduser().resolve())
+            doc["models"].append({"name": name, "path": where})
         if len(models) == 1:
             # The PoC's client example asks for model "local" (docs/poc-reference.md#api-endpoints).
             doc["models"][0]["aliases"] = ["local"]

@@ -13,6 +13,7 @@ the ``gguf`` reader library included, is refused unrun.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -59,6 +60,23 @@ def model_package_distribution(module_name: str) -> str | None:
     return None
 
 
+def installed_model_modules() -> list[str]:
+    """The top-level modules of every installed model package (``*-gguf``), from metadata."""
+    return sorted(
+        module
+        for module, dists in importlib.metadata.packages_distributions().items()
+        if any(re.sub(r"[-_.]+", "-", d).lower().endswith(MODEL_PACKAGE_SUFFIX) for d in dists)
+    )
+
+
+def _missing_package_hint(module_name: str) -> str:
+    """A near miss of an installed model package, or how to install the one named."""
+    close = difflib.get_close_matches(module_name, installed_model_modules(), n=1, cutoff=0.8)
+    if close:
+        return f"did you mean package:{close[0]}? (installed)"
+    return f"pip install {module_name.partition('.')[0].replace('_', '-')}"
+
+
 def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     """The GGUF file for a configured path; a package model is assembled into the cache once."""
     module_name = package_module(path)
@@ -68,7 +86,7 @@ def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
         raise ModelFileError(
             path,
             f"no installed model package provides {module_name!r} (the top-level module of a distribution named "
-            f"*{MODEL_PACKAGE_SUFFIX}; pip install {module_name.partition('.')[0].replace('_', '-')})",
+            f"*{MODEL_PACKAGE_SUFFIX}; {_missing_package_hint(module_name)})",
         )
     try:
         module = importlib.import_module(module_name)

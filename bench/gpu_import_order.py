@@ -28,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,7 @@ def native_libs() -> list[Path]:
 def native_backtrace(code: str, model: Path, tmp: Path) -> list[str]:
     """The native stack of a crashing variant, where cuda-gdb is installed (it debugs host code
     too; the CUDA image has no plain gdb)."""
-    gdb = next((p for p in ("/usr/local/cuda/bin/cuda-gdb", "cuda-gdb", "gdb") if Path(p).exists() or subprocess.run(["which", p], capture_output=True).returncode == 0), None)
+    gdb = next(filter(None, map(shutil.which, ("/usr/local/cuda/bin/cuda-gdb", "cuda-gdb", "gdb"))), None)
     if gdb is None:
         return ["no cuda-gdb or gdb here"]
     script = tmp / "crash.py"

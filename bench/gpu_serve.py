@@ -64,9 +64,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(config: Path, log_path: Path, timeout: float) -> tuple[subprocess.Popen, str, float]:
-    text = config.read_text()
-    port = int(next(line.split("=")[1] for line in text.splitlines() if line.startswith("port")))
+def start(config: Path, port: int, log_path: Path, timeout: float) -> tuple[subprocess.Popen, str, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -193,16 +191,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-serve-") as d:
         tmp = Path(d)
         path = write_model(args.shape, tmp / f"{args.shape}.gguf")
-        config = tmp / "models.toml"
+        config, port = tmp / "models.toml", free_port()
         config.write_text(
-            f'[gateway]\nport = {free_port()}\nlog_level = "info"\nrequest_timeout_s = 600\n\n'
+            f'[gateway]\nport = {port}\nlog_level = "info"\nrequest_timeout_s = 600\n\n'
             f'[[models]]\nname = "{MODEL}"\npath = "{path}"\nn_ctx = {args.n_ctx}\nflash_attn = true\n'
             f"max_concurrency = {slots}\nqueue_size = {slots * 2}\n"
         )
         report["config"] = config.read_text()
         gpus = [d.index for d in read_nvml_devices()]
         before = device_used_bytes(gpus) if gpus else {}
-        proc, base, load_s = start(config, out / "serve.log", args.load_timeout)
+        proc, base, load_s = start(config, port, out / "serve.log", args.load_timeout)
         try:
             report["ready_after_s"] = round(load_s, 1)
             model = next(m for m in httpx.get(base + "/v1/models", timeout=10).json()["data"] if m["id"] == MODEL)

@@ -534,10 +534,14 @@ def model_weight(req: ModelRequest) -> float:
 
 def add_load(load: dict[int, float], p: Placement, weight: float) -> None:
     """Share a placed model's weight over its GPUs by the bytes it has on each."""
-    total = p.vram_bytes
-    for slot, g in enumerate(p.gpus):
-        share = p.memory.devices[slot].total_bytes / total if total else 1 / len(p.gpus)
-        load[g] = load.get(g, 0.0) + weight * share
+    share_load(load, {g: p.memory.devices[slot].total_bytes for slot, g in enumerate(p.gpus)}, weight)
+
+
+def share_load(load: dict[int, float], bytes_on: Mapping[int, int], weight: float) -> None:
+    """Add ``weight`` to ``load``, shared over the GPUs of ``bytes_on`` by a model's bytes on each."""
+    total = sum(bytes_on.values())
+    for g, b in bytes_on.items():
+        load[g] = load.get(g, 0.0) + weight * (b / total if total else 1 / len(bytes_on))
 
 
 def take(budgets: dict[int, int], p: Placement, sign: int = 1) -> None:

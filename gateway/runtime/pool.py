@@ -43,7 +43,7 @@ from gateway.runtime.transport import SubprocessTransport, WorkerTransport
 from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
 from planner.devices import Device
 from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
-from planner.plan import ModelRequest, Plan, plan
+from planner.plan import ModelRequest, Plan, plan, share_load
 from planner.units import GIB
 
 log = logging.getLogger("gateway")
@@ -196,18 +196,17 @@ def free_devices(devices: Sequence[Device], entries: Iterable[ModelEntry], decla
 
 def running_load(entries: Iterable[ModelEntry], leaving: set[str]) -> dict[int, float]:
     """The expected load on each GPU from the models that stay (``packing = "spread"`` places a
-    new model beside the lightest): each one's ``weight``, else its planned GiB, shared over its
-    GPUs by their bytes, as planner.plan counts the models it places."""
+    new model beside the lightest): each one's ``weight``, else its planned GiB (planner.plan's
+    default counts weights and KV only: close, not equal), shared over its GPUs by their bytes."""
     load: dict[int, float] = {}
     for entry in entries:
         if entry.launch is None or entry.worker is None or entry.name in leaving:
             continue
         if entry.state not in (ModelState.READY, ModelState.STARTING) or not entry.launch.devices:
             continue
-        total = sum(d.total_bytes for d in entry.launch.devices)
-        weight = entry.config.weight if entry.config.weight is not None else total / GIB
-        for d in entry.launch.devices:
-            load[d.gpu] = load.get(d.gpu, 0.0) + weight * (d.total_bytes / total if total else 1 / len(entry.launch.devices))
+        bytes_on = {d.gpu: d.total_bytes for d in entry.launch.devices}
+        weight = entry.config.weight if entry.config.weight is not None else sum(bytes_on.values()) / GIB
+        share_load(load, bytes_on, weight)
     return load
 
 

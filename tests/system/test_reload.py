@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -76,10 +75,12 @@ def test_reload_keeps_unchanged_models_serving_and_applies_the_rest(gateway):
 
     t = threading.Thread(target=traffic)
     t.start()
-    time.sleep(0.5)
+    # Traffic runs before, during and after the reload: wait for answers, not for a guessed time.
+    wait_until(lambda: sum(statuses.values()) >= 3, what="traffic answered before the reload")
     g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {"aliases": ["kept"]}, "change": {"n_ctx": 512}, "new": {}}))
     proc = _reload_cli(g)
-    time.sleep(0.5)
+    answered_by_reload = sum(statuses.values())
+    wait_until(lambda: sum(statuses.values()) >= answered_by_reload + 3, what="traffic answered after the reload")
     stop.set()
     t.join(30)
     assert proc.returncode == 0, proc.stderr
@@ -111,9 +112,7 @@ def test_sighup_reloads_like_gateway_reload(gateway):
     before = _pids(g["base"])
     g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {}, "change": {}}))
     g["proc"].send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "drop" in _pids(g["base"]):
-        time.sleep(0.1)
+    wait_until(lambda: "drop" not in _pids(g["base"]), timeout=30, what="SIGHUP removed 'drop'")
     after = _pids(g["base"])
     assert set(after) == {"keep", "change"}
     assert after["keep"] == before["keep"] and after["change"] == before["change"]

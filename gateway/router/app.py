@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -42,6 +42,7 @@ from gateway.config.schema import Config
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth, request_key
 from gateway.http.errors import Handlers, error_body, mapped_handlers
+from gateway.http.proxy import CLIENT_CLOSED, client_gone
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
 from gateway.observability.metrics import REJECT_REASONS
@@ -164,7 +165,10 @@ class Router:
             stream = fields.stream is True
             options = fields.stream_options
             metered = Metered(ticket, stream, isinstance(options, dict) and bool(options.get("include_usage")))
-            answer = await self._send(request, path, model, metered.body(raw), metered, started)
+            sending = self._send(request, path, model, metered.body(raw), metered, started)
+            # A stream's relay notices a client that leaves by itself (its next write fails); a
+            # whole answer is watched while the node works on it.
+            answer = await (sending if stream else _unless_client_leaves(request, sending))
         except BaseException:
             ticket.release()
             raise
@@ -184,6 +188,11 @@ class Router:
             upstream_req = self.client.build_request("POST", node.url + path, content=raw, headers=headers)
             try:
                 upstream = await self.client.send(upstream_req, stream=True)
+            except asyncio.CancelledError:
+                # The client left while the node worked on a whole answer: closing the
+                # connection (httpx does, on cancel) stops the generation on the node.
+                self._finish(node, model, CLIENT_CLOSED, started, metered)
+                raise
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the node: safe to give the request to the next replica.
                 self._ended(node, model)
@@ -213,6 +222,9 @@ class Router:
                 # as a stream would cost a task per request and gain no time.
                 try:
                     body = await upstream.aread()
+                except asyncio.CancelledError:
+                    self._finish(node, model, CLIENT_CLOSED, started, metered)
+                    raise
                 except httpx.HTTPError as exc:
                     self._ended(node, model)
                     self._down(node, _transport_reason(exc))
@@ -259,7 +271,7 @@ class Router:
         async def chunks() -> AsyncIterator[bytes]:
             # A client that goes away is recorded as 499 (nginx's "client closed request");
             # closing the upstream answer then stops the generation on the node.
-            status = 499
+            status = CLIENT_CLOSED
             try:
                 # Decoded as it arrives (a node does not compress; if one did, the client gets
                 # plain bytes and no content-encoding).
@@ -281,6 +293,23 @@ class Router:
 
         headers = {**_passed(upstream, node), **metered.ticket.headers()}
         return Stream(chunks(), status_code=upstream.status_code, headers=headers)
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[Response | Stream]) -> Response | Stream:
+    """``work``'s answer; if the client disconnects first, ``work`` is cancelled (closing the
+    connection to the node, which stops the generation there: issue 21, item 6, through the
+    router) and the client, gone, gets nothing. For whole (non-streamed) answers, whose body was
+    read, so that nothing else receives from the request."""
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(client_gone(request)())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        return Response(content=b"", status_code=CLIENT_CLOSED)
+    finally:
+        for pending in (task, watch):
+            pending.cancel()
+        await asyncio.gather(task, watch, return_exceptions=True)
 
 
 class _NodeFailed(UpstreamError):

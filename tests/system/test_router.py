@@ -6,6 +6,7 @@ metrics, and failover and 503 once a node is killed (those tests come last)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -203,6 +204,41 @@ def test_a_client_that_goes_away_stops_the_generation_on_the_node(cluster):
         return next(m for m in models if m["id"] == "only-b")["queue"]["running"] == 0
 
     wait_for(idle, timeout=10)
+    assert complete(cluster["base"], "only-b").status_code == 200
+
+
+def _node_closed_requests(node: str, model: str) -> float:
+    """The node's count of requests for ``model`` that their client closed (499)."""
+    text = httpx.get(node + "/metrics", headers={"Authorization": f"Bearer {INTERNAL_KEY}"}, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("vram_gateway_requests_total{") and f'model="{model}"' in line and 'status="499"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_client_that_leaves_a_whole_answer_stops_the_generation_on_the_node(cluster):
+    # Issue 21, item 6, through the router: a non-streamed request whose client left kept its
+    # slot on the node until the generation ended, because the router waited for the node's
+    # answer without watching its client.
+    node = cluster["nodes"]["node-b"]
+    internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
+    closed_before = _node_closed_requests(node, "only-b")
+    body = json.dumps({"model": "only-b", "prompt": "a", "max_tokens": 200, "logit_bias": {"97": 50}}).encode()
+    host, port = cluster["base"].removeprefix("http://").split(":")
+    # The node's worker is held, so the request cannot end by itself however fast the machine.
+    with worker_held(node, "only-b", internal):
+        client = socket.create_connection((host, int(port)))
+        client.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+            + b"Authorization: Bearer " + CLIENT_KEY.encode() + b"\r\n"
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        wait_for(lambda: queue_running(node, "only-b", internal) == 1, timeout=30)
+        client.close()
+        # The router closes its connection to the node, which cancels the generation: recorded
+        # there as closed by its client while the worker is still held.
+        wait_for(lambda: _node_closed_requests(node, "only-b") == closed_before + 1, timeout=30)
+    wait_for(lambda: queue_running(node, "only-b", internal) == 0, timeout=30)
     assert complete(cluster["base"], "only-b").status_code == 200
 
 

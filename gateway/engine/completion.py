@@ -25,9 +25,7 @@ from gateway.engine.sampling import SamplerChain, sampling_params
 from gateway.engine.vocab import Vocab
 
 
-# The arguments of ``Llama.create_completion`` (llama-cpp-python 0.3.36), with its defaults, plus
-# ``n``: the request options a completion takes (gateway.engine.options, where their defaults
-# are), and the arguments that are llama-cpp-python's alone, which its chat handlers pass.
+# CompletionOptions' fields, built from the options' declarations; the class below adds ``of``.
 _CompletionOptions: Any = options_class(
     "CompletionOptions",
     engine_options("completion"),
@@ -41,7 +39,7 @@ _CompletionOptions: Any = options_class(
         ("grammar", Any, None),  # a LlamaGrammar (the chat handlers'), or GBNF text
     ],
     module=__name__,
-    doc="A completion's arguments: ``CompletionOptions.of(params)``.",
+    doc="A completion's arguments (see CompletionOptions).",
 )
 
 

@@ -41,16 +41,6 @@ EMBEDDING: frozenset[Op] = frozenset({"embedding"})
 MAX_CHOICES = 128  # OpenAI's own limit on n
 
 
-class _Required:
-    """The default of an option the engine never receives (so it has none)."""
-
-    def __repr__(self) -> str:
-        return "NO_DEFAULT"
-
-
-NO_DEFAULT: Any = _Required()
-
-
 # ---------------------------------------------------------------- kinds: a value's JSON type
 
 
@@ -216,7 +206,7 @@ class RequestOption:
             schema["enum"] = list(self.choices)
         text = self.description if self.openai else f"{self.description} (llama.cpp's, as llama-server takes it; not OpenAI's)"
         schema["description"] = text
-        if with_default and self.engine and self.default is not None and self.default is not NO_DEFAULT:
+        if with_default and self.engine and self.default is not None:
             schema["default"] = self.default
         return {"anyOf": [schema, {"type": "null"}]}
 
@@ -272,7 +262,7 @@ OPTIONS: tuple[RequestOption, ...] = (
     ),
     RequestOption("stream", BOOLEAN, GENERATE, "Stream the answer as server-sent events.", default=False, engine=False),
     RequestOption(
-        "stream_options", OBJECT, GENERATE, "With include_usage: true, a last chunk carries the usage.", default=NO_DEFAULT, engine=False
+        "stream_options", OBJECT, GENERATE, "With include_usage: true, a last chunk carries the usage.", engine=False
     ),
     RequestOption("logprobs", BOOLEAN, CHAT, "Return each generated token's log-probability."),
     RequestOption(

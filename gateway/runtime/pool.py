@@ -38,6 +38,7 @@ from gateway.placement.launch import ModelLaunch, launch_from_placement, launche
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
 from gateway.runtime.admission import Admission
+from gateway.runtime.events import Added, Crashed, Evicted, EventSink, EvictReason, Failed, Loading, LoadReason, LoadWaited, ModelEvent, Ready, Restarting
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
 from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
@@ -55,9 +56,6 @@ LOAD_RETRY_MIN_S = 0.05
 WORKER_STOP_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.05
-
-Events = Callable[[str, dict[str, Any]], None]
-
 
 @dataclass
 class ModelEntry:
@@ -221,14 +219,14 @@ class ModelPool:
         base_env: dict[str, str],
         transport: WorkerTransport | None = None,
         unplaced: dict[str, str] | None = None,
-        on_event: Events | None = None,
+        on_event: EventSink | None = None,
         read_nvml: Callable[[], list[Device]] = read_nvml_devices,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._base_env = base_env
         self._transport = transport or SubprocessTransport()
-        self._on_event = on_event or (lambda name, event: None)
+        self._on_event = on_event or (lambda event: None)
         self._read_nvml = read_nvml
         self._clock = clock
         self._placement = asyncio.Lock()  # one decision about free memory at a time
@@ -327,8 +325,8 @@ class ModelPool:
 
     # ------------------------------------------------------------------ events
 
-    def _emit(self, name: str, event: dict[str, Any]) -> None:
-        self._on_event(name, event)
+    def _emit(self, event: ModelEvent) -> None:
+        self._on_event(event)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -336,18 +334,18 @@ class ModelPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _worker_event(self, worker: WorkerProcess, name: str, data: dict[str, Any]) -> None:
-        self._emit(name, {"model": worker.name, **data})
+    def _worker_event(self, worker: WorkerProcess, event: ModelEvent) -> None:
+        self._emit(event)
         entry = self.entries.get(worker.name)
         if entry is None or entry.worker is not worker:
             return  # a worker that was replaced or removed: its news changes nothing
-        if name == "ready":
+        if isinstance(event, Ready):
             entry.load_failures = 0
         if self._stopping or entry.removed:
             return
-        if name == "crashed":
+        if isinstance(event, Crashed):
             entry.restart = self._spawn(self._restart(entry, worker), f"restart-{entry.name}")
-        elif name == "failed" and data.get("loading") and not entry.on_demand and entry.launch is not None:
+        elif isinstance(event, Failed) and event.loading and not entry.on_demand and entry.launch is not None:
             # An eager model has no request to load it again: the pool tries again itself.
             entry.restart = self._spawn(self._retry_load(entry, worker), f"retry-{entry.name}")
 
@@ -382,8 +380,8 @@ class ModelPool:
             if self._stopping or entry.removed or entry.worker is not previous or entry.launch is None:
                 return
             worker = self._install(entry, entry.launch)
-            self._emit("restarting", {"model": entry.name, "attempt": attempt})
-            self._emit("loading", {"model": entry.name, "reason": "restart"})
+            self._emit(Restarting(entry.name, attempt))
+            self._emit(Loading(entry.name, "restart"))
             await worker.start()
         await worker.wait_ready()
 
@@ -393,7 +391,7 @@ class ModelPool:
         """Start every placed model's worker at once; wait until each is ready or failed."""
         workers = [e.worker for e in self.entries.values() if e.worker is not None]
         for w in workers:
-            self._emit("loading", {"model": w.name, "reason": "startup"})
+            self._emit(Loading(w.name, "startup"))
             await w.start()
         await asyncio.gather(*(w.wait_ready(timeout) for w in workers))
         now = self._clock()
@@ -485,11 +483,11 @@ class ModelPool:
         try:
             state = await worker.wait_ready(timeout)
         finally:
-            self._emit("load_wait", {"model": entry.name, "seconds": self._clock() - started})
+            self._emit(LoadWaited(entry.name, self._clock() - started))
         if state is ModelState.STARTING:
             raise ModelUnavailableError(f"model {entry.name!r} did not load within {timeout:g} s")
 
-    async def _await_load(self, entry: ModelEntry, reason: str = "on_demand") -> None:
+    async def _await_load(self, entry: ModelEntry, reason: LoadReason = "on_demand") -> None:
         if entry.loading is None or entry.loading.done():
             entry.loading = self._spawn(self._load(entry, reason), f"load-{entry.name}")
         timeout = self._config.gateway.load_timeout_s
@@ -503,7 +501,7 @@ class ModelPool:
                 raise ModelUnavailableError("the gateway is shutting down") from None
             raise
         finally:
-            self._emit("load_wait", {"model": entry.name, "seconds": self._clock() - started})
+            self._emit(LoadWaited(entry.name, self._clock() - started))
 
     # ------------------------------------------------------------------ on demand
 
@@ -525,7 +523,7 @@ class ModelPool:
             await self._await_load(entry)
         return entry
 
-    async def unload(self, requested: Any, reason: str = "admin") -> ModelEntry:
+    async def unload(self, requested: Any, reason: EvictReason = "admin") -> ModelEntry:
         """Unload an idle on-demand model (the admin API); it loads again on its next request."""
         entry = self.resolve(requested)
         if not entry.on_demand:
@@ -552,7 +550,7 @@ class ModelPool:
         free = free_devices(devices, self.entries.values(), config.planner.gpus is not None, leaving)
         return plan([request], free, plan_policy(config), load=running_load(self.entries.values(), leaving))
 
-    async def _load(self, entry: ModelEntry, reason: str) -> None:
+    async def _load(self, entry: ModelEntry, reason: LoadReason) -> None:
         try:
             await self._place_and_start(entry, reason)
         except ModelUnavailableError as exc:
@@ -560,7 +558,7 @@ class ModelPool:
             raise
         entry.last_error = None
 
-    async def _place_and_start(self, entry: ModelEntry, reason: str) -> None:
+    async def _place_and_start(self, entry: ModelEntry, reason: LoadReason) -> None:
         async with self._placement:
             if entry.worker is not None and entry.worker.state is ModelState.READY and not entry.evicting:
                 return
@@ -589,7 +587,7 @@ class ModelPool:
                 if entry.worker is not None:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)  # a failed earlier attempt
                 worker = self._install(entry, launch)
-                self._emit("loading", {"model": entry.name, "reason": reason})
+                self._emit(Loading(entry.name, reason))
                 started = self._clock()
                 await worker.start()
             state = await worker.wait_ready(config.gateway.load_timeout_s)
@@ -632,7 +630,7 @@ class ModelPool:
             requests=e.requests,
         )
 
-    async def _evict(self, entry: ModelEntry, reason: str, for_model: str | None = None) -> None:
+    async def _evict(self, entry: ModelEntry, reason: EvictReason, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""
         entry.evicting = True
         try:
@@ -643,7 +641,7 @@ class ModelPool:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)
                 entry.launch, entry.worker = None, None
             log.info("model %s: unloaded (%s%s)", entry.name, reason, f" for {for_model}" if for_model else "")
-            self._emit("evicted", {"model": entry.name, "reason": reason})
+            self._emit(Evicted(entry.name, reason))
         finally:
             entry.evicting = False
 
@@ -722,13 +720,13 @@ class ModelPool:
             else:
                 launch = launches.get(model.name)
                 entries[model.name] = self._new_entry(model, launch, None if launch or model.load == "on_demand" else "not placed by the planner")
-                self._emit("added", {"model": model.name})
+                self._emit(Added(model.name))
         self.entries = entries
         self._config = new
         self._index()
         fresh = [entries[n].worker for n in launches if entries[n].worker is not None]
         for w in fresh:
-            self._emit("loading", {"model": w.name, "reason": "reload"})  # type: ignore[union-attr]
+            self._emit(Loading(w.name, "reload"))  # type: ignore[union-attr]
             await w.start()  # type: ignore[union-attr]
         await asyncio.gather(*(w.wait_ready(new.gateway.load_timeout_s) for w in fresh))  # type: ignore[union-attr]
         result.reloaded = True

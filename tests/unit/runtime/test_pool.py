@@ -16,6 +16,7 @@ import tomli_w
 from gateway.config.schema import Config, parse_config
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
+from gateway.runtime.events import Crashed, ModelEvent, Ready, Restarting
 from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import IllegalTransition, ModelState, check_transition
@@ -43,9 +44,9 @@ def make_config(tiny: Path, models: list[dict], *, gpus: list[str] | None = None
 
 
 def make_pool(config: Config, transport: FakeTransport, events: list | None = None) -> ModelPool:
-    def on_event(name, event):
+    def on_event(event: ModelEvent) -> None:
         if events is not None:
-            events.append((name, event.get("model")))
+            events.append(event)
 
     return ModelPool(config, plan_now(config), base_env={}, transport=transport, on_event=on_event)
 
@@ -76,7 +77,7 @@ def test_a_ready_message_after_stop_began_is_ignored_and_the_exit_is_not_a_crash
         events: list = []
         config = make_config(tiny, [{"name": "m"}])
         launch = plan_now(config)["m"]
-        worker = WorkerProcess(launch.worker_spec(config.models[0]), {}, transport, lambda w, n, d: events.append(n))
+        worker = WorkerProcess(launch.worker_spec(config.models[0]), {}, transport, lambda w, event: events.append(event))
         await worker.start()
         await asyncio.sleep(0.02)
         stopping = asyncio.create_task(worker.stop(5))
@@ -84,7 +85,7 @@ def test_a_ready_message_after_stop_began_is_ignored_and_the_exit_is_not_a_crash
         assert worker.state is ModelState.STOPPING
         await stopping
         assert worker.state is ModelState.STOPPED
-        assert "ready" not in events and "crashed" not in events
+        assert not any(isinstance(e, Ready | Crashed) for e in events)
         assert not transport.alive()
 
     asyncio.run(run())
@@ -345,7 +346,7 @@ def test_a_worker_that_breaks_the_protocol_is_killed_and_restarted_and_its_reque
                 async with asyncio.timeout(3):
                     rest = [m async for m in messages]
             assert not first.alive
-            await wait_for(lambda: ("restarting", "m") in events)
+            await wait_for(lambda: any(isinstance(e, Restarting) and e.model == "m" for e in events))
             await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
             assert transport.latest("m") is not first and len(transport.alive("m")) == 1
             assert (await complete(pool, "m"))[-1]["type"] == "result"

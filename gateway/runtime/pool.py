@@ -17,6 +17,10 @@ a model does not fit, idle on-demand models are evicted, and only as many as nee
 and models with requests running or waiting are never evicted. planner.eviction chooses which:
 the cheapest in expected waiting per byte freed (each model's measured load time times how often
 it is asked for, which the pool records per request), lower priorities first.
+
+Where a model goes is decided by gateway.placement.decisions, a pure function of the facts the
+pool hands it (``ModelPool.residents``: what each placed model holds, and what evicting it would
+cost); the pool reads the inventory and the header, acts on the decision and keeps the lifecycle.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,7 @@ from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
 from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts, model_card
+from gateway.placement.decisions import Refuse, Resident, cpu_models_running, free_devices, place
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
@@ -43,9 +48,8 @@ from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
 from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
 from planner.devices import Device
-from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
-from planner.plan import ModelRequest, Plan, plan, share_load
-from planner.units import GIB
+from planner.eviction import RequestRate
+from planner.plan import plan
 
 log = logging.getLogger("gateway")
 
@@ -109,6 +113,29 @@ class ModelEntry:
         return bool(self.admission.running or self.admission.waiting)
 
     @property
+    def evictable(self) -> bool:
+        """An on-demand model, ready and idle, that no eviction has chosen yet."""
+        return self.on_demand and self.state is ModelState.READY and not self.busy and not self.evicting
+
+    def resident(self) -> Resident | None:
+        """What placement needs to know of it (None: not placed, or no worker)."""
+        launch, worker = self.launch, self.worker
+        if launch is None or worker is None:
+            return None
+        return Resident(
+            name=self.name,
+            planned_bytes={d.gpu: d.total_bytes for d in launch.devices},
+            holds_memory=worker.state.holds_memory,
+            computes_on_cpu=launch.computes_on_cpu,
+            weight=self.config.weight,
+            evictable=self.evictable,
+            priority=self.config.priority,
+            last_used=self.last_used,
+            load_seconds=self.load_seconds if self.load_seconds is not None else worker.load_seconds,
+            requests=self.requests,
+        )
+
+    @property
     def servable(self) -> bool:
         """Could a request be served: ready now, or an on-demand model that would load."""
         return self.state is ModelState.READY or (
@@ -168,44 +195,6 @@ def diff_models(old: Config, new: Config) -> tuple[list[str], list[str], list[st
     added = [n for n in after if n not in before]
     removed = [n for n in before if n not in after]
     return unchanged, removed, changed, added
-
-
-def free_devices(devices: Sequence[Device], entries: Iterable[ModelEntry], declared: bool, leaving: set[str]) -> list[Device]:
-    """Each GPU's free memory for a model about to start.
-
-    NVML's free memory already excludes every running model; the models about to stop will give
-    theirs back. A declared inventory is static: take away what the models that stay use.
-    """
-    adjust: dict[int, int] = {}
-    for entry in entries:
-        if entry.launch is None or entry.worker is None or entry.state not in (ModelState.READY, ModelState.STARTING):
-            continue
-        stays = entry.name not in leaving
-        for d in entry.launch.devices:
-            if declared and stays:
-                adjust[d.gpu] = adjust.get(d.gpu, 0) - d.total_bytes
-            elif not declared and not stays:
-                adjust[d.gpu] = adjust.get(d.gpu, 0) + d.total_bytes
-    return [
-        dataclasses.replace(d, free_bytes=max(0, min(d.total_bytes, d.free_bytes + adjust.get(d.index, 0))))
-        for d in devices
-    ]
-
-
-def running_load(entries: Iterable[ModelEntry], leaving: set[str]) -> dict[int, float]:
-    """The expected load on each GPU from the models that stay (``packing = "spread"`` places a
-    new model beside the lightest): each one's ``weight``, else its planned GiB (planner.plan's
-    default counts weights and KV only: close, not equal), shared over its GPUs by their bytes."""
-    load: dict[int, float] = {}
-    for entry in entries:
-        if entry.launch is None or entry.worker is None or entry.name in leaving:
-            continue
-        if entry.state not in (ModelState.READY, ModelState.STARTING) or not entry.launch.devices:
-            continue
-        bytes_on = {d.gpu: d.total_bytes for d in entry.launch.devices}
-        weight = entry.config.weight if entry.config.weight is not None else sum(bytes_on.values()) / GIB
-        share_load(load, bytes_on, weight)
-    return load
 
 
 class ModelPool:
@@ -534,21 +523,9 @@ class ModelPool:
             await self._evict(entry, reason)
         return entry
 
-    def _cpu_models_running(self, leaving: set[str]) -> int:
-        """Models computing on the CPU that keep running: new CPU models share the cores with them."""
-        return sum(
-            1
-            for e in self.entries.values()
-            if e.name not in leaving
-            and e.launch is not None
-            and e.launch.computes_on_cpu
-            and e.state in (ModelState.STARTING, ModelState.READY)
-        )
-
-    def _plan_one(self, request: ModelRequest, devices: list[Device], leaving: set[str]) -> Plan:
-        config = self._config
-        free = free_devices(devices, self.entries.values(), config.planner.gpus is not None, leaving)
-        return plan([request], free, plan_policy(config), load=running_load(self.entries.values(), leaving))
+    def residents(self) -> list[Resident]:
+        """Every placed model with a worker, as placement sees it (gateway.placement.decisions)."""
+        return [r for r in (e.resident() for e in self.entries.values()) if r is not None]
 
     async def _load(self, entry: ModelEntry, reason: LoadReason) -> None:
         try:
@@ -570,17 +547,27 @@ class ModelPool:
             if files.problems:
                 raise ModelUnavailableError(f"model {entry.name!r}: " + "; ".join(files.problems))
             request = model_request(model, files.infos[model.name])
-            devices = inventory(config, self._read_nvml)
-            result = self._plan_one(request, devices, set())
-            victims: list[ModelEntry] = []
-            if not result.fits:
-                victims, result = self._choose_evictions(entry, request, devices)
+            decision = place(
+                request,
+                inventory(config, self._read_nvml),
+                self.residents(),
+                plan_policy(config),
+                declared=config.planner.gpus is not None,
+                gpus=model.gpus,
+                now=self._clock(),
+            )
+            if isinstance(decision, Refuse):
+                raise ModelUnavailableError(
+                    f"model {entry.name!r} cannot be placed even after evicting every idle on-demand model: "
+                    + "; ".join(decision.problems)
+                )
+            victims = [self.entries[n] for n in decision.evict]
             for victim in victims:
                 victim.evicting = True  # chosen and marked with no await between: nobody takes it
             for victim in victims:
                 await self._evict(victim, "make_room", for_model=entry.name)
-            running = self._cpu_models_running(leaving={v.name for v in victims} | {entry.name})
-            launch = launch_from_placement(result.placements[0], str(files.paths[model.name]), cpu_models_running=running)
+            running = cpu_models_running(self.residents(), leaving=set(decision.evict) | {entry.name})
+            launch = launch_from_placement(decision.placement, str(files.paths[model.name]), cpu_models_running=running)
             async with entry.lock:
                 if entry.restart is not None:
                     entry.restart.cancel()  # a retry waiting for its backoff: this load replaces it
@@ -596,39 +583,6 @@ class ModelPool:
                 entry.load_seconds = entry.last_used - started
             else:
                 raise ModelUnavailableError(f"model {entry.name!r} failed to load: {worker.reason}")
-
-    def _choose_evictions(self, entry: ModelEntry, request: ModelRequest, devices: list[Device]) -> tuple[list[ModelEntry], Plan]:
-        needed = set(entry.config.gpus) if entry.config.gpus is not None else {d.index for d in devices}
-        candidates = {
-            e.name: e
-            for e in self.entries.values()
-            if e.on_demand and e is not entry and e.state is ModelState.READY and not e.busy and not e.evicting and e.launch is not None
-        }
-        attempts: dict[frozenset[str], Plan] = {}
-
-        def fits(names: frozenset[str]) -> bool:
-            attempts[names] = self._plan_one(request, devices, set(names))
-            return attempts[names].fits
-
-        chosen = choose_evictions([self._candidate(e, needed) for e in candidates.values()], fits, now=self._clock())
-        if chosen is None:
-            explanation = "; ".join(attempts[max(attempts, key=len)].problems) if attempts else ""
-            raise ModelUnavailableError(
-                f"model {entry.name!r} cannot be placed even after evicting every idle on-demand model: {explanation}"
-            )
-        return [candidates[n] for n in chosen], attempts[frozenset(chosen)]
-
-    def _candidate(self, e: ModelEntry, needed: set[int]) -> EvictionCandidate:
-        launch = e.launch
-        freed = sum(d.total_bytes for d in launch.devices if d.gpu in needed) if launch is not None else 0
-        return EvictionCandidate(
-            name=e.name,
-            freed_bytes=freed,
-            priority=e.config.priority,
-            last_used=e.last_used,
-            load_seconds=e.load_seconds if e.load_seconds is not None else (e.worker.load_seconds if e.worker else None),
-            requests=e.requests,
-        )
 
     async def _evict(self, entry: ModelEntry, reason: EvictReason, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""
@@ -692,13 +646,13 @@ class ModelPool:
             if files.problems:
                 result.problems = files.problems
                 return result
-            devices = free_devices(inventory(new, self._read_nvml), self.entries.values(), new.planner.gpus is not None, leaving)
+            devices = free_devices(inventory(new, self._read_nvml), self.residents(), new.planner.gpus is not None, leaving)
             placed = plan([model_request(m, files.infos[m.name]) for m in starting], devices, plan_policy(new))
             if not placed.fits:
                 result.problems = [f"plan: {p}" for p in placed.problems]
                 return result
             launches = launches_from_plan(
-                placed, {n: str(p) for n, p in files.paths.items()}, cpu_models_running=self._cpu_models_running(leaving)
+                placed, {n: str(p) for n, p in files.paths.items()}, cpu_models_running=cpu_models_running(self.residents(), leaving)
             )
 
         outgoing = [self.entries[n] for n in leaving]

@@ -33,7 +33,6 @@ from gateway.observability.activity import RecentActivity
 from gateway.observability.metrics import GatewayMetrics
 from gateway.placement.host_memory import read_host_memory
 from gateway.runtime.pool import ModelEntry, ModelPool
-from gateway.runtime.states import ModelState
 
 UI_PATH = "/ui"
 
@@ -62,9 +61,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-# States in which a model holds (or is about to hold) its planned memory.
-HOLDING = frozenset({ModelState.STARTING, ModelState.READY, ModelState.STOPPING})
 
 
 def _ui_file(name: str) -> bytes:
@@ -136,7 +132,7 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
         held = [
             held_model(e.name, e.state.value, e.launch, e.worker.allocated, e.worker.gpu_used_bytes)
             for e in entries
-            if e.launch is not None and e.worker is not None and e.state in HOLDING
+            if e.launch is not None and e.worker is not None and e.state.holds_memory
         ]
         status, _, _ = pool.health()
         admin = allows(auth, request, "admin")

@@ -507,3 +507,26 @@ def test_a_model_whose_stream_is_still_open_is_not_evicted(tiny):
     assert [m["type"] for m in rest] == ["chunk"] * 4 + ["end"] and rest[-1]["usage"]["completion_tokens"] == 5
     assert served[-1]["type"] == "result"
     assert after == (ModelState.STOPPED, False)  # idle again, it went for c
+
+
+def test_a_stopping_worker_still_holds_its_memory_for_placement_until_it_exits(tiny):
+    # Issue 25, item 4: "which states hold memory" is decided once (states.HOLDS_MEMORY); the
+    # pool counted only starting and ready, the /ui map stopping too.
+    async def run():
+        transport = FakeTransport(FakeScript(stop_s=60.0, kill_after_s=60.0))
+        pool = make_pool(make_config(tiny, [{"name": "m", "load": "on_demand"}]), transport)
+        await pool.start()
+        try:
+            await pool.load("m")
+            unloading = asyncio.create_task(pool.unload("m"))
+            await wait_for(lambda: pool.entries["m"].state is ModelState.STOPPING)
+            while_stopping = [(r.name, r.holds_memory) for r in pool.residents()]
+            transport.latest("m").crash(0)  # its exit comes now rather than after stop_s
+            await unloading
+            return while_stopping, pool.residents()
+        finally:
+            await pool.stop()
+
+    while_stopping, after = asyncio.run(run())
+    assert while_stopping == [("m", True)]
+    assert after == []

@@ -37,7 +37,7 @@ from typing import Any
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
 from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
-from gateway.placement.facts import ModelFacts, model_card
+from gateway.placement.facts import ModelFacts
 from gateway.placement.decisions import Refuse, Resident, cpu_models_running, free_devices, place
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
@@ -46,6 +46,7 @@ from gateway.runtime.admission import Admission
 from gateway.runtime.events import Added, Crashed, Evicted, EventSink, EvictReason, Failed, Loading, LoadReason, LoadWaited, ModelEvent, Ready, Restarting
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
+from gateway.runtime.view import ModelView
 from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
 from planner.devices import Device
 from planner.eviction import RequestRate
@@ -133,6 +134,29 @@ class ModelEntry:
             last_used=self.last_used,
             load_seconds=self.load_seconds if self.load_seconds is not None else worker.load_seconds,
             requests=self.requests,
+        )
+
+    def view(self) -> ModelView:
+        """The model as everyone outside the pool sees it, now."""
+        w, a = self.worker, self.admission
+        return ModelView(
+            config=self.config,
+            created=self.created,
+            state=self.state,
+            reason=self.reason,
+            last_error=self.last_error,
+            launch=self.launch,
+            progress=w.progress if w is not None else 0,
+            load_seconds=w.load_seconds if w is not None else None,
+            pid=w.pid if w is not None and self.state is ModelState.READY else None,
+            allocated=w.allocated if w is not None else {},
+            gpu_used_bytes=w.gpu_used_bytes if w is not None else {},
+            slots=w.slots if w is not None else None,
+            busy_slots=w.busy_slots if w is not None else None,
+            running=a.running,
+            waiting=a.waiting,
+            max_concurrency=a.max_concurrency,
+            queue_size=a.queue_size,
         )
 
     @property
@@ -281,32 +305,12 @@ class ModelPool:
         return sum(e.admission.running + e.admission.waiting for e in self.entries.values())
 
     def describe(self, entry: ModelEntry, facts: ModelFacts | None = None) -> dict[str, Any]:
-        """A /v1/models entry: OpenAI's fields plus state, what a client chooses a model by (its
-        contexts, capabilities and file: ``facts``, its header's, None when unread or unreadable)
-        and planned vs allocated memory."""
-        w = entry.worker
-        return {
-            "id": entry.name,
-            "object": "model",
-            "created": entry.created,
-            "owned_by": "vram-gateway",
-            "aliases": list(entry.config.aliases),
-            "state": entry.state.value,
-            **model_card(entry.config, facts),
-            "reason": entry.reason,
-            "progress": w.progress if w is not None else 0,
-            "load_seconds": w.load_seconds if w is not None else None,
-            "pid": w.pid if w is not None and entry.state is ModelState.READY else None,
-            "planned": entry.launch.planned_json() if entry.launch is not None else None,
-            "allocated": w.allocated if w is not None else {},
-            "gpu_used_bytes": w.gpu_used_bytes if w is not None else {},
-            "queue": {
-                "running": entry.admission.running,
-                "waiting": entry.admission.waiting,
-                "max_concurrency": entry.admission.max_concurrency,
-                "queue_size": entry.admission.queue_size,
-            },
-        }
+        """A /v1/models entry (``ModelView.openai``)."""
+        return entry.view().openai(facts)
+
+    def views(self) -> list[ModelView]:
+        """Every configured model as it is now."""
+        return [e.view() for e in self.entries.values()]
 
     def devices(self) -> list[Device]:
         """The GPUs of the config in force (NVML, or the declared inventory)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.events import EventLog
 from gateway.runtime.events import (
@@ -24,7 +25,18 @@ from gateway.runtime.events import (
     Stats,
     Stopped,
 )
-from tests.unit.observability.test_metrics import Scrape, empty_metrics
+from gateway.observability.metrics import GatewayMetrics
+
+def empty_metrics() -> GatewayMetrics:
+    return GatewayMetrics(lambda: [], lambda: [])
+
+
+def scrape(metrics: GatewayMetrics) -> dict[tuple[str, frozenset], float]:
+    body, _ = metrics.render()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
+    }
+
 
 ONE_OF_EACH: list[ModelEvent] = [
     Starting("m", 123),
@@ -72,13 +84,14 @@ def test_the_pool_events_move_their_metrics():
     log(Evicted("m", "idle_ttl"))
     log(LoadWaited("m", 0.25))
     log(Stats("m", {"batch_sizes": {"4": 2}, "cached_prompt_tokens": 7}))
-    s = Scrape(metrics)
-    assert s.get("vram_gateway_model_loads_total", model="m", reason="on_demand") == 2
-    assert s.get("vram_gateway_model_load_duration_seconds", model="m") == 2.5
-    assert s.get("vram_gateway_worker_restarts_total", model="m") == 1
-    assert s.get("vram_gateway_model_evictions_total", model="m", reason="idle_ttl") == 1
-    assert s.get("vram_gateway_load_wait_seconds_count", model="m") == 1
-    assert s.get("vram_gateway_engine_batch_tokens_count", model="m") == 2
+    s = scrape(metrics)
+    m = {("model", "m")}
+    assert s["vram_gateway_model_loads_total", frozenset(m | {("reason", "on_demand")})] == 2
+    assert s["vram_gateway_model_load_duration_seconds", frozenset(m)] == 2.5
+    assert s["vram_gateway_worker_restarts_total", frozenset(m)] == 1
+    assert s["vram_gateway_model_evictions_total", frozenset(m | {("reason", "idle_ttl")})] == 1
+    assert s["vram_gateway_load_wait_seconds_count", frozenset(m)] == 1
+    assert s["vram_gateway_engine_batch_tokens_count", frozenset(m)] == 2
 
 
 def test_a_load_shows_on_the_console_in_quarters(caplog):

@@ -530,3 +530,35 @@ def test_a_stopping_worker_still_holds_its_memory_for_placement_until_it_exits(t
     while_stopping, after = asyncio.run(run())
     assert while_stopping == [("m", True)]
     assert after == []
+
+
+def test_one_view_of_a_model_feeds_v1_models_the_metrics_and_the_ui_row(tiny):
+    # Issue 25, item 4: pool.describe, telemetry's snapshots and the /ui row each read the entry
+    # and its worker themselves; now all three format the one ModelEntry.view().
+    from gateway.http.routes.ui import model_row
+    from gateway.observability.activity import RecentActivity
+    from gateway.observability.telemetry import model_snapshot
+
+    async def run():
+        transport = FakeTransport(FakeScript(tokens=1000, token_s=0.01))
+        pool = make_pool(make_config(tiny, [{"name": "m", "aliases": ["mm"]}, {"name": "od", "load": "on_demand"}]), transport)
+        await pool.start()
+        try:
+            lease = await pool.acquire("m")
+            async with lease:
+                views = {v.name: v for v in pool.views()}
+                return views, {n: pool.describe(pool.entries[n]) for n in views}
+        finally:
+            await pool.stop()
+
+    views, described = asyncio.run(run())
+    m, od = views["m"], views["od"]
+    assert m.state is ModelState.READY and m.running == 1 and m.pid is not None and m.holds_memory
+    assert od.state is ModelState.STOPPED and od.launch is None and not od.holds_memory
+    for view in (m, od):
+        doc, snapshot, row = described[view.name], model_snapshot(view), model_row(view, RecentActivity())
+        assert doc == view.openai()
+        assert doc["state"] == snapshot.state == row["state"] == view.state.value
+        assert doc["queue"]["running"] == snapshot.running == row["running"] == view.running
+        assert [d["gpu"] for d in (doc["planned"] or {}).get("devices", [])] == list(snapshot.planned_bytes) == row["gpus"]
+    assert described["m"]["aliases"] == model_row(m, RecentActivity())["aliases"] == ["mm"]

@@ -22,7 +22,7 @@ The simulation is a small discrete-event simulation, as the gateway behaves (gat
   when the next load cannot be placed even after evicting every idle model, it waits until a
   request ends and is tried again (a client retrying the gateway's 503);
 - free memory is the declared memory minus the planned bytes of every loaded or loading model
-  (gateway.runtime.ondemand.free_devices for a declared inventory), and the new model is placed by the
+  (gateway.placement.decisions.free_devices for a declared inventory), and the new model is placed by the
   real planner (``planner.plan.plan``) against it, with the default PlanPolicy (1 GiB reserve per
   GPU, best_fit).
 

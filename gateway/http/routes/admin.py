@@ -21,11 +21,12 @@ from gateway.http.admin_params import plan_preview_request
 from gateway.http.auth import Auth
 from gateway.http.memory_map import plan_map
 from gateway.http.network import exposure_problem
+from gateway.placement.decisions import free_devices
 from gateway.placement.facts import ModelFactsReader
 from gateway.placement.host_memory import read_host_memory
 from gateway.placement.planning import inventory
 from gateway.placement.preview import preview_config
-from gateway.runtime.pool import ModelPool, ReloadResult, free_devices
+from gateway.runtime.pool import ModelPool, ReloadResult
 from gateway.config.source import ConfigFile
 from planner.devices import Device
 
@@ -88,11 +89,11 @@ async def admin_plan(
     memory plus what this gateway's own models were planned to use.
     """
     body = plan_preview_request(await request.body())
-    entries = list(pool.entries.values())
-    names = {e.name for e in entries}
+    residents = pool.residents()
+    names = set(pool.entries)
 
     def read_devices(config: Config) -> list[Device]:
-        return free_devices(inventory(config), entries, config.planner.gpus is not None, names)
+        return free_devices(inventory(config), residents, config.planner.gpus is not None, names)
 
     base_dir = config_file.path.parent if config_file.path is not None else Path.cwd()
 

@@ -56,7 +56,7 @@ PATHS = ("engine", "gateway", "batch")
 
 @dataclass(frozen=True)
 class EngineRun:
-    report: StepReport
+    report: StepReport | None  # None: run without a profiler
     tokens: int
     seconds: float
 
@@ -65,8 +65,9 @@ class EngineRun:
         return self.tokens / self.seconds
 
 
-def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float]) -> EngineRun:
-    """``streams`` streamed completions through an in-process BatchEngine with a StepProfiler."""
+def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float], profile: bool) -> EngineRun:
+    """``streams`` streamed completions through an in-process BatchEngine, with a StepProfiler
+    when ``profile``."""
     from llama_cpp import llama_cpp as capi
 
     from gateway.engine import loading
@@ -115,12 +116,12 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         serve(warm, 1, 2)
         warm.stop()
         capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
-        profiler = StepProfiler()
+        profiler = StepProfiler() if profile else None
         engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler)
         engine.start()
         done, seconds = serve(engine, streams, tokens)
         engine.stop()  # the loop's last pass ends before the profile is read
-        return EngineRun(profiler.report(), done, seconds)
+        return EngineRun(profiler.report() if profiler is not None else None, done, seconds)
     finally:
         out.close()
         loaded.close()
@@ -140,27 +141,30 @@ def gateway_tokens_s(model: Path, tmp: Path, streams: int, tokens: int, n_ctx: i
 def header() -> str:
     parts = " | ".join(f"{p} ms" for p in PARTS if p != DECODE)
     return (
-        f"| streams | steps | llama_decode ms/step | {parts} | outside decode ms/step | outside / decode "
-        "| engine tok/s (in-process, profiled) | gateway tok/s (HTTP) | batch API alone tok/s | gateway / batch alone "
+        f"| streams | steps | sampled tokens/step | llama_decode ms/step | {parts} | outside decode ms/step | outside / decode "
+        "| engine tok/s (in-process: profiler off, on) | gateway tok/s (HTTP) | batch API alone tok/s | gateway / batch alone "
         "| batch alone: decode ms/step, outside ms/step |\n"
-        "|" + "---|" * (10 + len(PARTS) - 1)
+        "|" + "---|" * (11 + len(PARTS) - 1)
     )
 
 
-def row(streams: int, engine: EngineRun | None, gateway: float | None, batch: concurrency.Run | None, tokens: int) -> str:
+def row(
+    streams: int, plain: EngineRun | None, engine: EngineRun | None, gateway: float | None, batch: concurrency.Run | None, tokens: int
+) -> str:
     def num(value: float | None, fmt: str = "{:.3f}") -> str:
         return "-" if value is None else fmt.format(value)
 
     cells = [str(streams)]
-    if engine is not None:
+    if engine is not None and engine.report is not None:
         r = engine.report
         decode = r.per_step_ms(DECODE)
         outside = 1000.0 * r.outside_decode_s / r.steps if r.steps else 0.0
-        cells += [str(r.steps), num(decode)]
+        cells += [str(r.steps), num(engine.tokens / r.steps if r.steps else None, "{:.1f}"), num(decode)]
         cells += [num(r.per_step_ms(p)) for p in (SCHEDULE, BATCH, SAMPLE, TEXT, SEND)]
-        cells += [num(outside), num(outside / decode if decode else None, "{:.0%}"), num(engine.tokens_s, "{:.0f}")]
+        cells += [num(outside), num(outside / decode if decode else None, "{:.0%}")]
     else:
-        cells += ["-"] * (4 + len(PARTS))  # steps, decode, the other parts, outside, ratio, tok/s
+        cells += ["-"] * (4 + len(PARTS))  # steps, tokens/step, decode, the other parts, outside, ratio
+    cells.append(f"{num(plain.tokens_s if plain else None, '{:.0f}')}, {num(engine.tokens_s if engine else None, '{:.0f}')}")
     batch_s = None if batch is None else streams * tokens / (batch.ended - batch.started)
     cells += [num(gateway, "{:.0f}"), num(batch_s, "{:.0f}"), num(gateway / batch_s if gateway and batch_s else None, "{:.2f}")]
     if batch is not None and batch.steps:
@@ -205,12 +209,14 @@ def main(argv: list[str] | None = None) -> None:
         print("ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode')\n")
         print(header(), flush=True)
         for streams in counts:
-            engine = engine_run(model, streams, args.tokens, args.n_ctx, args.threads, bias) if "engine" in paths else None
+            same = (model, streams, args.tokens, args.n_ctx, args.threads, bias)
+            plain = engine_run(*same, profile=False) if "engine" in paths else None
+            engine = engine_run(*same, profile=True) if "engine" in paths else None
             gateway = gateway_tokens_s(model, tmp, streams, args.tokens, args.n_ctx, args.threads, bias) if "gateway" in paths else None
             batch = None
             if "batch" in paths:
                 batch = concurrency.run_child("llama_batch", model, streams, args.tokens, args.n_ctx, args.threads, bias, 1)
-            print(row(streams, engine, gateway, batch, args.tokens), flush=True)
+            print(row(streams, plain, engine, gateway, batch, args.tokens), flush=True)
 
 
 if __name__ == "__main__":

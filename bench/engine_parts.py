@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", default="1,16,64,128", help="stream counts, comma-separated")
     parser.add_argument("--tokens", type=int, default=32, help="tokens each stream generates")
     parser.add_argument("--n-ctx", type=int, default=256, help="context per stream (slot)")
-    # One thread: the tiny model gains nothing from more, and on a shared machine llama.cpp's
-    # threads wait for each other at every graph node (a preempted one held 16-stream steps to
-    # ~130 ms instead of ~12 ms in this bench's first runs).
+    # One thread: the tiny model gains nothing from more, and llama.cpp's threads wait for each
+    # other at every graph node, so on a busy machine one preempted thread stalls the step (2
+    # threads: 132 ms of llama_decode a 16-stream step in a first run, 1 thread: 12 ms).
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"some of {', '.join(PATHS)}")
     args = parser.parse_args(argv)

@@ -22,7 +22,9 @@ BATCH = "batch"  # building the step's batch, and the slots' bookkeeping after i
 DECODE = "decode"  # llama_decode
 SAMPLE = "sample"  # the sampler chain, the logits read for log-probabilities and stopping criteria
 TEXT = "text"  # end of generation, detokenizing, stop strings, stopping criteria, a choice's end
-SEND = "send"  # a stream chunk made, encoded and written; the step's flush
+# A stream chunk made, encoded and written from the loop (a job's sink); the step's flush. The
+# events of a job without a sink go onto its queue inside the text part.
+SEND = "send"
 PARTS = (SCHEDULE, BATCH, DECODE, SAMPLE, TEXT, SEND)
 
 

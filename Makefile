@@ -37,6 +37,7 @@ bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/ondemand.py
 	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
 	$(PY) bench/concurrency.py --bench-python $(BENCH_VENV)/bin/python
+	$(PY) bench/engine_parts.py
 	$(PY) bench/keys.py
 	$(PY) bench/router.py
 

@@ -268,7 +268,7 @@ class BatchEngine:
         for seq in generating:
             seq.batch_index = batch.add([seq.pending], seq.n_past, seq.slot.index, output_last=True)
         chunks: list[tuple[Sequence, int]] = []
-        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating))
+        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating), len(self._prefilling))
         for seq in self._prefilling:
             take = min(budget, batch.free_room(), len(seq.job.prompt) - seq.prompt_pos)
             if take <= 0:

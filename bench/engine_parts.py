@@ -8,7 +8,8 @@ left is the engine's own time per step, the proxy for a GPU.
 Per stream count (default 1, 16, 64, 128), every stream the same greedy request with every
 end-of-generation token suppressed (so each generates exactly --tokens tokens):
 
-- engine: gateway.engine.batching.BatchEngine driven in this process with a StepProfiler
+- engine: gateway.engine.batching.BatchEngine driven in this process (every request submitted
+  before its loop starts, so all prompts wait at the first step as for the batch API) with a StepProfiler
   (gateway.engine.step_profile), each stream a streamed completion whose chunks are encoded as
   the worker encodes them (gateway.engine.protocol.encode) and written to a buffered /dev/null,
   flushed once a step as the worker flushes its stdout. The profiler splits every step's time:
@@ -94,7 +95,10 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         return CompletionOptions.of({"prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "logit_bias": bias, "stream": True})
 
     def serve(engine: BatchEngine, n: int, n_tokens: int) -> tuple[int, float]:
-        """Completion tokens and seconds of ``n`` streams at once."""
+        """Completion tokens and seconds of ``n`` streams at once: every request is submitted
+        before the loop starts, so all of them wait at its first step, as every prompt does for
+        the batch API alone (submitted while the loop runs, their arrival spread over the first
+        steps on a busy machine, and the steps counted that spread)."""
         completions = Completions(engine, loaded, vocab)
         started_at = time.perf_counter()
         started = []
@@ -106,19 +110,18 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
                     out.write(line)
 
             started.append(completions.start(RequestScope(i), options(i, n_tokens), on_chunk=send_chunk))
+        engine.start()
         done = sum(s.reader.wait().completion_tokens for s in started)
         return done, time.perf_counter() - started_at
 
     try:
         # A warm-up on an engine of its own, so that the measured engine's profile is the run's alone.
         warm = BatchEngine(loaded, vocab, after_step=flush)
-        warm.start()
         serve(warm, 1, 2)
         warm.stop()
         capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
         profiler = StepProfiler() if profile else None
         engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler)
-        engine.start()
         done, seconds = serve(engine, streams, tokens)
         engine.stop()  # the loop's last pass ends before the profile is read
         return EngineRun(profiler.report() if profiler is not None else None, done, seconds)

@@ -40,7 +40,7 @@ from gateway.engine.jobs import EmbeddingJob, Embeddings, Failure, GenerationJob
 from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
 from gateway.engine.prefill import PrefillBudget
-from gateway.engine.sampling import GrammarDeadEnd, logits_at, token_logprobs
+from gateway.engine.sampling import GrammarDeadEnd, greedy_rows, logits_at, step_logits, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
 from gateway.engine.stats import StepStats
@@ -268,7 +268,7 @@ class BatchEngine:
         for seq in generating:
             seq.batch_index = batch.add([seq.pending], seq.n_past, seq.slot.index, output_last=True)
         chunks: list[tuple[Sequence, int]] = []
-        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating), len(self._prefilling))
+        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating), waiting=len(self._prefilling))
         for seq in self._prefilling:
             take = min(budget, batch.free_room(), len(seq.job.prompt) - seq.prompt_pos)
             if take <= 0:
@@ -298,11 +298,14 @@ class BatchEngine:
         self._budget.observe(len(generating), sum(take for _, take in chunks), now - started)
         self._stats.decoded(batch.n)
 
+        # The step's bookkeeping first, then its sampling in the same order as one pass:
+        # (sequence, batch index of its logits).
+        to_sample: list[tuple[Sequence, int]] = []
         for seq in generating:
             seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
             seq.n_past += 1
             seq.pending = None
-            self._sample(seq, seq.batch_index, now)
+            to_sample.append((seq, seq.batch_index))
         for seq, take in chunks:
             seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
             seq.prompt_pos += take
@@ -316,9 +319,42 @@ class BatchEngine:
                     self._kv.copy(seq.slot, fork.slot)
                     fork.n_past = seq.n_past
                     fork.state = SeqState.GENERATING
-                    self._sample(fork, seq.batch_index, now)
-            self._sample(seq, seq.batch_index, now)
+                    to_sample.append((fork, seq.batch_index))
+            to_sample.append((seq, seq.batch_index))
+        picked = self._greedy_pass(to_sample)
+        for (seq, index), token in zip(to_sample, picked):
+            self._sample(seq, index, now, token)
         return True
+
+    def _greedy_pass(self, to_sample: list[tuple[Sequence, int]]) -> list[int | None]:
+        """The tokens of the step's plain greedy sequences, picked together in one pass over the
+        step's logits (gateway.engine.sampling.greedy_rows), in ``to_sample``'s order; None for
+        the others, which sample one by one."""
+        batch = self._batch
+        picked: list[int | None] = [None] * len(to_sample)
+        seen: set[int] = set()
+        chosen: list[int] = []  # positions in to_sample
+        indices: list[int] = []
+        for k, (seq, index) in enumerate(to_sample):
+            if seq.chain.greedy is not None and index not in seen:  # n choices share a row: the rest pick alone
+                seen.add(index)
+                chosen.append(k)
+                indices.append(index)
+        if not chosen:
+            return picked
+        profiler = self._profiler
+        previous = profiler.switch(SAMPLE) if profiler is not None else ""
+        try:
+            row_of = np.cumsum(batch.output[: batch.n], dtype=np.int64) - 1  # batch index -> output row
+            rows = row_of[np.asarray(indices, dtype=np.int64)]
+            logits = step_logits(self._ctx, int(row_of[-1]) + 1, self.loaded.n_vocab)
+            tokens = greedy_rows(logits, rows, [to_sample[k][0].chain.greedy for k in chosen])
+            for k, token in zip(chosen, tokens.tolist()):
+                picked[k] = token
+            return picked
+        finally:
+            if profiler is not None:
+                profiler.switch(previous)
 
     def _decode(self) -> int:
         return int(self._capi.llama_decode(self._ctx, self._batch.view()))
@@ -351,8 +387,9 @@ class BatchEngine:
                     self._kv.clear(seq.slot)  # what the failed decode left there is unknown
             self._fail(job, "engine", f"llama_decode failed ({ret})")
 
-    def _sample(self, seq: Sequence, index: int, now: float) -> None:
-        """Sample the sequence's next token from batch position ``index`` and act on it."""
+    def _sample(self, seq: Sequence, index: int, now: float, picked: int | None = None) -> None:
+        """Sample the sequence's next token from batch position ``index`` (``picked``: the
+        step's greedy pass picked it already) and act on it."""
         if seq.done:
             return
         job = seq.job
@@ -360,7 +397,7 @@ class BatchEngine:
         profiler = self._profiler
         previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
-            token = seq.chain.sample(self._ctx, index)
+            token = seq.chain.sample(self._ctx, index) if picked is None else picked
             logits = None
             if job.logprobs is not None or job.stopping_criteria is not None:
                 logits = logits_at(self._ctx, index, self.loaded.n_vocab)

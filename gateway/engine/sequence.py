@@ -95,8 +95,10 @@ class Sequence:
         self.job.emit(Finish(self.choice, reason, len(self.completion)))
 
     def _send(self, out: bytes, released_to: int) -> None:
-        entries = tuple(e for s, e in self._held if s < released_to)
-        self._held = [(s, e) for s, e in self._held if s >= released_to]
+        entries: tuple[TokenLogprob, ...] = ()
+        if self._held:  # log-probabilities were asked for
+            entries = tuple(e for s, e in self._held if s < released_to)
+            self._held = [(s, e) for s, e in self._held if s >= released_to]
         text = out.decode("utf-8", errors="ignore")
         self._chars_sent += len(text)
         self.job.emit(Delta(self.choice, text, entries))

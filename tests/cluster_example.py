@@ -59,6 +59,7 @@ def write_example_headers(folder: Path, scratch: Path) -> list[Path]:
         w.add_chat_template(STAND_IN_TEMPLATE)
 
     folder.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     written = []
     for name, shape in SHAPES.items():
         shape = dict(shape)

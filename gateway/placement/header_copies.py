@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 
 from planner.errors import ModelFileError
-from planner.gguf_reader import HEADER_COPY_FILE_BYTES, MetadataArray, read_header
+from planner.gguf_reader import HEADER_COPY_FILE_BYTES, MetadataArray, read_header, read_model_info
 
 __all__ = ["COPY_COMMAND", "header_copy_for", "write_header_copy"]
 
@@ -40,12 +40,16 @@ _SPLIT_PREFIX = "split."
 def write_header_copy(model: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
     """Write the header copy of ``model`` (any GGUF model, all parts of a split one) to ``target``.
 
-    Raises ``ModelFileError`` when the model cannot be read; the copy is written beside
-    ``target`` and renamed, so an interrupted run leaves no partial copy.
+    Raises ``ModelFileError`` when the model cannot be read, or ``target`` is a file other than a
+    header copy (the model itself, when the copies' folder is the models'); the copy is written
+    beside ``target`` and renamed, so an interrupted run leaves no partial copy.
     """
     header = read_header(model)
     info = header.info
     target = Path(target)
+    if os.path.lexists(target) and not _is_header_copy(target):
+        # `--out` the models' own folder would otherwise replace a model with its header.
+        raise ModelFileError(str(target), "exists and is not a header copy: not replaced (choose another folder)")
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(partial, info.architecture)
     try:
@@ -85,6 +89,13 @@ def write_header_copy(model: str | os.PathLike[str], target: str | os.PathLike[s
         writer.close()
         partial.unlink(missing_ok=True)
     return target
+
+
+def _is_header_copy(path: Path) -> bool:
+    try:
+        return read_model_info(path).header_copy
+    except ModelFileError:
+        return False
 
 
 def header_copy_for(path: Path, folder: str | None) -> Path:

@@ -78,6 +78,18 @@ def test_copy_headers_names_a_model_it_cannot_read(capsys, tmp_path):
     assert err == f"error: {tmp_path / 'gone.gguf'}: file not found\n"
 
 
+def test_copy_headers_never_replaces_a_model_with_its_header(capsys, tmp_path):
+    model = write_qwen2_7b_q4_k_m(tmp_path / "qwen7b.gguf", vocab_in_header=False)
+    size = model.stat().st_size
+    code, _, err = run(capsys, "copy-headers", str(model), "--out", str(tmp_path))
+    assert code == 1
+    assert err == f"error: {model}: exists and is not a header copy: not replaced (choose another folder)\n"
+    assert model.stat().st_size == size and not (tmp_path / "headers").exists()
+    # A header copy is replaced: copying again refreshes it.
+    assert run(capsys, "copy-headers", str(model), "--out", str(tmp_path / "headers"))[0] == 0
+    assert run(capsys, "copy-headers", str(model), "--out", str(tmp_path / "headers"))[0] == 0
+
+
 def test_rendered_configs_do_not_carry_the_header_copies_folder(capsys, tmp_path):
     # configs/cluster-example.toml renders here, without its models' files, from its header copies.
     code, _, err = run(capsys, "render", "k8s", "--config", str(REPO / "configs" / "cluster-example.toml"), "--out", str(tmp_path))

@@ -47,9 +47,12 @@ def _previous(path: Path | None) -> dict[str, tuple[str, ...]] | None:
 
 
 def _plan(config: Config, previous: dict[str, tuple[str, ...]] | None) -> ClusterPlan:
-    files = read_models(config)
+    # Planning for the nodes, whose model files need not be on this machine: header copies stand in.
+    files = read_models(config, header_copies=True)
     if files.problems:
         raise ConfigError(files.problems)
+    for note in files.header_copy_notes(config):
+        print(f"note: {note}", file=sys.stderr)
     return plan_cluster_config(config, files.infos, previous)
 
 

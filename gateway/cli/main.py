@@ -25,6 +25,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models
 from gateway.cli.cluster import add_render_parser, cmd_render
+from gateway.cli.headers import add_copy_headers_parser, cmd_copy_headers, refuse_header_copies
 from gateway.cli.render import analysis_json, analysis_text, gpus_text, keys_text, plan_json, plan_text, plan_toml_doc, status_text
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path)
     validate.add_argument("--gpus", help="declared inventory to check the fit against, e.g. 24GiB,24GiB,12GiB")
     add_render_parser(sub)
+    add_copy_headers_parser(sub)
     return parser
 
 
@@ -276,9 +278,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from gateway.cli.cluster import cmd_plan_cluster
 
         return cmd_plan_cluster(args, config)
-    files = read_models(config)
+    files = read_models(config, header_copies=True)
     if files.problems:
         raise ConfigError(files.problems)
+    refuse_header_copies(files, args)
+    for note in files.header_copy_notes(config):
+        print(f"note: {note}", file=sys.stderr)
     devices = _devices(config)
     # What `serve` loads at start; on-demand models are placed when asked for.
     result = plan_startup(config, files.infos, devices)
@@ -323,19 +328,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if result.fits and not lazy_problems else 1
 
 
-def validate(path: Path, gpus: str | None = None, warnings: list[str] | None = None) -> list[str]:
+def validate(
+    path: Path, gpus: str | None = None, warnings: list[str] | None = None, notes: list[str] | None = None
+) -> list[str]:
     """Every problem with a models.toml: schema, model files, headers, and the plan's fit; what
-    the model files advise against is added to ``warnings`` when given."""
+    the model files advise against is added to ``warnings`` when given, and which models were
+    checked with a header copy (their file is not here) to ``notes``."""
     try:
         config = load_config(path)
     except ConfigError as exc:
         return list(exc.problems)
+    files = read_models(config, header_copies=True)
+    if notes is not None:
+        notes += files.header_copy_notes(config)
     if config.nodes is not None:
         from gateway.cluster.planning import cluster_problems
 
         # Each node declares its GPUs: a --gpus inventory has no node to stand for.
-        return (["--gpus: not with [[nodes]] (each node declares its gpus)"] if gpus else []) + cluster_problems(config)
-    files = read_models(config)
+        return (["--gpus: not with [[nodes]] (each node declares its gpus)"] if gpus else []) + cluster_problems(config, files)
     if warnings is not None:
         warnings += files.warnings
     problems = list(files.problems)
@@ -348,13 +358,16 @@ def validate(path: Path, gpus: str | None = None, warnings: list[str] | None = N
 
 def cmd_validate(args: argparse.Namespace) -> int:
     warnings: list[str] = []
-    problems = validate(args.file, args.gpus, warnings)
+    notes: list[str] = []
+    problems = validate(args.file, args.gpus, warnings, notes)
     if problems:
         print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     if problems:
         return 1
     print(f"{args.file}: OK")
@@ -486,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reload": cmd_reload,
         "hash-key": cmd_hash_key,
         "render": cmd_render,
+        "copy-headers": cmd_copy_headers,
     }
     try:
         return handlers[args.command](args)

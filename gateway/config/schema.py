@@ -192,6 +192,16 @@ class PlannerConfig(BaseModel):
     # spread: each model on the GPUs with the least expected load (models' weight) that have
     # room; best_fit: the least memory left unused; first_fit: device order (planner/plan.py).
     packing: Literal["spread", "best_fit", "first_fit"] = "spread"
+    # A folder of header copies (`gateway copy-headers`): validate-config, plan and render read a
+    # model's copy there when its file is not on this machine; serve never does.
+    model_headers: NonEmptyStr | None = None
+
+    @field_validator("model_headers")
+    @classmethod
+    def _resolve_model_headers(cls, value: str, info: ValidationInfo) -> str:
+        # Relative to the config file's folder, as model paths are.
+        base = (info.context or {}).get(_BASE_DIR)
+        return os.path.normpath(os.path.join((Path(base) if base is not None else Path.cwd()).absolute(), value))
 
 
 class ModelConfig(BaseModel):

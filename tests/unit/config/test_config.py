@@ -116,6 +116,7 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "cuda_overhead_mib": 530,
         "growth_mib": None,
         "packing": "spread",
+        "model_headers": None,
     }
 
 

@@ -1,6 +1,8 @@
 """The ``gateway`` (alias ``vram-llm``) command line.
 
-Subcommands: ``serve``, ``analyze``, ``plan``, ``validate-config``. Every PoC command and flag
+Subcommands: ``serve``, ``analyze``, ``plan``, ``validate-config``, ``hash-key``, ``render``, and
+the commands that talk to a running gateway (gateway.cli.client: ``status``, ``ps``, ``load``,
+``unload``, ``restart``, ``logs``, ``reload``). Every PoC command and flag
 keeps its meaning (docs/poc-reference.md). Expected failures print one clear message and exit 1;
 usage errors exit 2.
 """
@@ -26,7 +28,8 @@ from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models
 from gateway.cli.cluster import add_render_parser, cmd_render
 from gateway.cli.headers import add_copy_headers_parser, cmd_copy_headers, refuse_header_copies
-from gateway.cli.render import analysis_json, analysis_text, gpus_text, keys_text, plan_json, plan_text, plan_toml_doc, status_text
+from gateway.cli.client import HANDLERS as CLIENT_HANDLERS, add_client_parsers
+from gateway.cli.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
 from planner.plan import plan
@@ -125,14 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(plan)
     _add_fit_params_flag(plan)
 
-    status = sub.add_parser("status", help="planned vs allocated memory and state of each model of a running gateway")
-    status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
-    status.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
-    status.add_argument("--json", action="store_true", help="print the /v1/models answer as JSON")
-
-    reload = sub.add_parser("reload", help="make a running gateway re-read its models.toml (like SIGHUP)")
-    reload.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
-    reload.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
+    add_client_parsers(sub)
 
     hash_key = sub.add_parser("hash-key", help="print the key_sha256 line of an API key for [[keys]] (a new key if none is given)")
     hash_key.add_argument("key", nargs="?", help="the key; '-' reads it from stdin; none: make a new random key")
@@ -407,62 +403,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, path: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
-    """One request to a running gateway: (status, JSON body); unreachable is a GatewayError."""
-    import urllib.error
-    import urllib.request
-
-    key = args.api_key or os.environ.get("GATEWAY_API_KEY")
-    req = urllib.request.Request(args.url.rstrip("/") + path, method=method)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            raise GatewayError(f"{args.url}: HTTP {exc.code}: {body.decode(errors='replace')[:300]}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise GatewayError(f"{args.url}: cannot reach the gateway ({getattr(exc, 'reason', exc)})") from None
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    status, doc = _call(args, "/admin/reload", "POST", timeout=3600)
-    if "error" in doc:
-        raise GatewayError(f"{args.url}: HTTP {status}: {doc['error'].get('message')}")
-    if not doc.get("reloaded"):
-        print("reload refused; the running models are untouched:", file=sys.stderr)
-        for p in doc.get("problems", []):
-            print(f"  {p}", file=sys.stderr)
-        return 1
-    for key in ("unchanged", "removed", "changed", "added"):
-        print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
-    if doc.get("restarted"):  # failed models started again (shown only when there are some)
-        print(f"restarted: {', '.join(doc['restarted'])}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    status, doc = _call(args, "/v1/models")
-    if "error" in doc:
-        raise GatewayError(f"{args.url}: HTTP {status}: {doc['error'].get('message')}")
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(status_text(doc))
-    # Per-key use needs an admin key; a gateway without keys lists none.
-    keys_status, keys_doc = _call(args, "/admin/keys")
-    if keys_status == 200 and keys_doc.get("data"):
-        print()
-        print(keys_text(keys_doc["data"]))
-    elif keys_status == 403:
-        print(f"\nper-key usage not shown: {keys_doc.get('error', {}).get('message')}")
-    return 0
-
-
 NEW_KEY_PREFIX = "sk-gw-"
 
 
@@ -495,8 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "analyze": cmd_analyze,
         "plan": cmd_plan,
         "validate-config": cmd_validate,
-        "status": cmd_status,
-        "reload": cmd_reload,
+        **CLIENT_HANDLERS,
         "hash-key": cmd_hash_key,
         "render": cmd_render,
         "copy-headers": cmd_copy_headers,

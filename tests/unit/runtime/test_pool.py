@@ -534,7 +534,7 @@ def test_a_stopping_worker_still_holds_its_memory_for_placement_until_it_exits(t
 
 def test_one_view_of_a_model_feeds_v1_models_the_metrics_and_the_ui_row(tiny):
     # Issue 25, item 4: pool.describe, telemetry's snapshots and the /ui row each read the entry
-    # and its worker themselves; now all three format the one ModelEntry.view().
+    # and its worker themselves; now all three format the one view (pool.view).
     from gateway.http.routes.ui import model_row
     from gateway.observability.activity import RecentActivity
     from gateway.observability.telemetry import model_snapshot

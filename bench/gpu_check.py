@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 import gguf  # noqa: E402
 import tomli_w  # noqa: E402
 
-from gateway.config.schema import Config, ModelConfig, parse_config  # noqa: E402
+from gateway.config.loading import parse_config  # noqa: E402
+from gateway.config.schema import Config, ModelConfig  # noqa: E402
 from gateway.placement.launch import ModelLaunch, config_models, launch_from_placement  # noqa: E402
 from gateway.placement.planning import plan_config, plan_policy, read_models  # noqa: E402
 from planner.devices import Device, select_devices  # noqa: E402

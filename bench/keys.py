@@ -32,7 +32,7 @@ from litestar.testing import TestClient  # noqa: E402
 
 from gateway.access.gate import Access  # noqa: E402
 from gateway.config.keys import key_digest  # noqa: E402
-from gateway.config.schema import load_config, parse_config  # noqa: E402
+from gateway.config.loading import load_config, parse_config  # noqa: E402
 from gateway.http.app import create_app  # noqa: E402
 from gateway.runtime.fake import FakeScript, FakeTransport  # noqa: E402
 from tests.ggufmaker import write_tiny_llama  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.cli.fit_params import (
     MISSING_MESSAGE,
     FitParamsError,

@@ -8,7 +8,7 @@ import pytest
 import tomli_w
 from litestar.testing import TestClient
 
-from gateway.config.schema import load_config
+from gateway.config.loading import load_config
 from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.runtime.fake import FakeScript, FakeTransport

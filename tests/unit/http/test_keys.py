@@ -19,7 +19,8 @@ from litestar.testing import TestClient
 from gateway.access.keyring import KeyRing
 from gateway.cli.render import keys_text
 from gateway.config.keys import KeyConfig, key_digest
-from gateway.config.schema import GatewaySettings, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import GatewaySettings
 from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER, Auth
 from gateway.observability.logs import JsonFormatter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomli_w
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.http.memory_map import HeldModel, live_map, plan_map
 from gateway.placement.host_memory import HostMemory
 from gateway.placement.launch import launches_from_plan

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from gateway.config.schema import Config, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import Config
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
 from gateway.runtime.fake import FakeScript, FakeTransport

@@ -18,7 +18,7 @@ from gateway.errors import ConfigError
 from gateway.http.app import create_app
 from gateway.http.network import UI_TOKEN_HEADER, host_name, served_hosts
 from gateway.runtime.fake import FakeTransport
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import AUTH, BASE_URL, KEY, write_config
 
 EVIL = "http://evil.example"

@@ -25,7 +25,7 @@ from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER, Auth
 from gateway.observability.logs import JsonFormatter
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import BASE_URL
 
 TOKEN = "reload-token"

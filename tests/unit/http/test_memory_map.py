@@ -12,7 +12,7 @@ from gateway.placement.planning import plan_policy
 from planner.devices import Device
 from planner.plan import ModelRequest, plan
 from planner.memory import RunSettings
-from tests.factories import GIB, MIB, model_info
+from testkit.factories import GIB, MIB, model_info
 
 HOST = HostMemory(total_bytes=64 * GIB, available_bytes=40 * GIB)
 

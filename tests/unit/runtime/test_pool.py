@@ -21,7 +21,7 @@ from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import IllegalTransition, ModelState, check_transition
 from gateway.runtime.worker_process import WorkerProcess
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 FAST = {"restart_backoff_s": 0.05, "load_timeout_s": 5.0, "shutdown_grace_s": 1.0, "request_timeout_s": 5.0}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType as QT
 
-from tests.ggufmaker import q4_k_m_types, write_header_only_model
+from testkit.ggufmaker import q4_k_m_types, write_header_only_model
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "configs" / "cluster-example.toml"

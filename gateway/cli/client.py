@@ -22,7 +22,7 @@ from typing import Any
 
 import tomli_w
 
-from gateway.config.schema import load_config, parse_config
+from gateway.config.loading import load_config, parse_config
 from gateway.errors import GatewayError
 from gateway.cli.render import keys_text, logs_text, ps_text, status_text
 

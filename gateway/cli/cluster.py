@@ -14,7 +14,8 @@ from typing import Any
 from gateway.cli.render import BAR_WIDTH, plan_json
 from gateway.cluster.planning import PLACEMENT_FILE, load_placement, plan_cluster_config
 from gateway.cluster.render_k8s import RenderOptions, node_summary, render, write_rendered
-from gateway.config.schema import Config, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import Config
 from gateway.errors import ConfigError, PlanError
 from gateway.placement.planning import read_models
 from planner.cluster import ClusterPlan, Move, NodePlan

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gateway.config.model_files import package_module
-from gateway.config.schema import load_config
+from gateway.config.loading import load_config
 from gateway.errors import ConfigError
 from gateway.placement.header_copies import MODEL_HEADERS_KEY, write_header_copy
 from gateway.placement.planning import ModelFiles

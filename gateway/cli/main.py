@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import tomli_w
 
 from gateway.config.model_files import package_module
-from gateway.config.schema import Config, dump_config, load_config, parse_config, read_keys_file
+from gateway.config.loading import dump_config, load_config, parse_config, read_keys_file
+from gateway.config.schema import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from gateway.cli.main import main
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, kill_group, spawn, wait_until_answering
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, kill_group, spawn, wait_until_answering
 
 pytestmark = pytest.mark.llama
 

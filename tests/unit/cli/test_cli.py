@@ -12,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from gateway.cli.main import main
-from tests.ggufmaker import q4_k_m_types, write_header_only_model, write_qwen2_7b_q4_k_m
+from testkit.ggufmaker import q4_k_m_types, write_header_only_model, write_qwen2_7b_q4_k_m
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -276,7 +276,7 @@ def test_plan_without_a_model_prints_each_gpus_budget_as_the_poc_did(capsys):
 
 
 def _tiny_config(tmp_path, **settings) -> Path:
-    from tests.ggufmaker import write_tiny_llama
+    from testkit.ggufmaker import write_tiny_llama
 
     tiny = write_tiny_llama(tmp_path / "tiny.gguf", ctx=256)
     lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]

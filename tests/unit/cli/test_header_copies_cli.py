@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.main import main
-from tests.ggufmaker import write_qwen2_7b_q4_k_m
+from testkit.ggufmaker import write_qwen2_7b_q4_k_m
 
 REPO = Path(__file__).resolve().parents[3]
 

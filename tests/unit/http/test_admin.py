@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import wait_until
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import wait_until
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 XSS = "<img src=x onerror=alert(1)>"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.placement.header_copies import write_header_copy
 from gateway.placement.planning import read_models
 from planner.gguf_reader import read_model_info
-from tests import ggufmaker as gm
+from testkit import ggufmaker as gm
 
 SMALL = dict(arch="llama", n_layers=4, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=100)
 

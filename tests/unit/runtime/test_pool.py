@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from gateway.config.schema import Config, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import Config
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
 from gateway.runtime.events import Crashed, ModelEvent, Ready, Restarting
@@ -21,7 +22,7 @@ from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import IllegalTransition, ModelState, check_transition
 from gateway.runtime.worker_process import WorkerProcess
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 FAST = {"restart_backoff_s": 0.05, "load_timeout_s": 5.0, "shutdown_grace_s": 1.0, "request_timeout_s": 5.0}
 

@@ -1,7 +1,7 @@
 """The decode loop's own cost, by part, on a model whose llama_decode is cheap (issue 24, item 1).
 
 On a GPU a decode step is ~20x shorter than on the CPU, so the Python around it weighs far
-more there. A tiny model (tests/ggufmaker.py's write_tiny_llama: 2 layers, n_embd 64, a
+more there. A tiny model (testkit/ggufmaker.py's write_tiny_llama: 2 layers, n_embd 64, a
 byte-level vocabulary of a few hundred tokens) makes llama_decode cheap on the CPU too: what is
 left is the engine's own time per step, the proxy for a GPU.
 
@@ -50,7 +50,7 @@ if __name__ == "__main__":
 
 import concurrency  # noqa: E402
 from gateway.engine.step_profile import BATCH, DECODE, PARTS, SAMPLE, SCHEDULE, SEND, TEXT, StepProfiler, StepReport  # noqa: E402
-from tests.ggufmaker import write_tiny_llama  # noqa: E402
+from testkit.ggufmaker import write_tiny_llama  # noqa: E402
 
 PATHS = ("engine", "gateway", "batch")
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         model = write_tiny_llama(tmp / "tiny.gguf", ctx=args.n_ctx)
         bias = concurrency.eog_bias(model)
         print(
-            f"tiny llama (tests/ggufmaker.py: 2 layers, n_embd 64, {model.stat().st_size // 1024} KiB), n_ctx {args.n_ctx} per stream, "
+            f"tiny llama (testkit/ggufmaker.py: 2 layers, n_embd 64, {model.stat().st_size // 1024} KiB), n_ctx {args.n_ctx} per stream, "
             f"flash attention, {args.threads} threads; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
             f"{args.tokens} greedy tokens per stream, EOS suppressed; {datetime.date.today()}"
         )

@@ -55,21 +55,17 @@ import heapq
 import math
 import random
 import statistics
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from planner.devices import Device, declared_devices  # noqa: E402
 from planner.eviction import EvictionCandidate, RequestRate, choose_evictions  # noqa: E402
 from planner.memory import RunSettings  # noqa: E402
 from planner.plan import ModelRequest, Placement, PlanPolicy, plan  # noqa: E402
 from planner.units import GIB, MIB  # noqa: E402
-from tests.factories import model_info  # noqa: E402
+from testkit.factories import model_info  # noqa: E402
 
 # --- Model shapes -------------------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ class ModelInfo:
     # tokenizer.chat_template.NAME.
     chat_templates: tuple[str, ...] = ()
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
+    # Read from a header copy (metadata and tensor table, no tensor data): it plans, it cannot
+    # be loaded; file_bytes is then the size of the model it was copied from.
+    header_copy: bool = False
 
     @property
     def total_bytes(self) -> int:

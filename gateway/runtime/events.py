@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 LoadReason = Literal["startup", "on_demand", "restart", "reload"]
-EvictReason = Literal["make_room", "idle_ttl", "admin"]
+EvictReason = Literal["make_room", "idle_ttl", "admin", "restart"]
 
 
 @dataclass(frozen=True)

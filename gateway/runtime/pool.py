@@ -36,7 +36,7 @@ from typing import Any
 
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
-from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
+from gateway.errors import ConflictError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts
 from gateway.placement.decisions import Refuse, Resident, cpu_models_running, free_devices, place
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
@@ -87,6 +87,9 @@ class ModelEntry:
     # Why the last on-demand load failed (the planner's explanation when it could not be
     # placed); None once a load succeeds. The entry stays "stopped" and may load again.
     last_error: str | None = None
+    # An eager model an operator unloaded: "stopped" (not failed), and nothing starts it again
+    # until an admin load, restart or a reload installs a worker.
+    held_down: bool = False
 
     @property
     def name(self) -> str:
@@ -100,13 +103,18 @@ class ModelEntry:
     def state(self) -> ModelState:
         if self.worker is not None:
             return self.worker.state
-        # An on-demand model that is not loaded is simply stopped; an eager one without a
-        # worker was refused by the planner.
-        return ModelState.STOPPED if self.on_demand and self.unplaced_reason is None else ModelState.FAILED
+        # An on-demand model that is not loaded is simply stopped, and so is an eager one an
+        # operator unloaded; any other eager one without a worker was refused by the planner.
+        stopped = self.on_demand or self.held_down
+        return ModelState.STOPPED if stopped and self.unplaced_reason is None else ModelState.FAILED
 
     @property
     def reason(self) -> str | None:
-        return self.worker.reason if self.worker is not None else self.unplaced_reason
+        if self.worker is not None:
+            return self.worker.reason
+        if self.held_down and self.unplaced_reason is None:
+            return "unloaded by an operator; an admin load or a reload starts it"
+        return self.unplaced_reason
 
     @property
     def busy(self) -> bool:
@@ -136,8 +144,16 @@ class ModelEntry:
             requests=self.requests,
         )
 
-    def view(self) -> ModelView:
-        """The model as everyone outside the pool sees it, now."""
+    def unload_in(self, now: float) -> float | None:
+        """Seconds until the idle-TTL reaper unloads this model; None when it would not (not
+        on demand, no TTL, not ready, or busy: the countdown starts when its last request ends)."""
+        ttl = self.config.idle_ttl_s
+        if not self.on_demand or ttl is None or self.state is not ModelState.READY or self.busy:
+            return None
+        return round(max(0.0, ttl - (now - self.last_used)), 1)
+
+    def view(self, now: float) -> ModelView:
+        """The model as everyone outside the pool sees it at ``now`` (the pool's clock)."""
         w, a = self.worker, self.admission
         return ModelView(
             config=self.config,
@@ -157,6 +173,8 @@ class ModelEntry:
             waiting=a.waiting,
             max_concurrency=a.max_concurrency,
             queue_size=a.queue_size,
+            idle_ttl_s=self.config.idle_ttl_s if self.on_demand else None,
+            unload_in_s=self.unload_in(now),
         )
 
     @property
@@ -276,7 +294,7 @@ class ModelPool:
 
     def _install(self, entry: ModelEntry, launch: ModelLaunch) -> WorkerProcess:
         worker = WorkerProcess(launch.worker_spec(entry.config), launch.worker_env(self._base_env), self._transport, self._worker_event)
-        entry.launch, entry.worker, entry.unplaced_reason = launch, worker, None
+        entry.launch, entry.worker, entry.unplaced_reason, entry.held_down = launch, worker, None, False
         return worker
 
     def _index(self) -> None:
@@ -306,11 +324,15 @@ class ModelPool:
 
     def describe(self, entry: ModelEntry, facts: ModelFacts | None = None) -> dict[str, Any]:
         """A /v1/models entry (``ModelView.openai``)."""
-        return entry.view().openai(facts)
+        return self.view(entry).openai(facts)
+
+    def view(self, entry: ModelEntry) -> ModelView:
+        """One model as it is now."""
+        return entry.view(self._clock())
 
     def views(self) -> list[ModelView]:
         """Every configured model as it is now."""
-        return [e.view() for e in self.entries.values()]
+        return [self.view(e) for e in self.entries.values()]
 
     def devices(self) -> list[Device]:
         """The GPUs of the config in force (NVML, or the declared inventory)."""
@@ -517,19 +539,25 @@ class ModelPool:
         return entry
 
     async def unload(self, requested: Any, reason: EvictReason = "admin") -> ModelEntry:
-        """Unload an idle on-demand model (the admin API); it loads again on its next request."""
+        """Unload an idle model (the admin API). An on-demand model loads again on its next
+        request; an eager one stays down ("stopped", no restart or retry) until ``load``,
+        ``restart`` or a reload starts it."""
         entry = self.resolve(requested)
-        if not entry.on_demand:
-            raise InvalidRequestError(f"model {entry.name!r} is an eager model: only on-demand models unload")
         async with self._placement:
             if entry.busy:
                 raise ConflictError(f"model {entry.name!r} has requests running or waiting; retry when it is idle")
             await self._evict(entry, reason)
+            entry.held_down = not entry.on_demand
         return entry
 
     def residents(self) -> list[Resident]:
         """Every placed model with a worker, as placement sees it (gateway.placement.decisions)."""
         return [r for r in (e.resident() for e in self.entries.values()) if r is not None]
+
+    async def restart(self, requested: Any) -> ModelEntry:
+        """Stop an idle model's worker and load it again, placed anew (the admin API)."""
+        await self.unload(requested, "restart")
+        return await self.load(requested)
 
     async def _load(self, entry: ModelEntry, reason: LoadReason) -> None:
         try:
@@ -638,7 +666,10 @@ class ModelPool:
         unchanged, removed, changed, added = diff_models(self._config, new)
         # An unchanged eager model that failed (its file was broken and is mended now, say) is
         # started again like a changed one: a reload is how an operator says "try again".
-        restarted = [n for n in unchanged if not self.entries[n].on_demand and self.entries[n].state is ModelState.FAILED]
+        # So is one an operator unloaded (held down: "stopped").
+        restarted = [
+            n for n in unchanged if not self.entries[n].on_demand and self.entries[n].state in (ModelState.FAILED, ModelState.STOPPED)
+        ]
         unchanged = [n for n in unchanged if n not in restarted]
         result = ReloadResult(False, unchanged=unchanged, removed=removed, changed=changed, added=added, restarted=restarted)
         # On-demand models are only planned when a request asks for them.

@@ -40,6 +40,8 @@ class ModelView:
     waiting: int
     max_concurrency: int
     queue_size: int
+    idle_ttl_s: float | None  # an on-demand model's idle TTL
+    unload_in_s: float | None  # seconds until the idle-TTL reaper unloads it; None: it would not
 
     @property
     def name(self) -> str:
@@ -89,4 +91,6 @@ class ModelView:
                 "max_concurrency": self.max_concurrency,
                 "queue_size": self.queue_size,
             },
+            "idle_ttl_s": self.idle_ttl_s,
+            "unload_in_s": self.unload_in_s,
         }

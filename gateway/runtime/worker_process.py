@@ -72,6 +72,10 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._conn.pid if self._conn is not None else None
 
+    def log_tail(self) -> list[str]:
+        """The last lines the worker wrote to stderr (llama.cpp's log; ``gateway logs``)."""
+        return self._conn.stderr_tail() if self._conn is not None else []
+
     def _move(self, new: ModelState) -> None:
         check_transition(self.name, self.state, new)
         self.state = new

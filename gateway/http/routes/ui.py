@@ -126,7 +126,7 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
         devices, host = await asyncio.gather(asyncio.to_thread(pool.devices), asyncio.to_thread(read_host_memory))
         # A scoped key sees its own models only, in the table and on the map (as in /v1/models);
         # the others' memory still shows as used on their GPUs.
-        views = [e.view() for e in access.visible(request_key(request), pool.entries.values())]
+        views = [pool.view(e) for e in access.visible(request_key(request), pool.entries.values())]
         held = [
             held_model(v.name, v.state.value, v.launch, v.allocated, v.gpu_used_bytes)
             for v in views

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.engine.sampling import Greedy, SamplerChain, SamplingParams, greedy_rows, logits_at, step_logits
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from gateway.runtime.states import HOLDS_MEMORY, ModelState
 from planner.devices import DevicePolicy, declared_devices
 from planner.memory import RunSettings
 from planner.plan import ModelRequest, PlanPolicy
-from tests.factories import GIB, model_info
+from testkit.factories import GIB, model_info
 
 POLICY = PlanPolicy(devices=DevicePolicy(reserve_mib=0, min_budget_mib=0))
 NEW = ModelRequest(name="new", info=model_info(n_layers=8, layer_mib=256, name="new"), settings=RunSettings(n_ctx=1024))  # ~2.9 GiB

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from gateway.config.schema import Config, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import Config
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
 from gateway.runtime.events import Crashed, ModelEvent, Ready, Restarting
@@ -21,7 +22,7 @@ from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import IllegalTransition, ModelState, check_transition
 from gateway.runtime.worker_process import WorkerProcess
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 FAST = {"restart_backoff_s": 0.05, "load_timeout_s": 5.0, "shutdown_grace_s": 1.0, "request_timeout_s": 5.0}
 
@@ -534,7 +535,7 @@ def test_a_stopping_worker_still_holds_its_memory_for_placement_until_it_exits(t
 
 def test_one_view_of_a_model_feeds_v1_models_the_metrics_and_the_ui_row(tiny):
     # Issue 25, item 4: pool.describe, telemetry's snapshots and the /ui row each read the entry
-    # and its worker themselves; now all three format the one ModelEntry.view().
+    # and its worker themselves; now all three format the one view (pool.view).
     from gateway.http.routes.ui import model_row
     from gateway.observability.activity import RecentActivity
     from gateway.observability.telemetry import model_snapshot

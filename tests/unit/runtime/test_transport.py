@@ -14,7 +14,7 @@ from gateway.runtime.events import Crashed, ModelEvent
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport
 from gateway.runtime.worker_process import WorkerProcess
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
 

@@ -37,7 +37,11 @@ class PrefillBudget:
         if generating == 0 or waiting > generating:
             return room
         if self.step_s is None or self.token_s is None:
-            chunk = self.first_guess
+            # Until measured, a prompt token is guessed to cost what a generating one does (at
+            # most: it computes no logits): (ratio - 1) x generating of them keep the ratio. The
+            # measure needs a step without prompts, which never comes while prompts keep
+            # arriving; the bare first guess then cut every prompt into 16-token chunks.
+            chunk = max(self.first_guess, int((self.ratio - 1.0) * generating))
         elif self.token_s <= 0:
             chunk = room
         else:

@@ -326,6 +326,9 @@ def test_prefill_budget_keeps_a_step_within_the_ratio_of_a_generation_step():
 def test_prefill_budget_reads_the_whole_batch_while_more_prompts_wait_than_streams_generate():
     budget = PrefillBudget(512, ratio=2.0, floor=8, first_guess=32)
     assert budget.tokens(3, waiting=3) == 32  # nothing measured yet: the first guess
+    # ... or, beside many streams, as many prompt tokens as the ratio allows if a prompt token
+    # costs what a generating one does (the measure needs a step without prompts)
+    assert budget.tokens(100, waiting=10) == 100
     for _ in range(20):
         budget.observe(3, 0, 0.030)
         budget.observe(3, 100, 0.080)

@@ -265,8 +265,12 @@ class BatchEngine:
         batch = self._batch
         batch.clear()
         generating = [s.busy for s in self.slots if s.busy is not None and s.busy.state is SeqState.GENERATING]
-        for seq in generating:
-            seq.batch_index = batch.add([seq.pending], seq.n_past, seq.slot.index, output_last=True)
+        if generating:
+            first = batch.add_singles(
+                [s.pending for s in generating], [s.n_past for s in generating], [s.slot.index for s in generating]  # type: ignore[misc]
+            )
+            for k, seq in enumerate(generating, first):
+                seq.batch_index = k
         chunks: list[tuple[Sequence, int]] = []
         budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating), waiting=len(self._prefilling))
         for seq in self._prefilling:

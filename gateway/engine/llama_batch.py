@@ -53,6 +53,18 @@ class Batch:
         self.n = j
         return j - 1
 
+    def add_singles(self, tokens: list[int], positions: list[int], seqs: list[int]) -> int:
+        """Append one token of each of several sequences (the step's generating tokens), each
+        with its logits, in three vector writes; the batch index of the first."""
+        k = len(tokens)
+        i, j = self.n, self.n + k
+        self.token[i:j] = tokens
+        self.pos[i:j] = positions
+        self.seq[i:j] = seqs
+        self.output[i:j] = 1
+        self.n = j
+        return i
+
     def free_room(self) -> int:
         return self.capacity - self.n
 

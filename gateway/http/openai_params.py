@@ -212,6 +212,9 @@ def _tools(body: dict[str, Any]) -> dict[str, Any]:
                 param="tool_choice",
             )
         params["tool_choice"] = choice
+    parallel = _typed(body, "parallel_tool_calls", (bool,), "a boolean")
+    if parallel is not None:
+        params["parallel_tool_calls"] = parallel
     functions = body.get("functions")
     if functions is not None:
         if not isinstance(functions, list):
@@ -414,6 +417,9 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
                     },
                 ]
             }
+        ),
+        "parallel_tool_calls": _nullable(
+            {"type": "boolean", "description": "Whether one answer may make several calls (default true, where the model's template can)."}
         ),
         "functions": _nullable({"type": "array", "items": _FUNCTION}),
         "function_call": _nullable(

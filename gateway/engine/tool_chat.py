@@ -232,4 +232,3 @@ class _Answer:
             close = getattr(completion_chunks, "close", None)
             if close is not None:
                 close()  # a consumer that left cancels the generation
-

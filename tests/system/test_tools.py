@@ -58,6 +58,11 @@ def client(tmp_path_factory):
         yield openai.OpenAI(base_url=gw.base + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+def test_models_say_which_can_call_tools(client):
+    tools = {m.id: m.model_extra["capabilities"]["tools"] for m in client.models.list().data}
+    assert tools == {**dict.fromkeys(FAMILIES, True), "plain": False, "gemma-format": False}
+
+
 def _arguments(call) -> dict:
     assert call.type == "function"
     return json.loads(call.function.arguments)

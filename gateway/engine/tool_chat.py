@@ -211,7 +211,7 @@ class _Answer:
 
     def chunks(self, completion_chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         text = ""
-        sent_content = 0
+        shown = ""  # the content sent so far
         sent_calls = 0
         yield self._chunk({"role": "assistant"})
         try:
@@ -221,9 +221,10 @@ class _Answer:
                 reason = choice["finish_reason"]
                 parsed = parse(self.family, text, final=reason is not None)
                 calls = self._calls(parsed)
-                if len(parsed.content) > sent_content and parsed.content.startswith(parsed.content[:sent_content]):
-                    yield self._chunk({"content": parsed.content[sent_content:]})
-                    sent_content = len(parsed.content)
+                # Parsing the longer text only extends the content (gateway.engine.tool_calls.Parsed).
+                if len(parsed.content) > len(shown) and parsed.content.startswith(shown):
+                    yield self._chunk({"content": parsed.content[len(shown):]})
+                    shown = parsed.content
                 yield from self._call_deltas(calls, sent_calls)
                 sent_calls = max(sent_calls, len(calls))
                 if reason is not None:

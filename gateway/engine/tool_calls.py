@@ -17,7 +17,9 @@ llama3 (3.1, 3.2, 3.3)    ``{"name": n, "parameters": a}``, maybe after     ``<|
 
 A template is asked in that order (Functionary 3.1 templates are Llama 3 templates too). The
 text before a call's opening is the message's content; once a call opens, nothing more is
-content (a streamed answer stops showing text there).
+content (a streamed answer stops showing text there). Control tokens (Llama's
+``<|python_tag|>``, Mistral's ``[TOOL_CALLS]``) render as nothing in the engine's text, so a
+call is also read without them.
 """
 
 from __future__ import annotations
@@ -233,34 +235,64 @@ HERMES = Family(
 _TOOL_CALLS, _ARGS = "[TOOL_CALLS]", "[ARGS]"
 
 
+def _mistral_opening(text: str) -> int | None:
+    # [TOOL_CALLS] is a control token, which the engine's text renders as nothing: an answer
+    # that begins with a list of objects is the calls' list, as after the token.
+    stripped = text.lstrip()
+    if stripped.startswith("[{"):
+        return len(text) - len(stripped)
+    i = text.find(_TOOL_CALLS)
+    return i if i >= 0 else None
+
+
+def _mistral_held(text: str) -> int:
+    stripped = text.lstrip()
+    if stripped in ("", "["):
+        return len(text)  # the answer may still open with the calls' list
+    return _held_for([_TOOL_CALLS])(text)
+
+
+def _mistral_list(text: str, pos: int, final: bool) -> tuple[list[ToolCall], int] | None:
+    """``[{"name": ..., "arguments": ...}, ...]`` at ``pos``: its calls and the index after it."""
+    got = _json_at(text, pos)
+    if got is None:
+        if final:
+            raise ValueError("a call list that is not JSON")
+        return None
+    items, end = got
+    if not isinstance(items, list):
+        raise ValueError("[TOOL_CALLS] must be followed by a list")
+    return [_call(item) for item in items], end
+
+
 def _mistral_calls(text: str, final: bool) -> list[ToolCall]:
     calls: list[ToolCall] = []
     pos = 0
+    if text.lstrip().startswith("[") and not text.lstrip().startswith(_TOOL_CALLS):  # the list without its (unrendered) [TOOL_CALLS]
+        got = _mistral_list(text, 0, final)
+        if got is None:
+            return calls
+        calls, pos = got
     while (start := text.find(_TOOL_CALLS, pos)) >= 0:
         pos = start + len(_TOOL_CALLS)
-        rest = text[pos:].lstrip()
-        if rest.startswith("["):  # [TOOL_CALLS][{"name": ..., "arguments": ...}, ...]
-            got = _json_at(text, pos)
+        if text[pos:].lstrip().startswith("["):  # [TOOL_CALLS][{"name": ..., "arguments": ...}, ...]
+            got = _mistral_list(text, pos, final)
             if got is None:
-                if final:
-                    raise ValueError("a call list that is not JSON")
                 return calls
-            items, pos = got
-            if not isinstance(items, list):
-                raise ValueError("[TOOL_CALLS] must be followed by a list")
-            calls.extend(_call(item) for item in items)
+            more, pos = got
+            calls.extend(more)
         else:  # [TOOL_CALLS]name[ARGS]{...} (Mistral Small 3.2, Devstral, Magistral)
             sep = text.find(_ARGS, pos)
             if sep < 0:
                 if final:
                     raise ValueError("[TOOL_CALLS] without [ARGS]")
                 return calls
-            got = _json_at(text, sep + len(_ARGS))
-            if got is None:
+            got_args = _json_at(text, sep + len(_ARGS))
+            if got_args is None:
                 if final:
                     raise ValueError("arguments that are not JSON")
                 return calls
-            args, end = got
+            args, end = got_args
             calls.append(ToolCall(text[pos:sep].strip(), _arguments(args)))
             pos = end
     if final and not calls:
@@ -272,8 +304,8 @@ MISTRAL = Family(
     name="mistral",
     object_arguments=True,
     parallel=True,
-    opening=_find_first([_TOOL_CALLS]),
-    held=_held_for([_TOOL_CALLS]),
+    opening=_mistral_opening,
+    held=_mistral_held,
     calls=_mistral_calls,
     grammar=lambda calls, parallel, prompt: (
         '"[TOOL_CALLS][" '

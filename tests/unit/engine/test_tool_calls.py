@@ -48,6 +48,9 @@ ANSWERS = [
         "",
         [ToolCall("get_weather", WEATHER.arguments, "a1b2c3d4e"), TIME],
     ),
+    # [TOOL_CALLS] is a control token, which the engine renders as nothing.
+    (MISTRAL, '[{"name": "get_weather", "arguments": {"location": "Paris, France"}}]', "", [WEATHER]),
+    (MISTRAL, "[1, 2] is a list.", "[1, 2] is a list.", []),
     (MISTRAL, '[TOOL_CALLS]get_weather[ARGS]{"location": "Paris, France"}[TOOL_CALLS]get_time[ARGS]{"timezone": "Europe/Paris"}', "", [WEATHER, TIME]),
     (FUNCTIONARY_V3_1, 'Sure. <function=get_weather>{"location": "Paris, France"}</function>', "Sure. ", [WEATHER]),
     (FUNCTIONARY_V3_1, "<|python_tag|>print(1)", "", [ToolCall("python", '{"code": "print(1)"}')]),

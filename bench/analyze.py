@@ -19,16 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 import gguf  # noqa: E402
 
 from gateway.config.model_files import resolve_model_path  # noqa: E402
 from planner.errors import ModelFileError  # noqa: E402
 from planner.gguf_reader import read_model_info  # noqa: E402
-from tests import ggufmaker  # noqa: E402
+from testkit import ggufmaker  # noqa: E402
 
 CACHE_DIR = Path.home() / ".cache" / "vram-gateway-tests"
 

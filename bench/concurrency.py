@@ -168,6 +168,8 @@ class Run:
     ended: float
     rss_bytes: int = 0
     planned_bytes: int | None = None
+    decode_s: float = 0.0  # time in llama_decode (the llama.cpp batch path records it)
+    steps: int = 0  # decodes (the llama.cpp batch path records it)
 
     def row(self) -> dict[str, float]:
         tokens = sum(len(s.arrivals) for s in self.streams)
@@ -287,22 +289,26 @@ def child_llama_batch(model: Path, clients: int, tokens: int, n_ctx: int, thread
 
     capi.llama_backend_init()
     loaded = capi.llama_model_load_from_file(str(model).encode(), capi.llama_model_default_params())
-    cp = capi.llama_context_default_params()
-    # Every prompt goes into one batch: n_batch holds them all (llama_decode splits it into ubatches).
-    cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = n_ctx * clients, clients, max(512, 32 * clients), 512
-    cp.n_threads = cp.n_threads_batch = threads
-    cp.flash_attn_type = capi.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    cp.swa_full = False
-    ctx = capi.llama_init_from_model(loaded, cp)
     vocab = capi.llama_model_get_vocab(loaded)
-    n_vocab = capi.llama_vocab_n_tokens(vocab)
-    suppressed = np.array([int(t) for t in bias], dtype=np.int64)
-    batch = capi.llama_batch_init(max(512, 32 * clients), 0, clients)
 
     def tokenize(text: str) -> list[int]:
         raw = text.encode()
         buf = (capi.llama_token * (len(raw) + 8))()
         return list(buf[: capi.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)])
+
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(clients)]
+    # Every prompt goes into one batch: n_batch holds them all (llama_decode splits it into
+    # ubatches); a byte-level tokenizer (bench/engine_parts.py's tiny model) makes long prompts.
+    n_batch = max(512, 32 * clients, sum(len(tokenize(p)) for p in prompts))
+    cp = capi.llama_context_default_params()
+    cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = n_ctx * clients, clients, n_batch, 512
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.flash_attn_type = capi.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    cp.swa_full = False
+    ctx = capi.llama_init_from_model(loaded, cp)
+    n_vocab = capi.llama_vocab_n_tokens(vocab)
+    suppressed = np.array([int(t) for t in bias], dtype=np.int64)
+    batch = capi.llama_batch_init(n_batch, 0, clients)
 
     def put(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
@@ -326,9 +332,12 @@ def child_llama_batch(model: Path, clients: int, tokens: int, n_ctx: int, thread
             last.append(n - 1)
             pos.append(len(ids))
         batch.n_tokens = n
+        decode_s = 0.0
         for step in range(n_tokens):
+            before = time.perf_counter()
             if capi.llama_decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
+            decode_s += time.perf_counter() - before
             picked = [greedy(i) for i in last]
             now = time.perf_counter()
             for seq, token in enumerate(picked):
@@ -337,10 +346,10 @@ def child_llama_batch(model: Path, clients: int, tokens: int, n_ctx: int, thread
                 pos[seq] += 1
             last = list(range(len(prompts)))
             batch.n_tokens = len(prompts)
-        return Run(streams, started, time.perf_counter())
+        return Run(streams, started, time.perf_counter(), decode_s=decode_s, steps=n_tokens)
 
     generate(["warm up"], 2)
-    return [generate([PROMPTS[i % len(PROMPTS)] for i in range(clients)], tokens) for _ in range(repeat)]
+    return [generate(prompts, tokens) for _ in range(repeat)]
 
 
 CHILDREN: dict[str, Callable[..., list[Run]]] = {
@@ -368,14 +377,27 @@ def run_child(kind: str, model: Path, clients: int, tokens: int, n_ctx: int, thr
     runs = []
     for doc in json.loads(out.decode().strip().splitlines()[-1]):
         streams = [Stream(s["sent"], s["arrivals"]) for s in doc["streams"]]
-        runs.append(Run(streams, doc["started"], doc["ended"], rss_bytes=peak.peak))
+        runs.append(Run(streams, doc["started"], doc["ended"], rss_bytes=peak.peak, decode_s=doc["decode_s"], steps=doc["steps"]))
     return median_run(runs)
 
 
 def child_main(args_json: str) -> None:
     a = json.loads(args_json)
     runs = CHILDREN[a["kind"]](Path(a["model"]), a["clients"], a["tokens"], a["n_ctx"], a["threads"], a["bias"], a["repeat"])
-    print(json.dumps([{"streams": [{"sent": s.sent, "arrivals": s.arrivals} for s in run.streams], "started": run.started, "ended": run.ended} for run in runs]))
+    print(
+        json.dumps(
+            [
+                {
+                    "streams": [{"sent": s.sent, "arrivals": s.arrivals} for s in run.streams],
+                    "started": run.started,
+                    "ended": run.ended,
+                    "decode_s": run.decode_s,
+                    "steps": run.steps,
+                }
+                for run in runs
+            ]
+        )
+    )
 
 
 # ------------------------------------------------------------------ servers

@@ -39,19 +39,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import gguf  # noqa: E402
 import tomli_w  # noqa: E402
 
-from gateway.config.schema import Config, ModelConfig, parse_config  # noqa: E402
+from gateway.config.loading import parse_config  # noqa: E402
+from gateway.config.schema import Config, ModelConfig  # noqa: E402
 from gateway.placement.launch import ModelLaunch, config_models, launch_from_placement  # noqa: E402
 from gateway.placement.planning import plan_config, plan_policy, read_models  # noqa: E402
 from planner.devices import Device, select_devices  # noqa: E402
 from planner.model_info import ModelInfo  # noqa: E402
 from gateway.nvml import device_used_bytes, process_gpu_memory, read_nvml_devices  # noqa: E402
 from planner.plan import Placement, Plan  # noqa: E402
-from tests.ggufmaker import model_tensor_specs, q4_k_m_types, write_header_only_model  # noqa: E402
+from testkit.ggufmaker import model_tensor_specs, q4_k_m_types, write_header_only_model  # noqa: E402
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -35,10 +35,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from gateway.nvml import device_used_bytes, read_nvml_devices  # noqa: E402
-from tests.ggufmaker import tiny_tokenizer, write_header_only_model, write_qwen2_7b_q4_k_m  # noqa: E402
+from testkit.ggufmaker import tiny_tokenizer, write_header_only_model, write_qwen2_7b_q4_k_m  # noqa: E402
 
 MIB = 1024 * 1024
 MODEL = "ds7b"

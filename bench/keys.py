@@ -20,22 +20,20 @@ import hmac
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tomli_w  # noqa: E402
 from litestar.testing import TestClient  # noqa: E402
 
 from gateway.access.gate import Access  # noqa: E402
 from gateway.config.keys import key_digest  # noqa: E402
-from gateway.config.schema import load_config, parse_config  # noqa: E402
+from gateway.config.loading import load_config, parse_config  # noqa: E402
 from gateway.http.app import create_app  # noqa: E402
 from gateway.runtime.fake import FakeScript, FakeTransport  # noqa: E402
-from tests.ggufmaker import write_tiny_llama  # noqa: E402
+from testkit.ggufmaker import write_tiny_llama  # noqa: E402
 
 N_KEYS = 1000
 MODELS = ["chat-7b", "chat-13b", "embed-small", "embed-large", "code-3b"]

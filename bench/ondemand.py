@@ -22,7 +22,7 @@ The simulation is a small discrete-event simulation, as the gateway behaves (gat
   when the next load cannot be placed even after evicting every idle model, it waits until a
   request ends and is tried again (a client retrying the gateway's 503);
 - free memory is the declared memory minus the planned bytes of every loaded or loading model
-  (gateway.runtime.ondemand.free_devices for a declared inventory), and the new model is placed by the
+  (gateway.placement.decisions.free_devices for a declared inventory), and the new model is placed by the
   real planner (``planner.plan.plan``) against it, with the default PlanPolicy (1 GiB reserve per
   GPU, best_fit).
 
@@ -55,21 +55,17 @@ import heapq
 import math
 import random
 import statistics
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from planner.devices import Device, declared_devices  # noqa: E402
 from planner.eviction import EvictionCandidate, RequestRate, choose_evictions  # noqa: E402
 from planner.memory import RunSettings  # noqa: E402
 from planner.plan import ModelRequest, Placement, PlanPolicy, plan  # noqa: E402
 from planner.units import GIB, MIB  # noqa: E402
-from tests.factories import model_info  # noqa: E402
+from testkit.factories import model_info  # noqa: E402
 
 # --- Model shapes -------------------------------------------------------------------------------
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from planner.devices import declared_devices  # noqa: E402
 from planner.memory import RunSettings  # noqa: E402
 from planner.cluster import ClusterModel, Node, plan_cluster  # noqa: E402
 from planner.plan import ModelRequest, PlanPolicy, plan  # noqa: E402
-from tests.factories import model_info  # noqa: E402
+from testkit.factories import model_info  # noqa: E402
 
 GPUS = ["80GiB", "80GiB", "48GiB", "48GiB", "24GiB", "24GiB", "24GiB", "12GiB"]
 

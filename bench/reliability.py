@@ -1,7 +1,7 @@
 """Failure timings for docs/reliability.md: a worker killed under traffic, and shutdown.
 
 Starts the real server (gateway serve -> granian -> Litestar -> workers) on loopback with two tiny
-models written by tests/ggufmaker.py, at the config defaults that matter (restart_backoff_s = 1,
+models written by testkit/ggufmaker.py, at the config defaults that matter (restart_backoff_s = 1,
 shutdown_grace_s = 30), and measures:
 
 - kill -9 of one model's worker while 4 clients send requests to it and 4 to the other model:
@@ -32,9 +32,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 BODY = {"prompt": "a", "max_tokens": 8, "logit_bias": {"97": 50}}
 

@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,9 @@ from pathlib import Path
 import httpx
 import tomli_w
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.ggufmaker import write_tiny_llama  # noqa: E402
-from tests.serving import free_port, kill_group, spawn, wait_until_answering  # noqa: E402
+from testkit.ggufmaker import write_tiny_llama  # noqa: E402
+from testkit.serving import free_port, kill_group, spawn, wait_until_answering  # noqa: E402
 
 KEY = "bench-internal"
 BODY = {"model": "tiny", "prompt": "a", "max_tokens": 1, "temperature": 0, "seed": 1}

@@ -28,7 +28,7 @@ import gguf
 from planner.errors import ModelFileError
 from planner.model_info import ModelInfo, TensorInfo
 
-__all__ = ["read_model_info"]
+__all__ = ["HEADER_COPY_FILE_BYTES", "GGUFHeader", "MetadataArray", "read_header", "read_model_info"]
 
 _VT = gguf.GGUFValueType
 _Keys = gguf.Keys
@@ -58,6 +58,10 @@ _MAX_MATERIALISED_ARRAY = 4096
 _MAX_LAYERS = 512
 _CHAT_TEMPLATE = _Keys.Tokenizer.CHAT_TEMPLATE  # "tokenizer.chat_template"; named templates add ".NAME"
 
+# A header copy (gateway.placement.header_copies) is a GGUF with a model's metadata and tensor
+# table but no tensor data; this key holds the size on disk of the model it was copied from.
+HEADER_COPY_FILE_BYTES = "vram_gateway.header_copy.file_bytes"
+
 # ggml's GGML_MAX_DIMS: gguf.c rejects tensors with more dimensions.
 _MAX_DIMS = 4
 
@@ -72,8 +76,9 @@ class _Truncated(Exception):
 
 
 @dataclass(frozen=True)
-class _Array:
-    """A GGUF array value; ``values`` is None when it was skipped rather than read."""
+class MetadataArray:
+    """A GGUF array value; ``values`` is None when it was skipped rather than read (arrays of
+    strings or arrays, and arrays too long to be per-layer values: tokenizer data)."""
 
     elem_type: int
     count: int
@@ -93,9 +98,12 @@ class _Part:
     """One parsed file: its metadata and its tensor table with sizes checked against the file."""
 
     path: str
-    file_bytes: int
+    file_bytes: int  # on disk; a header copy's: the size of the model it was copied from
     kv: Mapping[str, Any]
+    kv_types: Mapping[str, int]  # each key's gguf.GGUFValueType
     tensors: tuple[TensorInfo, ...]
+    alignment: int
+    header_copy: bool
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +167,7 @@ class _HeaderWalker:
         self.off += st.size
         return value
 
-    def array(self) -> _Array:
+    def array(self) -> MetadataArray:
         elem_type = self.u32()
         count = self.u64()
         remaining = self.size - self.off
@@ -169,13 +177,13 @@ class _HeaderWalker:
             if count * 8 > remaining:
                 raise _Truncated
             self._skip_strings(count)
-            return _Array(elem_type, count, None)
+            return MetadataArray(elem_type, count, None)
         if elem_type == _VT.ARRAY:
             if count * 12 > remaining:
                 raise _Truncated
             for _ in range(count):
                 self.array()
-            return _Array(elem_type, count, None)
+            return MetadataArray(elem_type, count, None)
         fmt = _SCALAR_FORMATS.get(elem_type)
         if fmt is None:
             raise ValueError(f"unknown array element type {elem_type}")
@@ -187,7 +195,7 @@ class _HeaderWalker:
         if count <= _MAX_MATERIALISED_ARRAY:
             values = struct.unpack_from(f"{self.endian}{count}{fmt}", self.buf, self.off)
         self.off += nbytes
-        return _Array(elem_type, count, values)
+        return MetadataArray(elem_type, count, values)
 
     def _skip_strings(self, count: int) -> None:
         # The hot loop of the whole reader (150k+ tokenizer strings, as many merges): locals only.
@@ -296,11 +304,12 @@ def _parse(path: str, buf: mmap.mmap, size: int) -> _Part:
         n_kv = w.u64()
         section = "metadata"
         kv: dict[str, Any] = {}
+        kv_types: dict[str, int] = {}
         for _ in range(n_kv):
             key = w.string()
             if key in kv:
                 raise ModelFileError(path, f"duplicate metadata key {_quoted(key)}")
-            vtype = w.u32()
+            vtype = kv_types[key] = w.u32()
             try:
                 kv[key] = w.value(vtype)
             except ValueError as exc:
@@ -331,6 +340,14 @@ def _parse(path: str, buf: mmap.mmap, size: int) -> _Part:
         raise ModelFileError(path, f"general.alignment must be a power of two, got {_shown(repr(alignment))}")
     data_start = -(-w.off // alignment) * alignment
 
+    header_copy = HEADER_COPY_FILE_BYTES in kv
+    file_bytes = size
+    if header_copy:
+        declared = kv[HEADER_COPY_FILE_BYTES]
+        if not isinstance(declared, int) or isinstance(declared, bool) or declared < 0:
+            raise ModelFileError(path, f"{HEADER_COPY_FILE_BYTES} must be a size in bytes, got {_shown(repr(declared))}")
+        file_bytes = declared
+
     tensors = []
     for t in raw:
         nbytes = _tensor_nbytes(path, t.name, t.ggml_type, t.shape)
@@ -339,14 +356,16 @@ def _parse(path: str, buf: mmap.mmap, size: int) -> _Part:
                 path, f"tensor {_quoted(t.name)} data offset {t.offset} is not a multiple of the alignment {alignment}"
             )
         end = data_start + t.offset + nbytes
-        if end > size:
+        if end > size and not header_copy:  # a header copy has no tensor data, by design
             raise ModelFileError(
                 path,
                 f"tensor data extends past end of file: tensor {_quoted(t.name)} ends at byte {end}, "
                 f"file has {size} bytes",
             )
         tensors.append(TensorInfo(t.name, t.ggml_type, t.shape, nbytes))
-    return _Part(path, size, MappingProxyType(kv), tuple(tensors))
+    return _Part(
+        path, file_bytes, MappingProxyType(kv), MappingProxyType(kv_types), tuple(tensors), alignment, header_copy
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,7 +502,7 @@ def _set_swa_pattern(n_layers: int, n_pattern: int, dense_first: bool) -> tuple[
 
 def _pattern_array(kv: Mapping[str, Any], key: str, n_layers: int) -> tuple[bool, ...] | None:
     value = kv.get(key)
-    if not isinstance(value, _Array) or value.values is None:
+    if not isinstance(value, MetadataArray) or value.values is None:
         return None
     # llama.cpp copies the array over an all-false one: short arrays leave the tail dense.
     flags = [bool(v) for v in value.values[:n_layers]]
@@ -548,7 +567,7 @@ def _per_layer(path: str, kv: Mapping[str, Any], key: str, n_layers: int, defaul
     value = kv.get(key)
     if value is None:
         return (default,) * n_layers
-    if isinstance(value, _Array):
+    if isinstance(value, MetadataArray):
         if value.values is None or value.count != n_layers:
             raise ModelFileError(path, f"{_shown(key)} has {value.count} entries, expected one per layer ({n_layers})")
         return tuple(int(v) for v in value.values)
@@ -565,14 +584,36 @@ def _layer_index(name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+@dataclass(frozen=True)
+class GGUFHeader:
+    """A model's header as read: its first part's metadata (array values that were skipped are
+    ``MetadataArray``s without values), every part's tensor table, and the facts made of them."""
+
+    kv: Mapping[str, Any]
+    kv_types: Mapping[str, int]  # each key's gguf.GGUFValueType
+    tensors: tuple[TensorInfo, ...]
+    alignment: int
+    info: ModelInfo
+
+
+def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Read a GGUF model's header (all parts of a split model), for a header copy."""
+    parts = _read_parts(os.fspath(path))
+    head = parts[0]
+    tensors = tuple(t for p in parts for t in p.tensors)
+    return GGUFHeader(head.kv, head.kv_types, tensors, head.alignment, _model_info(parts))
+
+
 def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Read a GGUF model's header (all parts of a split model) into a ``ModelInfo``.
 
     Raises ``ModelFileError`` with a one-line reason for anything that is not a readable,
-    complete GGUF model.
+    complete GGUF model (or a header copy of one: ``ModelInfo.header_copy``).
     """
-    path = os.fspath(path)
-    parts = _read_parts(path)
+    return _model_info(_read_parts(os.fspath(path)))
+
+
+def _model_info(parts: list[_Part]) -> ModelInfo:
     head = parts[0]
     kv = head.kv
     first_path = head.path
@@ -611,7 +652,7 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
     n_ff = max(_per_layer(first_path, kv, key(_Keys.LLM.FEED_FORWARD_LENGTH), n_layers, 0))
 
     tokens = kv.get(_Keys.Tokenizer.LIST)
-    if isinstance(tokens, _Array):
+    if isinstance(tokens, MetadataArray):
         n_vocab = tokens.count
     else:
         n_vocab = _int_key(kv, key(_Keys.LLM.VOCAB_SIZE), -1)
@@ -675,4 +716,5 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         chat_templates=templates,
         chat_template_texts=template_texts,
         tensors=tensors,
+        header_copy=head.header_copy,
     )

@@ -53,6 +53,9 @@ class ModelInfo:
     # Each of those templates' text, by the same names.
     chat_template_texts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
+    # Read from a header copy (metadata and tensor table, no tensor data): it plans, it cannot
+    # be loaded; file_bytes is then the size of the model it was copied from.
+    header_copy: bool = False
 
     @property
     def total_bytes(self) -> int:

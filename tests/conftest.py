@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Gemma file and the real gateway server."""
+"""Shared fixtures: the real Gemma file, the real gateway server and real model workers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, kill_group, spawn, wait_until_answering
+from gateway.engine.protocol import WorkerSpec
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, kill_group, wait_until_answering
+from testkit.serving import spawn as spawn_gateway
+from tests.workers import WorkerProcess
 
 CACHE_DIR = Path.home() / ".cache" / "vram-gateway-tests"
 
@@ -80,7 +83,7 @@ pooling = "mean"
 """
     )
     log = tmp / "server.log"
-    proc = spawn(["serve", "--config", str(cfg)], log)
+    proc = spawn_gateway(["serve", "--config", str(cfg)], log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(base, proc, log, timeout=120)
@@ -93,3 +96,19 @@ pooling = "mean"
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 kill_group(proc)
+
+
+@pytest.fixture
+def spawn():
+    """Starts real model workers (tests/workers.py: ``spawn(spec)`` -> a running WorkerProcess)
+    and kills them when the test ends."""
+    workers: list[WorkerProcess] = []
+
+    def start(spec: WorkerSpec) -> WorkerProcess:
+        worker = WorkerProcess(spec)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill()

@@ -34,7 +34,8 @@ def sample_gpus():
 
 
 def record_traffic(metrics: GatewayMetrics) -> None:
-    """One request of each kind the dashboard plots: successes, errors, refusals, a restart."""
+    """One request of each kind the dashboard plots: successes, errors, refusals, a restart, loads,
+    an eviction, a load wait and a key's use."""
     for model in ("chat", "embed"):
         metrics.add_model(model)
     metrics.request_finished("chat", "/v1/chat/completions", 200, 2.5, ttft_s=0.5, prompt_tokens=40, completion_tokens=101)
@@ -48,6 +49,13 @@ def record_traffic(metrics: GatewayMetrics) -> None:
     metrics.model_loaded("chat", 12.5)
     metrics.model_loaded("embed", 3.0)
     metrics.engine_stats("chat", {"busy_slots": 2, "slots": 2, "batch_sizes": {"2": 30, "130": 1}, "cached_prompt_tokens": 24})
+    metrics.model_load_started("chat", "startup")
+    metrics.model_load_started("embed", "on_demand")
+    metrics.model_evicted("embed", "idle_ttl")
+    metrics.load_waited("embed", 3.2)
+    metrics.keys.add_keys(["alice"])
+    metrics.keys.answered("alice", 200, 40, 101)
+    metrics.keys.rejected("alice", "rate")
 
 
 def sample_metrics() -> GatewayMetrics:

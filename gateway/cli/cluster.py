@@ -14,7 +14,8 @@ from typing import Any
 from gateway.cli.render import BAR_WIDTH, plan_json
 from gateway.cluster.planning import PLACEMENT_FILE, load_placement, plan_cluster_config
 from gateway.cluster.render_k8s import RenderOptions, node_summary, render, write_rendered
-from gateway.config.schema import Config, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import Config
 from gateway.errors import ConfigError, PlanError
 from gateway.placement.planning import read_models
 from planner.cluster import ClusterPlan, Move, NodePlan
@@ -47,9 +48,12 @@ def _previous(path: Path | None) -> dict[str, tuple[str, ...]] | None:
 
 
 def _plan(config: Config, previous: dict[str, tuple[str, ...]] | None) -> ClusterPlan:
-    files = read_models(config)
+    # Planning for the nodes, whose model files need not be on this machine: header copies stand in.
+    files = read_models(config, header_copies=True)
     if files.problems:
         raise ConfigError(files.problems)
+    for note in files.header_copy_notes(config):
+        print(f"note: {note}", file=sys.stderr)
     return plan_cluster_config(config, files.infos, previous)
 
 

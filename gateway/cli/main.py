@@ -1,6 +1,8 @@
 """The ``gateway`` (alias ``vram-llm``) command line.
 
-Subcommands: ``serve``, ``analyze``, ``plan``, ``validate-config``. Every PoC command and flag
+Subcommands: ``serve``, ``analyze``, ``plan``, ``validate-config``, ``hash-key``, ``render``, and
+the commands that talk to a running gateway (gateway.cli.client: ``status``, ``ps``, ``load``,
+``unload``, ``restart``, ``logs``, ``reload``). Every PoC command and flag
 keeps its meaning (docs/poc-reference.md). Expected failures print one clear message and exit 1;
 usage errors exit 2.
 """
@@ -20,12 +22,15 @@ from typing import TYPE_CHECKING
 import tomli_w
 
 from gateway.config.model_files import package_module
-from gateway.config.schema import Config, dump_config, load_config, parse_config, read_keys_file
+from gateway.config.loading import dump_config, load_config, parse_config, read_keys_file
+from gateway.config.schema import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models
 from gateway.cli.cluster import add_render_parser, cmd_render
-from gateway.cli.render import analysis_json, analysis_text, gpus_text, keys_text, plan_json, plan_text, plan_toml_doc, status_text
+from gateway.cli.headers import add_copy_headers_parser, cmd_copy_headers, refuse_header_copies
+from gateway.cli.client import HANDLERS as CLIENT_HANDLERS, add_client_parsers
+from gateway.cli.render import analysis_json, analysis_text, gpus_text, plan_json, plan_text, plan_toml_doc
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
 from planner.plan import plan
@@ -124,14 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(plan)
     _add_fit_params_flag(plan)
 
-    status = sub.add_parser("status", help="planned vs allocated memory and state of each model of a running gateway")
-    status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
-    status.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
-    status.add_argument("--json", action="store_true", help="print the /v1/models answer as JSON")
-
-    reload = sub.add_parser("reload", help="make a running gateway re-read its models.toml (like SIGHUP)")
-    reload.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL (default http://127.0.0.1:8080)")
-    reload.add_argument("--api-key", help="API key, when the gateway requires one (or GATEWAY_API_KEY)")
+    add_client_parsers(sub)
 
     hash_key = sub.add_parser("hash-key", help="print the key_sha256 line of an API key for [[keys]] (a new key if none is given)")
     hash_key.add_argument("key", nargs="?", help="the key; '-' reads it from stdin; none: make a new random key")
@@ -141,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path)
     validate.add_argument("--gpus", help="declared inventory to check the fit against, e.g. 24GiB,24GiB,12GiB")
     add_render_parser(sub)
+    add_copy_headers_parser(sub)
     return parser
 
 
@@ -276,9 +275,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from gateway.cli.cluster import cmd_plan_cluster
 
         return cmd_plan_cluster(args, config)
-    files = read_models(config)
+    files = read_models(config, header_copies=True)
     if files.problems:
         raise ConfigError(files.problems)
+    refuse_header_copies(files, args)
+    for note in files.header_copy_notes(config):
+        print(f"note: {note}", file=sys.stderr)
     devices = _devices(config)
     # What `serve` loads at start; on-demand models are placed when asked for.
     result = plan_startup(config, files.infos, devices)
@@ -323,19 +325,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if result.fits and not lazy_problems else 1
 
 
-def validate(path: Path, gpus: str | None = None, warnings: list[str] | None = None) -> list[str]:
+def validate(
+    path: Path, gpus: str | None = None, warnings: list[str] | None = None, notes: list[str] | None = None
+) -> list[str]:
     """Every problem with a models.toml: schema, model files, headers, and the plan's fit; what
-    the model files advise against is added to ``warnings`` when given."""
+    the model files advise against is added to ``warnings`` when given, and which models were
+    checked with a header copy (their file is not here) to ``notes``."""
     try:
         config = load_config(path)
     except ConfigError as exc:
         return list(exc.problems)
+    files = read_models(config, header_copies=True)
+    if notes is not None:
+        notes += files.header_copy_notes(config)
     if config.nodes is not None:
         from gateway.cluster.planning import cluster_problems
 
         # Each node declares its GPUs: a --gpus inventory has no node to stand for.
-        return (["--gpus: not with [[nodes]] (each node declares its gpus)"] if gpus else []) + cluster_problems(config)
-    files = read_models(config)
+        return (["--gpus: not with [[nodes]] (each node declares its gpus)"] if gpus else []) + cluster_problems(config, files)
     if warnings is not None:
         warnings += files.warnings
     problems = list(files.problems)
@@ -348,13 +355,16 @@ def validate(path: Path, gpus: str | None = None, warnings: list[str] | None = N
 
 def cmd_validate(args: argparse.Namespace) -> int:
     warnings: list[str] = []
-    problems = validate(args.file, args.gpus, warnings)
+    notes: list[str] = []
+    problems = validate(args.file, args.gpus, warnings, notes)
     if problems:
         print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     if problems:
         return 1
     print(f"{args.file}: OK")
@@ -394,62 +404,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, path: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
-    """One request to a running gateway: (status, JSON body); unreachable is a GatewayError."""
-    import urllib.error
-    import urllib.request
-
-    key = args.api_key or os.environ.get("GATEWAY_API_KEY")
-    req = urllib.request.Request(args.url.rstrip("/") + path, method=method)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            raise GatewayError(f"{args.url}: HTTP {exc.code}: {body.decode(errors='replace')[:300]}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise GatewayError(f"{args.url}: cannot reach the gateway ({getattr(exc, 'reason', exc)})") from None
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    status, doc = _call(args, "/admin/reload", "POST", timeout=3600)
-    if "error" in doc:
-        raise GatewayError(f"{args.url}: HTTP {status}: {doc['error'].get('message')}")
-    if not doc.get("reloaded"):
-        print("reload refused; the running models are untouched:", file=sys.stderr)
-        for p in doc.get("problems", []):
-            print(f"  {p}", file=sys.stderr)
-        return 1
-    for key in ("unchanged", "removed", "changed", "added"):
-        print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
-    if doc.get("restarted"):  # failed models started again (shown only when there are some)
-        print(f"restarted: {', '.join(doc['restarted'])}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    status, doc = _call(args, "/v1/models")
-    if "error" in doc:
-        raise GatewayError(f"{args.url}: HTTP {status}: {doc['error'].get('message')}")
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(status_text(doc))
-    # Per-key use needs an admin key; a gateway without keys lists none.
-    keys_status, keys_doc = _call(args, "/admin/keys")
-    if keys_status == 200 and keys_doc.get("data"):
-        print()
-        print(keys_text(keys_doc["data"]))
-    elif keys_status == 403:
-        print(f"\nper-key usage not shown: {keys_doc.get('error', {}).get('message')}")
-    return 0
-
-
 NEW_KEY_PREFIX = "sk-gw-"
 
 
@@ -482,10 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "analyze": cmd_analyze,
         "plan": cmd_plan,
         "validate-config": cmd_validate,
-        "status": cmd_status,
-        "reload": cmd_reload,
+        **CLIENT_HANDLERS,
         "hash-key": cmd_hash_key,
         "render": cmd_render,
+        "copy-headers": cmd_copy_headers,
     }
     try:
         return handlers[args.command](args)

@@ -263,3 +263,62 @@ def keys_text(keys: list[dict]) -> str:
             f"{used(last.get('tokens', 0), k.get('tokens_per_minute')):<16} {running:<9} {refused}"
         )
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in (header, *rows))
+
+
+PS_HEADER = ("NAME", "STATE", "GPU MEMORY", "HOST MEMORY", "CONTEXT", "SLOTS BUSY", "WAITING", "UNLOADS IN")
+
+
+def ps_text(doc: dict) -> str:
+    """``gateway ps`` (like ``ollama ps``): one line per model: its state, the memory planned on
+    each GPU (NVML's reading of its process where there is one) and in host memory, its context,
+    busy slots of max_concurrency, requests waiting, and when the idle TTL unloads it."""
+    rows = []
+    for m in doc.get("data", []):
+        state = m.get("state", "?")
+        if state == ModelState.STARTING:
+            state += f" {m.get('progress', 0)}%"
+        planned = m.get("planned") or {}
+        used = m.get("gpu_used_bytes") or {}
+        gpus = ", ".join(
+            f"GPU {d['gpu']} {_mib(used.get(str(d['gpu']), d['total_bytes']))} MiB" for d in planned.get("devices", [])
+        )
+        host = f"{_mib(planned['host_bytes'])} MiB" if planned else "-"
+        queue = m.get("queue") or {}
+        unload = m.get("unload_in_s")
+        rows.append(
+            (
+                m["id"],
+                state,
+                gpus or ("CPU only" if planned else "-"),
+                host,
+                f"{m['n_ctx']:,}" if m.get("n_ctx") is not None else "-",
+                f"{queue.get('running', 0)}/{queue.get('max_concurrency', '?')}",
+                f"{queue.get('waiting', 0)}/{queue.get('queue_size', '?')}",
+                _duration(unload) if unload is not None else "-",
+            )
+        )
+    return _table(PS_HEADER, rows) if rows else "no models"
+
+
+def logs_text(doc: dict, last: int | None = None) -> str:
+    """``gateway logs NAME``: the worker's last stderr lines (``last``: only that many)."""
+    lines = list(doc.get("lines", []))
+    if last is not None:
+        lines = lines[-last:] if last else []
+    pid = f"pid {doc['pid']}" if doc.get("pid") is not None else "no worker process"
+    head = f"# {doc.get('id')}: {doc.get('state')}, {pid}; {len(lines)} line(s) of its worker's stderr"
+    return "\n".join([head, *lines])

@@ -16,7 +16,7 @@ import tomli_w
 from gateway.cluster.naming import PORT, node_url
 from gateway.config.schema import Config, ModelConfig
 from gateway.errors import ConfigError
-from gateway.placement.planning import model_request, plan_policy, read_models
+from gateway.placement.planning import ModelFiles, model_request, plan_policy
 from planner.cluster import ClusterModel, ClusterPlan, Node, NodePlan, plan_cluster
 from planner.devices import declared_devices
 from planner.model_info import ModelInfo
@@ -40,6 +40,9 @@ NODE_GATEWAY_KEYS = (
     "restart_window_s",
     "restart_backoff_s",
 )
+# [planner] keys about the machine that renders, not the nodes: model_headers is a folder here
+# (header copies for checking the plan); the pods read their model files.
+LOCAL_PLANNER_KEYS = {"model_headers"}
 # Secrets never go into a ConfigMap: the Deployments read them from Secrets instead.
 SECRET_GATEWAY_KEYS = ("api_keys", "internal_api_key")
 
@@ -63,9 +66,8 @@ def plan_cluster_config(
     return plan_cluster(cluster_models(config, infos), cluster_nodes(config), plan_policy(config), previous)
 
 
-def cluster_problems(config: Config, previous: dict[str, tuple[str, ...]] | None = None) -> list[str]:
-    """`validate-config` for a cluster: every model file, then every plan problem."""
-    files = read_models(config)
+def cluster_problems(config: Config, files: ModelFiles, previous: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """`validate-config` for a cluster: every model file's problem, then every plan problem."""
     result = plan_cluster_config(config, files.infos, previous)
     return list(files.problems) + [f"plan: {p}" for p in result.problems]
 
@@ -156,7 +158,7 @@ def node_config_doc(config: Config, node: NodePlan, models_dir: Path | None) -> 
         # Requests without "model" reach this node only for the cluster's default model.
         gateway["default_model"] = config.gateway.default_model
     doc: dict[str, Any] = {"gateway": gateway}
-    planner = config.planner.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    planner = config.planner.model_dump(mode="json", exclude_unset=True, exclude_none=True, exclude=LOCAL_PLANNER_KEYS)
     if planner:
         doc["planner"] = planner
     doc["models"] = [_model_doc(m, models_dir) for m in config.models if m.name in serving]
@@ -165,7 +167,7 @@ def node_config_doc(config: Config, node: NodePlan, models_dir: Path | None) -> 
 
 def router_config_doc(config: Config, models_dir: Path | None) -> dict[str, Any]:
     """The router's cluster.toml: the cluster config with every node's address filled in."""
-    doc = config.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    doc = config.model_dump(mode="json", exclude_unset=True, exclude_none=True, exclude={"planner": LOCAL_PLANNER_KEYS})
     gateway = {k: v for k, v in doc.get("gateway", {}).items() if k not in SECRET_GATEWAY_KEYS and k != "host"}
     gateway["port"] = PORT
     doc["gateway"] = gateway

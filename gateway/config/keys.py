@@ -6,8 +6,8 @@ a keys file that ``[gateway] keys_file`` (or ``GATEWAY_KEYS_FILE``) names, so th
 stay outside the config and outside git; never in both (one place for the keys).
 
 ``Config`` (gateway.config.schema) holds the validated keys; the checks that involve other
-tables (``key_problems``) are called from there so that their problems are reported with all the
-others, at once, with dotted paths. The key store that serves requests is gateway.access.
+tables (``key_problems``) are called by gateway.config.rules so that their problems are reported
+with all the others, at once, with dotted paths. The key store that serves requests is gateway.access.
 """
 
 from __future__ import annotations

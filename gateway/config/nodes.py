@@ -6,8 +6,8 @@ front, and ``gateway serve --router`` is that router. A config without ``[[nodes
 one-machine config it always was.
 
 ``Config`` (gateway.config.schema) holds these tables; the checks that involve other tables
-(``cluster_problems``) are called from there so that their problems are reported with all the
-others, at once, with dotted paths.
+(``cluster_problems``) are called by gateway.config.rules so that their problems are reported
+with all the others, at once, with dotted paths.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config.schema import Config, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import Config
 from gateway.errors import InvalidRequestError
 
 

@@ -16,6 +16,9 @@ Failures stay with their job: a grammar that allows no token, a sampler or stopp
 that raises, or a decode that fails ends only the jobs in that batch's sequences. When the
 shared KV pool (``kv_unified``) is full, idle caches go first, then prompt chunks wait, then the
 newest sequence ends with finish reason "length".
+
+With a StepProfiler (gateway.engine.step_profile; bench/engine_parts.py) the loop splits each
+step's time by part: scheduling, batch building, llama_decode, sampling, text, sending.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from gateway.engine.sampling import GrammarDeadEnd, logits_at, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
 from gateway.engine.stats import StepStats
+from gateway.engine.step_profile import BATCH, DECODE, SAMPLE, SEND, TEXT, StepProfiler
 from gateway.engine.vocab import Vocab
 
 log = logging.getLogger("gateway.engine.batching")
@@ -71,9 +75,11 @@ class BatchEngine:
         send_stats: Callable[[dict[str, Any]], None] | None = None,
         after_step: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        profiler: StepProfiler | None = None,
     ) -> None:
         """``after_step``: called on the loop's thread after each step that did work (the worker
-        flushes the stream chunks the step's jobs wrote)."""
+        flushes the stream chunks the step's jobs wrote). ``profiler``: splits each step's time
+        by part (a benchmark's; None costs the loop an ``is not None`` test here and there)."""
         from llama_cpp import llama_cpp as capi
 
         self._capi = capi
@@ -89,6 +95,7 @@ class BatchEngine:
         self._stats = StepStats(self.n_slots, send_stats, clock)
         self._after_step = after_step
         self._unified = loaded.spec.kv_unified
+        self._profiler = profiler
 
         self._lock = threading.Condition()
         self._inbox: deque[Job] = deque()
@@ -130,17 +137,26 @@ class BatchEngine:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        profiler = self._profiler
         try:
-            while self._take_inbox():
+            while True:
+                if profiler is not None:
+                    profiler.begin()
+                self._stats.maybe_send(self.busy_slots())  # the last pass's activity, or the wait's
+                if not self._take_inbox():
+                    break
                 self._admit()
                 worked = self._embedding is not None and self._embedding_step()
                 # A generation step follows every embedding step: streams keep flowing.
                 worked = self._generation_step() or worked
                 if worked and self._after_step is not None:
+                    if profiler is not None:
+                        profiler.switch(SEND)
                     self._after_step()
+                if profiler is not None:
+                    profiler.end(counted=worked)
                 if not worked:
                     self._idle_wait()
-                self._stats.maybe_send(self.busy_slots())
         except Exception:  # noqa: BLE001 - the loop must not die silently
             # A bug here leaves the context in an unknown state: fail everything and exit, so
             # the gateway restarts the worker as after any crash.
@@ -234,6 +250,8 @@ class BatchEngine:
             first.forks.append(fork)
             sequences.append(fork)
         self._running[job] = _Running(job, sequences, cached_prompt_tokens=n_past, started_at=self._clock())
+        if self._profiler is not None and job.sink is not None:
+            job.sink = self._profiler.timed(SEND, job.sink)  # a stream chunk's time is sending's
         self._prefilling.append(first)
         self._stats.cached(n_past)
 
@@ -241,6 +259,9 @@ class BatchEngine:
 
     def _generation_step(self) -> bool:
         """One decode of every generating sequence plus prompt chunks; False when idle."""
+        profiler = self._profiler
+        if profiler is not None:
+            profiler.switch(BATCH)
         batch = self._batch
         batch.clear()
         generating = [s.busy for s in self.slots if s.busy is not None and s.busy.state is SeqState.GENERATING]
@@ -260,6 +281,8 @@ class BatchEngine:
         if batch.n == 0:
             return False
 
+        if profiler is not None:
+            profiler.switch(DECODE)
         started = self._clock()
         ret = self._decode()
         if ret == 1:
@@ -270,6 +293,8 @@ class BatchEngine:
             self._fail_batch(generating, chunks, ret)
             return True
         now = self._clock()
+        if profiler is not None:
+            profiler.switch(BATCH)
         self._budget.observe(len(generating), sum(take for _, take in chunks), now - started)
         self._stats.decoded(batch.n)
 
@@ -332,12 +357,16 @@ class BatchEngine:
             return
         job = seq.job
         running = self._running[job]
+        profiler = self._profiler
+        previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
             token = seq.chain.sample(self._ctx, index)
             logits = None
             if job.logprobs is not None or job.stopping_criteria is not None:
                 logits = logits_at(self._ctx, index, self.loaded.n_vocab)
             logprob = token_logprobs(logits, token, job.logprobs) if job.logprobs is not None else None
+            if profiler is not None:
+                profiler.switch(TEXT)
             if running.first_token_at is None:
                 running.first_token_at = now
             running.last_token_at = now
@@ -352,6 +381,9 @@ class BatchEngine:
         except Exception as exc:  # noqa: BLE001 - a sampler or stopping criterion fails its job alone
             log.exception("sampling failed")
             self._fail(job, "engine", f"{type(exc).__name__}: {exc}")
+        finally:
+            if profiler is not None:
+                profiler.switch(previous)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.done:
@@ -409,6 +441,9 @@ class BatchEngine:
         if job is None or not idle:
             return False
         capi = self._capi
+        profiler = self._profiler
+        if profiler is not None:
+            profiler.switch(BATCH)
         batch = self._batch
         batch.clear()
         placed: list[tuple[Slot, int, int]] = []  # (slot, first batch index, tokens)
@@ -428,7 +463,11 @@ class BatchEngine:
             self._embedding_next += 1
         capi.llama_set_embeddings(self._ctx, True)
         try:
+            if profiler is not None:
+                profiler.switch(DECODE)
             ret = self._decode()
+            if profiler is not None:
+                profiler.switch(BATCH)
             if ret != 0:
                 job.emit(Failure("engine", f"llama_decode failed ({ret}) while embedding"))
                 self._embedding = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config.chat_formats import DEFAULT_TEMPLATE, chat_format_in_use, returns_tool_calls
-from gateway.engine.completion import CompletionOptions, Completions, Started
+from gateway.engine.completion import CompletionOptions, Completions, Started, check_choices
 from gateway.engine.jobs import RequestScope
 from gateway.engine.tool_calls import Family, family_of
 from gateway.engine.tool_chat import ToolChat
@@ -187,10 +187,7 @@ class Chat:
         if isinstance(fmt, dict) and "schema" in fmt:
             check_schema(fmt["schema"])
         n = params.pop("n", 1)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, not {n!r}")
-        if n > self.completions.engine.n_slots:
-            raise ValueError(f"n = {n} is more than this model's {self.completions.engine.n_slots} slot(s) (max_concurrency)")
+        check_choices(n, self.completions.engine.n_slots)
         if params.get("logprobs") and params.get("top_logprobs") is None:
             # The handlers pass logprobs=top_logprobs, so logprobs=true alone would give none.
             params["top_logprobs"] = 0

@@ -20,41 +20,33 @@ from typing import Any
 from gateway.engine.batching import BatchEngine
 from gateway.engine.jobs import Delta, Finish, GenerationJob, JobReader, RequestScope, TokenLogprob
 from gateway.engine.loading import LoadedModel
+from gateway.engine.options import engine_options, options_class
 from gateway.engine.sampling import SamplerChain, sampling_params
 from gateway.engine.vocab import Vocab
 
 
-@dataclass(frozen=True)
-class CompletionOptions:
-    """The arguments of ``Llama.create_completion`` (llama-cpp-python 0.3.36), with its defaults,
-    plus ``n``: the one list of them."""
+# CompletionOptions' fields, built from the options' declarations; the class below adds ``of``.
+_CompletionOptions: Any = options_class(
+    "CompletionOptions",
+    engine_options("completion"),
+    first=[("prompt", str | list[int])],
+    extra=[
+        ("stream", bool, False),
+        ("tfs_z", float, 1.0),  # taken and ignored: llama.cpp has no tail-free sampling any more
+        ("model", str | None, None),
+        ("stopping_criteria", Any, None),
+        ("logits_processor", Any, None),
+        ("grammar", Any, None),  # a LlamaGrammar (the chat handlers'), or GBNF text
+    ],
+    module=__name__,
+    doc="A completion's arguments (see CompletionOptions).",
+)
 
-    prompt: str | list[int]
-    suffix: str | None = None
-    max_tokens: int | None = 16
-    temperature: float = 0.8
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    logprobs: int | None = None
-    echo: bool = False
-    stop: str | list[str] | None = None  # llama-cpp-python's default is [], which means the same
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repeat_penalty: float = 1.0
-    top_k: int = 40
-    stream: bool = False
-    seed: int | None = None
-    tfs_z: float = 1.0  # taken and ignored: llama.cpp has no tail-free sampling any more
-    mirostat_mode: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    model: str | None = None
-    stopping_criteria: Any = None
-    logits_processor: Any = None
-    grammar: Any = None
-    logit_bias: dict[str, float] | None = None
-    n: int = 1
+
+class CompletionOptions(_CompletionOptions):  # type: ignore[misc, valid-type]
+    """The arguments of ``Llama.create_completion`` (llama-cpp-python 0.3.36), with its defaults,
+    plus ``n``: one field per request option a completion takes (gateway.engine.options), and
+    llama-cpp-python's own (stream, tfs_z, model, stopping_criteria, logits_processor, grammar)."""
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> CompletionOptions:
@@ -76,6 +68,12 @@ class Started:
     created: int
     model_name: str
     echo_text: str | None  # the prompt, when echo was asked for
+
+
+def check_choices(n: int, n_slots: int) -> None:
+    """``n`` choices take a slot each: ValueError when the model has fewer."""
+    if n > n_slots:
+        raise ValueError(f"n = {n} is more than this model's {n_slots} slot(s) (max_concurrency)")
 
 
 def completion_prompt_tokens(vocab: Vocab, metadata: dict[str, str], prompt: str | list[int], suffix: str | None) -> list[int]:
@@ -137,28 +135,21 @@ class Completions:
     def start(
         self, scope: RequestScope, options: CompletionOptions, *, on_chunk: Callable[[dict[str, Any]], None] | None = None
     ) -> Started:
-        """Check the arguments (ValueError naming what is wrong), submit the job. With
-        ``on_chunk``, the decode loop hands it each stream chunk (as ``stream`` would yield them)
-        on its own thread; ``reader`` then sees only the job's end."""
+        """Check what the model decides (ValueError naming what is wrong), submit the job. The
+        options' types and bounds were checked where they were parsed (gateway.engine.options);
+        the sampler's are checked again before llama.cpp sees them. With ``on_chunk``, the
+        decode loop hands it each stream chunk (as ``stream`` would yield them) on its own
+        thread; ``reader`` then sees only the job's end."""
         o = options
         prompt, suffix, n, logprobs, echo, stop, max_tokens = o.prompt, o.suffix, o.n, o.logprobs, o.echo, o.stop, o.max_tokens
         if o.logits_processor is not None:
             raise ValueError("logits_processor is not supported (the batch engine samples with llama.cpp's samplers)")
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
             raise ValueError("prompt must be a string or a list of token ids")
-        if suffix is not None and not isinstance(suffix, str):
-            raise ValueError("suffix must be a string")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, not {n!r}")
-        if n > self.engine.n_slots:
-            raise ValueError(f"n = {n} is more than this model's {self.engine.n_slots} slot(s) (max_concurrency)")
-        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
-            raise ValueError(f"logprobs must be a non-negative integer, not {logprobs!r}")
+        check_choices(n, self.engine.n_slots)
         if echo and logprobs is not None:
             raise ValueError("echo with logprobs is not supported (the prompt's tokens have no logits here)")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if not all(isinstance(s, str) for s in stops):
-            raise ValueError("stop must be a string or a list of strings")
 
         prompt_tokens = completion_prompt_tokens(self.vocab, self.metadata, prompt, suffix)
         self.vocab.check_tokens(prompt_tokens, "prompt")
@@ -167,28 +158,10 @@ class Completions:
         n_ctx = self.n_ctx
         if len(prompt_tokens) >= n_ctx:
             raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {n_ctx}")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
-            raise ValueError(f"max_tokens must be an integer, not {max_tokens!r}")
         room = n_ctx - len(prompt_tokens)
         limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
 
-        params = sampling_params(
-            temperature=o.temperature,
-            top_k=o.top_k,
-            top_p=o.top_p,
-            min_p=o.min_p,
-            typical_p=o.typical_p,
-            repeat_penalty=o.repeat_penalty,
-            frequency_penalty=o.frequency_penalty,
-            presence_penalty=o.presence_penalty,
-            mirostat_mode=o.mirostat_mode,
-            mirostat_tau=o.mirostat_tau,
-            mirostat_eta=o.mirostat_eta,
-            seed=o.seed,
-            logit_bias=o.logit_bias,
-            grammar=o.grammar,
-            n_vocab=self.vocab.n_vocab,
-        )
+        params = sampling_params(o, grammar=o.grammar, n_vocab=self.vocab.n_vocab)
         chains: list[SamplerChain] = []
         try:
             for i in range(n):

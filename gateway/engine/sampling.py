@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import numpy as np
+
+from gateway.engine.options import engine_options, options_class
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.h: a random seed
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
@@ -28,100 +30,50 @@ class GrammarDeadEnd(Exception):
     """The grammar allows no token here."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    mirostat_mode: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    seed: int = LLAMA_DEFAULT_SEED
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF
-    grammar_root: str = "root"
+# The sampler chain's settings: a field per sampler option (gateway.engine.options, where their
+# defaults are), under the engine's argument names, plus the grammar.
+SamplingParams: Any = options_class(
+    "SamplingParams",
+    engine_options("completion", sampler=True),
+    overrides={
+        "seed": (int, LLAMA_DEFAULT_SEED),
+        "logit_bias": (dict[int, float], field(default_factory=dict)),
+    },
+    extra=[
+        ("grammar", str | None, None),  # GBNF
+        ("grammar_root", str, "root"),
+    ],
+    module=__name__,
+    doc="One choice's sampler settings, checked (``sampling_params``).",
+)
 
 
-def _number(name: str, value: Any, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{name} must be an integer, not {value!r}")
-        return int(value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, not {value!r}")
-    return value
-
-
-def sampling_params(
-    *,
-    temperature: Any = 0.8,
-    top_k: Any = 40,
-    top_p: Any = 0.95,
-    min_p: Any = 0.05,
-    typical_p: Any = 1.0,
-    repeat_penalty: Any = 1.0,
-    frequency_penalty: Any = 0.0,
-    presence_penalty: Any = 0.0,
-    mirostat_mode: Any = 0,
-    mirostat_tau: Any = 5.0,
-    mirostat_eta: Any = 0.1,
-    seed: Any = None,
-    logit_bias: Any = None,
-    grammar: Any = None,
-    n_vocab: int,
-) -> SamplingParams:
-    """Checked parameters (ValueError naming the field); ``grammar`` a LlamaGrammar or GBNF text."""
+def sampling_params(options: Any, *, grammar: Any, n_vocab: int) -> SamplingParams:
+    """The sampler settings of ``options`` (any object with the sampler options' engine
+    arguments as attributes: a CompletionOptions), each checked by its declaration before
+    llama.cpp sees it (InvalidRequestError naming the field); logit_bias's token ids are
+    checked against the vocabulary; ``grammar`` a LlamaGrammar or GBNF text."""
+    values: dict[str, Any] = {}
+    for o in engine_options("completion", sampler=True):
+        value = o.check(getattr(options, o.engine_arg))
+        if value is not None:
+            values[o.engine_arg] = value
     bias: dict[int, float] = {}
-    for key, value in (logit_bias or {}).items():
-        try:
-            token = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"logit_bias: {key!r} is not a token id") from None
+    for key, value in (values.get("logit_bias") or {}).items():
+        token = int(key)
         if not 0 <= token < n_vocab:
             raise ValueError(f"logit_bias: token id {token} is not in the vocabulary (0..{n_vocab - 1})")
-        bias[token] = _number(f"logit_bias[{key}]", value)
-    repeat = _number("repeat_penalty", repeat_penalty)
-    if repeat <= 0.0:
-        # llama.cpp divides positive logits by it: 1.0 is "no penalty", 0 or less is no value.
-        raise ValueError(f"repeat_penalty must be greater than 0 (1.0: no penalty), not {repeat!r}")
-    mode = _number("mirostat_mode", mirostat_mode, int)
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mirostat_mode must be 0, 1 or 2, not {mode}")
-    if seed is None:
-        resolved_seed = LLAMA_DEFAULT_SEED
-    else:
-        resolved_seed = _number("seed", seed, int) & 0xFFFFFFFF
+        bias[token] = float(value)
+    values["logit_bias"] = bias
+    if "seed" in values:
+        values["seed"] &= 0xFFFFFFFF
     text, root = None, "root"
     if grammar is not None:
         text = getattr(grammar, "_grammar", grammar)
         root = getattr(grammar, "_root", "root")
         if not isinstance(text, str) or not isinstance(root, str):
             raise ValueError("grammar must be GBNF text")
-    return SamplingParams(
-        temperature=_number("temperature", temperature),
-        top_k=_number("top_k", top_k, int),
-        top_p=_number("top_p", top_p),
-        min_p=_number("min_p", min_p),
-        typical_p=_number("typical_p", typical_p),
-        repeat_penalty=repeat,
-        frequency_penalty=_number("frequency_penalty", frequency_penalty),
-        presence_penalty=_number("presence_penalty", presence_penalty),
-        mirostat_mode=mode,
-        mirostat_tau=_number("mirostat_tau", mirostat_tau),
-        mirostat_eta=_number("mirostat_eta", mirostat_eta),
-        seed=resolved_seed,
-        logit_bias=bias,
-        grammar=text,
-        grammar_root=root,
-    )
+    return SamplingParams(**values, grammar=text, grammar_root=root)
 
 
 class Greedy:

@@ -14,7 +14,7 @@ import msgspec
 from litestar import Litestar
 
 from gateway.http.app import create_app
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.placement.launch import decode_launches
 from gateway.observability.logs import configure_logging
 

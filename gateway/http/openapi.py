@@ -216,6 +216,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "object",
                 "properties": {"running": _INT, "waiting": _INT, "max_concurrency": _INT, "queue_size": _INT},
             },
+            "idle_ttl_s": {"type": ["number", "null"], "description": "an on-demand model's idle_ttl_s"},
+            "unload_in_s": {"type": ["number", "null"], "description": "seconds until the idle TTL unloads it (ready and idle only)"},
+        },
+    },
+    "ModelLog": {
+        "type": "object",
+        "required": ["id", "state", "pid", "lines"],
+        "properties": {
+            "id": _STR,
+            "state": {"type": "string", "enum": [s.value for s in ModelState]},
+            "pid": {"type": ["integer", "null"]},
+            "lines": {"type": "array", "items": _STR},
         },
     },
     "ModelList": {
@@ -357,13 +369,17 @@ _MODEL_NAME_PARAMETER = {
     "schema": _STR,
 }
 
-# POST /admin/models/{name}/load and .../unload are served by one route that takes the rest of
-# the path (gateway/http/routes/admin.py), which Litestar cannot describe: described here.
+# POST /admin/models/{name}/load, .../unload, .../restart and GET .../logs are served by two
+# routes that take the rest of the path (gateway/http/routes/admin.py), which Litestar cannot
+# describe: described here.
 EXTRA_PATHS: dict[str, dict[str, Any]] = {
-    f"/admin/models/{{name}}/{action}": {
-        "post": {"operationId": f"{action}Model", "parameters": [_MODEL_NAME_PARAMETER]}
-    }
-    for action in ("load", "unload")
+    **{
+        f"/admin/models/{{name}}/{action}": {
+            "post": {"operationId": f"{action}Model", "parameters": [_MODEL_NAME_PARAMETER]}
+        }
+        for action in ("load", "unload", "restart")
+    },
+    "/admin/models/{name}/logs": {"get": {"operationId": "modelLogs", "parameters": [_MODEL_NAME_PARAMETER]}},
 }
 
 _REQUEST_ID = {"X-Request-Id": {"description": "the request's id (the client's, when it sent one)", "schema": _STR}}
@@ -547,14 +563,36 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         },
     },
     "unloadModel": {
-        "summary": "Unload an idle on-demand model (it loads again on its next request)",
+        "summary": (
+            "Unload an idle model: an on-demand one loads again on its next request, an eager one stays "
+            "stopped until loadModel, restartModel or a reload"
+        ),
         "auth": "admin",
         "responses": {
             "200": _json("The model, stopped", "Model"),
-            "400": _error("400", "An eager model: only on-demand models unload"),
             "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
             "404": _error("404"),
             "409": _error("409", "The model has requests running or waiting"),
+        },
+    },
+    "restartModel": {
+        "summary": "Stop an idle model's worker and load it again, placed anew (gateway restart)",
+        "auth": "admin",
+        "responses": {
+            "200": _json("The model, ready", "Model"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "404": _error("404"),
+            "409": _error("409", "The model has requests running or waiting"),
+            "503": _error("503", "The model could not be loaded again: why"),
+        },
+    },
+    "modelLogs": {
+        "summary": "The last lines the model's worker wrote to stderr (llama.cpp's log; gateway logs)",
+        "auth": "admin",
+        "responses": {
+            "200": _json("The model's state, its worker's pid and log lines (none once it is unloaded)", "ModelLog"),
+            "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),
+            "404": _error("404"),
         },
     },
 }

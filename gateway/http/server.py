@@ -23,7 +23,8 @@ from gateway.access.keyring import keys_required
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.http.asgi import STATE_ENV
 from gateway.http.network import exposure_problem, is_loopback
-from gateway.config.schema import Config, dump_config
+from gateway.config.loading import dump_config
+from gateway.config.schema import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import ModelLaunch, encode_launches
 from gateway.observability.logs import granian_log_config

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from gateway.observability.metrics import GatewayMetrics
+from gateway.runtime.events import (
+    Added,
+    Crashed,
+    Evicted,
+    Failed,
+    Loading,
+    LoadWaited,
+    ModelEvent,
+    Progress,
+    Ready,
+    Restarting,
+    Starting,
+    Stats,
+    Stopped,
+)
 
 log = logging.getLogger("gateway")
 
@@ -19,34 +33,36 @@ class EventLog:
         self._metrics = metrics
         self._shown: dict[str, int] = {}
 
-    def __call__(self, name: str, event: dict[str, Any]) -> None:
-        model = event.get("model")
+    def __call__(self, event: ModelEvent) -> None:
         m = self._metrics
-        if name == "progress":
-            step = event["percent"] // PROGRESS_STEP
-            if step > self._shown.get(model, -1):
-                self._shown[model] = step
-                log.info("model %s: loading %d%%", model, event["percent"])
-        elif name == "starting":
-            self._shown.pop(model, None)
-            log.info("model %s: starting (pid %s)", model, event.get("pid"))
-        elif name == "ready":
-            log.info("model %s: ready (loaded in %.1f s)", model, event.get("load_seconds") or 0.0)
-            if model is not None and event.get("load_seconds") is not None:
-                m.model_loaded(model, float(event["load_seconds"]))
-        elif name == "failed":
-            log.error("model %s: failed: %s", model, event.get("reason"))
-        elif model is None:
-            return
-        elif name == "restarting":
-            m.worker_restarted(model)
-        elif name == "loading":
-            m.model_load_started(model, event["reason"])
-        elif name == "evicted":
-            m.model_evicted(model, event["reason"])
-        elif name == "load_wait":
-            m.load_waited(model, event["seconds"])
-        elif name == "added":
-            m.add_model(model)
-        elif name == "stats":
-            m.engine_stats(model, event)
+        match event:
+            case Progress(model=model, percent=percent):
+                step = percent // PROGRESS_STEP
+                if step > self._shown.get(model, -1):
+                    self._shown[model] = step
+                    log.info("model %s: loading %d%%", model, percent)
+            case Starting(model=model, pid=pid):
+                self._shown.pop(model, None)
+                log.info("model %s: starting (pid %s)", model, pid)
+            case Ready(model=model, load_seconds=seconds):
+                log.info("model %s: ready (loaded in %.1f s)", model, seconds or 0.0)
+                if seconds is not None:
+                    m.model_loaded(model, float(seconds))
+            case Failed(model=model, reason=reason):
+                log.error("model %s: failed: %s", model, reason)
+            case Restarting(model=model):
+                m.worker_restarted(model)
+            case Loading(model=model, reason=reason):
+                m.model_load_started(model, reason)
+            case Evicted(model=model, reason=reason):
+                m.model_evicted(model, reason)
+            case LoadWaited(model=model, seconds=seconds):
+                m.load_waited(model, seconds)
+            case Added(model=model):
+                m.add_model(model)
+            case Stats(model=model, stats=stats):
+                m.engine_stats(model, stats)
+            case Crashed() | Stopped():
+                pass  # the pool logs a crash with its restart; a stop was asked for
+            case _:
+                raise TypeError(f"no handler for model event {event!r} (gateway.runtime.events)")

@@ -324,7 +324,7 @@ class GatewayMetrics:
             PREFIX + "model_loads", "Model loads by reason (startup, on_demand, restart, reload).", ["model", "reason"], registry=r
         )
         self._evictions = Counter(
-            PREFIX + "model_evictions", "Model unloads by reason (make_room, idle_ttl).", ["model", "reason"], registry=r
+            PREFIX + "model_evictions", "Model unloads by reason (make_room, idle_ttl, admin, restart).", ["model", "reason"], registry=r
         )
         self._load_wait = Histogram(
             PREFIX + "load_wait_seconds",
@@ -430,7 +430,8 @@ class GatewayMetrics:
         self._loads.labels(model=model, reason=reason).inc()
 
     def model_evicted(self, model: str, reason: str) -> None:
-        """Count an unload: ``make_room`` (another model needed the memory) or ``idle_ttl``."""
+        """Count an unload: ``make_room`` (another model needed the memory), ``idle_ttl``,
+        ``admin`` (``gateway unload``) or ``restart`` (``gateway restart``)."""
         self._evictions.labels(model=model, reason=reason).inc()
 
     def load_waited(self, model: str, seconds: float) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from gateway.observability.logs import log_request
 from gateway.observability.metrics import GatewayMetrics, ModelSnapshot, llama_buffers_per_gpu
 from gateway.runtime.pool import ModelPool
-from gateway.runtime.states import ModelState
+from gateway.runtime.view import ModelView
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # The endpoint label of a request no route matched: one value, whatever the path.
@@ -66,27 +66,24 @@ def new_record(endpoint: str, request_id: str | None, key: str | None = None) ->
     return RequestRecord(endpoint=endpoint, request_id=rid, key=key)
 
 
-
 def model_snapshots(pool: ModelPool) -> list[ModelSnapshot]:
     """Every configured model as it is now, for the scrape-time metrics."""
-    out = []
-    for e in pool.entries.values():
-        w, launch = e.worker, e.launch
-        live = w is not None and e.state is ModelState.READY
-        gpus = [d.gpu for d in launch.devices] if launch is not None else []
-        out.append(
-            ModelSnapshot(
-                name=e.name,
-                state=e.state.value,
-                waiting=e.admission.waiting,
-                running=e.admission.running,
-                max_concurrency=e.admission.max_concurrency,
-                queue_size=e.admission.queue_size,
-                planned_bytes={d.gpu: d.total_bytes for d in launch.devices} if launch is not None else {},
-                allocated_bytes=llama_buffers_per_gpu(w.allocated, gpus) if live and w is not None else {},
-                process_used_bytes={int(k): int(v) for k, v in w.gpu_used_bytes.items()} if live and w is not None else {},
-                slots=w.slots if live and w is not None else None,
-                busy_slots=w.busy_slots if live and w is not None else None,
-            )
-        )
-    return out
+    return [model_snapshot(v) for v in pool.views()]
+
+
+def model_snapshot(view: ModelView) -> ModelSnapshot:
+    """What the metrics show of a model: what its worker reports only while it is ready."""
+    live = view.live
+    return ModelSnapshot(
+        name=view.name,
+        state=view.state.value,
+        waiting=view.waiting,
+        running=view.running,
+        max_concurrency=view.max_concurrency,
+        queue_size=view.queue_size,
+        planned_bytes=view.planned_bytes,
+        allocated_bytes=llama_buffers_per_gpu(view.allocated, view.gpus) if live else {},
+        process_used_bytes={int(k): int(v) for k, v in view.gpu_used_bytes.items()} if live else {},
+        slots=view.slots if live else None,
+        busy_slots=view.busy_slots if live else None,
+    )

@@ -6,14 +6,16 @@ and NVML.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config.chat_formats import FALLBACK_CHAT_FORMAT, chat_format_problem
-from gateway.config.model_files import resolve_model_path
+from gateway.config.model_files import package_module, resolve_model_path
 from gateway.config.schema import Config, ModelConfig
 from gateway.nvml import read_nvml_devices
+from gateway.placement.header_copies import MODEL_HEADERS_KEY, header_copy_for
 from gateway.placement.mapping import model_request, run_settings
 from planner.devices import Device, DevicePolicy, declared_devices
 from planner.errors import ModelFileError
@@ -41,26 +43,50 @@ __all__ = [
 class ModelFiles:
     """Each model's resolved file and header; one line per model that could not be read or
     whose settings its file refutes (problems), and per setting the file advises against
-    (warnings: printed, not refused)."""
+    (warnings: printed, not refused). ``header_copies``: the models read from a header copy
+    because their file is not on this machine (``paths`` then holds the copy)."""
 
     paths: dict[str, Path]
     infos: dict[str, ModelInfo]
     problems: list[str]
     warnings: list[str] = field(default_factory=list)
+    header_copies: dict[str, Path] = field(default_factory=dict)
+
+    def header_copy_notes(self, config: Config) -> list[str]:
+        """One line per model read from a header copy: what was checked is not its file."""
+        return [
+            f"models[{i}].path: {m.path} is not on this machine: checked with its header copy {self.header_copies[m.name]}"
+            for i, m in enumerate(config.models)
+            if m.name in self.header_copies
+        ]
 
 
-def read_models(config: Config, cache_dir: Path | None = None) -> ModelFiles:
-    """Resolve and read every model's header; collect every failure instead of stopping at one."""
+def read_models(config: Config, cache_dir: Path | None = None, *, header_copies: bool = False) -> ModelFiles:
+    """Resolve and read every model's header; collect every failure instead of stopping at one.
+
+    ``header_copies`` (checking a config, never serving it): a model whose file is absent is
+    read from its header copy in ``[planner] model_headers`` (gateway.placement.header_copies).
+    A configured path that is itself a header copy is always a problem: it cannot be served.
+    """
     paths: dict[str, Path] = {}
     infos: dict[str, ModelInfo] = {}
     problems: list[str] = []
     warnings: list[str] = []
+    copies: dict[str, Path] = {}
     for i, model in enumerate(config.models):
         try:
             path = resolve_model_path(model.path, cache_dir)
+            if header_copies and package_module(model.path) is None and not os.path.lexists(path):
+                path = copies[model.name] = header_copy_for(path, config.planner.model_headers)
             info = read_model_info(path)
         except ModelFileError as exc:
             problems.append(f"models[{i}].path: {exc}")
+            continue
+        if info.header_copy and model.name not in copies:
+            problems.append(
+                f"models[{i}].path: {path}: a header copy, without the model's weights: it cannot be served "
+                f"(put it in the folder {MODEL_HEADERS_KEY} names to check this config without the model file)"
+            )
             continue
         infos[model.name] = info
         paths[model.name] = path
@@ -68,7 +94,7 @@ def read_models(config: Config, cache_dir: Path | None = None) -> ModelFiles:
         if bad_format is not None:
             problems.append(f"models[{i}].chat_format: {bad_format}")
         warnings += model_warnings(f"models[{i}]", model, info)
-    return ModelFiles(paths, infos, problems, warnings)
+    return ModelFiles(paths, infos, problems, warnings, copies)
 
 
 def model_warnings(where: str, model: ModelConfig, info: ModelInfo) -> list[str]:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config.schema import Config, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import Config
 from gateway.errors import ConfigError, DeviceError
 from gateway.placement.launch import ModelLaunch, launches_from_plan
 from gateway.placement.planning import on_demand_problems, plan_startup, read_models

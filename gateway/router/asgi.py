@@ -8,7 +8,7 @@ from pathlib import Path
 
 from litestar import Litestar
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.observability.logs import configure_logging
 from gateway.router.app import create_router_app
 from gateway.router.server import STATE_ENV

@@ -16,7 +16,8 @@ from pathlib import Path
 import tomli_w
 from granian import Granian
 
-from gateway.config.schema import Config, dump_config, load_config, parse_config
+from gateway.config.loading import dump_config, load_config, parse_config
+from gateway.config.schema import Config
 from gateway.errors import ConfigError
 from gateway.http.server import granian_server
 

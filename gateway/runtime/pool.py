@@ -17,6 +17,10 @@ a model does not fit, idle on-demand models are evicted, and only as many as nee
 and models with requests running or waiting are never evicted. planner.eviction chooses which:
 the cheapest in expected waiting per byte freed (each model's measured load time times how often
 it is asked for, which the pool records per request), lower priorities first.
+
+Where a model goes is decided by gateway.placement.decisions, a pure function of the facts the
+pool hands it (``ModelPool.residents``: what each placed model holds, and what evicting it would
+cost); the pool reads the inventory and the header, acts on the decision and keeps the lifecycle.
 """
 
 from __future__ import annotations
@@ -26,25 +30,27 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
-from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
-from gateway.placement.facts import ModelFacts, model_card
+from gateway.errors import ConflictError, ModelUnavailableError
+from gateway.placement.facts import ModelFacts
+from gateway.placement.decisions import Refuse, Resident, cpu_models_running, free_devices, place
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
 from gateway.runtime.admission import Admission
+from gateway.runtime.events import Added, Crashed, Evicted, EventSink, EvictReason, Failed, Loading, LoadReason, LoadWaited, ModelEvent, Ready, Restarting
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
+from gateway.runtime.view import ModelView
 from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
 from planner.devices import Device
-from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
-from planner.plan import ModelRequest, Plan, plan, share_load
-from planner.units import GIB
+from planner.eviction import RequestRate
+from planner.plan import plan
 
 log = logging.getLogger("gateway")
 
@@ -55,9 +61,6 @@ LOAD_RETRY_MIN_S = 0.05
 WORKER_STOP_TIMEOUT_S = 10.0
 REAP_INTERVAL_S = 1.0
 DRAIN_POLL_S = 0.05
-
-Events = Callable[[str, dict[str, Any]], None]
-
 
 @dataclass
 class ModelEntry:
@@ -84,6 +87,9 @@ class ModelEntry:
     # Why the last on-demand load failed (the planner's explanation when it could not be
     # placed); None once a load succeeds. The entry stays "stopped" and may load again.
     last_error: str | None = None
+    # An eager model an operator unloaded: "stopped" (not failed), and nothing starts it again
+    # until an admin load, restart or a reload installs a worker.
+    held_down: bool = False
 
     @property
     def name(self) -> str:
@@ -97,18 +103,79 @@ class ModelEntry:
     def state(self) -> ModelState:
         if self.worker is not None:
             return self.worker.state
-        # An on-demand model that is not loaded is simply stopped; an eager one without a
-        # worker was refused by the planner.
-        return ModelState.STOPPED if self.on_demand and self.unplaced_reason is None else ModelState.FAILED
+        # An on-demand model that is not loaded is simply stopped, and so is an eager one an
+        # operator unloaded; any other eager one without a worker was refused by the planner.
+        stopped = self.on_demand or self.held_down
+        return ModelState.STOPPED if stopped and self.unplaced_reason is None else ModelState.FAILED
 
     @property
     def reason(self) -> str | None:
-        return self.worker.reason if self.worker is not None else self.unplaced_reason
+        if self.worker is not None:
+            return self.worker.reason
+        if self.held_down and self.unplaced_reason is None:
+            return "unloaded by an operator; an admin load or a reload starts it"
+        return self.unplaced_reason
 
     @property
     def busy(self) -> bool:
         """Requests running or waiting (a busy model is never evicted)."""
         return bool(self.admission.running or self.admission.waiting)
+
+    @property
+    def evictable(self) -> bool:
+        """An on-demand model, ready and idle, that no eviction has chosen yet."""
+        return self.on_demand and self.state is ModelState.READY and not self.busy and not self.evicting
+
+    def resident(self) -> Resident | None:
+        """What placement needs to know of it (None: not placed, or no worker)."""
+        launch, worker = self.launch, self.worker
+        if launch is None or worker is None:
+            return None
+        return Resident(
+            name=self.name,
+            planned_bytes={d.gpu: d.total_bytes for d in launch.devices},
+            holds_memory=worker.state.holds_memory,
+            computes_on_cpu=launch.computes_on_cpu,
+            weight=self.config.weight,
+            evictable=self.evictable,
+            priority=self.config.priority,
+            last_used=self.last_used,
+            load_seconds=self.load_seconds if self.load_seconds is not None else worker.load_seconds,
+            requests=self.requests,
+        )
+
+    def unload_in(self, now: float) -> float | None:
+        """Seconds until the idle-TTL reaper unloads this model; None when it would not (not
+        on demand, no TTL, not ready, or busy: the countdown starts when its last request ends)."""
+        ttl = self.config.idle_ttl_s
+        if not self.on_demand or ttl is None or self.state is not ModelState.READY or self.busy:
+            return None
+        return round(max(0.0, ttl - (now - self.last_used)), 1)
+
+    def view(self, now: float) -> ModelView:
+        """The model as everyone outside the pool sees it at ``now`` (the pool's clock)."""
+        w, a = self.worker, self.admission
+        return ModelView(
+            config=self.config,
+            created=self.created,
+            state=self.state,
+            reason=self.reason,
+            last_error=self.last_error,
+            launch=self.launch,
+            progress=w.progress if w is not None else 0,
+            load_seconds=w.load_seconds if w is not None else None,
+            pid=w.pid if w is not None and self.state is ModelState.READY else None,
+            allocated=w.allocated if w is not None else {},
+            gpu_used_bytes=w.gpu_used_bytes if w is not None else {},
+            slots=w.slots if w is not None else None,
+            busy_slots=w.busy_slots if w is not None else None,
+            running=a.running,
+            waiting=a.waiting,
+            max_concurrency=a.max_concurrency,
+            queue_size=a.queue_size,
+            idle_ttl_s=self.config.idle_ttl_s if self.on_demand else None,
+            unload_in_s=self.unload_in(now),
+        )
 
     @property
     def servable(self) -> bool:
@@ -172,44 +239,6 @@ def diff_models(old: Config, new: Config) -> tuple[list[str], list[str], list[st
     return unchanged, removed, changed, added
 
 
-def free_devices(devices: Sequence[Device], entries: Iterable[ModelEntry], declared: bool, leaving: set[str]) -> list[Device]:
-    """Each GPU's free memory for a model about to start.
-
-    NVML's free memory already excludes every running model; the models about to stop will give
-    theirs back. A declared inventory is static: take away what the models that stay use.
-    """
-    adjust: dict[int, int] = {}
-    for entry in entries:
-        if entry.launch is None or entry.worker is None or entry.state not in (ModelState.READY, ModelState.STARTING):
-            continue
-        stays = entry.name not in leaving
-        for d in entry.launch.devices:
-            if declared and stays:
-                adjust[d.gpu] = adjust.get(d.gpu, 0) - d.total_bytes
-            elif not declared and not stays:
-                adjust[d.gpu] = adjust.get(d.gpu, 0) + d.total_bytes
-    return [
-        dataclasses.replace(d, free_bytes=max(0, min(d.total_bytes, d.free_bytes + adjust.get(d.index, 0))))
-        for d in devices
-    ]
-
-
-def running_load(entries: Iterable[ModelEntry], leaving: set[str]) -> dict[int, float]:
-    """The expected load on each GPU from the models that stay (``packing = "spread"`` places a
-    new model beside the lightest): each one's ``weight``, else its planned GiB (planner.plan's
-    default counts weights and KV only: close, not equal), shared over its GPUs by their bytes."""
-    load: dict[int, float] = {}
-    for entry in entries:
-        if entry.launch is None or entry.worker is None or entry.name in leaving:
-            continue
-        if entry.state not in (ModelState.READY, ModelState.STARTING) or not entry.launch.devices:
-            continue
-        bytes_on = {d.gpu: d.total_bytes for d in entry.launch.devices}
-        weight = entry.config.weight if entry.config.weight is not None else sum(bytes_on.values()) / GIB
-        share_load(load, bytes_on, weight)
-    return load
-
-
 class ModelPool:
     """Every configured model, its worker and its waiting room."""
 
@@ -221,14 +250,14 @@ class ModelPool:
         base_env: dict[str, str],
         transport: WorkerTransport | None = None,
         unplaced: dict[str, str] | None = None,
-        on_event: Events | None = None,
+        on_event: EventSink | None = None,
         read_nvml: Callable[[], list[Device]] = read_nvml_devices,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._base_env = base_env
         self._transport = transport or SubprocessTransport()
-        self._on_event = on_event or (lambda name, event: None)
+        self._on_event = on_event or (lambda event: None)
         self._read_nvml = read_nvml
         self._clock = clock
         self._placement = asyncio.Lock()  # one decision about free memory at a time
@@ -265,7 +294,7 @@ class ModelPool:
 
     def _install(self, entry: ModelEntry, launch: ModelLaunch) -> WorkerProcess:
         worker = WorkerProcess(launch.worker_spec(entry.config), launch.worker_env(self._base_env), self._transport, self._worker_event)
-        entry.launch, entry.worker, entry.unplaced_reason = launch, worker, None
+        entry.launch, entry.worker, entry.unplaced_reason, entry.held_down = launch, worker, None, False
         return worker
 
     def _index(self) -> None:
@@ -294,32 +323,16 @@ class ModelPool:
         return sum(e.admission.running + e.admission.waiting for e in self.entries.values())
 
     def describe(self, entry: ModelEntry, facts: ModelFacts | None = None) -> dict[str, Any]:
-        """A /v1/models entry: OpenAI's fields plus state, what a client chooses a model by (its
-        contexts, capabilities and file: ``facts``, its header's, None when unread or unreadable)
-        and planned vs allocated memory."""
-        w = entry.worker
-        return {
-            "id": entry.name,
-            "object": "model",
-            "created": entry.created,
-            "owned_by": "vram-gateway",
-            "aliases": list(entry.config.aliases),
-            "state": entry.state.value,
-            **model_card(entry.config, facts),
-            "reason": entry.reason,
-            "progress": w.progress if w is not None else 0,
-            "load_seconds": w.load_seconds if w is not None else None,
-            "pid": w.pid if w is not None and entry.state is ModelState.READY else None,
-            "planned": entry.launch.planned_json() if entry.launch is not None else None,
-            "allocated": w.allocated if w is not None else {},
-            "gpu_used_bytes": w.gpu_used_bytes if w is not None else {},
-            "queue": {
-                "running": entry.admission.running,
-                "waiting": entry.admission.waiting,
-                "max_concurrency": entry.admission.max_concurrency,
-                "queue_size": entry.admission.queue_size,
-            },
-        }
+        """A /v1/models entry (``ModelView.openai``)."""
+        return self.view(entry).openai(facts)
+
+    def view(self, entry: ModelEntry) -> ModelView:
+        """One model as it is now."""
+        return entry.view(self._clock())
+
+    def views(self) -> list[ModelView]:
+        """Every configured model as it is now."""
+        return [self.view(e) for e in self.entries.values()]
 
     def devices(self) -> list[Device]:
         """The GPUs of the config in force (NVML, or the declared inventory)."""
@@ -327,8 +340,8 @@ class ModelPool:
 
     # ------------------------------------------------------------------ events
 
-    def _emit(self, name: str, event: dict[str, Any]) -> None:
-        self._on_event(name, event)
+    def _emit(self, event: ModelEvent) -> None:
+        self._on_event(event)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -336,18 +349,18 @@ class ModelPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _worker_event(self, worker: WorkerProcess, name: str, data: dict[str, Any]) -> None:
-        self._emit(name, {"model": worker.name, **data})
+    def _worker_event(self, worker: WorkerProcess, event: ModelEvent) -> None:
+        self._emit(event)
         entry = self.entries.get(worker.name)
         if entry is None or entry.worker is not worker:
             return  # a worker that was replaced or removed: its news changes nothing
-        if name == "ready":
+        if isinstance(event, Ready):
             entry.load_failures = 0
         if self._stopping or entry.removed:
             return
-        if name == "crashed":
+        if isinstance(event, Crashed):
             entry.restart = self._spawn(self._restart(entry, worker), f"restart-{entry.name}")
-        elif name == "failed" and data.get("loading") and not entry.on_demand and entry.launch is not None:
+        elif isinstance(event, Failed) and event.loading and not entry.on_demand and entry.launch is not None:
             # An eager model has no request to load it again: the pool tries again itself.
             entry.restart = self._spawn(self._retry_load(entry, worker), f"retry-{entry.name}")
 
@@ -382,8 +395,8 @@ class ModelPool:
             if self._stopping or entry.removed or entry.worker is not previous or entry.launch is None:
                 return
             worker = self._install(entry, entry.launch)
-            self._emit("restarting", {"model": entry.name, "attempt": attempt})
-            self._emit("loading", {"model": entry.name, "reason": "restart"})
+            self._emit(Restarting(entry.name, attempt))
+            self._emit(Loading(entry.name, "restart"))
             await worker.start()
         await worker.wait_ready()
 
@@ -393,7 +406,7 @@ class ModelPool:
         """Start every placed model's worker at once; wait until each is ready or failed."""
         workers = [e.worker for e in self.entries.values() if e.worker is not None]
         for w in workers:
-            self._emit("loading", {"model": w.name, "reason": "startup"})
+            self._emit(Loading(w.name, "startup"))
             await w.start()
         await asyncio.gather(*(w.wait_ready(timeout) for w in workers))
         now = self._clock()
@@ -485,11 +498,11 @@ class ModelPool:
         try:
             state = await worker.wait_ready(timeout)
         finally:
-            self._emit("load_wait", {"model": entry.name, "seconds": self._clock() - started})
+            self._emit(LoadWaited(entry.name, self._clock() - started))
         if state is ModelState.STARTING:
             raise ModelUnavailableError(f"model {entry.name!r} did not load within {timeout:g} s")
 
-    async def _await_load(self, entry: ModelEntry, reason: str = "on_demand") -> None:
+    async def _await_load(self, entry: ModelEntry, reason: LoadReason = "on_demand") -> None:
         if entry.loading is None or entry.loading.done():
             entry.loading = self._spawn(self._load(entry, reason), f"load-{entry.name}")
         timeout = self._config.gateway.load_timeout_s
@@ -503,7 +516,7 @@ class ModelPool:
                 raise ModelUnavailableError("the gateway is shutting down") from None
             raise
         finally:
-            self._emit("load_wait", {"model": entry.name, "seconds": self._clock() - started})
+            self._emit(LoadWaited(entry.name, self._clock() - started))
 
     # ------------------------------------------------------------------ on demand
 
@@ -525,34 +538,28 @@ class ModelPool:
             await self._await_load(entry)
         return entry
 
-    async def unload(self, requested: Any, reason: str = "admin") -> ModelEntry:
-        """Unload an idle on-demand model (the admin API); it loads again on its next request."""
+    async def unload(self, requested: Any, reason: EvictReason = "admin") -> ModelEntry:
+        """Unload an idle model (the admin API). An on-demand model loads again on its next
+        request; an eager one stays down ("stopped", no restart or retry) until ``load``,
+        ``restart`` or a reload starts it."""
         entry = self.resolve(requested)
-        if not entry.on_demand:
-            raise InvalidRequestError(f"model {entry.name!r} is an eager model: only on-demand models unload")
         async with self._placement:
             if entry.busy:
                 raise ConflictError(f"model {entry.name!r} has requests running or waiting; retry when it is idle")
             await self._evict(entry, reason)
+            entry.held_down = not entry.on_demand
         return entry
 
-    def _cpu_models_running(self, leaving: set[str]) -> int:
-        """Models computing on the CPU that keep running: new CPU models share the cores with them."""
-        return sum(
-            1
-            for e in self.entries.values()
-            if e.name not in leaving
-            and e.launch is not None
-            and e.launch.computes_on_cpu
-            and e.state in (ModelState.STARTING, ModelState.READY)
-        )
+    def residents(self) -> list[Resident]:
+        """Every placed model with a worker, as placement sees it (gateway.placement.decisions)."""
+        return [r for r in (e.resident() for e in self.entries.values()) if r is not None]
 
-    def _plan_one(self, request: ModelRequest, devices: list[Device], leaving: set[str]) -> Plan:
-        config = self._config
-        free = free_devices(devices, self.entries.values(), config.planner.gpus is not None, leaving)
-        return plan([request], free, plan_policy(config), load=running_load(self.entries.values(), leaving))
+    async def restart(self, requested: Any) -> ModelEntry:
+        """Stop an idle model's worker and load it again, placed anew (the admin API)."""
+        await self.unload(requested, "restart")
+        return await self.load(requested)
 
-    async def _load(self, entry: ModelEntry, reason: str) -> None:
+    async def _load(self, entry: ModelEntry, reason: LoadReason) -> None:
         try:
             await self._place_and_start(entry, reason)
         except ModelUnavailableError as exc:
@@ -560,7 +567,7 @@ class ModelPool:
             raise
         entry.last_error = None
 
-    async def _place_and_start(self, entry: ModelEntry, reason: str) -> None:
+    async def _place_and_start(self, entry: ModelEntry, reason: LoadReason) -> None:
         async with self._placement:
             if entry.worker is not None and entry.worker.state is ModelState.READY and not entry.evicting:
                 return
@@ -572,24 +579,34 @@ class ModelPool:
             if files.problems:
                 raise ModelUnavailableError(f"model {entry.name!r}: " + "; ".join(files.problems))
             request = model_request(model, files.infos[model.name])
-            devices = inventory(config, self._read_nvml)
-            result = self._plan_one(request, devices, set())
-            victims: list[ModelEntry] = []
-            if not result.fits:
-                victims, result = self._choose_evictions(entry, request, devices)
+            decision = place(
+                request,
+                inventory(config, self._read_nvml),
+                self.residents(),
+                plan_policy(config),
+                declared=config.planner.gpus is not None,
+                gpus=model.gpus,
+                now=self._clock(),
+            )
+            if isinstance(decision, Refuse):
+                raise ModelUnavailableError(
+                    f"model {entry.name!r} cannot be placed even after evicting every idle on-demand model: "
+                    + "; ".join(decision.problems)
+                )
+            victims = [self.entries[n] for n in decision.evict]
             for victim in victims:
                 victim.evicting = True  # chosen and marked with no await between: nobody takes it
             for victim in victims:
                 await self._evict(victim, "make_room", for_model=entry.name)
-            running = self._cpu_models_running(leaving={v.name for v in victims} | {entry.name})
-            launch = launch_from_placement(result.placements[0], str(files.paths[model.name]), cpu_models_running=running)
+            running = cpu_models_running(self.residents(), leaving=set(decision.evict) | {entry.name})
+            launch = launch_from_placement(decision.placement, str(files.paths[model.name]), cpu_models_running=running)
             async with entry.lock:
                 if entry.restart is not None:
                     entry.restart.cancel()  # a retry waiting for its backoff: this load replaces it
                 if entry.worker is not None:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)  # a failed earlier attempt
                 worker = self._install(entry, launch)
-                self._emit("loading", {"model": entry.name, "reason": reason})
+                self._emit(Loading(entry.name, reason))
                 started = self._clock()
                 await worker.start()
             state = await worker.wait_ready(config.gateway.load_timeout_s)
@@ -599,40 +616,7 @@ class ModelPool:
             else:
                 raise ModelUnavailableError(f"model {entry.name!r} failed to load: {worker.reason}")
 
-    def _choose_evictions(self, entry: ModelEntry, request: ModelRequest, devices: list[Device]) -> tuple[list[ModelEntry], Plan]:
-        needed = set(entry.config.gpus) if entry.config.gpus is not None else {d.index for d in devices}
-        candidates = {
-            e.name: e
-            for e in self.entries.values()
-            if e.on_demand and e is not entry and e.state is ModelState.READY and not e.busy and not e.evicting and e.launch is not None
-        }
-        attempts: dict[frozenset[str], Plan] = {}
-
-        def fits(names: frozenset[str]) -> bool:
-            attempts[names] = self._plan_one(request, devices, set(names))
-            return attempts[names].fits
-
-        chosen = choose_evictions([self._candidate(e, needed) for e in candidates.values()], fits, now=self._clock())
-        if chosen is None:
-            explanation = "; ".join(attempts[max(attempts, key=len)].problems) if attempts else ""
-            raise ModelUnavailableError(
-                f"model {entry.name!r} cannot be placed even after evicting every idle on-demand model: {explanation}"
-            )
-        return [candidates[n] for n in chosen], attempts[frozenset(chosen)]
-
-    def _candidate(self, e: ModelEntry, needed: set[int]) -> EvictionCandidate:
-        launch = e.launch
-        freed = sum(d.total_bytes for d in launch.devices if d.gpu in needed) if launch is not None else 0
-        return EvictionCandidate(
-            name=e.name,
-            freed_bytes=freed,
-            priority=e.config.priority,
-            last_used=e.last_used,
-            load_seconds=e.load_seconds if e.load_seconds is not None else (e.worker.load_seconds if e.worker else None),
-            requests=e.requests,
-        )
-
-    async def _evict(self, entry: ModelEntry, reason: str, for_model: str | None = None) -> None:
+    async def _evict(self, entry: ModelEntry, reason: EvictReason, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""
         entry.evicting = True
         try:
@@ -643,7 +627,7 @@ class ModelPool:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)
                 entry.launch, entry.worker = None, None
             log.info("model %s: unloaded (%s%s)", entry.name, reason, f" for {for_model}" if for_model else "")
-            self._emit("evicted", {"model": entry.name, "reason": reason})
+            self._emit(Evicted(entry.name, reason))
         finally:
             entry.evicting = False
 
@@ -682,7 +666,10 @@ class ModelPool:
         unchanged, removed, changed, added = diff_models(self._config, new)
         # An unchanged eager model that failed (its file was broken and is mended now, say) is
         # started again like a changed one: a reload is how an operator says "try again".
-        restarted = [n for n in unchanged if not self.entries[n].on_demand and self.entries[n].state is ModelState.FAILED]
+        # So is one an operator unloaded (held down: "stopped").
+        restarted = [
+            n for n in unchanged if not self.entries[n].on_demand and self.entries[n].state in (ModelState.FAILED, ModelState.STOPPED)
+        ]
         unchanged = [n for n in unchanged if n not in restarted]
         result = ReloadResult(False, unchanged=unchanged, removed=removed, changed=changed, added=added, restarted=restarted)
         # On-demand models are only planned when a request asks for them.
@@ -694,13 +681,13 @@ class ModelPool:
             if files.problems:
                 result.problems = files.problems
                 return result
-            devices = free_devices(inventory(new, self._read_nvml), self.entries.values(), new.planner.gpus is not None, leaving)
+            devices = free_devices(inventory(new, self._read_nvml), self.residents(), new.planner.gpus is not None, leaving)
             placed = plan([model_request(m, files.infos[m.name]) for m in starting], devices, plan_policy(new))
             if not placed.fits:
                 result.problems = [f"plan: {p}" for p in placed.problems]
                 return result
             launches = launches_from_plan(
-                placed, {n: str(p) for n, p in files.paths.items()}, cpu_models_running=self._cpu_models_running(leaving)
+                placed, {n: str(p) for n, p in files.paths.items()}, cpu_models_running=cpu_models_running(self.residents(), leaving)
             )
 
         outgoing = [self.entries[n] for n in leaving]
@@ -722,13 +709,13 @@ class ModelPool:
             else:
                 launch = launches.get(model.name)
                 entries[model.name] = self._new_entry(model, launch, None if launch or model.load == "on_demand" else "not placed by the planner")
-                self._emit("added", {"model": model.name})
+                self._emit(Added(model.name))
         self.entries = entries
         self._config = new
         self._index()
         fresh = [entries[n].worker for n in launches if entries[n].worker is not None]
         for w in fresh:
-            self._emit("loading", {"model": w.name, "reason": "reload"})  # type: ignore[union-attr]
+            self._emit(Loading(w.name, "reload"))  # type: ignore[union-attr]
             await w.start()  # type: ignore[union-attr]
         await asyncio.gather(*(w.wait_ready(new.gateway.load_timeout_s) for w in fresh))  # type: ignore[union-attr]
         result.reloaded = True

@@ -31,6 +31,12 @@ class ModelState(StrEnum):
         """The name metrics and the dashboard show."""
         return "loading" if self is ModelState.STARTING else self.value
 
+    @property
+    def holds_memory(self) -> bool:
+        """Whether a model's worker in this state holds (or is about to hold) its planned memory
+        (``HOLDS_MEMORY``)."""
+        return self in HOLDS_MEMORY
+
 
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     ModelState.STOPPED: frozenset({ModelState.STARTING}),
@@ -39,6 +45,14 @@ TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     ModelState.STOPPING: frozenset({ModelState.STOPPED}),
     ModelState.FAILED: frozenset({ModelState.STARTING, ModelState.STOPPED}),
 }
+
+# The states in which a model's worker holds its planned memory, the one answer for placement
+# (free memory, the load on each GPU, CPU models sharing the cores) and for the /ui memory map.
+# STARTING: it is allocating. STOPPING: it still holds its memory until its process has exited
+# (the pool's placement lock means no placement decision sees one, except a plan preview, which
+# counts it as leaving anyway). FAILED: its process has exited (or is exiting by itself after a
+# failed load); STOPPED: it has no process.
+HOLDS_MEMORY: frozenset[ModelState] = frozenset({ModelState.STARTING, ModelState.READY, ModelState.STOPPING})
 
 # The labels in the order metrics export them (one series per label and model).
 STATE_LABELS: tuple[str, ...] = tuple(s.label for s in ModelState)

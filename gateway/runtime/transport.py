@@ -32,7 +32,7 @@ from gateway.engine.protocol import WorkerSpec, decode, encode
 
 log = logging.getLogger("gateway.runtime")
 
-STDERR_TAIL_LINES = 40
+STDERR_TAIL_LINES = 200  # also what `gateway logs NAME` shows
 STREAM_LIMIT = 64 * 1024 * 1024  # one protocol line may carry a large embedding batch
 WORKER_MODULE = "gateway.engine.worker"
 

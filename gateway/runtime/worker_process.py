@@ -3,13 +3,11 @@
 A ``WorkerProcess`` is started at most once; a restart is a new ``WorkerProcess`` (so a late
 message or exit of an old process can never touch its successor). Its state moves only along
 ``gateway.runtime.states.TRANSITIONS``, from its own methods and its reader task, and every change
-is reported to its owner (the pool) through ``on_event(worker, name, data)``:
-
-- ``progress`` (percent), ``ready`` (load seconds), ``failed`` (reason, and ``loading``: true
-  when the load failed, false when it died while ready),
-- ``crashed`` (reason, code: it died while ready, or broke the protocol and was killed; the pool
-  decides whether to restart),
-- ``stopped`` (code: it exited after ``stop``), ``stats`` (the worker's engine statistics).
+is reported to its owner (the pool) through ``on_event(worker, event)``, one of
+gateway.runtime.events: ``Starting``, ``Progress``, ``Ready``, ``Failed`` (``loading``: true when
+the load failed, false when it died while ready), ``Crashed`` (it died while ready, or broke the
+protocol and was killed; the pool decides whether to restart), ``Stopped`` (it exited after
+``stop``) and ``Stats`` (the worker's engine statistics).
 
 A "ready" line read after ``stop`` began is ignored (the process is on its way out), and that
 exit is a stop, never a crash.
@@ -27,10 +25,11 @@ from typing import Any
 from gateway.engine.process import exit_reason
 from gateway.engine.protocol import WorkerSpec
 from gateway.errors import ModelUnavailableError
+from gateway.runtime.events import Crashed, Failed, ModelEvent, Progress, Ready, Starting, Stats, Stopped
 from gateway.runtime.states import ModelState, check_transition
 from gateway.runtime.transport import ProtocolError, SubprocessTransport, WorkerConnection, WorkerGone, WorkerTransport
 
-EventSink = Callable[["WorkerProcess", str, dict[str, Any]], None]
+EventSink = Callable[["WorkerProcess", ModelEvent], None]
 
 TERMINAL = frozenset({"result", "end", "error"})
 
@@ -48,7 +47,7 @@ class WorkerProcess:
         self.spec = spec
         self._env = env
         self._transport = transport or SubprocessTransport()
-        self._on_event = on_event or (lambda worker, name, data: None)
+        self._on_event = on_event or (lambda worker, event: None)
         self.state = ModelState.STOPPED
         self.reason: str | None = None
         self.progress = 0
@@ -73,12 +72,16 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._conn.pid if self._conn is not None else None
 
+    def log_tail(self) -> list[str]:
+        """The last lines the worker wrote to stderr (llama.cpp's log; ``gateway logs``)."""
+        return self._conn.stderr_tail() if self._conn is not None else []
+
     def _move(self, new: ModelState) -> None:
         check_transition(self.name, self.state, new)
         self.state = new
 
-    def _emit(self, name: str, data: dict[str, Any]) -> None:
-        self._on_event(self, name, data)
+    def _emit(self, event: ModelEvent) -> None:
+        self._on_event(self, event)
 
     async def start(self) -> None:
         """Spawn the worker; returns at once (``wait_ready`` waits for the load)."""
@@ -99,7 +102,7 @@ class WorkerProcess:
             self._finish_stop(None)
             self._exited.set()
             return
-        self._emit("starting", {"pid": self._conn.pid})
+        self._emit(Starting(self.name, self._conn.pid))
         self._reader = asyncio.create_task(self._read(self._conn), name=f"{self.name}-worker")
 
     async def wait_ready(self, timeout: float | None = None) -> ModelState:
@@ -113,7 +116,7 @@ class WorkerProcess:
         self._move(ModelState.FAILED)
         self.reason = reason
         self._settled.set()
-        self._emit("failed", {"reason": reason, "loading": loading})
+        self._emit(Failed(self.name, reason, loading))
 
     def give_up(self, reason: str) -> None:
         """Stay failed, with this reason (the pool's restart budget is spent)."""
@@ -140,12 +143,12 @@ class WorkerProcess:
                 queue.put_nowait(msg)
         elif kind == "stats":
             self.slots, self.busy_slots = msg.get("slots"), msg.get("busy_slots")
-            self._emit("stats", msg)
+            self._emit(Stats(self.name, msg))
         elif self.state is not ModelState.STARTING:
             return  # load messages after a stop began (or a duplicate): the process is leaving
         elif kind == "progress":
             self.progress = int(msg.get("percent", 0))
-            self._emit("progress", {"percent": self.progress})
+            self._emit(Progress(self.name, self.progress))
         elif kind == "ready":
             self._move(ModelState.READY)
             self.progress = 100
@@ -153,7 +156,7 @@ class WorkerProcess:
             self.gpu_used_bytes = {str(k): int(v) for k, v in (msg.get("gpu_used_bytes") or {}).items()}
             self.load_seconds = msg.get("load_seconds", time.monotonic() - self._started_at)
             self._settled.set()
-            self._emit("ready", {"load_seconds": self.load_seconds})
+            self._emit(Ready(self.name, self.load_seconds))
         elif kind == "failed":
             self._fail(str(msg.get("message", "load failed")))
 
@@ -168,13 +171,13 @@ class WorkerProcess:
             self._fail(reason)
         elif self.state is ModelState.READY:
             self._fail(reason)
-            self._emit("crashed", {"reason": reason, "code": code})
+            self._emit(Crashed(self.name, reason, code))
         self._exited.set()
 
     def _finish_stop(self, code: int | None) -> None:
         self._move(ModelState.STOPPED)
         self._settled.set()
-        self._emit("stopped", {"code": code})
+        self._emit(Stopped(self.name, code))
 
     def request(self, op: str, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
         """One request's messages, up to and including the terminal one (sent on the first read).

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, running_gateway
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 
@@ -90,6 +90,9 @@ HI = [{"role": "user", "content": "hi"}]
         ("/v1/completions", {"prompt": "a", "logprobs": 6}, "logprobs"),
         ("/v1/chat/completions", {"messages": HI, "logprobs": True, "top_logprobs": 1_000_000}, "top_logprobs"),
         ("/v1/chat/completions", {"messages": HI, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        # Issue 25, item 3: llama-server's sampling options reach the engine, within their bounds.
+        ("/v1/completions", {"prompt": "a", "mirostat": 3}, "mirostat"),
+        ("/v1/chat/completions", {"messages": HI, "typical_p": 1.5}, "typical_p"),
         # A schema llama-cpp-python cannot follow gave unconstrained output.
         ("/v1/chat/completions", {"messages": HI, "response_format": _json_schema({"type": 123})}, "response_format"),
         (
@@ -112,6 +115,7 @@ def test_values_out_of_bounds_are_400_naming_the_field(base, path, body, param, 
     [
         {"temperature": 0, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2, "logprobs": 5},
         {"temperature": 2, "top_p": 0, "logprobs": 0},
+        {"typical_p": 0.5, "mirostat": 2, "mirostat_tau": 3, "mirostat_eta": 0.2, "seed": 1},
     ],
 )
 def test_the_bounds_themselves_are_allowed(base, body):

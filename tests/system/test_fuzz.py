@@ -34,8 +34,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, running_gateway
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 

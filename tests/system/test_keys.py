@@ -19,8 +19,8 @@ import pytest
 import tomli_w
 
 from gateway.config.keys import key_digest
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import clean_env, free_port, running_gateway
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import clean_env, free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 

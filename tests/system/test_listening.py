@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import clean_env, free_port, kill_group, wait_until_answering
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import clean_env, free_port, kill_group, wait_until_answering
 
 pytestmark = pytest.mark.llama
 

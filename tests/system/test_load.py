@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, running_gateway
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import tomli_w
 
-from tests.ggufmaker import write_header_only_model, write_tiny_llama
-from tests.serving import free_port, queue_running, running_gateway, wait_until, worker_held
+from testkit.ggufmaker import write_header_only_model, write_tiny_llama
+from testkit.serving import free_port, queue_running, running_gateway, wait_until, worker_held
 
 pytestmark = pytest.mark.llama
 

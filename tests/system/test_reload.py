@@ -14,8 +14,8 @@ import httpx
 import pytest
 import tomli_w
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import clean_env, free_port, kill_group, running_gateway, spawn, wait_until, wait_until_answering, worker_start_gate
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import clean_env, free_port, kill_group, running_gateway, spawn, wait_until, wait_until_answering, worker_start_gate
 
 pytestmark = pytest.mark.llama
 

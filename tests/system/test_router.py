@@ -14,8 +14,8 @@ import httpx
 import pytest
 import tomli_w
 
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, kill_group, queue_running, spawn, wait_until_answering, worker_held
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, kill_group, queue_running, spawn, wait_until_answering, worker_held
 
 pytestmark = pytest.mark.llama
 

@@ -15,8 +15,8 @@ import pytest
 import tomli_w
 
 from gateway.config.keys import key_digest
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import free_port, kill_group, spawn, wait_until_answering
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import free_port, kill_group, spawn, wait_until_answering
 
 pytestmark = pytest.mark.llama
 

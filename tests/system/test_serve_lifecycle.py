@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ggufmaker import write_header_only_model, write_tiny_llama
-from tests.serving import clean_env, free_port, kill_group, queue_running, spawn, wait_until, wait_until_answering, worker_held
+from testkit.ggufmaker import write_header_only_model, write_tiny_llama
+from testkit.serving import clean_env, free_port, kill_group, queue_running, spawn, wait_until, wait_until_answering, worker_held
 
 pytestmark = pytest.mark.llama
 

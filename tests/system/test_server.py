@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import API_KEY
-from tests.serving import wait_until, worker_held
+from testkit.serving import wait_until, worker_held
 
 pytestmark = pytest.mark.llama
 

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from tests.chat_templates import TOOL_TEMPLATES
-from tests.ggufmaker import tiny_tokenizer, write_tiny_llama
-from tests.serving import free_port, running_gateway
+from testkit.ggufmaker import tiny_tokenizer, write_tiny_llama
+from testkit.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 

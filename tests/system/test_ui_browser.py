@@ -25,7 +25,7 @@ import tomli_w
 pytest.importorskip("playwright", reason="Playwright for Python is not installed (pip install -e '.[test]')")
 from playwright.sync_api import Page, Route, expect
 
-from tests.serving import free_port, running_gateway
+from testkit.serving import free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 

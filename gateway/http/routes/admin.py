@@ -11,7 +11,7 @@ from typing import Any
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 
 from gateway.access.keyring import keys_required
@@ -21,11 +21,12 @@ from gateway.http.admin_params import plan_preview_request
 from gateway.http.auth import Auth
 from gateway.http.memory_map import plan_map
 from gateway.http.network import exposure_problem
+from gateway.placement.decisions import free_devices
 from gateway.placement.facts import ModelFactsReader
 from gateway.placement.host_memory import read_host_memory
 from gateway.placement.planning import inventory
 from gateway.placement.preview import preview_config
-from gateway.runtime.pool import ModelPool, ReloadResult, free_devices
+from gateway.runtime.pool import ModelPool, ReloadResult
 from gateway.config.source import ConfigFile
 from planner.devices import Device
 
@@ -60,23 +61,47 @@ async def admin_drain(pool: NamedDependency[ModelPool]) -> dict[str, Any]:
     return {"draining": True, "in_flight": pool.in_flight()}
 
 
-MODEL_ACTIONS = ("load", "unload")
+MODEL_ACTIONS = ("load", "unload", "restart")
+MODEL_VIEWS = ("logs",)
+
+
+def _model_target(method: str, target: str, allowed: tuple[str, ...]) -> tuple[str, str]:
+    """(model name, action) of ``/admin/models/{name}/{action}``; 404 for anything else."""
+    name, _, action = target.strip("/").rpartition("/")
+    if not name or action not in allowed:
+        uses = " or ".join(f".../{a}" for a in allowed)
+        raise NotFoundException(f"no such admin action: {method} /admin/models/{target.strip('/')} (use {uses})")
+    return name, action
 
 
 async def admin_model_action(
     pool: NamedDependency[ModelPool], model_facts: NamedDependency[ModelFactsReader], target: FromPath[str]
 ) -> dict[str, Any]:
-    """POST /admin/models/{name}/load and /unload; the model as /v1/models shows it afterwards.
+    """POST /admin/models/{name}/load, /unload and /restart; the model as /v1/models shows it
+    afterwards. Unload keeps an eager model down until load, restart or a reload.
 
     One route takes the whole rest of the path, so that a model name with a "/" in it (allowed,
     as in /v1/models/{id}) needs no escaping; the documented paths are in gateway.http.openapi.
     """
-    name, _, action = target.strip("/").rpartition("/")
-    if not name or action not in MODEL_ACTIONS:
-        raise NotFoundException(f"no such admin action: POST /admin/models/{target.strip('/')} (use .../load or .../unload)")
-    entry = await (pool.load(name) if action == "load" else pool.unload(name))
+    name, action = _model_target("POST", target, MODEL_ACTIONS)
+    act = {"load": pool.load, "unload": pool.unload, "restart": pool.restart}[action]
+    entry = await act(name)
     facts = await model_facts.facts([entry.config.path])
     return pool.describe(entry, facts[entry.config.path])
+
+
+async def admin_model_view(pool: NamedDependency[ModelPool], target: FromPath[str]) -> dict[str, Any]:
+    """GET /admin/models/{name}/logs: the last lines its worker wrote to stderr (llama.cpp's
+    log; the current worker's, or the failed one's while it stays failed; none once unloaded)."""
+    name, _ = _model_target("GET", target, MODEL_VIEWS)
+    entry = pool.resolve(name)
+    worker = entry.worker
+    return {
+        "id": entry.name,
+        "state": entry.state.value,
+        "pid": worker.pid if worker is not None else None,
+        "lines": worker.log_tail() if worker is not None else [],
+    }
 
 
 async def admin_plan(
@@ -88,11 +113,11 @@ async def admin_plan(
     memory plus what this gateway's own models were planned to use.
     """
     body = plan_preview_request(await request.body())
-    entries = list(pool.entries.values())
-    names = {e.name for e in entries}
+    residents = pool.residents()
+    names = set(pool.entries)
 
     def read_devices(config: Config) -> list[Device]:
-        return free_devices(inventory(config), entries, config.planner.gpus is not None, names)
+        return free_devices(inventory(config), residents, config.planner.gpus is not None, names)
 
     base_dir = config_file.path.parent if config_file.path is not None else Path.cwd()
 
@@ -121,4 +146,5 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
         post("/admin/plan", status_code=200, guards=admin, operation_id="planPreview")(admin_plan),
         post("/admin/drain", status_code=200, guards=admin, operation_id="drain")(admin_drain),
         post("/admin/models/{target:path}", status_code=200, guards=admin, include_in_schema=False)(admin_model_action),
+        get("/admin/models/{target:path}", guards=admin, include_in_schema=False)(admin_model_view),
     ]

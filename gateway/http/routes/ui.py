@@ -32,8 +32,8 @@ from gateway.http.memory_map import held_model, live_map
 from gateway.observability.activity import RecentActivity
 from gateway.observability.metrics import GatewayMetrics
 from gateway.placement.host_memory import read_host_memory
-from gateway.runtime.pool import ModelEntry, ModelPool
-from gateway.runtime.states import ModelState
+from gateway.runtime.pool import ModelPool
+from gateway.runtime.view import ModelView
 
 UI_PATH = "/ui"
 
@@ -63,9 +63,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-# States in which a model holds (or is about to hold) its planned memory.
-HOLDING = frozenset({ModelState.STARTING, ModelState.READY, ModelState.STOPPING})
-
 
 def _ui_file(name: str) -> bytes:
     return resources.files("gateway.http").joinpath("ui", name).read_bytes()
@@ -91,31 +88,29 @@ def allows(auth: Auth, connection: ASGIConnection, kind: Kind) -> bool:
     return True
 
 
-def model_row(entry: ModelEntry, described: dict[str, Any], recent: RecentActivity) -> dict[str, Any]:
+def model_row(view: ModelView, recent: RecentActivity) -> dict[str, Any]:
     """One row of the page's models table."""
-    activity = recent.of(entry.name)
-    planned = described.get("planned") or {}
-    queue = described["queue"]
+    activity = recent.of(view.name)
     return {
-        "name": entry.name,
-        "aliases": described["aliases"],
-        "state": described["state"],
-        "progress": described["progress"],
-        "load": entry.config.load,
-        "gpus": [d["gpu"] for d in planned.get("devices", [])],
+        "name": view.name,
+        "aliases": list(view.config.aliases),
+        "state": view.state.value,
+        "progress": view.progress,
+        "load": view.config.load,
+        "gpus": view.gpus,
         # Why it went there (the planner's notes: packing, partial offload), for the GPUs cell.
-        "placement": list(planned.get("notes", [])),
-        "placed": entry.launch is not None,
-        "n_ctx": entry.config.n_ctx,
-        "running": queue["running"],
-        "max_concurrency": queue["max_concurrency"],
-        "waiting": queue["waiting"],
-        "queue_size": queue["queue_size"],
+        "placement": list(view.launch.notes) if view.launch is not None else [],
+        "placed": view.launch is not None,
+        "n_ctx": view.config.n_ctx,
+        "running": view.running,
+        "max_concurrency": view.max_concurrency,
+        "waiting": view.waiting,
+        "queue_size": view.queue_size,
         "requests_1m": activity.requests,
         "tokens_per_s_1m": round(activity.tokens_per_s, 2),
         # A failed worker's reason, else why the last on-demand load failed (the planner's
         # explanation when it could not be placed).
-        "error": described["reason"] or entry.last_error,
+        "error": view.reason or view.last_error,
     }
 
 
@@ -131,12 +126,11 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
         devices, host = await asyncio.gather(asyncio.to_thread(pool.devices), asyncio.to_thread(read_host_memory))
         # A scoped key sees its own models only, in the table and on the map (as in /v1/models);
         # the others' memory still shows as used on their GPUs.
-        entries = access.visible(request_key(request), pool.entries.values())
-        described = {e.name: pool.describe(e) for e in entries}
+        views = [pool.view(e) for e in access.visible(request_key(request), pool.entries.values())]
         held = [
-            held_model(e.name, e.state.value, e.launch, e.worker.allocated, e.worker.gpu_used_bytes)
-            for e in entries
-            if e.launch is not None and e.worker is not None and e.state in HOLDING
+            held_model(v.name, v.state.value, v.launch, v.allocated, v.gpu_used_bytes)
+            for v in views
+            if v.launch is not None and v.holds_memory
         ]
         status, _, _ = pool.health()
         admin = allows(auth, request, "admin")
@@ -150,7 +144,7 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
             "inventory": "declared" if config.planner.gpus is not None else "nvml",
             "window_s": metrics.recent.window_s,
             "map": live_map(config, devices, host, held),
-            "models": [model_row(e, described[e.name], metrics.recent) for e in entries],
+            "models": [model_row(v, metrics.recent) for v in views],
         }
         return Response(content=body, headers={"Cache-Control": "no-store"})
 

@@ -9,7 +9,8 @@ from gateway.access.gate import Access
 from gateway.access.keyring import KeyRing
 from gateway.access.limits import KeyUsage, Window, admit, duration, rate_headers
 from gateway.config.keys import key_digest, key_sha256
-from gateway.config.schema import Config, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import Config
 from gateway.errors import RateLimitError
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.cli.fit_params import (
     MISSING_MESSAGE,
     FitParamsError,
@@ -52,7 +52,7 @@ from planner.devices import declared_devices
 from planner.gguf_reader import read_model_info
 from planner.memory import CudaCosts, RunSettings, estimate_memory
 from planner.split import assign_layers
-from tests.ggufmaker import (
+from testkit.ggufmaker import (
     model_tensor_specs,
     q4_k_m_types,
     write_qwen2_7b_q4_k_m,
@@ -264,7 +264,7 @@ def test_requests_run_to_max_tokens_through_the_real_worker_on_a_zero_weight_mod
 
     from gateway.runtime.states import ModelState
     from gateway.runtime.worker_process import WorkerProcess
-    from tests.ggufmaker import write_header_only_model
+    from testkit.ggufmaker import write_header_only_model
 
     path = write_header_only_model(
         tmp_path / "small.gguf", arch="llama", n_layers=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512,

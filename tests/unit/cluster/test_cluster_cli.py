@@ -23,7 +23,7 @@ def run(capsys, *argv):
 
 
 def test_the_example_describes_three_nodes_and_ten_models():
-    from gateway.config.schema import load_config
+    from gateway.config.loading import load_config
 
     config = load_config(EXAMPLE, environ={})
     assert len(config.nodes) == 3 and len(config.models) == 10

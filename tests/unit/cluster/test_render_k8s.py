@@ -15,7 +15,7 @@ import pytest
 
 from gateway.cli.main import main, validate
 from gateway.cluster.render_k8s import GPU_RESOURCE, NODE_LABEL
-from gateway.config.schema import load_config, parse_config
+from gateway.config.loading import load_config, parse_config
 from tests.cluster_example import write_example
 
 yaml = pytest.importorskip("yaml")

@@ -1,4 +1,4 @@
-"""gateway.config.schema: the models.toml schema, GATEWAY_* overrides and one-shot error reports."""
+"""gateway.config.schema and .loading: the models.toml schema, GATEWAY_* overrides and one-shot error reports."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.config.schema import (
-    CACHE_TYPES,
-    Config,
-    GatewaySettings,
-    ModelConfig,
-    dump_config,
-    load_config,
-    parse_config,
-)
+from gateway.config.loading import dump_config, load_config, parse_config
+from gateway.config.schema import CACHE_TYPES, Config, GatewaySettings, ModelConfig
 from gateway.errors import ConfigError, GatewayError
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
@@ -116,6 +109,7 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "cuda_overhead_mib": 530,
         "growth_mib": None,
         "packing": "spread",
+        "model_headers": None,
     }
 
 

@@ -10,7 +10,7 @@ import tomli_w
 
 from gateway.cli.main import main
 from gateway.config.keys import key_digest
-from gateway.config.schema import dump_config, load_config, parse_config
+from gateway.config.loading import dump_config, load_config, parse_config
 from gateway.errors import ConfigError
 
 MODELS = [

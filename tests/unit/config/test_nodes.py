@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.schema import dump_config, parse_config
+from gateway.config.loading import dump_config, parse_config
 from gateway.errors import ConfigError
 
 CLUSTER = """

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"

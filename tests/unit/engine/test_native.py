@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.engine.protocol import WorkerSpec, decode, encode
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
 

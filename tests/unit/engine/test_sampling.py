@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.engine.sampling import SamplerChain, SamplingParams, logits_at
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 
 @pytest.fixture(scope="module")

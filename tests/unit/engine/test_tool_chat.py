@@ -12,7 +12,7 @@ from gateway.engine.tool_calls import FAMILIES, FUNCTIONARY_V3_2, HERMES, LLAMA3
 from gateway.engine.tool_chat import _Answer, call_id, named_tool, template_messages, tools_grammar
 from gateway.engine.sampling import SamplerChain, SamplingParams
 from gateway.errors import InvalidRequestError
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 STARTED = SimpleNamespace(completion_id="cmpl-1", created=1, model_name="m")
 ANSWER = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

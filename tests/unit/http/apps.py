@@ -7,7 +7,7 @@ from pathlib import Path
 import tomli_w
 from litestar.testing import TestClient
 
-from gateway.config.schema import load_config
+from gateway.config.loading import load_config
 from gateway.http.app import create_app
 from gateway.runtime.fake import FakeTransport
 

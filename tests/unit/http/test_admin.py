@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import wait_until
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import wait_until
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -62,15 +62,62 @@ def test_without_api_keys_admin_actions_answer_loopback_clients_only(tmp_path, t
         assert client.post("/admin/models/od/load").status_code == 401
 
 
-def test_eager_unknown_and_misspelt_targets_are_refused_with_their_reason(cfg):
+def test_unknown_and_misspelt_targets_are_refused_with_their_reason(cfg):
     with client_for(cfg) as client:
-        eager = client.post("/admin/models/eager/unload", headers=AUTH)
-        assert eager.status_code == 400 and "eager" in eager.json()["error"]["message"]
         assert client.post("/admin/models/eager/load", headers=AUTH).json()["state"] == "ready"  # already is
         unknown = client.post("/admin/models/nope/load", headers=AUTH)
         assert unknown.status_code == 404 and "known models" in unknown.json()["error"]["message"]
-        assert client.post("/admin/models/od/restart", headers=AUTH).status_code == 404
+        assert client.post("/admin/models/od/reboot", headers=AUTH).status_code == 404
         assert client.post("/admin/models/load", headers=AUTH).status_code == 404
+        assert client.get("/admin/models/od/load", headers=AUTH).status_code == 404  # a view is GET, an action POST
+        assert client.post("/admin/models/od/logs", headers=AUTH).status_code == 404
+
+
+def pid(client, model: str) -> int | None:
+    return next(m for m in client.get("/v1/models", headers=AUTH).json()["data"] if m["id"] == model)["pid"]
+
+
+def test_an_unloaded_eager_model_stays_stopped_until_an_admin_load(cfg):
+    transport = FakeTransport()
+    with client_for(cfg, transport) as client:
+        unloaded = client.post("/admin/models/eager/unload", headers=AUTH)
+        assert unloaded.status_code == 200, unloaded.text
+        assert unloaded.json()["state"] == "stopped" and "unloaded by an operator" in unloaded.json()["reason"]
+        refused = client.post("/v1/completions", json={"model": "eager", "prompt": "a"}, headers=AUTH)
+        assert refused.status_code == 503 and "stopped" in refused.json()["error"]["message"]
+        # Nothing started it again behind the operator's back (no restart, no load retry).
+        assert transport.alive("eager") == [] and states(client)["eager"] == "stopped"
+        loaded = client.post("/admin/models/eager/load", headers=AUTH)
+        assert loaded.status_code == 200 and loaded.json()["state"] == "ready" and loaded.json()["reason"] is None
+        assert client.post("/v1/completions", json={"model": "eager", "prompt": "a"}, headers=AUTH).status_code == 200
+
+
+def test_a_reload_starts_an_eager_model_the_admin_unloaded(cfg):
+    with client_for(cfg) as client:
+        assert client.post("/admin/models/eager/unload", headers=AUTH).status_code == 200
+        reloaded = client.post("/admin/reload", headers=AUTH)
+        assert reloaded.status_code == 200 and reloaded.json()["restarted"] == ["eager"], reloaded.text
+        assert states(client)["eager"] == "ready"
+
+
+@pytest.mark.parametrize("model", ["eager", "od"])
+def test_restart_gives_a_model_a_new_worker(cfg, model):
+    with client_for(cfg) as client:
+        assert client.post(f"/admin/models/{model}/load", headers=AUTH).status_code == 200
+        before = pid(client, model)
+        restarted = client.post(f"/admin/models/{model}/restart", headers=AUTH)
+        assert restarted.status_code == 200, restarted.text
+        assert restarted.json()["state"] == "ready" and restarted.json()["pid"] not in (None, before)
+
+
+def test_logs_show_the_workers_stderr_to_an_admin_key(cfg):
+    with client_for(cfg) as client:
+        assert client.get("/admin/models/eager/logs").status_code == 401
+        logs = client.get("/admin/models/eager/logs", headers=AUTH)
+        assert logs.status_code == 200, logs.text
+        assert logs.json() == {"id": "eager", "state": "ready", "pid": pid(client, "eager"), "lines": []}
+        stopped = client.get("/admin/models/od/logs", headers=AUTH).json()
+        assert stopped == {"id": "od", "state": "stopped", "pid": None, "lines": []}
 
 
 def running(client, model: str) -> int:
@@ -180,10 +227,26 @@ def test_the_openapi_document_describes_the_admin_api_with_its_security(cfg):
     with client_for(cfg) as client:
         doc = client.get("/openapi.json").json()
         ops = {op["operationId"]: (path, op) for path, item in doc["paths"].items() for op in item.values()}
-        for op_id, path in (("loadModel", "/admin/models/{name}/load"), ("unloadModel", "/admin/models/{name}/unload"), ("planPreview", "/admin/plan")):
+        for op_id, path in (
+            ("loadModel", "/admin/models/{name}/load"),
+            ("unloadModel", "/admin/models/{name}/unload"),
+            ("restartModel", "/admin/models/{name}/restart"),
+            ("modelLogs", "/admin/models/{name}/logs"),
+            ("planPreview", "/admin/plan"),
+        ):
             assert ops[op_id][0] == path
             assert ops[op_id][1]["security"] == [{"bearer": []}]
             assert "401" in ops[op_id][1]["responses"]
         assert ops["planPreview"][1]["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PlanPreviewRequest"}
         assert doc["components"]["schemas"]["PlanPreviewRequest"]["required"] == ["config"]
         assert not any(p.startswith("/ui") for p in doc["paths"])
+
+
+def test_models_show_when_the_idle_ttl_will_unload_them(tmp_path, tiny):
+    models = [{"name": "eager"}, {"name": "od", "load": "on_demand", "idle_ttl_s": 300}]
+    cfg = write_config(tmp_path / "m.toml", tiny, models, gpus=["8GiB"], api_keys=[KEY])
+    with client_for(cfg) as client:
+        assert client.post("/admin/models/od/load", headers=AUTH).status_code == 200
+        listed = {m["id"]: m for m in client.get("/v1/models", headers=AUTH).json()["data"]}
+        assert listed["od"]["idle_ttl_s"] == 300 and 0 < listed["od"]["unload_in_s"] <= 300
+        assert listed["eager"]["idle_ttl_s"] is None and listed["eager"]["unload_in_s"] is None

@@ -8,12 +8,12 @@ import pytest
 import tomli_w
 from litestar.testing import TestClient
 
-from gateway.config.schema import load_config
+from gateway.config.loading import load_config
 from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
-from tests.serving import wait_until
+from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import wait_until
 from tests.unit.http.apps import BASE_URL
 
 TOKEN = "reload-token"

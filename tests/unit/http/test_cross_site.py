@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from gateway.config.schema import GatewaySettings, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import GatewaySettings
 from gateway.errors import ConfigError
 from gateway.http.app import create_app
 from gateway.http.network import UI_TOKEN_HEADER, host_name, served_hosts
 from gateway.runtime.fake import FakeTransport
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import AUTH, BASE_URL, KEY, write_config
 
 EVIL = "http://evil.example"

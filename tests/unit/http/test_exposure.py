@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.http.network import exposure_problem, is_loopback
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 

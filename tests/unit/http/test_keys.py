@@ -19,12 +19,13 @@ from litestar.testing import TestClient
 from gateway.access.keyring import KeyRing
 from gateway.cli.render import keys_text
 from gateway.config.keys import KeyConfig, key_digest
-from gateway.config.schema import GatewaySettings, load_config
+from gateway.config.loading import load_config
+from gateway.config.schema import GatewaySettings
 from gateway.http.app import create_app
 from gateway.http.auth import RELOAD_TOKEN_HEADER, Auth
 from gateway.observability.logs import JsonFormatter
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import BASE_URL
 
 TOKEN = "reload-token"

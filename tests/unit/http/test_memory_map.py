@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomli_w
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.http.memory_map import HeldModel, live_map, plan_map
 from gateway.placement.host_memory import HostMemory
 from gateway.placement.launch import launches_from_plan
@@ -12,7 +12,7 @@ from gateway.placement.planning import plan_policy
 from planner.devices import Device
 from planner.plan import ModelRequest, plan
 from planner.memory import RunSettings
-from tests.factories import GIB, MIB, model_info
+from testkit.factories import GIB, MIB, model_info
 
 HOST = HostMemory(total_bytes=64 * GIB, available_bytes=40 * GIB)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.model_files import model_package_distribution
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 SECRET = b"root:$6$s3cr3t-hash:19000:0:99999:7:::\n"

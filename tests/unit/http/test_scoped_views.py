@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config.keys import key_digest
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import client_for, write_config
 
 EMB_KEY = "sk-emb-only"

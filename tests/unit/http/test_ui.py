@@ -15,7 +15,7 @@ import pytest
 
 from gateway.http.routes.ui import STATIC_FILES
 from gateway.runtime.fake import FakeScript, FakeTransport
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -142,8 +142,46 @@ def test_the_panels_the_issue_asks_for_are_there():
         "vram_gateway_gpu_memory_used_bytes",
         "vram_gateway_model_planned_bytes",
         "vram_gateway_model_process_used_bytes",
+        # issue 22, item 11: loads, evictions, load wait and per-key usage
+        "sum by (model, reason) (increase(vram_gateway_model_loads_total",
+        "sum by (model, reason) (increase(vram_gateway_model_evictions_total",
+        "histogram_quantile(0.95, sum by (model, le) (rate(vram_gateway_load_wait_seconds_bucket",
+        "sum by (key, status) (rate(vram_gateway_key_requests_total",
+        "vram_gateway_key_prompt_tokens_total",
+        "vram_gateway_key_completion_tokens_total",
+        "sum by (key, reason) (rate(vram_gateway_key_requests_rejected_total",
     ):
         assert needed in exprs, needed
+
+
+def gpu_series() -> set[str]:
+    """The series that carry a ``gpu`` label (one per GPU of one gateway)."""
+    body, _ = sample_metrics().render()
+    return {line.split("{")[0] for line in body.decode().splitlines() if 'gpu="' in line}
+
+
+def test_gpu_panels_keep_each_node_apart():
+    """In cluster mode Prometheus scrapes every node: GPU 0 of each node is a series of its own
+    (its ``instance``), so a sum over a GPU-labelled series keeps instance and gpu, and a legend
+    that names the GPU names the instance too (issue 22, item 11: ``sum by (gpu)`` added up GPU 0
+    of every node)."""
+    per_gpu = gpu_series()
+    assert {"vram_gateway_gpu_memory_used_bytes", "vram_gateway_model_planned_bytes"} <= per_gpu
+    checked = 0
+    for panel in all_panels(load_dashboard()["panels"]):
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            if not set(metric_names(expr)) & per_gpu:
+                continue
+            checked += 1
+            for grouping in re.findall(r"(?:by|on)\s*\(([^)]*)\)", expr):
+                labels = {label.strip() for label in grouping.split(",")}
+                assert {"instance", "gpu"} <= labels, f"panel {panel['title']!r}: {expr}"
+            assert not re.search(r"without\s*\(", expr), f"panel {panel['title']!r}: {expr}"
+            legend = target.get("legendFormat", "")
+            if "{{gpu}}" in legend:
+                assert "{{instance}}" in legend, f"panel {panel['title']!r}: legend {legend!r}"
+    assert checked >= 8
 
 
 # ---------------------------------------------------------------- every metric name is exported
@@ -167,7 +205,7 @@ def test_per_model_queries_are_filtered_by_the_model_variable(exported):
     body, _ = sample_metrics().render()
     with_model = {line.split("{")[0] for line in body.decode().splitlines() if 'model="' in line}
     for where, expr in queries(load_dashboard()):
-        if where.startswith("variable") or re.search(r"by \(gpu\)", expr):
+        if where.startswith("variable") or re.search(r"by \(instance, gpu\)", expr):
             continue  # per-GPU totals add up every model on purpose
         for name in metric_names(expr):
             if name in with_model:

@@ -18,7 +18,7 @@ from granian.log import access_logger as granian_access_logger
 from granian.log import configure_logging as granian_configure_logging
 from granian.log import logger as granian_logger
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.http.asgi import STATE_ENV, app_from_state
 from gateway.http.server import write_state
 from gateway.observability.logs import granian_log_config

@@ -7,7 +7,7 @@ import pytest
 from gateway.config.schema import ModelConfig
 from gateway.placement.facts import ModelFacts, facts_from_info, model_card, quantization_name
 from tests.chat_templates import QWEN2_5
-from tests.factories import model_info
+from testkit.factories import model_info
 
 
 def facts(architecture: str = "llama", templates: tuple[str, ...] = ()) -> ModelFacts:

@@ -12,7 +12,7 @@ from gateway.placement.mapping import CONTEXT_KEYS, model_request, run_settings,
 from planner.devices import declared_devices
 from planner.memory import RunSettings
 from planner.plan import plan
-from tests.factories import model_info
+from testkit.factories import model_info
 
 # Every key set away from its default, so a key that is not carried shows.
 CONFIG = ModelConfig.model_validate(

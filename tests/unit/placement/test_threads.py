@@ -5,7 +5,7 @@ import pytest
 from gateway.placement.threads import GPU_MODEL_THREADS, Threads, configured_threads, default_threads
 from planner.devices import declared_devices
 from planner.plan import ModelRequest, plan
-from tests.factories import model_info
+from testkit.factories import model_info
 
 
 def _placements(*models, gpus=()):

@@ -11,7 +11,7 @@ from planner.cluster import EXPLAINED_NODES, ClusterModel, Node, plan_cluster
 from planner.devices import DevicePolicy, declared_devices
 from planner.memory import RunSettings
 from planner.plan import ModelRequest, PlanPolicy, plan
-from tests.factories import model_info
+from testkit.factories import model_info
 
 NO_RESERVE = PlanPolicy(devices=DevicePolicy(reserve_mib=0, min_budget_mib=0))
 

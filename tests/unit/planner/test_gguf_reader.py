@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from planner.errors import ModelFileError
 from planner.gguf_reader import read_model_info
-from tests import ggufmaker as gm
-from tests.ggufmaker import QT
+from testkit import ggufmaker as gm
+from testkit.ggufmaker import QT
 
 SMALL = dict(arch="llama", n_layers=4, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=96)
 

@@ -12,7 +12,7 @@ from planner.gguf_reader import read_model_info
 from planner.memory import CudaCosts, RunSettings, estimate_memory
 from planner.split import assign_layers
 from planner.units import MIB
-from tests.ggufmaker import write_qwen2_7b_q4_k_m
+from testkit.ggufmaker import write_qwen2_7b_q4_k_m
 
 
 # (n_gpu_layers, n_ctx, flash_attn, n_ubatch, model MiB, KV MiB, compute MiB, NVML delta MiB)

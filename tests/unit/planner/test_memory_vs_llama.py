@@ -24,7 +24,7 @@ from planner.gguf_reader import read_model_info
 from planner.llama_log import parse_buffer_lines
 from planner.memory import RunSettings, estimate_memory, kv_type
 from planner.units import MIB
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
 

@@ -10,7 +10,7 @@ from planner.devices import DevicePolicy, declared_devices
 from planner.memory import RunSettings
 from planner.plan import ModelRequest, PlanPolicy, plan
 from planner.split import assign_layers, layer_counts
-from tests.factories import GIB, MIB, model_info
+from testkit.factories import GIB, MIB, model_info
 
 BOX = declared_devices(["24GiB", "24GiB", "12GiB"])
 NO_RESERVE = PlanPolicy(devices=DevicePolicy(reserve_mib=0, min_budget_mib=0))

@@ -3,7 +3,7 @@ change (the same figures are held to llama.cpp's buffer lines in test_memory_vs_
 
 from planner.memory import RunSettings, estimate_memory, kv_cells, kv_layer_bytes, output_buffer_bytes
 from planner.units import MIB
-from tests.factories import model_info
+from testkit.factories import model_info
 
 SWA = model_info(n_layers=6, sliding_window=512, swa_layers=(True, True, False, True, True, False))
 

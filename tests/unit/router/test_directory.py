@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.router.directory import Directory
 

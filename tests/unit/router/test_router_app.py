@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.router.app import NODE_HEADER, create_router_app
 
 CLUSTER = """

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.keys import key_digest
-from gateway.config.schema import parse_config
+from gateway.config.loading import parse_config
 from gateway.router.app import create_router_app
 
 KEYS = {

@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from gateway.config.schema import Config, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.schema import Config
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
+from gateway.runtime.events import Crashed, ModelEvent, Ready, Restarting
 from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import IllegalTransition, ModelState, check_transition
 from gateway.runtime.worker_process import WorkerProcess
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 FAST = {"restart_backoff_s": 0.05, "load_timeout_s": 5.0, "shutdown_grace_s": 1.0, "request_timeout_s": 5.0}
 
@@ -43,9 +45,9 @@ def make_config(tiny: Path, models: list[dict], *, gpus: list[str] | None = None
 
 
 def make_pool(config: Config, transport: FakeTransport, events: list | None = None) -> ModelPool:
-    def on_event(name, event):
+    def on_event(event: ModelEvent) -> None:
         if events is not None:
-            events.append((name, event.get("model")))
+            events.append(event)
 
     return ModelPool(config, plan_now(config), base_env={}, transport=transport, on_event=on_event)
 
@@ -76,7 +78,7 @@ def test_a_ready_message_after_stop_began_is_ignored_and_the_exit_is_not_a_crash
         events: list = []
         config = make_config(tiny, [{"name": "m"}])
         launch = plan_now(config)["m"]
-        worker = WorkerProcess(launch.worker_spec(config.models[0]), {}, transport, lambda w, n, d: events.append(n))
+        worker = WorkerProcess(launch.worker_spec(config.models[0]), {}, transport, lambda w, event: events.append(event))
         await worker.start()
         await asyncio.sleep(0.02)
         stopping = asyncio.create_task(worker.stop(5))
@@ -84,7 +86,7 @@ def test_a_ready_message_after_stop_began_is_ignored_and_the_exit_is_not_a_crash
         assert worker.state is ModelState.STOPPING
         await stopping
         assert worker.state is ModelState.STOPPED
-        assert "ready" not in events and "crashed" not in events
+        assert not any(isinstance(e, Ready | Crashed) for e in events)
         assert not transport.alive()
 
     asyncio.run(run())
@@ -345,7 +347,7 @@ def test_a_worker_that_breaks_the_protocol_is_killed_and_restarted_and_its_reque
                 async with asyncio.timeout(3):
                     rest = [m async for m in messages]
             assert not first.alive
-            await wait_for(lambda: ("restarting", "m") in events)
+            await wait_for(lambda: any(isinstance(e, Restarting) and e.model == "m" for e in events))
             await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
             assert transport.latest("m") is not first and len(transport.alive("m")) == 1
             assert (await complete(pool, "m"))[-1]["type"] == "result"
@@ -506,3 +508,58 @@ def test_a_model_whose_stream_is_still_open_is_not_evicted(tiny):
     assert [m["type"] for m in rest] == ["chunk"] * 4 + ["end"] and rest[-1]["usage"]["completion_tokens"] == 5
     assert served[-1]["type"] == "result"
     assert after == (ModelState.STOPPED, False)  # idle again, it went for c
+
+
+def test_a_stopping_worker_still_holds_its_memory_for_placement_until_it_exits(tiny):
+    # Issue 25, item 4: "which states hold memory" is decided once (states.HOLDS_MEMORY); the
+    # pool counted only starting and ready, the /ui map stopping too.
+    async def run():
+        transport = FakeTransport(FakeScript(stop_s=60.0, kill_after_s=60.0))
+        pool = make_pool(make_config(tiny, [{"name": "m", "load": "on_demand"}]), transport)
+        await pool.start()
+        try:
+            await pool.load("m")
+            unloading = asyncio.create_task(pool.unload("m"))
+            await wait_for(lambda: pool.entries["m"].state is ModelState.STOPPING)
+            while_stopping = [(r.name, r.holds_memory) for r in pool.residents()]
+            transport.latest("m").crash(0)  # its exit comes now rather than after stop_s
+            await unloading
+            return while_stopping, pool.residents()
+        finally:
+            await pool.stop()
+
+    while_stopping, after = asyncio.run(run())
+    assert while_stopping == [("m", True)]
+    assert after == []
+
+
+def test_one_view_of_a_model_feeds_v1_models_the_metrics_and_the_ui_row(tiny):
+    # Issue 25, item 4: pool.describe, telemetry's snapshots and the /ui row each read the entry
+    # and its worker themselves; now all three format the one view (pool.view).
+    from gateway.http.routes.ui import model_row
+    from gateway.observability.activity import RecentActivity
+    from gateway.observability.telemetry import model_snapshot
+
+    async def run():
+        transport = FakeTransport(FakeScript(tokens=1000, token_s=0.01))
+        pool = make_pool(make_config(tiny, [{"name": "m", "aliases": ["mm"]}, {"name": "od", "load": "on_demand"}]), transport)
+        await pool.start()
+        try:
+            lease = await pool.acquire("m")
+            async with lease:
+                views = {v.name: v for v in pool.views()}
+                return views, {n: pool.describe(pool.entries[n]) for n in views}
+        finally:
+            await pool.stop()
+
+    views, described = asyncio.run(run())
+    m, od = views["m"], views["od"]
+    assert m.state is ModelState.READY and m.running == 1 and m.pid is not None and m.holds_memory
+    assert od.state is ModelState.STOPPED and od.launch is None and not od.holds_memory
+    for view in (m, od):
+        doc, snapshot, row = described[view.name], model_snapshot(view), model_row(view, RecentActivity())
+        assert doc == view.openai()
+        assert doc["state"] == snapshot.state == row["state"] == view.state.value
+        assert doc["queue"]["running"] == snapshot.running == row["running"] == view.running
+        assert [d["gpu"] for d in (doc["planned"] or {}).get("devices", [])] == list(snapshot.planned_bytes) == row["gpus"]
+    assert described["m"]["aliases"] == model_row(m, RecentActivity())["aliases"] == ["mm"]

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from gateway.engine.protocol import WorkerSpec
+from gateway.runtime.events import Crashed, ModelEvent
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport
 from gateway.runtime.worker_process import WorkerProcess
-from tests.ggufmaker import write_tiny_llama
+from testkit.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
 
@@ -27,11 +28,11 @@ def test_a_real_worker_whose_answer_is_over_the_line_limit_is_killed_and_its_req
     # token) raised in the reader with the worker alive; its exit never came, the request hung
     # and the model stayed "ready".
     async def run():
-        events: list[str] = []
+        events: list[ModelEvent] = []
         spec = WorkerSpec(name="tiny", model_path=str(write_tiny_llama(tmp_path / "tiny.gguf")), n_ctx=512, n_threads=2)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         transport = SubprocessTransport(line_limit=LINE_LIMIT)
-        worker = WorkerProcess(spec, env, transport, lambda w, name, data: events.append(name))
+        worker = WorkerProcess(spec, env, transport, lambda w, event: events.append(event))
         await worker.start()
         try:
             assert await worker.wait_ready(TIMEOUT_S) is ModelState.READY
@@ -51,6 +52,6 @@ def test_a_real_worker_whose_answer_is_over_the_line_limit_is_killed_and_its_req
     answer, pid, events, state, reason = asyncio.run(run())
     assert answer[-1]["type"] == "error" and answer[-1]["kind"] == "worker_exited", answer[-1]
     assert "over the 0.0625 MiB limit" in answer[-1]["message"]
-    assert "crashed" in events and state is ModelState.FAILED and "killed" in (reason or "")
+    assert any(isinstance(e, Crashed) for e in events) and state is ModelState.FAILED and "killed" in (reason or "")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

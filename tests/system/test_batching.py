@@ -1,6 +1,6 @@
 """The batch engine through the worker's protocol: real worker processes, real llama.cpp.
 
-Tiny random-weight models (tests/ggufmaker.py) where the text does not matter; Gemma 3 270M
+Tiny random-weight models (testkit/ggufmaker.py) where the text does not matter; Gemma 3 270M
 where it does (greedy text batched against alone, a chat's second turn from the prompt cache).
 """
 
@@ -14,8 +14,8 @@ import pytest
 
 from gateway.engine.prefill import PrefillBudget
 from gateway.engine.protocol import WorkerSpec
-from tests.ggufmaker import write_tiny_llama
-from tests.unit.engine.test_worker import GREEDY, TIMEOUT_S, WorkerProcess, spawn  # noqa: F401 - spawn is a fixture
+from testkit.ggufmaker import write_tiny_llama
+from tests.workers import GREEDY, TIMEOUT_S, WorkerProcess
 
 pytestmark = pytest.mark.llama
 

@@ -1,0 +1,101 @@
+"""Where the decode loop's time goes, step by step, by part (issue 24's engine benchmark).
+
+A ``StepProfiler`` handed to gateway.engine.batching.BatchEngine splits the wall time of every
+step that did work into the parts of ``PARTS``: each moment of the step belongs to exactly one
+part, the one switched to last, so the parts of a step always add up to the step's time. The
+loop switches parts where its work changes; a part may be entered inside another (a stream
+chunk is sent from inside the text part) and hands the time back when it ends (``timed``).
+
+Without a profiler (the worker's case) the loop only tests ``is not None`` at those places.
+bench/engine_parts.py drives an engine in-process with one and prints the parts per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SCHEDULE = "schedule"  # new jobs and cancels, admission to slots, the stats message
+BATCH = "batch"  # building the step's batch, and the slots' bookkeeping after its decode
+DECODE = "decode"  # llama_decode
+SAMPLE = "sample"  # the sampler chain, the logits read for log-probabilities and stopping criteria
+TEXT = "text"  # end of generation, detokenizing, stop strings, stopping criteria, a choice's end
+# A stream chunk made, encoded and written from the loop (a job's sink); the step's flush. The
+# events of a job without a sink go onto its queue inside the text part.
+SEND = "send"
+PARTS = (SCHEDULE, BATCH, DECODE, SAMPLE, TEXT, SEND)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """The totals over the counted steps (seconds)."""
+
+    steps: int
+    step_s: float
+    parts_s: dict[str, float]
+
+    def per_step_ms(self, part: str) -> float:
+        return 1000.0 * self.parts_s[part] / self.steps if self.steps else 0.0
+
+    @property
+    def outside_decode_s(self) -> float:
+        return sum(s for part, s in self.parts_s.items() if part != DECODE)
+
+
+class StepProfiler:
+    """Splits each step's time by part. Used from the decode loop's thread only."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._totals = dict.fromkeys(PARTS, 0.0)
+        self._step = dict.fromkeys(PARTS, 0.0)
+        self._steps = 0
+        self._step_s = 0.0
+        self._part = SCHEDULE
+        self._started = 0.0
+        self._last = 0.0
+
+    def begin(self) -> None:
+        """A step starts, in the schedule part."""
+        now = self._clock()
+        self._started = self._last = now
+        self._part = SCHEDULE
+        for part in PARTS:
+            self._step[part] = 0.0
+
+    def switch(self, part: str) -> str:
+        """From now on the time is ``part``'s; returns the part it was (to switch back to)."""
+        now = self._clock()
+        self._step[self._part] += now - self._last
+        self._last = now
+        previous, self._part = self._part, part
+        return previous
+
+    def end(self, counted: bool) -> None:
+        """The step ends; ``counted``: it did work (an idle pass of the loop is not a step)."""
+        now = self._clock()
+        self._step[self._part] += now - self._last
+        self._last = now
+        if not counted:
+            return
+        self._steps += 1
+        self._step_s += now - self._started
+        for part in PARTS:
+            self._totals[part] += self._step[part]
+
+    def timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` with its time counted as ``part``, then handed back to the part it was called in."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            previous = self.switch(part)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.switch(previous)
+
+        return run
+
+    def report(self) -> StepReport:
+        return StepReport(self._steps, self._step_s, dict(self._totals))

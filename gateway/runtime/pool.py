@@ -32,15 +32,17 @@ from typing import Any
 
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
+from gateway.engine.protocol import Op
 from gateway.errors import ConflictError, InvalidRequestError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts, model_card
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
 from gateway.runtime.admission import Admission
+from gateway.runtime.requests import RequestStream
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
-from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
+from gateway.runtime.worker_process import WorkerProcess
 from planner.devices import Device
 from planner.eviction import EvictionCandidate, RequestRate, choose_evictions
 from planner.plan import ModelRequest, Plan, plan, share_load
@@ -127,7 +129,7 @@ class Lease:
         self._worker = worker
         self._stack = stack
 
-    def request(self, op: str, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
+    def request(self, op: Op, params: dict[str, Any], *, stream: bool) -> RequestStream:
         return self._worker.request(op, params, stream=stream)
 
     async def release(self) -> None:

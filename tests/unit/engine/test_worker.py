@@ -18,11 +18,12 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from gateway.nvml import process_gpu_memory
-from gateway.engine.protocol import WorkerSpec, decode, encode
+from gateway.engine.protocol import WorkerSpec
 from tests.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
@@ -30,6 +31,18 @@ pytestmark = pytest.mark.llama
 REPO = Path(__file__).resolve().parents[3]
 TIMEOUT_S = 30.0
 TERMINAL = ("result", "end", "error")
+
+
+def decode(line: bytes) -> dict:
+    """A worker's line as raw JSON: these tests speak the wire itself, so they also pin its JSON
+    (gateway.engine.protocol's Structs must keep encoding to it)."""
+    return msgspec.json.decode(line)
+
+
+def encode(message: dict) -> bytes:
+    return msgspec.json.encode(message) + b"\n"
+
+
 # The tiny model's own greedy choice after "hello world" is a run of UTF-8 lead bytes, during
 # which llama-cpp-python neither emits text nor counts max_tokens: the bias makes it say "aaaa...".
 GREEDY = {"prompt": "hello world", "temperature": 0.0, "logit_bias": {"97": 50.0}}

@@ -30,7 +30,7 @@ serve: $(SERVE_DEPS)
 test: $(TEST_DEPS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# llama-cpp-python's own server is the comparison in bench/gateway.py; its [server] extras live
+# llama-cpp-python's own server is the comparison in bench/serving_overhead.py; its [server] extras live
 # in a separate venv so the project never depends on them.
 BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.installed:
@@ -42,7 +42,7 @@ bench: $(SERVE_DEPS) $(BENCH_VENV)/.installed
 	$(PY) bench/analyze.py
 	$(PY) bench/plan.py
 	$(PY) bench/ondemand.py
-	$(PY) bench/gateway.py --bench-python $(BENCH_VENV)/bin/python
+	$(PY) bench/serving_overhead.py --bench-python $(BENCH_VENV)/bin/python
 	$(PY) bench/concurrency.py --bench-python $(BENCH_VENV)/bin/python
 	$(PY) bench/engine_parts.py
 	$(PY) bench/keys.py

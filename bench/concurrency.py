@@ -23,7 +23,7 @@ Per path and client count: aggregate tokens/s, p50/p95 time to first token and i
 latency, and memory (the process tree's peak RSS; for the gateway also what the planner planned).
 Then three checks on the gateway: inter-token latency of running streams while a long prompt is
 read (chunked prefill), a chat's second-turn time to first token against its first (prompt
-cache), and the latency a 4-token completion adds over direct llama-cpp-python (bench/gateway.py's
+cache), and the latency a 4-token completion adds over direct llama-cpp-python (bench/serving_overhead.py's
 measurement).
 
 Final figures need a quiet machine. A smoke run: `.venv/bin/python bench/concurrency.py --clients
@@ -33,7 +33,6 @@ Final figures need a quiet machine. A smoke run: `.venv/bin/python bench/concurr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -64,17 +63,8 @@ from gateway.config.model_files import resolve_model_path  # noqa: E402
 MIB = 1024 * 1024
 
 
-def _load_bench_gateway():
-    """bench/gateway.py (its module name would shadow the gateway package)."""
-    spec = importlib.util.spec_from_file_location("bench_gateway", Path(__file__).with_name("gateway.py"))
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["bench_gateway"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-bench_gateway = _load_bench_gateway()
-# bench/gateway.py's prompts, and three more for up to 8 distinct clients.
+import serving_overhead as bench_gateway  # noqa: E402
+# bench/serving_overhead.py's prompts, and three more for up to 8 distinct clients.
 PROMPTS = [
     *bench_gateway.PROMPTS,
     "Once upon a time, in a land far away,",
@@ -554,7 +544,7 @@ def multi_turn_check(base: str, rounds: int, bias: dict[str, float]) -> dict[str
 
 
 def overhead_check(model: Path, base: str, n_ctx: int, threads: int) -> dict[str, dict[str, float]]:
-    """bench/gateway.py's paired added latency of a 4-token completion, with this bench's
+    """bench/serving_overhead.py's paired added latency of a 4-token completion, with this bench's
     context and threads (per client: "httpx" and "lean client")."""
     llm = _llama(model, n_ctx, threads)
     try:
@@ -669,7 +659,7 @@ def main() -> None:
                 )
             finally:
                 bench_gateway._stop(proc)
-            # bench/gateway.py's setting: one slot, as direct llama-cpp-python has.
+            # bench/serving_overhead.py's setting: one slot, as direct llama-cpp-python has.
             proc, base = start_gateway(model, tmp, slots=1, n_ctx=n_ctx, threads=args.threads)
             try:
                 for client, over in overhead_check(model, base, n_ctx, args.threads).items():

@@ -75,7 +75,7 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
     from gateway.engine.batching import BatchEngine
     from gateway.engine.completion import CompletionOptions, Completions
     from gateway.engine.jobs import RequestScope
-    from gateway.engine.protocol import WorkerSpec, encode
+    from gateway.engine.protocol import Chunk, WorkerSpec, encode
     from gateway.engine.vocab import Vocab
 
     spec = WorkerSpec(
@@ -105,7 +105,7 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         for i in range(n):
 
             def send_chunk(chunk: dict, request_id: int = i) -> None:
-                line = encode({"type": "chunk", "id": request_id, "data": chunk})  # Worker.send, flush=False
+                line = encode(Chunk(id=request_id, data=chunk))  # Worker.send, flush=False
                 with out_lock:
                     out.write(line)
 

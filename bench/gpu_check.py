@@ -430,6 +430,8 @@ async def _wait_released(before: dict[int, int], timeout: float = 30.0) -> None:
 
 async def measure(planned: Planned, *, requests: int, load_timeout: float, log: Callable[[str], None] = print) -> list[Measurement]:
     """Start the model's worker as the gateway does, send requests, measure each of its GPUs."""
+    from gateway.engine.protocol import Error, Op, Result
+    from gateway.runtime.requests import WorkerExited
     from gateway.runtime.states import ModelState
     from gateway.runtime.worker_process import WorkerProcess
 
@@ -458,11 +460,13 @@ async def measure(planned: Planned, *, requests: int, load_timeout: float, log: 
         params = request_params(planned.info.n_vocab, planned.model.max_tokens)
         for k in range(requests):
             t0 = time.monotonic()
-            async for msg in handle.request("completion", params, stream=False):
-                if msg["type"] == "error":
-                    return failed(f"request {k + 1}: {msg.get('kind')}: {msg.get('message')}")
-                if msg["type"] == "result":
-                    usage = msg["data"].get("usage", {})
+            async for msg in handle.request(Op.COMPLETION, params, stream=False):
+                if isinstance(msg, Error):
+                    return failed(f"request {k + 1}: {msg.kind.value}: {msg.message}")
+                if isinstance(msg, WorkerExited):
+                    return failed(f"request {k + 1}: worker_exited: {msg.message}")
+                if isinstance(msg, Result):
+                    usage = msg.data.get("usage", {})
                     log(f"  request {k + 1}: {usage.get('prompt_tokens')} + {usage.get('completion_tokens')} tokens in {time.monotonic() - t0:.1f} s")
         await asyncio.sleep(1.0)  # let the allocator settle
         after = device_used_bytes(gpus)

@@ -682,11 +682,12 @@ def _model_info(parts: list[_Part]) -> ModelInfo:
             other_bytes += t.nbytes
 
     name = kv.get(_Keys.General.NAME, "")
-    templates = tuple(
-        "chat_template.default" if k == _CHAT_TEMPLATE else f"chat_template.{k[len(_CHAT_TEMPLATE) + 1:]}"
+    template_texts = tuple(
+        ("chat_template.default" if k == _CHAT_TEMPLATE else f"chat_template.{k[len(_CHAT_TEMPLATE) + 1:]}", v)
         for k, v in kv.items()
         if (k == _CHAT_TEMPLATE or k.startswith(_CHAT_TEMPLATE + ".")) and isinstance(v, str)
     )
+    templates = tuple(name for name, _ in template_texts)
     file_type = kv.get(_Keys.General.FILE_TYPE)
     return ModelInfo(
         paths=tuple(p.path for p in parts),
@@ -713,6 +714,7 @@ def _model_info(parts: list[_Part]) -> ModelInfo:
         name=name if isinstance(name, str) else "",
         file_type=file_type if isinstance(file_type, int) and not isinstance(file_type, bool) else None,
         chat_templates=templates,
+        chat_template_texts=template_texts,
         tensors=tensors,
         header_copy=head.header_copy,
     )

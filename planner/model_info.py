@@ -50,6 +50,8 @@ class ModelInfo:
     # handlers): "chat_template.default" for tokenizer.chat_template, "chat_template.NAME" for
     # tokenizer.chat_template.NAME.
     chat_templates: tuple[str, ...] = ()
+    # Each of those templates' text, by the same names.
+    chat_template_texts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
     # Read from a header copy (metadata and tensor table, no tensor data): it plans, it cannot
     # be loaded; file_bytes is then the size of the model it was copied from.

@@ -375,8 +375,9 @@ def tiny_tokenizer(n_vocab: int | None = None) -> tuple[list[str], list[int], li
     return tokens, types, list(_MERGES), bos, bos + 1
 
 
-def _add_byte_tokenizer(w: gguf.GGUFWriter, tokenizer: tuple[list[str], list[int], list[str], int, int]) -> None:
-    """A ``tiny_tokenizer`` vocabulary and a chat template: any text tokenizes."""
+def _add_byte_tokenizer(w: gguf.GGUFWriter, tokenizer: tuple[list[str], list[int], list[str], int, int], chat_template: str | None = None) -> None:
+    """A ``tiny_tokenizer`` vocabulary and a chat template (``chat_template``, else a plain
+    "role: content" one): any text tokenizes."""
     tokens, types, merges, bos, eos = tokenizer
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -386,7 +387,7 @@ def _add_byte_tokenizer(w: gguf.GGUFWriter, tokenizer: tuple[list[str], list[int
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
     w.add_add_bos_token(True)
-    w.add_chat_template(_CHAT_TEMPLATE)
+    w.add_chat_template(_CHAT_TEMPLATE if chat_template is None else chat_template)
 
 
 _CHAT_TEMPLATE = (
@@ -411,8 +412,12 @@ def write_tiny_llama(
     sliding_window_pattern: int | Sequence[bool] | None = None,
     tied: bool = False,
     seed: int = 0,
+    chat_template: str | None = None,
 ) -> Path:
     """A real, tiny, randomly initialised model that llama.cpp loads and runs on the CPU.
+
+    ``chat_template`` becomes its tokenizer.chat_template (tests.chat_templates has real ones);
+    without it, a plain "role: content" template.
 
     ``arch`` is "llama" (Llama layout) or "gemma3" (adds q/k norms and post norms; with
     ``sliding_window`` > 0 llama.cpp makes 5 of every 6 layers sliding-window).
@@ -441,7 +446,7 @@ def write_tiny_llama(
         context_length=ctx, key_length=None, value_length=None, sliding_window=sliding_window,
         sliding_window_pattern=sliding_window_pattern, name=f"tiny {arch}", file_type=int(file_type),
     )
-    _add_byte_tokenizer(w, (tokens, types, merges, bos, eos))
+    _add_byte_tokenizer(w, (tokens, types, merges, bos, eos), chat_template)
 
     rng = np.random.default_rng(seed)
     for s in specs:

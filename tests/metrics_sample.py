@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.engine.protocol import Stats
 from gateway.observability.metrics import GatewayMetrics, ModelSnapshot
 from planner.devices import declared_devices
 
@@ -48,7 +49,7 @@ def record_traffic(metrics: GatewayMetrics) -> None:
     metrics.worker_restarted("chat")
     metrics.model_loaded("chat", 12.5)
     metrics.model_loaded("embed", 3.0)
-    metrics.engine_stats("chat", {"busy_slots": 2, "slots": 2, "batch_sizes": {"2": 30, "130": 1}, "cached_prompt_tokens": 24})
+    metrics.engine_stats("chat", Stats(busy_slots=2, slots=2, batch_sizes={2: 30, 130: 1}, cached_prompt_tokens=24))
     metrics.model_load_started("chat", "startup")
     metrics.model_load_started("embed", "on_demand")
     metrics.model_evicted("embed", "idle_ttl")

@@ -12,11 +12,25 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.engine.protocol import WorkerSpec, decode, encode
+import msgspec
+
+from gateway.engine.protocol import WorkerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 30.0
 TERMINAL = ("result", "end", "error")
+
+
+def decode(line: bytes) -> dict:
+    """A worker's line as raw JSON: these tests speak the wire itself, so they also pin its JSON
+    (gateway.engine.protocol's Structs must keep encoding to it)."""
+    return msgspec.json.decode(line)
+
+
+def encode(message: dict) -> bytes:
+    return msgspec.json.encode(message) + b"\n"
+
+
 # The tiny model's own greedy choice after "hello world" is a run of UTF-8 lead bytes, during
 # which llama-cpp-python neither emits text nor counts max_tokens: the bias makes it say "aaaa...".
 GREEDY = {"prompt": "hello world", "temperature": 0.0, "logit_bias": {"97": 50.0}}

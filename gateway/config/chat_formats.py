@@ -16,7 +16,8 @@ DEFAULT_TEMPLATE = "chat_template.default"  # tokenizer.chat_template
 # What llama-server renders when the GGUF has no chat template (llama.cpp common/chat.cpp).
 FALLBACK_CHAT_FORMAT = "chatml"
 # The llama-cpp-python handlers that parse a model's answer back into OpenAI tool_calls; the
-# others render at most the tools into the prompt and answer in text.
+# others render at most the tools into the prompt and answer in text. (A GGUF's own template
+# answers with tool_calls when it is of a family gateway.engine.tool_calls parses.)
 TOOL_CALL_FORMATS = frozenset({"chatml-function-calling", "functionary", "functionary-v1", "functionary-v2"})
 
 

@@ -40,6 +40,7 @@ from gateway.engine.jobs import EmbeddingJob, Embeddings, Failure, GenerationJob
 from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
 from gateway.engine.prefill import PrefillBudget
+from gateway.engine.protocol import ErrorKind, Stats
 from gateway.engine.sampling import GrammarDeadEnd, greedy_rows, logits_at, step_logits, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
@@ -72,7 +73,7 @@ class BatchEngine:
         loaded: LoadedModel,
         vocab: Vocab,
         *,
-        send_stats: Callable[[dict[str, Any]], None] | None = None,
+        send_stats: Callable[[Stats], None] | None = None,
         after_step: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         profiler: StepProfiler | None = None,
@@ -161,7 +162,7 @@ class BatchEngine:
             # A bug here leaves the context in an unknown state: fail everything and exit, so
             # the gateway restarts the worker as after any crash.
             print(f"decode loop failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-            failure = Failure("engine", "the decode loop failed; the worker restarts")
+            failure = Failure(ErrorKind.ENGINE, "the decode loop failed; the worker restarts")
             for job in [r.job for r in self._running.values()] + list(self._waiting) + [self._embedding]:
                 if job is not None:
                     job.emit(failure)
@@ -377,7 +378,7 @@ class BatchEngine:
             self._prefill_blocked = True  # prompts wait until a running sequence ends
         elif chunks:
             newest = max((seq for seq, _ in chunks), key=lambda s: s.admitted)
-            self._fail(newest.job, "invalid_request", "the prompt does not fit in the free KV cache cells (kv_size)")
+            self._fail(newest.job, ErrorKind.INVALID_REQUEST, "the prompt does not fit in the free KV cache cells (kv_size)")
         else:
             self._finish(max(generating, key=lambda s: s.admitted), "length")
         return None
@@ -389,7 +390,7 @@ class BatchEngine:
             if running is not None:
                 for seq in running.sequences:
                     self._kv.clear(seq.slot)  # what the failed decode left there is unknown
-            self._fail(job, "engine", f"llama_decode failed ({ret})")
+            self._fail(job, ErrorKind.ENGINE, f"llama_decode failed ({ret})")
 
     def _sample(self, seq: Sequence, index: int, now: float, picked: int | None = None) -> None:
         """Sample the sequence's next token from batch position ``index`` (``picked``: the
@@ -418,10 +419,10 @@ class BatchEngine:
             if reason is not None:
                 self._finish(seq, reason)
         except GrammarDeadEnd as exc:
-            self._fail(job, "invalid_request", str(exc))
+            self._fail(job, ErrorKind.INVALID_REQUEST, str(exc))
         except Exception as exc:  # noqa: BLE001 - a sampler or stopping criterion fails its job alone
             log.exception("sampling failed")
-            self._fail(job, "engine", f"{type(exc).__name__}: {exc}")
+            self._fail(job, ErrorKind.ENGINE, f"{type(exc).__name__}: {exc}")
         finally:
             if profiler is not None:
                 profiler.switch(previous)
@@ -464,7 +465,7 @@ class BatchEngine:
             )
         )
 
-    def _fail(self, job: Job, kind: str, message: str) -> None:
+    def _fail(self, job: Job, kind: ErrorKind, message: str) -> None:
         """End a job with an error; its sequences leave their slots."""
         running = self._running.pop(job, None)
         if running is not None:
@@ -510,7 +511,7 @@ class BatchEngine:
             if profiler is not None:
                 profiler.switch(BATCH)
             if ret != 0:
-                job.emit(Failure("engine", f"llama_decode failed ({ret}) while embedding"))
+                job.emit(Failure(ErrorKind.ENGINE, f"llama_decode failed ({ret}) while embedding"))
                 self._embedding = None
                 return True
             self._stats.decoded(batch.n)

@@ -16,21 +16,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config.chat_formats import DEFAULT_TEMPLATE, chat_format_in_use
+from gateway.config.chat_formats import DEFAULT_TEMPLATE, chat_format_in_use, returns_tool_calls
 from gateway.engine.completion import CompletionOptions, Completions, Started, check_choices
 from gateway.engine.jobs import RequestScope
+from gateway.engine.tool_calls import Family, family_of
+from gateway.engine.tool_chat import ToolChat
 from gateway.errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
 class ChatSetup:
-    """The model's chat format and the handlers of its GGUF chat templates (``Llama.__init__``)."""
+    """The model's chat format and the handlers of its GGUF chat templates (``Llama.__init__``),
+    with each template's formatter and, where the gateway knows how its model writes tool
+    calls, that family (gateway.engine.tool_calls)."""
 
     chat_format: str
     handlers: dict[str, Any]
+    formatters: dict[str, Any] = field(default_factory=dict)
+    tool_families: dict[str, Family] = field(default_factory=dict)
 
 
 def chat_setup(model: Any, metadata: dict[str, str], chat_format: str | None) -> ChatSetup:
@@ -46,16 +52,18 @@ def chat_setup(model: Any, metadata: dict[str, str], chat_format: str | None) ->
     templates = {name[10:]: text for name, text in metadata.items() if name.startswith("tokenizer.chat_template.")}
     if "tokenizer.chat_template" in metadata:
         templates["chat_template.default"] = metadata["tokenizer.chat_template"]
-    handlers = {
-        name: llama_chat_format.Jinja2ChatFormatter(
-            template=text, eos_token=eos_token, bos_token=bos_token, stop_token_ids=[eos_id]
-        ).to_chat_handler()
+    formatters = {
+        name: llama_chat_format.Jinja2ChatFormatter(template=text, eos_token=eos_token, bos_token=bos_token, stop_token_ids=[eos_id])
         for name, text in templates.items()
     }
+    handlers = {name: formatter.to_chat_handler() for name, formatter in formatters.items()}
+    families = {name: family for name, text in templates.items() if (family := family_of(text)) is not None}
     in_use = chat_format_in_use(chat_format, list(templates))
-    if chat_format is None and in_use == DEFAULT_TEMPLATE:
+    if chat_format is None and in_use == DEFAULT_TEMPLATE and DEFAULT_TEMPLATE not in families:
+        # A template with tool calls stays the template: a built-in format's name for it
+        # would render the tools no more.
         in_use = llama_chat_format.guess_chat_format_from_gguf_metadata(metadata) or DEFAULT_TEMPLATE
-    return ChatSetup(in_use, handlers)
+    return ChatSetup(in_use, handlers, formatters, families)
 
 
 class _Fanout:
@@ -127,10 +135,51 @@ class Chat:
         self.setup = setup
 
     def signature_target(self) -> Any:
-        """The callable whose signature a request's params must fit (besides n)."""
+        """The callable whose signature a request's params must fit (besides n):
+        ``Llama.create_chat_completion``'s, and OpenAI's ``parallel_tool_calls``."""
+        import inspect
+
         from llama_cpp import Llama
 
-        return Llama.create_chat_completion
+        signature = inspect.signature(Llama.create_chat_completion)
+        extra = inspect.Parameter("parallel_tool_calls", inspect.Parameter.KEYWORD_ONLY, default=None)
+
+        def target(*args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError("a signature only")
+
+        target.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])  # type: ignore[attr-defined]
+        return target
+
+    def _with_tools(self, params: dict[str, Any]) -> Family | None:
+        """The family whose calls this chat's answer is parsed for (the GGUF template's), or
+        None when llama_chat_format's handler answers; an InvalidRequestError when the tools
+        would be ignored. Drops what that handler does not take."""
+        parallel = params.pop("parallel_tool_calls", None)
+        if not params.get("tools"):
+            return None
+        fmt = self.setup.chat_format
+        choice = params.get("tool_choice") or "auto"
+        if returns_tool_calls(fmt):
+            return None  # llama-cpp-python's function-calling formats parse their calls
+        if choice == "none":
+            # The model is not to call: its template renders no tools (nor call syntax).
+            params.pop("tools")
+            params.pop("tool_choice", None)
+            return None
+        family = self.setup.tool_families.get(fmt)
+        if family is not None:
+            params["parallel_tool_calls"] = parallel
+            return family
+        if isinstance(choice, dict):
+            return None  # llama_chat_format forces the named function's arguments with a grammar
+        template = "its GGUF chat template" if fmt.startswith("chat_template.") else f"chat_format {fmt!r}"
+        raise InvalidRequestError(
+            f"this model cannot call tools with tool_choice {choice!r}: {template} writes no tool calls the gateway "
+            "can parse (supported: the GGUF template of a Llama 3.x, Hermes/Qwen, Mistral or Functionary model, "
+            "or chat_format chatml-function-calling / functionary); name one function in tool_choice to force "
+            "its arguments, or leave tools out",
+            param="tools",
+        )
 
     def create(self, scope: RequestScope, params: dict[str, Any], stream: bool) -> dict[str, Any] | Iterator[dict[str, Any]]:
         params = dict(params)
@@ -142,6 +191,12 @@ class Chat:
         if params.get("logprobs") and params.get("top_logprobs") is None:
             # The handlers pass logprobs=top_logprobs, so logprobs=true alone would give none.
             params["top_logprobs"] = 0
+        family = self._with_tools(params)
+        if family is not None:
+            if n > 1:
+                raise InvalidRequestError("n > 1 cannot be combined with 'tools'", param="n")
+            fmt = self.setup.chat_format
+            return ToolChat(self.completions, self.setup.formatters[fmt], family).create(scope, params, stream)
         params["stream"] = stream
         if n == 1:
             return ChatLlama(self.completions, self.setup, scope).create_chat_completion(**params)
@@ -159,21 +214,20 @@ class Chat:
         return merged
 
 
-def check_schema(schema: Any) -> None:
-    """A response_format's JSON Schema as llama-cpp-python will turn it into a grammar; an
-    InvalidRequestError naming the field when it cannot. llama_chat_format would instead fall
-    back to any JSON, silently (issue 21, item 11). A ``$ref`` outside the schema is refused
-    too: the converter would fetch a URL for a request."""
+def check_schema(schema: Any, where: str = "response_format.json_schema.schema", param: str = "response_format") -> None:
+    """A JSON Schema (a response_format's, a tool's parameters) as llama-cpp-python will turn it
+    into a grammar; an InvalidRequestError naming the field when it cannot. llama_chat_format
+    would instead fall back to any JSON, silently (issue 21, item 11). A ``$ref`` outside the
+    schema is refused too: the converter would fetch a URL for a request."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    where = "response_format.json_schema.schema"
     for ref in _refs(schema):
         if not (isinstance(ref, str) and ref.startswith("#")):
-            raise InvalidRequestError(f"'{where}': $ref {ref!r} is outside the schema (only '#...' references are followed)", param="response_format")
+            raise InvalidRequestError(f"'{where}': $ref {ref!r} is outside the schema (only '#...' references are followed)", param=param)
     try:
         json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # noqa: BLE001 - the converter reports a bad schema with asserts, KeyError, TypeError...
-        raise InvalidRequestError(f"'{where}' is not a JSON Schema that can be followed: {type(exc).__name__}: {exc}", param="response_format") from None
+        raise InvalidRequestError(f"'{where}' is not a JSON Schema that can be followed: {type(exc).__name__}: {exc}", param=param) from None
 
 
 def _refs(node: Any) -> Iterator[Any]:

@@ -15,14 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.engine.protocol import ErrorKind, Timings
+
 if TYPE_CHECKING:  # the worker imports this module before llama.cpp, sampling brings numpy
     from gateway.engine.sampling import SamplerChain
 
 
 class JobFailed(Exception):
-    """The decode loop ended the job with an error (``kind`` as in the protocol's error)."""
+    """The decode loop ended the job with an error (``kind``: the protocol's error kind)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -66,7 +68,7 @@ class Summary:
 
 @dataclass(frozen=True)
 class Failure:
-    kind: str
+    kind: ErrorKind
     message: str
 
 
@@ -234,20 +236,20 @@ class RequestScope:
         completion = sum(s.completion_tokens for s in self.summaries)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def timings(self) -> dict[str, Any]:
-        """The protocol's "timings" (gateway.engine.protocol), over every job of the request."""
+    def timings(self) -> Timings:
+        """The protocol's timings, over every job of the request."""
         firsts = [s.first_token_at for s in self.summaries if s.first_token_at is not None]
         lasts = [s.last_token_at for s in self.summaries if s.last_token_at is not None]
         first = min(firsts) if firsts else None
         starts = [s.started_at for s in self.summaries if s.started_at is not None]
-        return {
-            "ttft_s": None if first is None else round(first - self.accepted_at, 6),
-            "prompt_s": round(first - min(starts), 6) if first is not None and starts else None,
-            "decode_s": round(max(lasts) - first, 6) if first is not None and lasts else 0.0,
-            "completion_tokens": sum(s.completion_tokens for s in self.summaries),
-            "prompt_tokens": sum(s.prompt_tokens for s in self.summaries),
-            "cached_prompt_tokens": sum(s.cached_prompt_tokens for s in self.summaries),
-        }
+        return Timings(
+            ttft_s=None if first is None else round(first - self.accepted_at, 6),
+            prompt_s=round(first - min(starts), 6) if first is not None and starts else None,
+            decode_s=round(max(lasts) - first, 6) if first is not None and lasts else 0.0,
+            completion_tokens=sum(s.completion_tokens for s in self.summaries),
+            prompt_tokens=sum(s.prompt_tokens for s in self.summaries),
+            cached_prompt_tokens=sum(s.cached_prompt_tokens for s in self.summaries),
+        )
 
     @property
     def cancelled(self) -> bool:

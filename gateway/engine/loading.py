@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.engine import llama_params
 from gateway.engine.process import one_line
-from gateway.engine.protocol import WorkerSpec
+from gateway.engine.protocol import Progress, WorkerSpec
 
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 PROGRESS_STEP = 5  # percent between two "progress" messages
@@ -72,9 +72,9 @@ class LlamaLog:
 
 
 class LoadProgress:
-    """The load fraction as "progress" messages every 5% and at 100%."""
+    """The load fraction as ``Progress`` messages every 5% and at 100%."""
 
-    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, send: Callable[[Progress], None]) -> None:
         self._send = send
         self._sent = 0
 
@@ -82,7 +82,7 @@ class LoadProgress:
         percent = max(0, min(100, int(fraction * 100)))
         if percent >= self._sent + PROGRESS_STEP or (percent == 100 and self._sent < 100):
             self._sent = percent
-            self._send({"type": "progress", "percent": percent})
+            self._send(Progress(percent=percent))
 
     def c_callback(self) -> Any:
         """A llama_progress_callback calling ``report`` (keep a reference while loading)."""

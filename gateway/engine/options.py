@@ -274,6 +274,12 @@ OPTIONS: tuple[RequestOption, ...] = (
         requires="logprobs",
     ),
     RequestOption(
+        "parallel_tool_calls",
+        BOOLEAN,
+        CHAT,
+        "With tools: whether one answer may make several calls (absent: yes, where the model's chat template can).",
+    ),
+    RequestOption(
         "logprobs",
         INTEGER,
         COMPLETION,

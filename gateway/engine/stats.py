@@ -1,4 +1,4 @@
-"""The decode loop's activity as the protocol's "stats" message (gateway.engine.protocol).
+"""The decode loop's activity as the protocol's ``Stats`` message (gateway.engine.protocol).
 
 At most one message a second, and only when something happened: the second starts with the
 first activity after the last message, so a burst of work is reported a second after it began
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from gateway.engine.protocol import Stats
 
 STATS_INTERVAL_S = 1.0
 
 
 class StepStats:
-    def __init__(self, n_slots: int, send: Callable[[dict[str, Any]], None] | None, clock: Callable[[], float]) -> None:
+    def __init__(self, n_slots: int, send: Callable[[Stats], None] | None, clock: Callable[[], float]) -> None:
         self._n_slots = n_slots
         self._send = send
         self._clock = clock
@@ -43,13 +43,12 @@ class StepStats:
     def maybe_send(self, busy: int) -> None:
         if self._send is None or not self.pending(busy) or self._clock() < self.due():
             return
-        message = {
-            "type": "stats",
-            "busy_slots": busy,
-            "slots": self._n_slots,
-            "batch_sizes": {str(k): v for k, v in sorted(self._sizes.items())},
-            "cached_prompt_tokens": self._cached,
-        }
+        message = Stats(
+            busy_slots=busy,
+            slots=self._n_slots,
+            batch_sizes=dict(sorted(self._sizes.items())),
+            cached_prompt_tokens=self._cached,
+        )
         self._sizes.clear()
         self._cached = 0
         self._busy_sent = busy

@@ -32,7 +32,24 @@ import msgspec
 from gateway.engine import native
 from gateway.engine.jobs import Cancelled, JobFailed, RequestScope
 from gateway.engine.process import die_with_parent, one_line, take_stdout
-from gateway.engine.protocol import WorkerSpec, decode, encode
+from gateway.engine.protocol import (
+    Cancel,
+    Chunk,
+    End,
+    Error,
+    ErrorKind,
+    Failed,
+    LoadFailure,
+    Op,
+    Ready,
+    Request,
+    Result,
+    Shutdown,
+    WorkerMessage,
+    WorkerSpec,
+    decode_command,
+    encode,
+)
 from gateway.errors import InvalidRequestError
 from gateway.nvml import process_gpu_memory
 from planner.llama_log import parse_buffer_lines
@@ -84,7 +101,7 @@ class Worker:
         # delaying the next request. Reused threads save ~0.1 ms a request over new ones.
         self._threads = ThreadPoolExecutor(max_workers=2 * spec.slots + 2, thread_name_prefix="request")
 
-    def send(self, message: dict[str, Any], *, flush: bool = True) -> None:
+    def send(self, message: WorkerMessage, *, flush: bool = True) -> None:
         """Write one message; ``flush=False`` leaves it in the buffer for the next flush (the
         decode loop's stream chunks: one write per step for all of them)."""
         line = encode(message)
@@ -109,8 +126,8 @@ class Worker:
             sys.stderr.flush()
         os._exit(code)
 
-    def fail(self, kind: str, message: str) -> NoReturn:
-        self.send({"type": "failed", "kind": kind, "message": message})
+    def fail(self, kind: LoadFailure, message: str) -> NoReturn:
+        self.send(Failed(kind=kind, message=message))
         self.exit(1)
 
     def load(self, log: Any) -> None:
@@ -124,7 +141,7 @@ class Worker:
         from gateway.engine.vocab import Vocab
 
         if not os.path.isfile(self.spec.model_path):
-            self.fail("model_file", f"model file not found: {self.spec.model_path}")
+            self.fail(LoadFailure.MODEL_FILE, f"model file not found: {self.spec.model_path}")
         started = time.monotonic()
         try:
             loaded = loading.load(self.spec, loading.LoadProgress(self.send))
@@ -136,17 +153,16 @@ class Worker:
         except Exception as exc:
             # llama-cpp-python only says "Failed to load model from file"; llama.cpp's last
             # error line says why (a bad cache type, an allocation that failed...).
-            self.fail("load", log.reason(exc))
+            self.fail(LoadFailure.LOAD, log.reason(exc))
         load_seconds = time.monotonic() - started
         log.stop_capturing()
         self._service = Service(completions, chat, embeddings, engine)
         self.send(
-            {
-                "type": "ready",
-                "load_seconds": round(load_seconds, 3),
-                "allocated": parse_buffer_lines(log.lines).as_dict(),
-                "gpu_used_bytes": process_gpu_memory(os.getpid(), self.spec.gpu_indices),
-            }
+            Ready(
+                load_seconds=round(load_seconds, 3),
+                allocated=parse_buffer_lines(log.lines).as_dict(),
+                gpu_used_bytes=process_gpu_memory(os.getpid(), self.spec.gpu_indices),
+            )
         )
         engine.start()
         self._ready.set()  # requests that came during the load go now
@@ -158,22 +174,19 @@ class Worker:
                 if not line.strip():
                     continue
                 try:
-                    message = decode(line)
-                except msgspec.DecodeError as exc:
-                    print(f"worker: unreadable message ignored ({exc}): {line[:200]!r}", file=sys.stderr)
+                    message = decode_command(line)
+                except msgspec.DecodeError as exc:  # unreadable, an unknown "type", a bad field
+                    print(f"worker: message ignored ({exc}): {line[:200]!r}", file=sys.stderr)
                     continue
-                kind = message.get("type") if isinstance(message, dict) else None
-                if kind == "request":
+                if isinstance(message, Request):
                     self._accept(message)
-                elif kind == "cancel":
+                elif isinstance(message, Cancel):
                     with self._scopes_lock:
-                        scope = self._scopes.get(message.get("id"))  # type: ignore[arg-type]
+                        scope = self._scopes.get(message.id)
                     if scope is not None:
                         scope.cancel()
-                elif kind == "shutdown":
+                elif isinstance(message, Shutdown):
                     break
-                else:
-                    print(f"worker: unknown message ignored: {line[:200]!r}", file=sys.stderr)
         finally:
             self.stop()
 
@@ -188,22 +201,18 @@ class Worker:
             time.sleep(0.01)
         self.exit(0)
 
-    def _accept(self, message: dict[str, Any]) -> None:
-        request_id = message.get("id")
-        if not isinstance(request_id, int) or isinstance(request_id, bool):
-            print(f"worker: request without an integer id ignored: {message!r:.200}", file=sys.stderr)
-            return
-        scope = RequestScope(request_id)  # time to first token counts from here
+    def _accept(self, message: Request) -> None:
+        scope = RequestScope(message.id)  # time to first token counts from here
         with self._scopes_lock:
-            self._scopes[request_id] = scope
-        self._threads.submit(self._run, request_id, message, scope)
+            self._scopes[message.id] = scope
+        self._threads.submit(self._run, message.id, message, scope)
 
     def _end(self, request_id: int, scope: RequestScope) -> None:
         with contextlib.suppress(TimeoutError, JobFailed):
             scope.settle(SETTLE_TIMEOUT_S)
-        self.send({"type": "end", "id": request_id, "usage": scope.usage(), "timings": scope.timings()})
+        self.send(End(id=request_id, usage=scope.usage(), timings=scope.timings()))
 
-    def _run(self, request_id: int, message: dict[str, Any], scope: RequestScope) -> None:
+    def _run(self, request_id: int, message: Request, scope: RequestScope) -> None:
         """Answer one request with exactly one of result, end or error; never raise."""
         try:
             self._ready.wait()
@@ -214,40 +223,34 @@ class Worker:
         except Cancelled:
             self._end(request_id, scope)
         except JobFailed as exc:
-            self.send({"type": "error", "id": request_id, "kind": exc.kind, "message": str(exc)})
+            self.send(Error(id=request_id, kind=exc.kind, message=str(exc)))
         except InvalidRequestError as exc:  # the request's fault, and which field it is
-            self.send({"type": "error", "id": request_id, "kind": "invalid_request", "message": str(exc), "param": exc.param})
+            self.send(Error(id=request_id, kind=ErrorKind.INVALID_REQUEST, message=str(exc), param=exc.param))
         except ValueError as exc:
             # The request's fault: a prompt longer than the context, a bad response_format,
             # an argument llama-cpp-python does not take...
-            self.send({"type": "error", "id": request_id, "kind": "invalid_request", "message": str(exc)})
+            self.send(Error(id=request_id, kind=ErrorKind.INVALID_REQUEST, message=str(exc)))
         except Exception as exc:  # noqa: BLE001 - every request gets its answer
-            self.send({"type": "error", "id": request_id, "kind": "engine", "message": f"{type(exc).__name__}: {exc}"})
+            self.send(Error(id=request_id, kind=ErrorKind.ENGINE, message=f"{type(exc).__name__}: {exc}"))
         finally:
             with self._scopes_lock:
                 self._scopes.pop(request_id, None)
 
-    def _serve(self, request_id: int, message: dict[str, Any], scope: RequestScope) -> None:
+    def _serve(self, request_id: int, message: Request, scope: RequestScope) -> None:
         service = self._service
         if service is None:
             raise RuntimeError("the model is not loaded")
-        op = message.get("op")
-        ops = ("chat", "completion", "embedding")
-        if op not in ops:
-            raise ValueError(f"unknown op {op!r} (must be one of: {', '.join(ops)})")
-        params = message.get("params") or {}
-        if not isinstance(params, dict):
-            raise ValueError("params must be an object")
-        stream = bool(message.get("stream")) and op != "embedding"
+        op, params = message.op, message.params
+        stream = message.stream and op is not Op.EMBEDDING
 
-        if op == "embedding":
+        if op is Op.EMBEDDING:
             service.check("embedding", scope, **params)
             data = service.embeddings.create_embedding(scope, **params)
             scope.settle(SETTLE_TIMEOUT_S)
-            self.send({"type": "result", "id": request_id, "data": data, "usage": scope.usage(), "timings": scope.timings()})
+            self.send(Result(id=request_id, data=data, usage=scope.usage(), timings=scope.timings()))
             return
         params = {**params, "stream": stream}
-        if op == "completion":
+        if op is Op.COMPLETION:
             if stream:
                 self._stream_completion(request_id, params, scope, service)
                 return
@@ -263,13 +266,13 @@ class Worker:
                 self._end(request_id, scope)
                 return
             scope.settle(SETTLE_TIMEOUT_S)
-            self.send({"type": "result", "id": request_id, "data": response, "usage": scope.usage(), "timings": scope.timings()})
+            self.send(Result(id=request_id, data=response, usage=scope.usage(), timings=scope.timings()))
             return
         try:
             for chunk in response:
                 if scope.cancelled:
                     break
-                self.send({"type": "chunk", "id": request_id, "data": chunk})
+                self.send(Chunk(id=request_id, data=chunk))
         finally:
             close = getattr(response, "close", None)
             if close is not None:
@@ -282,7 +285,7 @@ class Worker:
         from gateway.engine.completion import CompletionOptions
 
         def send_chunk(chunk: dict[str, Any]) -> None:
-            self.send({"type": "chunk", "id": request_id, "data": chunk}, flush=False)
+            self.send(Chunk(id=request_id, data=chunk), flush=False)
 
         started = service.completions.start(scope, CompletionOptions.of(params), on_chunk=send_chunk)
         started.reader.wait()  # the Summary (cancelled or not), or JobFailed
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = WorkerSpec.from_json(args[0])
     except (msgspec.DecodeError, TypeError) as exc:
-        out.write(encode({"type": "failed", "kind": "load", "message": one_line(f"bad worker spec: {exc}")}))
+        out.write(encode(Failed(kind=LoadFailure.LOAD, message=one_line(f"bad worker spec: {exc}"))))
         out.flush()
         sys.exit(1)
     from gateway.engine.loading import LlamaLog

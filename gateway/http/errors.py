@@ -13,6 +13,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from gateway.engine.protocol import Error, ErrorKind
 from gateway.errors import (
     AuthenticationError,
     ConflictError,
@@ -32,6 +33,7 @@ from gateway.errors import (
 from gateway.http.auth import request_key
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import REQUEST_ID_HEADER, UNMATCHED_ENDPOINT, RequestRecord, new_record
+from gateway.runtime.requests import WorkerExited
 
 log = logging.getLogger("gateway")
 
@@ -61,16 +63,15 @@ def request_record(request: Request) -> RequestRecord:
     return record
 
 
-def raise_worker_error(msg: dict[str, Any], name: str) -> None:
-    """A worker's "error" message as the exception it stands for."""
-    kind = msg.get("kind")
-    text = str(msg.get("message", "error"))
-    if kind == "invalid_request":
-        param = msg.get("param")
-        raise InvalidRequestError(text, param=param if isinstance(param, str) else None)
-    if kind == "worker_exited":
-        raise ModelUnavailableError(f"model {name!r}: {text}")
-    raise EngineError(f"model {name!r}: {text}")
+def worker_error(reply: Error | WorkerExited, name: str) -> GatewayError:
+    """A request's failed end, from the worker of model ``name``, as the exception it stands for."""
+    if isinstance(reply, WorkerExited):
+        return ModelUnavailableError(f"model {name!r}: {reply.message}")
+    match reply.kind:  # exhaustive (mypy): a new kind needs its exception here
+        case ErrorKind.INVALID_REQUEST:
+            return InvalidRequestError(reply.message, param=reply.param)
+        case ErrorKind.ENGINE:
+            return EngineError(f"model {name!r}: {reply.message}")
 
 
 def classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], str | None]:

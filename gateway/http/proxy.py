@@ -9,6 +9,8 @@ key's ticket (gateway.access.limits): a whole response charges its usage at the 
 charges each token as it passes and, when the key's tokens_per_minute runs out, ends as
 max_tokens would (finish_reason "length") with a ``note`` saying why, instead of being cut off;
 its usage then counts the tokens sent and the prompt's, which the cancelled worker reports.
+
+It reads the worker's replies as the protocol's Structs (gateway.runtime.requests), never the wire.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from gateway.access.limits import Ticket
+from gateway.engine.protocol import Chunk, End, Error, Op, Result, Timings
 from gateway.errors import EngineError
-from gateway.http.errors import error_body, raise_worker_error
+from gateway.http.errors import error_body, worker_error
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.telemetry import REQUEST_ID_HEADER, RequestRecord
 from gateway.runtime.pool import Lease
-from gateway.runtime.worker_process import WorkerRequest
+from gateway.runtime.requests import TERMINAL, Reply, RequestStream, Terminal, WorkerExited
 
 SSE_DONE = b"data: [DONE]\n\n"
 END_AFTER_CANCEL_S = 2.0  # how long a stopped stream waits for the worker's "end" (its usage)
@@ -54,19 +57,18 @@ def sse(data: Any) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
-def _ttft(record: RequestRecord, sent_at: float, timings: dict[str, Any] | None) -> float | None:
+def _ttft(record: RequestRecord, sent_at: float, timings: Timings) -> float | None:
     """Time to first token from the request's arrival: the gateway's part plus the worker's."""
-    worker_ttft = (timings or {}).get("ttft_s")
-    if not isinstance(worker_ttft, (int, float)):
+    if timings.ttft_s is None:
         return None
-    return (sent_at - record.started) + float(worker_ttft)
+    return (sent_at - record.started) + timings.ttft_s
 
 
 async def whole(
     lease: Lease,
     record: RequestRecord,
     metrics: GatewayMetrics,
-    op: str,
+    op: Op,
     params: dict[str, Any],
     ticket: Ticket | None = None,
     disconnected: Disconnected | None = None,
@@ -79,42 +81,40 @@ async def whole(
             sent_at = time.monotonic()
             messages = lease.request(op, params, stream=False)
             try:
-                msg = await _unless(_answer(messages), disconnected)
-                if msg is None:  # the client left
+                reply = await _unless(_answer(messages, lease.name), disconnected)
+                if reply is None:  # the client left
                     usage = await _end_after_cancel(messages)
                     ticket.settle(usage)
                     record.finish(metrics, CLIENT_CLOSED, usage=usage)
                     return Response(content=b"", status_code=CLIENT_CLOSED)
             finally:
                 await messages.aclose()
-            if msg["type"] == "result":
-                data = msg["data"]
-                usage = msg.get("usage")
-                if isinstance(data, dict):
-                    data["model"] = lease.name
-                    usage = usage or data.get("usage")
-                    if op != "embedding":
-                        _add_cache_and_timings(data, msg.get("timings"))
+            if isinstance(reply, Result):
+                data = reply.data
+                data["model"] = lease.name
+                usage = reply.usage or data.get("usage")
+                if op is not Op.EMBEDDING:
+                    _add_cache_and_timings(data, reply.timings)
                 ticket.settle(usage)
-                record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, msg.get("timings")), usage=usage)
+                record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, reply.timings), usage=usage)
                 headers = {REQUEST_ID_HEADER: record.request_id, **ticket.headers()}
                 return Response(content=data, status_code=200, headers=headers)
-            if msg["type"] == "error":
-                raise_worker_error(msg, lease.name)
-        raise EngineError(f"model {lease.name!r}: no result from the worker")
+            if isinstance(reply, (Error, WorkerExited)):
+                raise worker_error(reply, lease.name)
+        raise EngineError(f"model {lease.name!r}: no result from the worker")  # an End without one
     finally:
         ticket.release()
 
 
-async def _answer(messages: WorkerRequest) -> dict[str, Any]:
-    """A whole response's terminal message (its result, or an error; an "end" without one)."""
-    async for msg in messages:
-        if msg["type"] in ("result", "error", "end"):
-            return msg
-    return {"type": "end"}
+async def _answer(messages: RequestStream, name: str) -> Terminal:
+    """A whole response's terminal reply (its result, or an error; an End without one)."""
+    async for reply in messages:
+        if isinstance(reply, TERMINAL):
+            return reply
+    raise EngineError(f"model {name!r}: no result from the worker")
 
 
-async def _unless(work: Awaitable[dict[str, Any]], disconnected: Disconnected | None) -> dict[str, Any] | None:
+async def _unless(work: Awaitable[Terminal], disconnected: Disconnected | None) -> Terminal | None:
     """``work``'s result, or None when ``disconnected`` returns first (``work`` is cancelled)."""
     if disconnected is None:
         return await work
@@ -128,14 +128,16 @@ async def _unless(work: Awaitable[dict[str, Any]], disconnected: Disconnected | 
         await asyncio.gather(task, watch, return_exceptions=True)
 
 
-async def _end_after_cancel(messages: WorkerRequest) -> dict[str, Any] | None:
-    """Cancel a generation whose client left, and read on to its "end" for the usage so far."""
+async def _end_after_cancel(messages: RequestStream) -> dict[str, Any] | None:
+    """Cancel a generation whose client left, and read on to its End for the usage so far."""
     messages.cancel()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(END_AFTER_CANCEL_S):
-            async for msg in messages:
-                if msg["type"] in ("result", "end", "error"):
-                    return msg.get("usage")
+            async for reply in messages:
+                if isinstance(reply, (Result, End)):
+                    return reply.usage
+                if isinstance(reply, (Error, WorkerExited)):
+                    return None
     return None
 
 
@@ -143,7 +145,7 @@ async def streamed(
     lease: Lease,
     record: RequestRecord,
     metrics: GatewayMetrics,
-    op: str,
+    op: Op,
     params: dict[str, Any],
     include_usage: bool,
     ticket: Ticket | None = None,
@@ -154,8 +156,8 @@ async def streamed(
     try:
         # Pull the first message before answering, so an early error still gets its real status.
         first = await anext(messages)
-        if first["type"] == "error":
-            raise_worker_error(first, lease.name)
+        if isinstance(first, (Error, WorkerExited)):
+            raise worker_error(first, lease.name)
     except BaseException:
         await messages.aclose()
         await lease.release()
@@ -171,10 +173,10 @@ async def streamed(
         # A client that goes away is recorded as 499 (nginx's "client closed request").
         status, end_usage = 499, None
         try:
-            msg: dict[str, Any] | None = first
-            while msg is not None:
-                if msg["type"] == "chunk":
-                    data = msg["data"]
+            reply: Reply | None = first
+            while reply is not None:
+                if isinstance(reply, Chunk):
+                    data = reply.data
                     data["model"] = lease.name
                     if held is not None:
                         yield sse(held)
@@ -193,30 +195,30 @@ async def streamed(
                         held = data
                     else:
                         yield sse(data)
-                elif msg["type"] == "end":
-                    end_usage = msg.get("usage")
+                elif isinstance(reply, End):
+                    end_usage = reply.usage
                     ticket.settle(end_usage)
-                    timings = llama_timings(msg.get("timings"))
-                    if include_usage and end_usage is not None:
+                    timings = llama_timings(reply.timings)
+                    if include_usage:
                         if held is not None:
                             yield sse(held)
                             held = None
-                        chunk = usage_chunk(last, lease.name, with_cached_tokens(end_usage, msg.get("timings")))
-                        yield sse({**chunk, "timings": timings} if timings is not None else chunk)
+                        chunk = usage_chunk(last, lease.name, with_cached_tokens(end_usage, reply.timings))
+                        yield sse({**chunk, "timings": timings})
                     elif held is not None:
-                        yield sse({**held, "timings": timings} if timings is not None else held)
+                        yield sse({**held, "timings": timings})
                         held = None
                     status = 200
                     break
-                elif msg["type"] == "error":
+                elif isinstance(reply, (Error, WorkerExited)):
                     if held is not None:
                         yield sse(held)
                         held = None
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
-                    yield sse(error_body(str(msg.get("message")), "server_error"))
+                    yield sse(error_body(reply.message, "server_error"))
                     status = 500
                     break
-                msg = await anext(messages, None)
+                reply = await anext(messages, None)
             if held is not None:  # the worker's messages ended without an "end"
                 yield sse(held)
             yield SSE_DONE
@@ -238,16 +240,18 @@ async def streamed(
     )
 
 
-async def _usage_after_cancel(messages: WorkerRequest, sent: int) -> dict[str, Any]:
+async def _usage_after_cancel(messages: RequestStream, sent: int) -> dict[str, Any]:
     """A stream stopped by the gateway: cancel the generation and read on to its "end" for the
     prompt's tokens; its completion tokens are the ``sent`` ones (what the client got)."""
     messages.cancel()
     prompt = None
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(END_AFTER_CANCEL_S):
-            async for msg in messages:
-                if msg["type"] in ("end", "error"):
-                    prompt = (msg.get("usage") or {}).get("prompt_tokens")
+            async for reply in messages:
+                if isinstance(reply, End):
+                    prompt = reply.usage.get("prompt_tokens")
+                    break
+                if isinstance(reply, (Error, WorkerExited)):
                     break
     if not isinstance(prompt, int):
         # No end in time (a worker that is stuck or gone): the usage says what is known.
@@ -255,18 +259,15 @@ async def _usage_after_cancel(messages: WorkerRequest, sent: int) -> dict[str, A
     return {"prompt_tokens": prompt, "completion_tokens": sent, "total_tokens": prompt + sent}
 
 
-def llama_timings(timings: Any) -> dict[str, Any] | None:
+def llama_timings(timings: Timings) -> dict[str, Any]:
     """llama-server's ``timings`` from the worker's (gateway.engine.protocol): the prompt tokens
     read (``prompt_n``, the cached ones are ``cache_n``) and the time from taking a slot to the
     first token; the tokens generated (``predicted_n``) and the time from the first to the last."""
-    if not isinstance(timings, dict):
-        return None
-    cached = int(timings.get("cached_prompt_tokens") or 0)
-    prompt_n = max(0, int(timings.get("prompt_tokens") or 0) - cached)
-    predicted_n = int(timings.get("completion_tokens") or 0)
-    prompt_s, decode_s = timings.get("prompt_s"), timings.get("decode_s")
-    prompt_ms = round(prompt_s * 1000, 3) if isinstance(prompt_s, (int, float)) else None
-    predicted_ms = round(decode_s * 1000, 3) if isinstance(decode_s, (int, float)) else None
+    cached = timings.cached_prompt_tokens
+    prompt_n = max(0, timings.prompt_tokens - cached)
+    predicted_n = timings.completion_tokens
+    prompt_ms = round(timings.prompt_s * 1000, 3) if timings.prompt_s is not None else None
+    predicted_ms = round(timings.decode_s * 1000, 3)
 
     def per_token(n: int, ms: float | None) -> float | None:
         return round(ms / n, 3) if ms is not None and n else None
@@ -287,22 +288,17 @@ def llama_timings(timings: Any) -> dict[str, Any] | None:
     }
 
 
-def with_cached_tokens(usage: dict[str, Any], timings: Any) -> dict[str, Any]:
+def with_cached_tokens(usage: dict[str, Any], timings: Timings) -> dict[str, Any]:
     """OpenAI's usage with ``prompt_tokens_details.cached_tokens``: the prompt tokens a slot's
     prompt cache held (not decoded again)."""
-    cached = timings.get("cached_prompt_tokens") if isinstance(timings, dict) else None
-    if not isinstance(cached, int):
-        return usage
-    return {**usage, "prompt_tokens_details": {"cached_tokens": cached}}
+    return {**usage, "prompt_tokens_details": {"cached_tokens": timings.cached_prompt_tokens}}
 
 
-def _add_cache_and_timings(data: dict[str, Any], timings: Any) -> None:
+def _add_cache_and_timings(data: dict[str, Any], timings: Timings) -> None:
     """A whole completion's usage with its cached tokens, and llama-server's timings."""
     if isinstance(data.get("usage"), dict):
         data["usage"] = with_cached_tokens(data["usage"], timings)
-    shown = llama_timings(timings)
-    if shown is not None:
-        data["timings"] = shown
+    data["timings"] = llama_timings(timings)
 
 
 def generated_tokens(chunk: dict[str, Any]) -> int:

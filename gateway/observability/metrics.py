@@ -28,11 +28,14 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+
+if TYPE_CHECKING:
+    from gateway.engine.protocol import Stats
 from prometheus_client.registry import Collector
 
 from gateway.observability.activity import RecentActivity
@@ -400,14 +403,13 @@ class GatewayMetrics:
         if speed is not None:
             self._speed.labels(model=name).observe(speed)
 
-    def engine_stats(self, model: str, stats: Mapping[str, Any]) -> None:
+    def engine_stats(self, model: str, stats: Stats) -> None:
         """A worker's "stats" message: decode-step sizes and prompt-cache hits since its last one."""
-        for size, count in (stats.get("batch_sizes") or {}).items():
-            for _ in range(int(count)):
-                self._batch.labels(model=model).observe(int(size))
-        cached = stats.get("cached_prompt_tokens")
-        if isinstance(cached, int) and cached > 0:
-            self._cached_prompt.labels(model=model).inc(cached)
+        for size, count in stats.batch_sizes.items():
+            for _ in range(count):
+                self._batch.labels(model=model).observe(size)
+        if stats.cached_prompt_tokens > 0:
+            self._cached_prompt.labels(model=model).inc(stats.cached_prompt_tokens)
 
     def rejected(self, model: str | None, reason: str, key: str | None = None) -> None:
         """Count a request refused before it ran; ``reason`` is one of ``REJECT_REASONS``.

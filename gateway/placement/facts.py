@@ -18,6 +18,7 @@ import gguf
 from gateway.config.chat_formats import chat_format_in_use, returns_tool_calls
 from gateway.config.model_files import resolve_model_path
 from gateway.config.schema import ModelConfig
+from gateway.engine.tool_calls import family_of
 from planner.errors import ModelFileError
 from planner.gguf_reader import read_model_info
 from planner.model_info import ModelInfo
@@ -37,6 +38,8 @@ class ModelFacts:
     file_bytes: int
     quantization: str | None  # general.file_type as llama.cpp names it ("Q4_K_M"); None when absent
     chat_templates: tuple[str, ...]
+    # The templates whose model's tool calls the gateway parses (gateway.engine.tool_calls).
+    tool_call_templates: tuple[str, ...] = ()
 
     @property
     def generates(self) -> bool:
@@ -62,6 +65,7 @@ def facts_from_info(info: ModelInfo) -> ModelFacts:
         file_bytes=info.file_bytes,
         quantization=quantization_name(info.file_type),
         chat_templates=info.chat_templates,
+        tool_call_templates=tuple(name for name, text in info.chat_template_texts if family_of(text) is not None),
     )
 
 
@@ -113,9 +117,11 @@ def model_card(model: ModelConfig, facts: ModelFacts | None) -> dict[str, Any]:
             "completion": generates,
             "chat": generates,
             "embeddings": model.embedding,
-            # Calls parsed back into tool_calls: only the formats whose handlers do it (a GGUF's
-            # own template renders the tools but nothing reads a call back yet).
-            "tools": generates and chat_format is not None and returns_tool_calls(chat_format),
+            # Calls parsed back into tool_calls: the formats whose handlers do it, and a GGUF
+            # template of a family the gateway parses (gateway.engine.tool_calls).
+            "tools": generates
+            and chat_format is not None
+            and (returns_tool_calls(chat_format) or (facts is not None and chat_format in facts.tool_call_templates)),
         },
         "chat_format": chat_format if generates else None,
         "architecture": facts.architecture if facts is not None else None,

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.engine import protocol
+
 LoadReason = Literal["startup", "on_demand", "restart", "reload"]
 EvictReason = Literal["make_room", "idle_ttl", "admin", "restart"]
 
@@ -81,7 +83,7 @@ class Stats(ModelEvent):
     """The worker's engine statistics (its "stats" message: slots, decode-step sizes,
     prompt-cache hits)."""
 
-    stats: Mapping[str, Any]
+    stats: protocol.Stats
 
 
 # ---------------------------------------------------------------- from the pool

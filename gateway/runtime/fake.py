@@ -8,7 +8,8 @@ stdin while it runs (``close_stdin``). A test holds a load or a request at a poi
 with ``hold_load`` / ``hold_answer`` (a ``threading.Event``: the TestClient runs the app in another
 thread), as ``worker_held`` does for real workers: no guessed durations. Races that take
 seconds with real workers (a crash during a reload, a ready line after a stop) take milliseconds.
-It runs the real pool and the real ``WorkerProcess``; only the process is missing.
+It runs the real pool and the real ``WorkerProcess``; only the process is missing. It takes and
+sends the protocol's Structs (gateway.engine.protocol), as the real connection yields them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.engine.protocol import WorkerSpec
+from gateway.engine.protocol import (
+    Cancel,
+    Chunk,
+    Command,
+    End,
+    Failed,
+    LoadFailure,
+    Progress,
+    Ready,
+    Request,
+    Result,
+    Shutdown,
+    Timings,
+    WorkerMessage,
+    WorkerSpec,
+)
 from gateway.runtime.transport import ProtocolError, WorkerGone
 
 _BROKEN = object()  # in the output queue: the worker broke the protocol here
@@ -55,11 +71,11 @@ class FakeConnection:
         self.env = env
         self.script = script
         self._pid = next(self._pids)
-        self._out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._out: asyncio.Queue[WorkerMessage | object | None] = asyncio.Queue()
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._cancelled: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
-        self.received: list[dict[str, Any]] = []
+        self.received: list[Command] = []
         self.shutdown_at: float | None = None
         self._stdin_closed = False
         self._broken = ""
@@ -78,7 +94,7 @@ class FakeConnection:
     def break_protocol(self, what: str = "a line over the limit") -> None:
         """Write something that is not a message (after what is already queued)."""
         self._broken = what
-        self._out.put_nowait(_BROKEN)  # type: ignore[arg-type]
+        self._out.put_nowait(_BROKEN)
 
     def close_stdin(self) -> None:
         """Stop taking messages while still running (a worker whose stdin reader died)."""
@@ -90,24 +106,23 @@ class FakeConnection:
     def pid(self) -> int | None:
         return self._pid
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Command) -> None:
         if self._exit.done() or self.shutdown_at is not None or self._stdin_closed:
             raise WorkerGone(self.spec.name)
         self.received.append(message)
-        kind = message.get("type")
-        if kind == "request":
+        if isinstance(message, Request):
             self._spawn(self._answer(message))
-        elif kind == "cancel":
-            self._cancelled.add(message["id"])
-        elif kind == "shutdown":
+        elif isinstance(message, Cancel):
+            self._cancelled.add(message.id)
+        elif isinstance(message, Shutdown):
             self._begin_shutdown()
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+    async def messages(self) -> AsyncIterator[WorkerMessage]:
         while (msg := await self._out.get()) is not None:
             if msg is _BROKEN:
                 self._die(-9)  # as SubprocessConnection does: killed, then the error
                 raise ProtocolError(f"the fake worker wrote {self._broken}")
-            yield msg
+            yield msg  # type: ignore[misc]
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)
@@ -135,7 +150,7 @@ class FakeConnection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _put(self, msg: dict[str, Any]) -> None:
+    def _put(self, msg: WorkerMessage) -> None:
         if not self._exit.done():
             self._out.put_nowait(msg)
 
@@ -159,19 +174,19 @@ class FakeConnection:
 
     async def _load(self) -> None:
         await asyncio.sleep(self.script.load_s / 2)
-        self._put({"type": "progress", "percent": 50})
+        self._put(Progress(percent=50))
         await asyncio.sleep(self.script.load_s / 2)
         await _until_set(self.script.hold_load)
         if self.script.fail_load is not None:
-            self._put({"type": "failed", "kind": "load", "message": self.script.fail_load})
+            self._put(Failed(kind=LoadFailure.LOAD, message=self.script.fail_load))
             self._die(1)
             return
         if self.shutdown_at is not None and not self.script.ready_during_stop:
             return
-        self._put({"type": "ready", "load_seconds": self.script.load_s, "allocated": {}, "gpu_used_bytes": {}})
+        self._put(Ready(load_seconds=self.script.load_s, allocated={}, gpu_used_bytes={}))
 
-    async def _answer(self, message: dict[str, Any]) -> None:
-        rid = message["id"]
+    async def _answer(self, message: Request) -> None:
+        rid = message.id
         started = time.monotonic()
         words: list[str] = []
         for i in range(self.script.tokens):
@@ -181,15 +196,22 @@ class FakeConnection:
             if i == self.script.tokens - 1:
                 await _until_set(self.script.hold_answer)
             words.append(f"w{i}")
-            if message.get("stream"):
-                self._put({"type": "chunk", "id": rid, "data": {"object": "text_completion", "choices": [{"index": 0, "text": f"w{i} ", "finish_reason": None}]}})
+            if message.stream:
+                self._put(Chunk(id=rid, data={"object": "text_completion", "choices": [{"index": 0, "text": f"w{i} ", "finish_reason": None}]}))
         usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
-        timings = {"ttft_s": self.script.token_s, "prompt_s": self.script.token_s, "decode_s": time.monotonic() - started, "prompt_tokens": 1, "completion_tokens": len(words), "cached_prompt_tokens": 0}
-        if rid in self._cancelled or message.get("stream"):
-            self._put({"type": "end", "id": rid, "usage": usage, "timings": timings})
+        timings = Timings(
+            ttft_s=self.script.token_s,
+            prompt_s=self.script.token_s,
+            decode_s=time.monotonic() - started,
+            completion_tokens=len(words),
+            prompt_tokens=1,
+            cached_prompt_tokens=0,
+        )
+        if rid in self._cancelled or message.stream:
+            self._put(End(id=rid, usage=usage, timings=timings))
         else:
             data = {"object": "text_completion", "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "length"}], "usage": usage}
-            self._put({"type": "result", "id": rid, "data": data, "usage": usage, "timings": timings})
+            self._put(Result(id=rid, data=data, usage=usage, timings=timings))
 
 
 class FakeTransport:

@@ -36,6 +36,7 @@ from typing import Any
 
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
+from gateway.engine.protocol import Op
 from gateway.errors import ConflictError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts
 from gateway.placement.decisions import Refuse, Resident, cpu_models_running, free_devices, place
@@ -47,7 +48,8 @@ from gateway.runtime.events import Added, Crashed, Evicted, EventSink, EvictReas
 from gateway.runtime.states import ModelState
 from gateway.runtime.transport import SubprocessTransport, WorkerTransport
 from gateway.runtime.view import ModelView
-from gateway.runtime.worker_process import WorkerProcess, WorkerRequest
+from gateway.runtime.requests import RequestStream
+from gateway.runtime.worker_process import WorkerProcess
 from planner.devices import Device
 from planner.eviction import RequestRate
 from planner.plan import plan
@@ -194,7 +196,7 @@ class Lease:
         self._worker = worker
         self._stack = stack
 
-    def request(self, op: str, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
+    def request(self, op: Op, params: dict[str, Any], *, stream: bool) -> RequestStream:
         return self._worker.request(op, params, stream=stream)
 
     async def release(self) -> None:

@@ -10,8 +10,10 @@ The real worker runs in its own process group (``start_new_session``), so stoppi
 anything it started: a "shutdown" message and EOF first, then SIGTERM to the group, then SIGKILL.
 It also dies with its parent (PR_SET_PDEATHSIG and stdin EOF, see gateway.engine.worker).
 
-A worker that breaks the protocol (a line over ``STREAM_LIMIT``, a line that is not a JSON
-object) is killed at once and its output discarded to the end, then ``messages`` raises
+Messages cross this seam as the protocol's Structs: ``send`` takes a ``Command``, ``messages``
+yields each line decoded once into a ``WorkerMessage``. A worker that breaks the protocol (a line
+over ``STREAM_LIMIT``, a line that is not one of its messages: not JSON, an unknown "type", a
+missing or mistyped field) is killed at once and its output discarded to the end, then ``messages`` raises
 ``ProtocolError``: the pool treats it as a crash (issue 21, item 2: a reader that raised with
 the process alive waited for its exit forever, and the model with it).
 """
@@ -26,9 +28,9 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Protocol
 
-from gateway.engine.protocol import WorkerSpec, decode, encode
+from gateway.engine.protocol import Command, Shutdown, WorkerMessage, WorkerSpec, decode_worker_message, encode
 
 log = logging.getLogger("gateway.runtime")
 
@@ -51,10 +53,10 @@ class WorkerConnection(Protocol):
     @property
     def pid(self) -> int | None: ...
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Command) -> None:
         """Queue one message for the worker; raises ``WorkerGone`` once it cannot take any."""
 
-    def messages(self) -> AsyncIterator[dict[str, Any]]:
+    def messages(self) -> AsyncIterator[WorkerMessage]:
         """The worker's messages, decoded, until its output ends. ``ProtocolError`` once it
         sends something that is not a message: it is killed first."""
 
@@ -89,7 +91,7 @@ class SubprocessConnection:
     def pid(self) -> int | None:
         return self._proc.pid
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Command) -> None:
         stdin = self._proc.stdin
         if stdin is None or stdin.is_closing():
             raise WorkerGone(self._name)
@@ -98,7 +100,7 @@ class SubprocessConnection:
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             raise WorkerGone(self._name) from None
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+    async def messages(self) -> AsyncIterator[WorkerMessage]:
         stream = self._proc.stdout
         while stream is not None:
             try:
@@ -109,12 +111,10 @@ class SubprocessConnection:
             if not line:
                 return
             try:
-                message = decode(line)
-            except ValueError:  # msgspec.DecodeError is one
-                message = None
-            if not isinstance(message, dict):
+                message = decode_worker_message(line)
+            except ValueError as exc:  # msgspec.DecodeError (ValidationError too) is one
                 await self._abandon(stream)
-                raise ProtocolError(f"the worker wrote a line that is not a message: {line[:200]!r}")
+                raise ProtocolError(f"the worker wrote a line that is not a message ({exc}): {line[:200]!r}") from None
             yield message
 
     async def _abandon(self, stream: asyncio.StreamReader) -> None:
@@ -147,7 +147,7 @@ class SubprocessConnection:
         if proc.returncode is not None:
             return
         with contextlib.suppress(WorkerGone):
-            self.send({"type": "shutdown"})
+            self.send(Shutdown())
         if proc.stdin is not None:
             with contextlib.suppress(Exception):
                 proc.stdin.close()

@@ -9,6 +9,10 @@ the load failed, false when it died while ready), ``Crashed`` (it died while rea
 protocol and was killed; the pool decides whether to restart), ``Stopped`` (it exited after
 ``stop``) and ``Stats`` (the worker's engine statistics).
 
+Requests are read as ``gateway.runtime.requests.RequestStream``s of the protocol's Structs (the
+transport decoded them); a request the worker leaves unanswered when it exits ends with
+``WorkerExited``.
+
 A "ready" line read after ``stop`` began is ignored (the process is on its way out), and that
 exit is a stop, never a crash.
 """
@@ -18,20 +22,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import Callable
 from typing import Any
 
 from gateway.engine.process import exit_reason
-from gateway.engine.protocol import WorkerSpec
+from gateway.engine.protocol import (
+    Cancel,
+    Chunk,
+    End,
+    Error,
+    Failed,
+    Op,
+    Progress,
+    Ready,
+    Request,
+    Result,
+    Stats,
+    WorkerMessage,
+    WorkerSpec,
+)
 from gateway.errors import ModelUnavailableError
-from gateway.runtime.events import Crashed, Failed, ModelEvent, Progress, Ready, Starting, Stats, Stopped
+from gateway.runtime import events
+from gateway.runtime.requests import TERMINAL, Reply, WorkerExited
 from gateway.runtime.states import ModelState, check_transition
 from gateway.runtime.transport import ProtocolError, SubprocessTransport, WorkerConnection, WorkerGone, WorkerTransport
 
-EventSink = Callable[["WorkerProcess", ModelEvent], None]
-
-TERMINAL = frozenset({"result", "end", "error"})
+EventSink = Callable[["WorkerProcess", events.ModelEvent], None]
 
 
 class WorkerProcess:
@@ -57,12 +73,11 @@ class WorkerProcess:
         self.slots: int | None = None  # the engine's last "stats": its slots and how many are busy
         self.busy_slots: int | None = None
         self._conn: WorkerConnection | None = None
-        self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Queue[Reply]] = {}
         self._ids = itertools.count(1)
         self._settled = asyncio.Event()  # ready, failed or stopped: wait_ready returns
         self._exited = asyncio.Event()
         self._reader: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
-        self._started_at = 0.0
 
     @property
     def name(self) -> str:
@@ -80,13 +95,12 @@ class WorkerProcess:
         check_transition(self.name, self.state, new)
         self.state = new
 
-    def _emit(self, event: ModelEvent) -> None:
+    def _emit(self, event: events.ModelEvent) -> None:
         self._on_event(self, event)
 
     async def start(self) -> None:
         """Spawn the worker; returns at once (``wait_ready`` waits for the load)."""
         self._move(ModelState.STARTING)
-        self._started_at = time.monotonic()
         try:
             self._conn = await self._transport.spawn(self.spec, self._env)
         except OSError as exc:
@@ -102,7 +116,7 @@ class WorkerProcess:
             self._finish_stop(None)
             self._exited.set()
             return
-        self._emit(Starting(self.name, self._conn.pid))
+        self._emit(events.Starting(self.name, self._conn.pid))
         self._reader = asyncio.create_task(self._read(self._conn), name=f"{self.name}-worker")
 
     async def wait_ready(self, timeout: float | None = None) -> ModelState:
@@ -116,7 +130,7 @@ class WorkerProcess:
         self._move(ModelState.FAILED)
         self.reason = reason
         self._settled.set()
-        self._emit(Failed(self.name, reason, loading))
+        self._emit(events.Failed(self.name, reason, loading))
 
     def give_up(self, reason: str) -> None:
         """Stay failed, with this reason (the pool's restart budget is spent)."""
@@ -135,35 +149,34 @@ class WorkerProcess:
             code = await conn.wait()
             self._on_exit(code, conn, broken)
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind in ("chunk", "result", "end", "error"):
-            queue = self._pending.get(msg.get("id", -1))
+    def _dispatch(self, msg: WorkerMessage) -> None:
+        if isinstance(msg, (Chunk, Result, End, Error)):
+            queue = self._pending.get(msg.id)
             if queue is not None:
                 queue.put_nowait(msg)
-        elif kind == "stats":
-            self.slots, self.busy_slots = msg.get("slots"), msg.get("busy_slots")
-            self._emit(Stats(self.name, msg))
+        elif isinstance(msg, Stats):
+            self.slots, self.busy_slots = msg.slots, msg.busy_slots
+            self._emit(events.Stats(self.name, msg))
         elif self.state is not ModelState.STARTING:
             return  # load messages after a stop began (or a duplicate): the process is leaving
-        elif kind == "progress":
-            self.progress = int(msg.get("percent", 0))
-            self._emit(Progress(self.name, self.progress))
-        elif kind == "ready":
+        elif isinstance(msg, Progress):
+            self.progress = msg.percent
+            self._emit(events.Progress(self.name, self.progress))
+        elif isinstance(msg, Ready):
             self._move(ModelState.READY)
             self.progress = 100
-            self.allocated = msg.get("allocated") or {}
-            self.gpu_used_bytes = {str(k): int(v) for k, v in (msg.get("gpu_used_bytes") or {}).items()}
-            self.load_seconds = msg.get("load_seconds", time.monotonic() - self._started_at)
+            self.allocated = msg.allocated
+            self.gpu_used_bytes = msg.gpu_used_bytes
+            self.load_seconds = msg.load_seconds
             self._settled.set()
-            self._emit(Ready(self.name, self.load_seconds))
-        elif kind == "failed":
-            self._fail(str(msg.get("message", "load failed")))
+            self._emit(events.Ready(self.name, self.load_seconds))
+        elif isinstance(msg, Failed):
+            self._fail(msg.message)
 
     def _on_exit(self, code: int, conn: WorkerConnection, broken: str | None = None) -> None:
         why = f"was killed: {broken}" if broken else f"exited (code {code})"
         for queue in self._pending.values():
-            queue.put_nowait({"type": "error", "kind": "worker_exited", "message": f"the model's worker {why}"})
+            queue.put_nowait(WorkerExited(f"the model's worker {why}"))
         reason = f"{broken}; the worker was killed" if broken else exit_reason("worker", code, conn.stderr_tail())
         if self.state is ModelState.STOPPING:
             self._finish_stop(code)
@@ -171,15 +184,15 @@ class WorkerProcess:
             self._fail(reason)
         elif self.state is ModelState.READY:
             self._fail(reason)
-            self._emit(Crashed(self.name, reason, code))
+            self._emit(events.Crashed(self.name, reason, code))
         self._exited.set()
 
     def _finish_stop(self, code: int | None) -> None:
         self._move(ModelState.STOPPED)
         self._settled.set()
-        self._emit(Stopped(self.name, code))
+        self._emit(events.Stopped(self.name, code))
 
-    def request(self, op: str, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
+    def request(self, op: Op, params: dict[str, Any], *, stream: bool) -> WorkerRequest:
         """One request's messages, up to and including the terminal one (sent on the first read).
 
         Closing it early (a client that went away) cancels the generation in the worker, which
@@ -187,15 +200,15 @@ class WorkerProcess:
         """
         return WorkerRequest(self, op, params, stream)
 
-    def _open(self, message: dict[str, Any]) -> tuple[int, WorkerConnection, asyncio.Queue[dict[str, Any]]]:
+    def _open(self, op: Op, params: dict[str, Any], stream: bool) -> tuple[int, WorkerConnection, asyncio.Queue[Reply]]:
         conn = self._conn
         if self.state is not ModelState.READY or conn is None:
             raise ModelUnavailableError(f"model {self.name!r} is {self.state.value}")
         rid = next(self._ids)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._pending[rid] = queue
         try:
-            conn.send({**message, "id": rid})
+            conn.send(Request(id=rid, op=op, stream=stream, params=params))
         except WorkerGone:
             # Its stdin is closed while it counts as ready: a crash the reader has not seen yet.
             # The kill makes sure it sees one (and the pool restarts the model).
@@ -233,31 +246,34 @@ class WorkerProcess:
 
 
 class WorkerRequest:
-    """One request to a worker, read as an async iterator of its messages."""
+    """One request to a worker, read as an async iterator of its replies (a
+    ``gateway.runtime.requests.RequestStream``)."""
 
-    def __init__(self, worker: WorkerProcess, op: str, params: dict[str, Any], stream: bool) -> None:
+    def __init__(self, worker: WorkerProcess, op: Op, params: dict[str, Any], stream: bool) -> None:
         self._worker = worker
-        self._message = {"type": "request", "op": op, "stream": stream, "params": params}
+        self._op = op
+        self._params = params
+        self._stream = stream
         self._rid: int | None = None
         self._conn: WorkerConnection | None = None
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._queue: asyncio.Queue[Reply] | None = None
         self._finished = False
         self._cancelled = False
 
     def __aiter__(self) -> WorkerRequest:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
+    async def __anext__(self) -> Reply:
         if self._finished:
             raise StopAsyncIteration
         if self._queue is None:
             try:
-                self._rid, self._conn, self._queue = self._worker._open(self._message)
+                self._rid, self._conn, self._queue = self._worker._open(self._op, self._params, self._stream)
             except BaseException:
                 self._finished = True
                 raise
         msg = await self._queue.get()
-        if msg["type"] in TERMINAL:
+        if isinstance(msg, TERMINAL):
             self._finished = True
             self._worker._close(self._rid)  # type: ignore[arg-type]
         return msg
@@ -269,7 +285,7 @@ class WorkerRequest:
             return
         self._cancelled = True
         with contextlib.suppress(WorkerGone):
-            self._conn.send({"type": "cancel", "id": self._rid})
+            self._conn.send(Cancel(id=self._rid))  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         if self._queue is not None and not self._finished:

@@ -15,6 +15,7 @@ from litestar.response import Stream
 from gateway.access.gate import Access
 from gateway.access.keyring import ApiKey
 from gateway.access.limits import Ticket
+from gateway.engine.protocol import Op
 from gateway.errors import InvalidRequestError
 from gateway.http import proxy
 from gateway.http.auth import Auth
@@ -60,12 +61,12 @@ async def _lease(pool: ModelPool, access: Access, key: ApiKey | None, entry: Mod
         raise
 
 
-async def _generate(request: Request, call: Call, endpoint: str, op: str) -> Response | Stream:
+async def _generate(request: Request, call: Call, endpoint: str, op: Op) -> Response | Stream:
     pool, access, key = call.pool, call.access, call.key
     record = request.state.record = new_record(endpoint, request.headers.get(REQUEST_ID_HEADER), key.name if key else None)
     body = await _json_body(request)
     stream = is_stream(body)
-    params = chat_params(body) if op == "chat" else completion_params(body)
+    params = chat_params(body) if op is Op.CHAT else completion_params(body)
     entry = access.resolve(pool, key, body.get("model"))
     record.model = entry.name
     lease, ticket = await _lease(pool, access, key, entry)
@@ -75,11 +76,11 @@ async def _generate(request: Request, call: Call, endpoint: str, op: str) -> Res
 
 
 async def chat_completions(request: Request, call: NamedDependency[Call]) -> Response | Stream:
-    return await _generate(request, call, "/v1/chat/completions", "chat")
+    return await _generate(request, call, "/v1/chat/completions", Op.CHAT)
 
 
 async def completions(request: Request, call: NamedDependency[Call]) -> Response | Stream:
-    return await _generate(request, call, "/v1/completions", "completion")
+    return await _generate(request, call, "/v1/completions", Op.COMPLETION)
 
 
 async def embeddings(request: Request, call: NamedDependency[Call]) -> Response:
@@ -92,7 +93,7 @@ async def embeddings(request: Request, call: NamedDependency[Call]) -> Response:
         raise InvalidRequestError(f"model {entry.name!r} does not serve embeddings (set embedding = true)", param="model")
     params = embedding_params(body)
     lease, ticket = await _lease(pool, access, key, entry)
-    return await proxy.whole(lease, record, call.metrics, "embedding", params, ticket, proxy.client_gone(request))
+    return await proxy.whole(lease, record, call.metrics, Op.EMBEDDING, params, ticket, proxy.client_gone(request))
 
 
 async def list_models(

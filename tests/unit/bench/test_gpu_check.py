@@ -36,7 +36,7 @@ from gateway.cli.fit_params import (
 )
 from gateway.placement.launch import launches_from_plan
 from gateway.placement.planning import plan_config, read_models
-from gateway.engine.protocol import WorkerSpec
+from gateway.engine.protocol import Op, Result, WorkerSpec
 from gateway.engine.dry_run import DryRun, dry_run_params
 from gateway.errors import VerifyError
 from gateway.placement.verify import (
@@ -277,15 +277,15 @@ def test_requests_run_to_max_tokens_through_the_real_worker_on_a_zero_weight_mod
         await handle.start()
         try:
             assert await handle.wait_ready(120) == ModelState.READY, handle.reason
-            msgs = [m async for m in handle.request("completion", gc.request_params(1000, 16), stream=False)]
+            msgs = [m async for m in handle.request(Op.COMPLETION, gc.request_params(1000, 16), stream=False)]
         finally:
             await handle.stop()
         return msgs
 
     msgs = asyncio.run(run())
-    assert msgs[-1]["type"] == "result", msgs
-    assert msgs[-1]["data"]["usage"]["prompt_tokens"] == gc.PROMPT_TOKENS
-    assert msgs[-1]["data"]["usage"]["completion_tokens"] == 16
+    assert isinstance(msgs[-1], Result), msgs
+    assert msgs[-1].data["usage"]["prompt_tokens"] == gc.PROMPT_TOKENS
+    assert msgs[-1].data["usage"]["completion_tokens"] == 16
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engine.protocol import WorkerSpec, decode, encode
+from gateway.engine.protocol import Progress, Ready, Shutdown, WorkerSpec, decode_worker_message, encode
 from testkit.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
@@ -61,11 +61,11 @@ def test_worker_opens_llama_before_numpy(tiny_spec, tmp_path):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO, env=loader_env(prefix),
     )  # fmt: skip
     try:
-        message = decode(proc.stdout.readline())
-        while message.get("type") == "progress":
-            message = decode(proc.stdout.readline())
-        assert message["type"] == "ready", message
-        proc.stdin.write(encode({"type": "shutdown"}))
+        message = decode_worker_message(proc.stdout.readline())
+        while isinstance(message, Progress):
+            message = decode_worker_message(proc.stdout.readline())
+        assert isinstance(message, Ready), message
+        proc.stdin.write(encode(Shutdown()))
         proc.stdin.close()
         proc.wait(TIMEOUT_S)
     finally:

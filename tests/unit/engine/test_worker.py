@@ -17,13 +17,14 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from gateway.nvml import process_gpu_memory
-from gateway.engine.protocol import WorkerSpec, decode
+from gateway.engine.protocol import WorkerSpec
 from testkit.ggufmaker import write_tiny_llama
-from tests.workers import GREEDY, REPO, TIMEOUT_S, WorkerProcess
+from tests.workers import GREEDY, REPO, TIMEOUT_S, WorkerProcess, decode
 
 pytestmark = pytest.mark.llama
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.engine import protocol
 from gateway.observability.events import EventLog
 from gateway.runtime.events import (
     MODEL_EVENTS,
@@ -45,7 +46,7 @@ ONE_OF_EACH: list[ModelEvent] = [
     Failed("m", "out of memory", True),
     Crashed("m", "exited (code 9)", 9),
     Stopped("m", 0),
-    Stats("m", {"batch_sizes": {"4": 2}, "cached_prompt_tokens": 7}),
+    Stats("m", protocol.Stats(busy_slots=1, slots=4, batch_sizes={4: 2}, cached_prompt_tokens=7)),
     Loading("m", "on_demand"),
     Restarting("m", 1),
     Evicted("m", "make_room"),
@@ -83,7 +84,7 @@ def test_the_pool_events_move_their_metrics():
     log(Restarting("m", 1))
     log(Evicted("m", "idle_ttl"))
     log(LoadWaited("m", 0.25))
-    log(Stats("m", {"batch_sizes": {"4": 2}, "cached_prompt_tokens": 7}))
+    log(Stats("m", protocol.Stats(busy_slots=1, slots=4, batch_sizes={4: 2}, cached_prompt_tokens=7)))
     s = scrape(metrics)
     m = {("model", "m")}
     assert s["vram_gateway_model_loads_total", frozenset(m | {("reason", "on_demand")})] == 2

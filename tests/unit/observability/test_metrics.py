@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.engine.protocol import Stats
 from gateway.observability.logs import JsonFormatter, configure_logging, log_request, request_log_fields
 from gateway.observability.metrics import (
     MODEL_STATES,
@@ -366,8 +367,8 @@ def test_engine_stats_feed_the_batch_size_histogram_the_prompt_cache_counter_and
 
     metrics = GatewayMetrics(lambda: SNAPSHOTS, sample_gpus)
     metrics.add_model("chat")
-    metrics.engine_stats("chat", {"busy_slots": 2, "slots": 4, "batch_sizes": {"4": 3, "68": 1}, "cached_prompt_tokens": 50})
-    metrics.engine_stats("chat", {"busy_slots": 0, "slots": 4, "batch_sizes": {}, "cached_prompt_tokens": 0})
+    metrics.engine_stats("chat", Stats(busy_slots=2, slots=4, batch_sizes={4: 3, 68: 1}, cached_prompt_tokens=50))
+    metrics.engine_stats("chat", Stats(busy_slots=0, slots=4, batch_sizes={}, cached_prompt_tokens=0))
     body = metrics.render()[0].decode()
     assert 'vram_gateway_engine_batch_tokens_count{model="chat"} 4.0' in body
     assert 'vram_gateway_engine_batch_tokens_sum{model="chat"} 80.0' in body

@@ -15,11 +15,13 @@ import tomli_w
 
 from gateway.config.loading import parse_config
 from gateway.config.schema import Config
+from gateway.engine.protocol import Cancel, Chunk, End, Op, Result
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
 from gateway.runtime.events import Crashed, ModelEvent, Ready, Restarting
 from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
+from gateway.runtime.requests import Reply, WorkerExited
 from gateway.runtime.states import IllegalTransition, ModelState, check_transition
 from gateway.runtime.worker_process import WorkerProcess
 from testkit.ggufmaker import write_tiny_llama
@@ -58,10 +60,10 @@ async def wait_for(predicate, timeout: float = 30.0) -> None:  # the timeout onl
             await asyncio.sleep(0.005)
 
 
-async def complete(pool: ModelPool, model: str) -> list[dict]:
+async def complete(pool: ModelPool, model: str) -> list[Reply]:
     lease = await pool.acquire(model)
     async with lease:
-        return [m async for m in lease.request("completion", {"prompt": "a"}, stream=False)]
+        return [m async for m in lease.request(Op.COMPLETION, {"prompt": "a"}, stream=False)]
 
 
 def test_the_transition_table_refuses_what_it_does_not_list():
@@ -102,7 +104,7 @@ def test_a_crashed_model_restarts_once_as_a_new_worker(tiny):
         await wait_for(lambda: pool.entries["m"].state is ModelState.FAILED)
         await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
         assert transport.latest("m") is not first and len(transport.alive("m")) == 1
-        assert (await complete(pool, "m"))[-1]["type"] == "result"
+        assert isinstance((await complete(pool, "m"))[-1], Result)
         await pool.stop()
         assert not transport.alive()
 
@@ -144,7 +146,7 @@ def test_a_model_that_a_reload_removes_and_that_crashes_meanwhile_is_not_restart
         result = await reload
         assert result.reloaded and result.removed == ["gone"]
         msgs = await request
-        assert msgs[-1]["type"] == "error"  # the in-flight request learns the worker died
+        assert isinstance(msgs[-1], WorkerExited)  # the in-flight request learns the worker died
         await asyncio.sleep(0.2)  # longer than the restart backoff
         assert transport.alive("gone") == []
         assert "gone" not in pool.entries
@@ -193,7 +195,7 @@ def test_an_on_demand_load_racing_an_eviction_never_runs_both_models(tiny):
         watcher = asyncio.create_task(watch())
         results = await asyncio.gather(*(complete(pool, "ab"[i % 2]) for i in range(20)), return_exceptions=True)
         watcher.cancel()
-        served = [r for r in results if isinstance(r, list) and r[-1]["type"] == "result"]
+        served = [r for r in results if isinstance(r, list) and isinstance(r[-1], Result)]
         refused = [r for r in results if isinstance(r, ModelUnavailableError)]
         assert len(served) + len(refused) == 20, results
         assert served, results
@@ -292,20 +294,20 @@ def test_a_cancelled_request_still_reads_its_end_with_the_usage_so_far(tiny):
         try:
             lease = await pool.acquire("m")
             async with lease:
-                messages = lease.request("completion", {"prompt": "a"}, stream=True)
+                messages = lease.request(Op.COMPLETION, {"prompt": "a"}, stream=True)
                 first = await anext(messages)
                 messages.cancel()
                 messages.cancel()  # once is enough: the worker is told once
                 rest = [m async for m in messages]
-            cancels = [m for m in transport.latest("m").received if m.get("type") == "cancel"]
+            cancels = [m for m in transport.latest("m").received if isinstance(m, Cancel)]
             return first, rest, cancels
         finally:
             await pool.stop()
 
     first, rest, cancels = asyncio.run(run())
-    assert first["type"] == "chunk"
-    assert rest[-1]["type"] == "end" and rest[-1]["usage"]["prompt_tokens"] == 1
-    assert rest[-1]["usage"]["completion_tokens"] < 50
+    assert isinstance(first, Chunk)
+    assert isinstance(rest[-1], End) and rest[-1].usage["prompt_tokens"] == 1
+    assert rest[-1].usage["completion_tokens"] < 50
     assert len(cancels) == 1
 
 
@@ -341,8 +343,8 @@ def test_a_worker_that_breaks_the_protocol_is_killed_and_restarted_and_its_reque
             first = transport.latest("m")
             lease = await pool.acquire("m")
             async with lease:
-                messages = lease.request("completion", {"prompt": "a"}, stream=True)
-                assert (await anext(messages))["type"] == "chunk"
+                messages = lease.request(Op.COMPLETION, {"prompt": "a"}, stream=True)
+                assert isinstance(await anext(messages), Chunk)
                 first.break_protocol()
                 async with asyncio.timeout(3):
                     rest = [m async for m in messages]
@@ -350,14 +352,14 @@ def test_a_worker_that_breaks_the_protocol_is_killed_and_restarted_and_its_reque
             await wait_for(lambda: any(isinstance(e, Restarting) and e.model == "m" for e in events))
             await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
             assert transport.latest("m") is not first and len(transport.alive("m")) == 1
-            assert (await complete(pool, "m"))[-1]["type"] == "result"
+            assert isinstance((await complete(pool, "m"))[-1], Result)
             return rest
         finally:
             await pool.stop()
 
     rest = asyncio.run(run())
     error = rest[-1]
-    assert error["type"] == "error" and error["kind"] == "worker_exited" and "killed" in error["message"]
+    assert isinstance(error, WorkerExited) and "killed" in error.message
 
 
 def test_a_worker_whose_stdin_is_closed_answers_503_and_restarts(tiny):
@@ -373,7 +375,7 @@ def test_a_worker_whose_stdin_is_closed_answers_503_and_restarts(tiny):
                 await complete(pool, "m")
             await wait_for(lambda: not first.alive)
             await wait_for(lambda: pool.entries["m"].state is ModelState.READY and transport.latest("m") is not first)
-            assert (await complete(pool, "m"))[-1]["type"] == "result"
+            assert isinstance((await complete(pool, "m"))[-1], Result)
         finally:
             await pool.stop()
 
@@ -406,7 +408,7 @@ def test_an_eager_model_whose_restart_failed_to_load_is_tried_again_until_it_loa
             file.broken = False  # and restored: the pool's next try loads it, nobody asks
             await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
             assert len(transport.alive("m")) == 1
-            assert (await complete(pool, "m"))[-1]["type"] == "result"
+            assert isinstance((await complete(pool, "m"))[-1], Result)
         finally:
             await pool.stop()
             assert not transport.alive()
@@ -467,7 +469,7 @@ def test_requests_to_an_eager_model_that_a_reload_restarts_wait_for_its_load(tin
             reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "m", "n_ctx": 512}])))
             await wait_for(lambda: pool.entries["m"].state is ModelState.STARTING and transport.latest("m").spec.n_ctx == 512)
             # The new worker is loading: the request waits for it (up to load_timeout_s), no 503.
-            assert (await complete(pool, "m"))[-1]["type"] == "result"
+            assert isinstance((await complete(pool, "m"))[-1], Result)
             assert (await reload).changed == ["m"]
         finally:
             await pool.stop()
@@ -489,7 +491,7 @@ def test_a_model_whose_stream_is_still_open_is_not_evicted(tiny):
         try:
             lease = await pool.acquire("b")
             async with lease:
-                messages = lease.request("completion", {"prompt": "a"}, stream=True)
+                messages = lease.request(Op.COMPLETION, {"prompt": "a"}, stream=True)
                 first = await anext(messages)
                 with pytest.raises(ModelUnavailableError, match="cannot be placed even after evicting every idle on-demand model"):
                     await pool.acquire("c")
@@ -502,11 +504,11 @@ def test_a_model_whose_stream_is_still_open_is_not_evicted(tiny):
             await pool.stop()
 
     first, b_meanwhile, rest, served, after = asyncio.run(run())
-    assert first["type"] == "chunk"
+    assert isinstance(first, Chunk)
     assert b_meanwhile == (ModelState.READY, True, False)
     # The whole stream, not cut short.
-    assert [m["type"] for m in rest] == ["chunk"] * 4 + ["end"] and rest[-1]["usage"]["completion_tokens"] == 5
-    assert served[-1]["type"] == "result"
+    assert [type(m) for m in rest] == [Chunk] * 4 + [End] and rest[-1].usage["completion_tokens"] == 5
+    assert isinstance(served[-1], Result)
     assert after == (ModelState.STOPPED, False)  # idle again, it went for c
 
 

@@ -13,7 +13,7 @@ path generates the same tokens:
 
 llama-cpp-python's server needs its [server] extras, which the project does not depend on:
 `make bench` installs them into .venv-bench; without them that column is skipped.
-Run: `.venv/bin/python bench/gateway.py [--bench-python .venv-bench/bin/python]`.
+Run: `.venv/bin/python bench/serving_overhead.py [--bench-python .venv-bench/bin/python]`.
 """
 
 from __future__ import annotations

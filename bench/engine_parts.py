@@ -11,8 +11,8 @@ end-of-generation token suppressed (so each generates exactly --tokens tokens):
 - engine: gateway.engine.batching.BatchEngine driven in this process (every request submitted
   before its loop starts, so all prompts wait at the first step as for the batch API) with a StepProfiler
   (gateway.engine.step_profile), each stream a streamed completion whose chunks are encoded as
-  the worker encodes them (gateway.engine.protocol.encode) and written to a buffered /dev/null,
-  flushed once a step as the worker flushes its stdout. The profiler splits every step's time:
+  the worker encodes them (gateway.engine.protocol.encode), queued and written to a buffered
+  /dev/null in one write a step, as the worker writes its stdout. The profiler splits every step's time:
   schedule (new jobs, admission, stats), batch (building the batch, slot bookkeeping), decode
   (llama_decode), sample (sampler chains), text (end of generation, detokenizing, stop strings),
   send (stream chunks made, encoded, written; the step's flush);
@@ -85,9 +85,13 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
     vocab = Vocab(loaded.model)
     out = open(os.devnull, "wb")  # buffered, as the worker's protocol stream
     out_lock = threading.Lock()
+    step_lines: list[bytes] = []
 
-    def flush() -> None:
+    def flush() -> None:  # Worker.flush: the step's chunks in one write
         with out_lock:
+            if step_lines:
+                out.write(b"".join(step_lines))
+                step_lines.clear()
             out.flush()
 
     def options(i: int, n_tokens: int) -> CompletionOptions:
@@ -105,9 +109,9 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         for i in range(n):
 
             def send_chunk(chunk: dict, request_id: int = i) -> None:
-                line = encode(Chunk(id=request_id, data=chunk))  # Worker.send, flush=False
+                line = encode(Chunk(id=request_id, data=chunk))  # Worker.queue
                 with out_lock:
-                    out.write(line)
+                    step_lines.append(line)
 
             started.append(completions.start(RequestScope(i), options(i, n_tokens), on_chunk=send_chunk))
         engine.start()

@@ -271,7 +271,7 @@ class BatchEngine:
                 [s.pending for s in generating], [s.n_past for s in generating], [s.slot.index for s in generating]  # type: ignore[misc]
             )
             for k, seq in enumerate(generating, first):
-                seq.batch_index = k
+                seq.batch_index = seq.logits_row = k  # the batch's first tokens, each with its logits
         chunks: list[tuple[Sequence, int]] = []
         budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating), waiting=len(self._prefilling))
         for seq in self._prefilling:
@@ -279,6 +279,7 @@ class BatchEngine:
             if take <= 0:
                 break
             last = seq.prompt_pos + take == len(seq.job.prompt)
+            seq.logits_row = batch.n_outputs
             index = batch.add(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take], seq.prompt_pos, seq.slot.index, output_last=last)
             seq.batch_index = index if last else -1
             chunks.append((seq, take))
@@ -305,12 +306,12 @@ class BatchEngine:
 
         # The step's bookkeeping first, then its sampling in the same order as one pass:
         # (sequence, batch index of its logits).
-        to_sample: list[tuple[Sequence, int]] = []
+        to_sample: list[tuple[Sequence, Sequence]] = []  # (sequence, the one whose logits it samples from)
         for seq in generating:
             seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
             seq.n_past += 1
             seq.pending = None
-            to_sample.append((seq, seq.batch_index))
+            to_sample.append((seq, seq))
         for seq, take in chunks:
             seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
             seq.prompt_pos += take
@@ -324,36 +325,33 @@ class BatchEngine:
                     self._kv.copy(seq.slot, fork.slot)
                     fork.n_past = seq.n_past
                     fork.state = SeqState.GENERATING
-                    to_sample.append((fork, seq.batch_index))
-            to_sample.append((seq, seq.batch_index))
+                    to_sample.append((fork, seq))
+            to_sample.append((seq, seq))
         picked = self._greedy_pass(to_sample)
-        for (seq, index), token in zip(to_sample, picked):
-            self._sample(seq, index, now, token)
+        for (seq, source), token in zip(to_sample, picked):
+            self._sample(seq, source.batch_index, now, token)
         return True
 
-    def _greedy_pass(self, to_sample: list[tuple[Sequence, int]]) -> list[int | None]:
+    def _greedy_pass(self, to_sample: list[tuple[Sequence, Sequence]]) -> list[int | None]:
         """The tokens of the step's plain greedy sequences, picked together in one pass over the
         step's logits (gateway.engine.sampling.greedy_rows), in ``to_sample``'s order; None for
-        the others, which sample one by one."""
-        batch = self._batch
+        the others, which sample one by one (and a lone greedy sequence: one row gains nothing)."""
         picked: list[int | None] = [None] * len(to_sample)
         seen: set[int] = set()
         chosen: list[int] = []  # positions in to_sample
-        indices: list[int] = []
-        for k, (seq, index) in enumerate(to_sample):
-            if seq.chain.greedy is not None and index not in seen:  # n choices share a row: the rest pick alone
-                seen.add(index)
+        rows: list[int] = []
+        for k, (seq, source) in enumerate(to_sample):
+            if seq.chain.greedy is not None and source.logits_row not in seen:  # n choices share a row: the rest pick alone
+                seen.add(source.logits_row)
                 chosen.append(k)
-                indices.append(index)
-        if not chosen:
+                rows.append(source.logits_row)
+        if len(chosen) < 2:
             return picked
         profiler = self._profiler
         previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
-            row_of = np.cumsum(batch.output[: batch.n], dtype=np.int64) - 1  # batch index -> output row
-            rows = row_of[np.asarray(indices, dtype=np.int64)]
-            logits = step_logits(self._ctx, int(row_of[-1]) + 1, self.loaded.n_vocab)
-            tokens = greedy_rows(logits, rows, [to_sample[k][0].chain.greedy for k in chosen])
+            logits = step_logits(self._ctx, self._batch.n_outputs, self.loaded.n_vocab)
+            tokens = greedy_rows(logits, np.asarray(rows, dtype=np.int64), [to_sample[k][0].chain.greedy for k in chosen])
             for k, token in zip(chosen, tokens.tolist()):
                 picked[k] = token
             return picked

@@ -35,9 +35,11 @@ class Batch:
         self.c.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p))
         self.c.logits = self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
         self.n = 0
+        self.n_outputs = 0  # tokens with an output so far: the next output's row in the step's logits
 
     def clear(self) -> None:
         self.n = 0
+        self.n_outputs = 0
 
     def add(self, tokens: list[int], start_pos: int, seq: int, *, output_last: bool, output_all: bool = False) -> int:
         """Append one sequence's tokens at positions start_pos...; the batch index of the last.
@@ -50,6 +52,7 @@ class Batch:
         self.output[i:j] = 1 if output_all else 0
         if output_last:
             self.output[j - 1] = 1
+        self.n_outputs += k if output_all else int(output_last)
         self.n = j
         return j - 1
 
@@ -62,6 +65,7 @@ class Batch:
         self.pos[i:j] = positions
         self.seq[i:j] = seqs
         self.output[i:j] = 1
+        self.n_outputs += k
         self.n = j
         return i
 

@@ -62,6 +62,8 @@ BUDGET = {
     "reload": (5, 0),
     "loadModel": (10, 10),
     "unloadModel": (10, 10),
+    "restartModel": (5, 10),
+    "modelLogs": (10, 10),
     "planPreview": (25, 20),
     "listKeys": (5, 0),
     "drain": (0, 0),  # documented, never sent: it ends the server's service (SIGTERM's first step)

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.engine import options
 from gateway.errors import InvalidRequestError
 
 # Fields a chat body takes under the same name and meaning.
@@ -416,3 +417,99 @@ class StreamEvents:
         kind = "response.completed" if self._response["status"] == "completed" else "response.incomplete"
         events.append(self._event(kind, response=self._response))
         return b"".join(events)
+
+
+# The JSON Schema of the request, published at /openapi.json (gateway.http.openapi). As for the
+# chat body (gateway.http.openai_params), the functions above stay the parser.
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"type": "string", "enum": list(_TEXT_PARTS)}, "text": {"type": "string"}},
+}
+_INPUT_ITEM = {
+    "anyOf": [
+        {
+            "type": "object",
+            "description": "A message (type \"message\", or no type)",
+            "required": ["role", "content"],
+            "properties": {
+                "type": {"type": "string", "enum": ["message"]},
+                "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+                "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+            },
+        },
+        {
+            "type": "object",
+            "description": "A function call the model made earlier",
+            "required": ["type", "call_id", "name", "arguments"],
+            "properties": {
+                "type": {"type": "string", "enum": ["function_call"]},
+                "call_id": {"type": "string"},
+                "name": {"type": "string"},
+                "arguments": {"type": "string"},
+            },
+        },
+        {
+            "type": "object",
+            "description": "A function call's result",
+            "required": ["type", "call_id", "output"],
+            "properties": {
+                "type": {"type": "string", "enum": ["function_call_output"]},
+                "call_id": {"type": "string"},
+                "output": {"type": "string"},
+            },
+        },
+    ]
+}
+REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["input"],
+    "description": "Stateless: store true, previous_response_id and conversation are refused (400).",
+    "properties": {
+        "model": {"type": "string", "description": "A configured model name or alias. Without it: `default_model`, or the only model."},
+        "input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _INPUT_ITEM}]},
+        "instructions": {"type": ["string", "null"], "description": "The system message"},
+        # The options a chat body takes as well: their schemas from the one table (gateway.engine.options).
+        "max_output_tokens": options.schema("chat")["max_tokens"],
+        **{k: options.schema("chat")[k] for k in ("temperature", "top_p", "stream", "parallel_tool_calls")},
+        "store": {"type": ["boolean", "null"], "enum": [False, None]},
+        "tools": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "name"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object", "description": "A JSON Schema; absent: no parameters."},
+                    "strict": {"type": "boolean"},
+                },
+            },
+        },
+        "tool_choice": {
+            "anyOf": [
+                {"type": "string", "enum": ["none", "auto", "required"]},
+                {
+                    "type": "object",
+                    "required": ["type", "name"],
+                    "properties": {"type": {"type": "string", "enum": ["function"]}, "name": {"type": "string"}},
+                },
+            ]
+        },
+        "text": {
+            "type": "object",
+            "properties": {
+                "format": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                        "name": {"type": "string"},
+                        "schema": {"type": "object"},
+                    },
+                }
+            },
+        },
+    },
+}

@@ -48,8 +48,9 @@ def _refuse_state(body: dict[str, Any]) -> None:
         raise InvalidRequestError("'background' must be false or absent: responses are not stored", param="background")
 
 
-def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
-    """A message item's content: a string, or its text parts as chat content parts."""
+def _content(content: Any, where: str) -> str:
+    """A message item's content as one string: its text parts joined (a GGUF's chat template
+    adds content to strings, so chat content parts would fail there)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -63,8 +64,8 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
                 f"not {kind!r}",
                 param=f"{where}.content[{j}]",
             )
-        parts.append({"type": "text", "text": part["text"]})
-    return parts
+        parts.append(part["text"])
+    return "".join(parts)
 
 
 def _messages(items: Any) -> list[dict[str, Any]]:

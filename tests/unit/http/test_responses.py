@@ -38,7 +38,7 @@ def test_items_become_messages_with_tool_calls_and_tool_results():
         }
     )
     assert chat["messages"] == [
-        {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+        {"role": "user", "content": "weather?"},
         {
             "role": "assistant",
             "content": None,
@@ -49,7 +49,7 @@ def test_items_become_messages_with_tool_calls_and_tool_results():
         },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "c2", "content": "noon"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Sunny at noon."}]},
+        {"role": "assistant", "content": "Sunny at noon."},
     ]
 
 

@@ -54,6 +54,7 @@ CHECKS = [
 BUDGET = {
     "createChatCompletion": (150, 60),
     "createCompletion": (120, 60),
+    "createResponse": (60, 30),
     "createEmbedding": (50, 30),
     "listModels": (10, 0),
     "retrieveModel": (10, 20),
@@ -85,6 +86,10 @@ EXPLICIT = {
         {"model": "tiny", "prompt": "a", "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}},
     ],
     "/v1/embeddings": [{"model": "tiny-embed", "input": ["a", "b"]}],
+    "/v1/responses": [
+        {"model": "tiny", "input": "hi", "max_output_tokens": 4},
+        {"model": "tiny", "input": "hi", "max_output_tokens": 4, "stream": True},
+    ],
 }
 
 

@@ -38,6 +38,7 @@ from gateway.engine.protocol import (
     WorkerMessage,
     WorkerSpec,
 )
+from gateway.engine.dry_run import DryRun
 from gateway.runtime.transport import ProtocolError, WorkerGone
 
 _BROKEN = object()  # in the output queue: the worker broke the protocol here
@@ -56,6 +57,9 @@ class FakeScript:
     kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
     hold_load: threading.Event | None = None  # "ready" (or "failed") waits until it is set
     hold_answer: threading.Event | None = None  # each request's last token and end wait until it is set
+    # What the load gate's dry run reports (gateway.placement.gate); None: an ok run that printed
+    # no buffer line, so nothing is measured beyond the plan.
+    dry_run: DryRun | None = None
 
 
 async def _until_set(event: threading.Event | None) -> None:
@@ -220,6 +224,12 @@ class FakeTransport:
     def __init__(self, script: FakeScript | Callable[[WorkerSpec], FakeScript] | None = None) -> None:
         self._script = script or FakeScript()
         self.spawned: list[FakeConnection] = []
+        self.dry_runs: list[WorkerSpec] = []  # the specs the load gate dry-ran, in order
+
+    async def dry_run(self, spec: WorkerSpec, env: dict[str, str]) -> DryRun:
+        self.dry_runs.append(spec)
+        script = self._script(spec) if callable(self._script) else self._script
+        return script.dry_run or DryRun(ok=True)
 
     async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> FakeConnection:
         script = self._script(spec) if callable(self._script) else self._script

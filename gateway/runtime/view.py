@@ -78,7 +78,7 @@ class ModelView:
             "aliases": list(self.config.aliases),
             "state": self.state.value,
             **model_card(self.config, facts),
-            "reason": self.reason,
+            "reason": self.reason or self.last_error,  # a refused load (the planner, the load gate) says why
             "progress": self.progress,
             "load_seconds": self.load_seconds,
             "pid": self.pid,

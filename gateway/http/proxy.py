@@ -172,6 +172,7 @@ async def streamed(
         held: dict[str, Any] | None = None
         # A client that goes away is recorded as 499 (nginx's "client closed request").
         status, end_usage = 499, None
+        error: str | None = None  # the in-band error's text, for the page's last error
         try:
             reply: Reply | None = first
             while reply is not None:
@@ -217,13 +218,14 @@ async def streamed(
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
                     yield sse(error_body(reply.message, "server_error"))
                     status = 500
+                    error = reply.message
                     break
                 reply = await anext(messages, None)
             if held is not None:  # the worker's messages ended without an "end"
                 yield sse(held)
             yield SSE_DONE
         finally:
-            record.finish(metrics, status, ttft_s=ttft, usage=end_usage)
+            record.finish(metrics, status, ttft_s=ttft, usage=end_usage, error=error)
             await messages.aclose()
             await lease.release()
             ticket.release()

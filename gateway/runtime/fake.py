@@ -27,6 +27,8 @@ from gateway.engine.protocol import (
     Chunk,
     Command,
     End,
+    Error,
+    ErrorKind,
     Failed,
     LoadFailure,
     Progress,
@@ -56,6 +58,7 @@ class FakeScript:
     kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
     hold_load: threading.Event | None = None  # "ready" (or "failed") waits until it is set
     hold_answer: threading.Event | None = None  # each request's last token and end wait until it is set
+    fail_answer: str | None = None  # each request ends with the engine's "error" of this text
 
 
 async def _until_set(event: threading.Event | None) -> None:
@@ -188,6 +191,9 @@ class FakeConnection:
     async def _answer(self, message: Request) -> None:
         rid = message.id
         started = time.monotonic()
+        if self.script.fail_answer is not None:
+            self._put(Error(id=rid, kind=ErrorKind.ENGINE, message=self.script.fail_answer))
+            return
         words: list[str] = []
         for i in range(self.script.tokens):
             if rid in self._cancelled:

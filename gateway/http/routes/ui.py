@@ -102,8 +102,8 @@ def model_row(view: ModelView, recent: RecentActivity) -> dict[str, Any]:
         # Why it went there (the planner's notes: packing, partial offload), for the GPUs cell.
         "placement": list(view.launch.notes) if view.launch is not None else [],
         "placed": view.launch is not None,
-        # The planner's bytes (GPUs and host together) of its placement, and whether its worker
-        # holds them now (a stopped on-demand model's last placement is what it would take).
+        # The planner's bytes (GPUs and host together) of its placement (None: not placed, as a
+        # stopped on-demand model), and whether its worker holds them now.
         "planned_bytes": view.planned_total_bytes,
         "holds_memory": view.holds_memory,
         "n_ctx": view.config.n_ctx,

@@ -263,14 +263,14 @@ function whereText(model) {
   return `${model.gpus.length === 1 ? "GPU" : "GPUs"} ${model.gpus.join(", ")}`;
 }
 
-// What it holds now, or what its last placement would take again (a stopped on-demand model).
+// What its placement planned (GPUs and host together); greyed while its worker does not hold it.
 function memoryCell(model) {
   if (model.planned_bytes === null || model.planned_bytes === undefined) {
     const unknown = model.load === "on_demand" ? "planned when loaded" : "–";
     return el("td", { class: "num muted", text: "–", title: unknown });
   }
   if (model.holds_memory) return el("td", { class: "num", text: mib(model.planned_bytes), title: "planned, GPUs and host together" });
-  return el("td", { class: "num muted", text: `needs ${mib(model.planned_bytes)}`, title: "what its last placement took: held again when it loads" });
+  return el("td", { class: "num muted", text: mib(model.planned_bytes), title: "planned, not held now" });
 }
 
 function errorsCell(model) {

@@ -197,6 +197,7 @@ async def streamed(
         held: dict[str, Any] | None = None
         # A client that goes away is recorded as 499 (nginx's "client closed request").
         status, end_usage = 499, None
+        error: str | None = None  # the in-band error's text, for the page's last error
         try:
             reply: Reply | None = first
             while reply is not None:
@@ -242,13 +243,14 @@ async def streamed(
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
                     yield frame.chunk(error_body(reply.message, "server_error"))
                     status = 500
+                    error = reply.message
                     break
                 reply = await anext(messages, None)
             if held is not None:  # the worker's messages ended without an "end"
                 yield frame.chunk(held)
             yield frame.done()
         finally:
-            record.finish(metrics, status, ttft_s=ttft, usage=end_usage)
+            record.finish(metrics, status, ttft_s=ttft, usage=end_usage, error=error)
             await messages.aclose()
             await lease.release()
             ticket.release()

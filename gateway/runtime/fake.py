@@ -27,6 +27,8 @@ from gateway.engine.protocol import (
     Chunk,
     Command,
     End,
+    Error,
+    ErrorKind,
     Failed,
     LoadFailure,
     Progress,
@@ -60,6 +62,7 @@ class FakeScript:
     # What the load gate's dry run reports (gateway.placement.gate); None: an ok run that printed
     # no buffer line, so nothing is measured beyond the plan.
     dry_run: DryRun | None = None
+    fail_answer: str | None = None  # each request ends with the engine's "error" of this text
 
 
 async def _until_set(event: threading.Event | None) -> None:
@@ -192,6 +195,9 @@ class FakeConnection:
     async def _answer(self, message: Request) -> None:
         rid = message.id
         started = time.monotonic()
+        if self.script.fail_answer is not None:
+            self._put(Error(id=rid, kind=ErrorKind.ENGINE, message=self.script.fail_answer))
+            return
         words: list[str] = []
         for i in range(self.script.tokens):
             if rid in self._cancelled:

@@ -8,10 +8,11 @@ left is the engine's own time per step, the proxy for a GPU.
 Per stream count (default 1, 16, 64, 128), every stream the same greedy request with every
 end-of-generation token suppressed (so each generates exactly --tokens tokens):
 
-- engine: gateway.engine.batching.BatchEngine driven in this process with a StepProfiler
+- engine: gateway.engine.batching.BatchEngine driven in this process (every request submitted
+  before its loop starts, so all prompts wait at the first step as for the batch API) with a StepProfiler
   (gateway.engine.step_profile), each stream a streamed completion whose chunks are encoded as
-  the worker encodes them (gateway.engine.protocol.encode) and written to a buffered /dev/null,
-  flushed once a step as the worker flushes its stdout. The profiler splits every step's time:
+  the worker encodes them (gateway.engine.protocol.encode), queued and written to a buffered
+  /dev/null in one write a step, as the worker writes its stdout. The profiler splits every step's time:
   schedule (new jobs, admission, stats), batch (building the batch, slot bookkeeping), decode
   (llama_decode), sample (sampler chains), text (end of generation, detokenizing, stop strings),
   send (stream chunks made, encoded, written; the step's flush);
@@ -84,9 +85,13 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
     vocab = Vocab(loaded.model)
     out = open(os.devnull, "wb")  # buffered, as the worker's protocol stream
     out_lock = threading.Lock()
+    step_lines: list[bytes] = []
 
-    def flush() -> None:
+    def flush() -> None:  # Worker.flush: the step's chunks in one write
         with out_lock:
+            if step_lines:
+                out.write(b"".join(step_lines))
+                step_lines.clear()
             out.flush()
 
     def options(i: int, n_tokens: int) -> CompletionOptions:
@@ -94,31 +99,33 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         return CompletionOptions.of({"prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "logit_bias": bias, "stream": True})
 
     def serve(engine: BatchEngine, n: int, n_tokens: int) -> tuple[int, float]:
-        """Completion tokens and seconds of ``n`` streams at once."""
+        """Completion tokens and seconds of ``n`` streams at once: every request is submitted
+        before the loop starts, so all of them wait at its first step, as every prompt does for
+        the batch API alone (submitted while the loop runs, their arrival spread over the first
+        steps on a busy machine, and the steps counted that spread)."""
         completions = Completions(engine, loaded, vocab)
         started_at = time.perf_counter()
         started = []
         for i in range(n):
 
             def send_chunk(chunk: dict, request_id: int = i) -> None:
-                line = encode(Chunk(id=request_id, data=chunk))  # Worker.send, flush=False
+                line = encode(Chunk(id=request_id, data=chunk))  # Worker.queue
                 with out_lock:
-                    out.write(line)
+                    step_lines.append(line)
 
             started.append(completions.start(RequestScope(i), options(i, n_tokens), on_chunk=send_chunk))
+        engine.start()
         done = sum(s.reader.wait().completion_tokens for s in started)
         return done, time.perf_counter() - started_at
 
     try:
         # A warm-up on an engine of its own, so that the measured engine's profile is the run's alone.
         warm = BatchEngine(loaded, vocab, after_step=flush)
-        warm.start()
         serve(warm, 1, 2)
         warm.stop()
         capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
         profiler = StepProfiler() if profile else None
         engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler)
-        engine.start()
         done, seconds = serve(engine, streams, tokens)
         engine.stop()  # the loop's last pass ends before the profile is read
         return EngineRun(profiler.report() if profiler is not None else None, done, seconds)

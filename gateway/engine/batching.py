@@ -41,7 +41,7 @@ from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
 from gateway.engine.prefill import PrefillBudget
 from gateway.engine.protocol import ErrorKind, Stats
-from gateway.engine.sampling import GrammarDeadEnd, logits_at, token_logprobs
+from gateway.engine.sampling import GrammarDeadEnd, greedy_rows, logits_at, step_logits, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
 from gateway.engine.stats import StepStats
@@ -265,15 +265,20 @@ class BatchEngine:
         batch = self._batch
         batch.clear()
         generating = [s.busy for s in self.slots if s.busy is not None and s.busy.state is SeqState.GENERATING]
-        for seq in generating:
-            seq.batch_index = batch.add([seq.pending], seq.n_past, seq.slot.index, output_last=True)
+        if generating:
+            first = batch.add_singles(
+                [s.pending for s in generating], [s.n_past for s in generating], [s.slot.index for s in generating]  # type: ignore[misc]
+            )
+            for k, seq in enumerate(generating, first):
+                seq.batch_index = seq.logits_row = k  # the batch's first tokens, each with its logits
         chunks: list[tuple[Sequence, int]] = []
-        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating))
+        budget = 0 if self._prefill_blocked else self._budget.tokens(len(generating), waiting=len(self._prefilling))
         for seq in self._prefilling:
             take = min(budget, batch.free_room(), len(seq.job.prompt) - seq.prompt_pos)
             if take <= 0:
                 break
             last = seq.prompt_pos + take == len(seq.job.prompt)
+            seq.logits_row = batch.n_outputs
             index = batch.add(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take], seq.prompt_pos, seq.slot.index, output_last=last)
             seq.batch_index = index if last else -1
             chunks.append((seq, take))
@@ -298,11 +303,14 @@ class BatchEngine:
         self._budget.observe(len(generating), sum(take for _, take in chunks), now - started)
         self._stats.decoded(batch.n)
 
+        # The step's bookkeeping first, then its sampling in the same order as one pass:
+        # (sequence, batch index of its logits).
+        to_sample: list[tuple[Sequence, Sequence]] = []  # (sequence, the one whose logits it samples from)
         for seq in generating:
             seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
             seq.n_past += 1
             seq.pending = None
-            self._sample(seq, seq.batch_index, now)
+            to_sample.append((seq, seq))
         for seq, take in chunks:
             seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
             seq.prompt_pos += take
@@ -316,9 +324,39 @@ class BatchEngine:
                     self._kv.copy(seq.slot, fork.slot)
                     fork.n_past = seq.n_past
                     fork.state = SeqState.GENERATING
-                    self._sample(fork, seq.batch_index, now)
-            self._sample(seq, seq.batch_index, now)
+                    to_sample.append((fork, seq))
+            to_sample.append((seq, seq))
+        picked = self._greedy_pass(to_sample)
+        for (seq, source), token in zip(to_sample, picked):
+            self._sample(seq, source.batch_index, now, token)
         return True
+
+    def _greedy_pass(self, to_sample: list[tuple[Sequence, Sequence]]) -> list[int | None]:
+        """The tokens of the step's plain greedy sequences, picked together in one pass over the
+        step's logits (gateway.engine.sampling.greedy_rows), in ``to_sample``'s order; None for
+        the others, which sample one by one (and a lone greedy sequence: one row gains nothing)."""
+        picked: list[int | None] = [None] * len(to_sample)
+        seen: set[int] = set()
+        chosen: list[int] = []  # positions in to_sample
+        rows: list[int] = []
+        for k, (seq, source) in enumerate(to_sample):
+            if seq.chain.greedy is not None and source.logits_row not in seen:  # n choices share a row: the rest pick alone
+                seen.add(source.logits_row)
+                chosen.append(k)
+                rows.append(source.logits_row)
+        if len(chosen) < 2:
+            return picked
+        profiler = self._profiler
+        previous = profiler.switch(SAMPLE) if profiler is not None else ""
+        try:
+            logits = step_logits(self._ctx, self._batch.n_outputs, self.loaded.n_vocab)
+            tokens = greedy_rows(logits, np.asarray(rows, dtype=np.int64), [to_sample[k][0].chain.greedy for k in chosen])
+            for k, token in zip(chosen, tokens.tolist()):
+                picked[k] = token
+            return picked
+        finally:
+            if profiler is not None:
+                profiler.switch(previous)
 
     def _decode(self) -> int:
         return int(self._capi.llama_decode(self._ctx, self._batch.view()))
@@ -351,8 +389,9 @@ class BatchEngine:
                     self._kv.clear(seq.slot)  # what the failed decode left there is unknown
             self._fail(job, ErrorKind.ENGINE, f"llama_decode failed ({ret})")
 
-    def _sample(self, seq: Sequence, index: int, now: float) -> None:
-        """Sample the sequence's next token from batch position ``index`` and act on it."""
+    def _sample(self, seq: Sequence, index: int, now: float, picked: int | None = None) -> None:
+        """Sample the sequence's next token from batch position ``index`` (``picked``: the
+        step's greedy pass picked it already) and act on it."""
         if seq.done:
             return
         job = seq.job
@@ -360,7 +399,7 @@ class BatchEngine:
         profiler = self._profiler
         previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
-            token = seq.chain.sample(self._ctx, index)
+            token = seq.chain.sample(self._ctx, index) if picked is None else picked
             logits = None
             if job.logprobs is not None or job.stopping_criteria is not None:
                 logits = logits_at(self._ctx, index, self.loaded.n_vocab)

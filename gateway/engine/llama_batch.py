@@ -35,9 +35,11 @@ class Batch:
         self.c.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(int_p))
         self.c.logits = self.output.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
         self.n = 0
+        self.n_outputs = 0  # tokens with an output so far: the next output's row in the step's logits
 
     def clear(self) -> None:
         self.n = 0
+        self.n_outputs = 0
 
     def add(self, tokens: list[int], start_pos: int, seq: int, *, output_last: bool, output_all: bool = False) -> int:
         """Append one sequence's tokens at positions start_pos...; the batch index of the last.
@@ -50,8 +52,22 @@ class Batch:
         self.output[i:j] = 1 if output_all else 0
         if output_last:
             self.output[j - 1] = 1
+        self.n_outputs += k if output_all else int(output_last)
         self.n = j
         return j - 1
+
+    def add_singles(self, tokens: list[int], positions: list[int], seqs: list[int]) -> int:
+        """Append one token of each of several sequences (the step's generating tokens), each
+        with its logits, in three vector writes; the batch index of the first."""
+        k = len(tokens)
+        i, j = self.n, self.n + k
+        self.token[i:j] = tokens
+        self.pos[i:j] = positions
+        self.seq[i:j] = seqs
+        self.output[i:j] = 1
+        self.n_outputs += k
+        self.n = j
+        return i
 
     def free_room(self) -> int:
         return self.capacity - self.n

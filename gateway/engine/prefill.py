@@ -13,6 +13,13 @@ class PrefillBudget:
     tokens per step where they cost real time (a CPU), the whole batch where a chunk costs
     little more than one token (a GPU). Without generating sequences a prompt gets the whole
     batch.
+
+    Fairness between the two kinds of waiting (issue 24): while more prompts wait to be read than
+    streams generate, a step reads prompts up to the whole batch, as llama.cpp's server fills
+    its batch (the generating tokens first, then prompt tokens up to n_batch) and as its batch
+    API alone reads every prompt in its first decode: the streams that would wait for them are
+    the fewer. 63 prompts that came just after a first stream started are then read at once,
+    not a few dozen tokens a step; one long prompt beside running streams keeps the ratio.
     """
 
     def __init__(self, n_batch: int, *, ratio: float = 1.5, floor: int = 8, first_guess: int = 16) -> None:
@@ -23,12 +30,18 @@ class PrefillBudget:
         self.step_s: float | None = None  # a generation-only step
         self.token_s: float | None = None  # what one prompt token adds to a step
 
-    def tokens(self, generating: int) -> int:
+    def tokens(self, generating: int, waiting: int = 1) -> int:
+        """Prompt tokens a step with ``generating`` streams may read, with ``waiting`` prompts
+        (sequences still reading theirs) in line."""
         room = self.n_batch - generating
-        if generating == 0:
+        if generating == 0 or waiting > generating:
             return room
         if self.step_s is None or self.token_s is None:
-            chunk = self.first_guess
+            # Until measured, a prompt token is guessed to cost what a generating one does (at
+            # most: it computes no logits): (ratio - 1) x generating of them keep the ratio. The
+            # measure needs a step without prompts, which never comes while prompts keep
+            # arriving; the bare first guess then cut every prompt into 16-token chunks.
+            chunk = max(self.first_guess, int((self.ratio - 1.0) * generating))
         elif self.token_s <= 0:
             chunk = room
         else:

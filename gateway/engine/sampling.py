@@ -85,20 +85,44 @@ class Greedy:
     and a decode step samples each of its sequences in turn while the other cores wait."""
 
     def __init__(self, logit_bias: dict[int, float]) -> None:
-        self._ids = np.fromiter(logit_bias.keys(), dtype=np.int64, count=len(logit_bias))
-        self._bias = np.fromiter(logit_bias.values(), dtype=np.float32, count=len(logit_bias))
+        self.ids = np.fromiter(logit_bias.keys(), dtype=np.int64, count=len(logit_bias))
+        self.bias = np.fromiter(logit_bias.values(), dtype=np.float32, count=len(logit_bias))
 
     def pick(self, logits: np.ndarray) -> int:
-        if not self._ids.size:
+        if not self.ids.size:
             return int(np.argmax(logits))
         # The biased entries only, in place and put back at once (float32 sums, as llama.cpp's
         # bias sampler makes them): no copy of the whole row.
-        kept = logits[self._ids]
-        logits[self._ids] = kept + self._bias
+        kept = logits[self.ids]
+        logits[self.ids] = kept + self.bias
         try:
             return int(np.argmax(logits))
         finally:
-            logits[self._ids] = kept
+            logits[self.ids] = kept
+
+
+def greedy_rows(logits: np.ndarray, rows: np.ndarray, pickers: list[Greedy]) -> np.ndarray:
+    """The token each of ``pickers`` picks from its row of a step's logits, all in one pass.
+
+    ``logits``: the step's [outputs, n_vocab] array (``step_logits``, llama.cpp's own buffer);
+    ``rows``: each picker's row, no row twice. Every picker's logit bias is added in place (float32
+    sums, as llama.cpp's bias sampler makes them), one argmax runs over the rows, and the biased
+    entries are put back, so that log-probabilities and stopping criteria still read the raw
+    logits. The same token as each picker's ``pick`` on its row, without a Python call and a
+    ctypes view per sequence (issue 24)."""
+    biased = [(row, p) for row, p in zip(rows.tolist(), pickers) if p.ids.size]
+    if biased:
+        at_rows = np.concatenate([np.full(p.ids.size, row, dtype=np.int64) for row, p in biased])
+        at_ids = np.concatenate([p.ids for _, p in biased])
+        kept = logits[at_rows, at_ids]
+        logits[at_rows, at_ids] = kept + np.concatenate([p.bias for _, p in biased])
+    try:
+        if 2 * rows.size >= logits.shape[0]:
+            return np.argmax(logits, axis=1)[rows]  # every row, no copy: most are asked for
+        return np.argmax(logits[rows], axis=1)
+    finally:
+        if biased:
+            logits[at_rows, at_ids] = kept
 
 
 class SamplerChain:
@@ -196,6 +220,14 @@ class SamplerChain:
 
     def __del__(self) -> None:
         self.free()
+
+
+def step_logits(ctx: Any, outputs: int, n_vocab: int) -> np.ndarray:
+    """The last decode's logits, one row per output in batch order (llama_get_logits puts them
+    in that order): a view, valid until the next decode."""
+    from llama_cpp import llama_cpp as capi
+
+    return np.ctypeslib.as_array(capi.llama_get_logits(ctx), shape=(outputs, n_vocab))
 
 
 def logits_at(ctx: Any, index: int, n_vocab: int) -> np.ndarray:

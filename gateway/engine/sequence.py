@@ -35,6 +35,7 @@ class Sequence:
     completion: list[int] = field(default_factory=list)
     text: TextStream = field(default_factory=TextStream)
     batch_index: int = -1  # where its logits are in the step's batch
+    logits_row: int = -1  # and their row in the step's logits (llama_get_logits: outputs in batch order)
     forks: list[Sequence] = field(default_factory=list)  # the further choices of its prompt
     tokens: Any = None  # numpy prompt + completion, for a chat format's stopping criteria
     _held: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # (byte offset, entry) not yet sent
@@ -95,8 +96,10 @@ class Sequence:
         self.job.emit(Finish(self.choice, reason, len(self.completion)))
 
     def _send(self, out: bytes, released_to: int) -> None:
-        entries = tuple(e for s, e in self._held if s < released_to)
-        self._held = [(s, e) for s, e in self._held if s >= released_to]
+        entries: tuple[TokenLogprob, ...] = ()
+        if self._held:  # log-probabilities were asked for
+            entries = tuple(e for s, e in self._held if s < released_to)
+            self._held = [(s, e) for s, e in self._held if s >= released_to]
         text = out.decode("utf-8", errors="ignore")
         self._chars_sent += len(text)
         self.job.emit(Delta(self.choice, text, entries))

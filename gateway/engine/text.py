@@ -33,6 +33,11 @@ class TextStream:
     def __init__(self, stops: list[str] | None = None) -> None:
         self._stops = [s.encode("utf-8") for s in stops or () if s]
         self._longest_stop = max((len(s) for s in self._stops), default=0)
+        # Cheap tests that spare most tokens the stop-string searches (issue 24): a piece can
+        # complete a stop string only if it holds a stop's last byte, and the text can end with
+        # a stop's beginning only if its last byte is one of a stop's bytes before its last.
+        self._stop_last_bytes = frozenset(s[-1] for s in self._stops)
+        self._stop_prefix_bytes = frozenset(b for s in self._stops for b in s[:-1])
         self._data = bytearray()
         self._emitted = 0  # bytes of _data already handed out
         self.stopped = False  # a stop string was found; nothing more comes out
@@ -61,15 +66,18 @@ class TextStream:
             return b""
         start = len(self._data)
         self._data += piece
-        if self._stops:
+        if self._stops and not self._stop_last_bytes.isdisjoint(piece):
             search_from = max(0, start - self._longest_stop + 1)
             hits = [i for i in (self._data.find(s, search_from) for s in self._stops) if i >= 0]
             if hits:
                 del self._data[min(hits):]
                 self.stopped = True
                 return self._take(len(self._data))
-        end = len(self._data) - incomplete_utf8_tail(self._data)
-        end -= self._partial_stop(end)
+        end = len(self._data)
+        if end and self._data[-1] >= 0x80:  # an ASCII last byte ends every character before it
+            end -= incomplete_utf8_tail(self._data)
+        if end > self._emitted and self._data[end - 1] in self._stop_prefix_bytes:
+            end -= self._partial_stop(end)
         return self._take(end)
 
     def flush(self) -> bytes:

@@ -92,6 +92,7 @@ class Worker:
         self.spec = spec
         self._out = out
         self._out_lock = threading.Lock()
+        self._step_lines: list[bytes] = []  # stream chunks queued for the step's write (under _out_lock)
         self._scopes: dict[int, RequestScope] = {}  # accepted and not yet answered
         self._scopes_lock = threading.Lock()
         self._service: Service | None = None
@@ -101,24 +102,37 @@ class Worker:
         # delaying the next request. Reused threads save ~0.1 ms a request over new ones.
         self._threads = ThreadPoolExecutor(max_workers=2 * spec.slots + 2, thread_name_prefix="request")
 
-    def send(self, message: WorkerMessage, *, flush: bool = True) -> None:
-        """Write one message; ``flush=False`` leaves it in the buffer for the next flush (the
-        decode loop's stream chunks: one write per step for all of them)."""
+    def send(self, message: WorkerMessage) -> None:
+        """Write one message now, after the current step's queued stream chunks (a request's
+        end never overtakes its last chunks)."""
         line = encode(message)
         with self._out_lock:
-            try:
-                self._out.write(line)
-                if flush:
-                    self._out.flush()
-            except OSError:
-                self.exit(1)  # the gateway is gone: nobody left to answer
+            self._write(line)
+
+    def queue(self, message: WorkerMessage) -> None:
+        """Keep one message for the step's single write (``flush``): the decode loop's stream
+        chunks, one write for all of a step's instead of one per chunk (issue 24)."""
+        line = encode(message)
+        with self._out_lock:
+            self._step_lines.append(line)
 
     def flush(self) -> None:
+        """Write the step's queued chunks at once (the decode loop's ``after_step``)."""
         with self._out_lock:
-            try:
-                self._out.flush()
-            except OSError:
-                self.exit(1)
+            self._write(b"")
+
+    def _write(self, line: bytes) -> None:
+        """Under ``_out_lock``: the queued lines and ``line`` in one write, then flushed."""
+        if self._step_lines:
+            self._step_lines.append(line)
+            line = b"".join(self._step_lines)
+            self._step_lines.clear()
+        try:
+            if line:
+                self._out.write(line)
+            self._out.flush()
+        except OSError:
+            self.exit(1)  # the gateway is gone: nobody left to answer
 
     def exit(self, code: int) -> NoReturn:
         """Leave now: os._exit, because interpreter shutdown would wait for generations."""
@@ -281,11 +295,11 @@ class Worker:
 
     def _stream_completion(self, request_id: int, params: dict[str, Any], scope: RequestScope, service: Service) -> None:
         """A streamed completion's chunks go out from the decode loop's own thread as it makes
-        them (flushed once a step), so no thread wakes per token; this one waits for the end."""
+        them (queued, and written once a step for all streams), so no thread wakes per token; this one waits for the end."""
         from gateway.engine.completion import CompletionOptions
 
         def send_chunk(chunk: dict[str, Any]) -> None:
-            self.send(Chunk(id=request_id, data=chunk), flush=False)
+            self.queue(Chunk(id=request_id, data=chunk))
 
         started = service.completions.start(scope, CompletionOptions.of(params), on_chunk=send_chunk)
         started.reader.wait()  # the Summary (cancelled or not), or JobFailed

@@ -323,6 +323,22 @@ def test_prefill_budget_keeps_a_step_within_the_ratio_of_a_generation_step():
     assert budget.tokens(3) >= 8
 
 
+def test_prefill_budget_reads_the_whole_batch_while_more_prompts_wait_than_streams_generate():
+    budget = PrefillBudget(512, ratio=2.0, floor=8, first_guess=32)
+    assert budget.tokens(3, waiting=3) == 32  # nothing measured yet: the first guess
+    # ... or, beside many streams, as many prompt tokens as the ratio allows if a prompt token
+    # costs what a generating one does (the measure needs a step without prompts)
+    assert budget.tokens(100, waiting=10) == 100
+    for _ in range(20):
+        budget.observe(3, 0, 0.030)
+        budget.observe(3, 100, 0.080)
+    assert budget.tokens(3, waiting=3) == pytest.approx(60, abs=2)  # no more waiting than generating: the ratio
+    # More prompts in line than streams generating: all of them, up to the batch (llama.cpp's
+    # server and its batch API alone read them in one decode), not a few dozen tokens a step.
+    assert budget.tokens(3, waiting=4) == 509
+    assert budget.tokens(1, waiting=63) == 511
+
+
 def test_penalties_and_sampling_options_reach_llama_cpp(spawn, tiny):
     worker = _ready(spawn, tiny)
     options = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.5, "top_k": 5, "top_p": 0.9,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.engine.sampling import SamplerChain, SamplingParams, logits_at
+from gateway.engine.sampling import Greedy, SamplerChain, SamplingParams, greedy_rows, logits_at, step_logits
 from testkit.ggufmaker import write_tiny_llama
 
 
@@ -63,3 +63,45 @@ def test_greedy_with_penalties_or_a_grammar_keeps_llama_cpps_chain(context):
             assert chain.greedy is None
         finally:
             chain.free()
+
+
+def test_one_greedy_pass_over_a_steps_rows_picks_what_each_sequence_picks_alone():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(6, 50)).astype(np.float32)
+    logits[2, [4, 9]] = logits[2].max() + 1.0  # a tie: the first highest wins, as llama.cpp's greedy
+    before = logits.copy()
+    pickers = [
+        Greedy({}),
+        Greedy({int(np.argmax(logits[1])): -100.0}),
+        Greedy({}),
+        Greedy({3: 100.0, 11: 0.5}),
+        Greedy({int(np.argmax(logits[4])): -1e9, 0: -1.0}),
+        Greedy({9: 0.0}),
+    ]
+    alone = [p.pick(logits[row]) for row, p in enumerate(pickers)]
+    for rows in ([0, 1, 2, 3, 4, 5], [5, 3, 1, 0, 2, 4], [4, 1]):  # every row, shuffled, a few (a copy of them)
+        got = greedy_rows(logits, np.array(rows), [pickers[r] for r in rows])
+        assert got.tolist() == [alone[r] for r in rows]
+        assert np.array_equal(logits, before)  # every bias put back: logprobs read the raw logits
+
+
+def test_a_steps_logits_rows_are_its_outputs_in_batch_order(tmp_path):
+    """The greedy pass reads llama_get_logits as [outputs, n_vocab] in batch order."""
+    from llama_cpp import llama_cpp as capi
+
+    from gateway.engine import loading
+    from gateway.engine.llama_batch import Batch
+    from gateway.engine.protocol import WorkerSpec
+
+    path = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=256)
+    loaded = loading.load(WorkerSpec(name="tiny", model_path=str(path), n_ctx=64, n_threads=1, slots=3))
+    try:
+        batch = Batch(loaded.n_batch)
+        indices = [batch.add(tokens, 0, seq, output_last=True) for seq, tokens in enumerate(([1, 5, 9], [1, 7], [1, 2, 3, 4]))]
+        assert capi.llama_decode(loaded.ctx, batch.view()) == 0
+        alone = [logits_at(loaded.ctx, i, loaded.n_vocab).copy() for i in indices]
+        rows = step_logits(loaded.ctx, len(indices), loaded.n_vocab)
+        for row, expected in zip(rows, alone):
+            assert np.array_equal(row, expected)
+    finally:
+        loaded.close()

@@ -351,3 +351,37 @@ def test_process_gpu_memory_is_empty_without_a_driver(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake)
 
     assert process_gpu_memory(os.getpid(), [0]) == {}
+
+
+class _Writes:
+    """A protocol stream that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_steps_stream_chunks_go_out_in_one_write_and_before_a_later_message(tmp_path):
+    from gateway.engine.protocol import Chunk, Stats, decode_worker_message
+    from gateway.engine.worker import Worker
+
+    out = _Writes()
+    worker = Worker(WorkerSpec(name="m", model_path=str(tmp_path / "m.gguf")), out)  # type: ignore[arg-type]
+    for request_id in (1, 2, 3):
+        worker.queue(Chunk(id=request_id, data={"text": "x"}))
+    assert out.writes == []  # nothing before the step's end
+    worker.flush()
+    assert len(out.writes) == 1
+    assert [decode_worker_message(line).id for line in out.writes[0].splitlines()] == [1, 2, 3]
+
+    # A message sent meanwhile (a request's end, from its own thread) follows the chunks queued before it.
+    worker.queue(Chunk(id=4, data={"text": "y"}))
+    worker.send(Stats(busy_slots=0, slots=1, batch_sizes={}, cached_prompt_tokens=0))
+    lines = out.writes[1].splitlines()
+    assert len(out.writes) == 2 and [type(decode_worker_message(line)).__name__ for line in lines] == ["Chunk", "Stats"]

@@ -60,7 +60,7 @@ class RunSettings:
     One context serves ``slots`` sequences at once (llama.cpp's ``n_seq_max``), each of up to
     ``n_ctx`` tokens. Without ``kv_unified`` llama.cpp gives every sequence its own stream of
     the KV cache (``kv_cells // slots`` cells each); with it the sequences share one pool of
-    ``kv_cells``. ``kv_size`` is that total (llama.cpp's context ``n_ctx``); None means
+    ``kv_cells``. ``kv_pool_tokens`` is that total (llama.cpp's context ``n_ctx``); None means
     ``n_ctx * slots``, every slot keeping its full context.
     """
 
@@ -76,12 +76,12 @@ class RunSettings:
     use_mmap: bool = True
     slots: int = 1
     kv_unified: bool = False
-    kv_size: int | None = None
+    kv_pool_tokens: int | None = None
 
     @property
     def kv_cells(self) -> int:
         """The context's total cells as asked for (llama.cpp's n_ctx; it pads them to 256)."""
-        return self.kv_size if self.kv_size is not None else self.n_ctx * self.slots
+        return self.kv_pool_tokens if self.kv_pool_tokens is not None else self.n_ctx * self.slots
 
     @property
     def streams(self) -> int:
@@ -192,7 +192,7 @@ def pad256(n: int) -> int:
     return (n + KV_PAD - 1) // KV_PAD * KV_PAD
 
 
-def kv_cells(info: ModelInfo, settings: RunSettings) -> list[int]:
+def layer_kv_cells(info: ModelInfo, settings: RunSettings) -> list[int]:
     """Cells of each layer's KV cache in one stream (multiply by ``settings.streams``).
 
     Full-attention layers get the stream's cells (``RunSettings.stream_cells``).
@@ -214,7 +214,7 @@ def kv_layer_bytes(info: ModelInfo, settings: RunSettings) -> list[int]:
     H200: 28 layers x 4 KV heads x 128 dims, f16, n_ctx 4096 -> 224 MiB; 32768 -> 1792 MiB.
     """
     tk, tv = kv_type(settings.type_k), kv_type(settings.type_v)
-    cells = kv_cells(info, settings)
+    cells = layer_kv_cells(info, settings)
     return [
         settings.streams * cells[il] * (row_bytes(tk, info.n_embd_k_gqa(il)) + row_bytes(tv, info.n_embd_v_gqa(il)))
         for il in range(info.n_layers)
@@ -230,7 +230,7 @@ def _masks(info: ModelInfo, settings: RunSettings, kinds: Sequence[bool]) -> int
     with swa_full: tiny gemma3 test model, CPU, n_ctx 8192, swa_full, no flash attention:
     two masks of 16 MiB in a 97.76 MiB buffer.
     """
-    cells = {is_swa: c for is_swa, c in zip(info.swa_layers, kv_cells(info, settings))}
+    cells = {is_swa: c for is_swa, c in zip(info.swa_layers, layer_kv_cells(info, settings))}
     per_cell = settings.ubatch_tokens * (2 if settings.flash_attn else 4)
     return sum(cells[k] for k in set(kinds) if k in cells) * per_cell
 
@@ -268,7 +268,7 @@ def _layer_stages(info: ModelInfo, settings: RunSettings, layers: Sequence[int])
     """The attention and FFN peaks of a set of repeating layers run on one device."""
     if not layers:
         return []
-    cells = kv_cells(info, settings)
+    cells = layer_kv_cells(info, settings)
     masks = _masks(info, settings, [info.swa_layers[il] for il in layers])
     n_kv = max(cells[il] for il in layers)
     return [_attention_stage(info, settings, n_kv, masks), _ffn_stage(info, settings, masks)]
@@ -317,7 +317,7 @@ def host_compute_bytes(info: ModelInfo, settings: RunSettings, *, cpu_layers: Se
     masks = _masks(info, settings, info.swa_layers)
     stages = [masks + 2 * e * ub * 4]
     if cpu_layers:
-        cells = kv_cells(info, settings)
+        cells = layer_kv_cells(info, settings)
         n_kv = max(cells[il] for il in cpu_layers)
         stages += [_attention_stage(info, settings, n_kv, masks), _ffn_stage(info, settings, masks)]
     if output_on_cpu:

@@ -419,12 +419,12 @@ def _fix_families(req: ModelRequest) -> list[list[_Fix]]:
     n_ctx = s.n_ctx // 2
     while n_ctx >= 256:
         # An explicit shared pool shrinks with the context it must hold.
-        pool = s.kv_size * n_ctx // s.n_ctx if s.kv_size is not None else None
+        pool = s.kv_pool_tokens * n_ctx // s.n_ctx if s.kv_pool_tokens is not None else None
         text = f"n_ctx = {n_ctx}" + (f" (kv_pool_tokens = {pool})" if pool is not None else "")
-        contexts.append(_Fix(text, replace(req, settings=replace(s, n_ctx=n_ctx, kv_size=pool))))
+        contexts.append(_Fix(text, replace(req, settings=replace(s, n_ctx=n_ctx, kv_pool_tokens=pool))))
         n_ctx //= 2
     families.append(contexts)
-    if s.slots > 1 and s.kv_size is None:
+    if s.slots > 1 and s.kv_pool_tokens is None:
         families.append([_Fix(f"max_concurrency = {k}", replace(req, settings=replace(s, slots=k))) for k in range(s.slots - 1, 0, -1)])
     if (s.type_k, s.type_v) != ("q8_0", "q8_0"):
         q8 = replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)

@@ -142,6 +142,10 @@ class PlannerConfig(BaseModel):
     # spread: each model on the GPUs with the least expected load (models' weight) that have
     # room; best_fit: the least memory left unused; first_fit: device order (planner/plan.py).
     packing: Literal["spread", "best_fit", "first_fit"] = "spread"
+    # Before a model's worker starts, llama.cpp's no_alloc dry run of exactly its placement must
+    # fit in the memory free now, else it is placed again with the measured figures (evicting or
+    # elsewhere) or refused (gateway/placement/gate.py). Placements with no GPU are not gated.
+    load_gate: bool = True
     # A folder of header copies (`gateway copy-headers`): validate-config, plan and render read a
     # model's copy there when its file is not on this machine; serve never does.
     model_headers: NonEmptyStr | None = None

@@ -86,14 +86,13 @@ class BatchEngine:
         self._capi = capi
         self.loaded = loaded
         self.vocab = vocab
-        self.n_slots = loaded.spec.slots
-        self.slots = [Slot(i) for i in range(self.n_slots)]
+        self.slots = [Slot(i) for i in range(loaded.spec.slots)]
         self._ctx = loaded.ctx
         self._kv = KvMemory(loaded.ctx, loaded.n_swa)
         self._batch = Batch(loaded.n_batch)
         self._budget = PrefillBudget(loaded.n_batch)
         self._clock = clock
-        self._stats = StepStats(self.n_slots, send_stats, clock)
+        self._stats = StepStats(len(self.slots), send_stats, clock)
         self._after_step = after_step
         self._unified = loaded.spec.kv_unified
         self._profiler = profiler
@@ -376,7 +375,7 @@ class BatchEngine:
             self._prefill_blocked = True  # prompts wait until a running sequence ends
         elif chunks:
             newest = max((seq for seq, _ in chunks), key=lambda s: s.admitted)
-            self._fail(newest.job, ErrorKind.INVALID_REQUEST, "the prompt does not fit in the free KV cache cells (kv_size)")
+            self._fail(newest.job, ErrorKind.INVALID_REQUEST, "the prompt does not fit in the free KV cache cells (kv_pool_tokens)")
         else:
             self._finish(max(generating, key=lambda s: s.admitted), "length")
         return None

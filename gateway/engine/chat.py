@@ -187,7 +187,7 @@ class Chat:
         if isinstance(fmt, dict) and "schema" in fmt:
             check_schema(fmt["schema"])
         n = params.pop("n", 1)
-        check_choices(n, self.completions.engine.n_slots)
+        check_choices(n, len(self.completions.engine.slots))
         if params.get("logprobs") and params.get("top_logprobs") is None:
             # The handlers pass logprobs=top_logprobs, so logprobs=true alone would give none.
             params["top_logprobs"] = 0

@@ -70,10 +70,10 @@ class Started:
     echo_text: str | None  # the prompt, when echo was asked for
 
 
-def check_choices(n: int, n_slots: int) -> None:
+def check_choices(n: int, slots: int) -> None:
     """``n`` choices take a slot each: ValueError when the model has fewer."""
-    if n > n_slots:
-        raise ValueError(f"n = {n} is more than this model's {n_slots} slot(s) (max_concurrency)")
+    if n > slots:
+        raise ValueError(f"n = {n} is more than this model's {slots} slot(s) (max_concurrency)")
 
 
 def completion_prompt_tokens(vocab: Vocab, metadata: dict[str, str], prompt: str | list[int], suffix: str | None) -> list[int]:
@@ -146,7 +146,7 @@ class Completions:
             raise ValueError("logits_processor is not supported (the batch engine samples with llama.cpp's samplers)")
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
             raise ValueError("prompt must be a string or a list of token ids")
-        check_choices(n, self.engine.n_slots)
+        check_choices(n, len(self.engine.slots))
         if echo and logprobs is not None:
             raise ValueError("echo with logprobs is not supported (the prompt's tokens have no logits here)")
         stops = [stop] if isinstance(stop, str) else list(stop or [])

@@ -8,7 +8,7 @@ Values that the spec does not set are the ones llama-cpp-python 0.3.36's ``Llama
 (llama.py, "Model Params" and "Context Params"), so one slot decodes as the previous
 engine-per-request design did; tests/unit/bench/test_gpu_check.py compares the structs with a
 real ``Llama()`` field by field. What differs on purpose: ``n_seq_max`` is the number of slots and
-``n_ctx`` the KV cells of all of them (``kv_size``, by default ``n_ctx * slots``), ``kv_unified``
+``n_ctx`` the KV cells of all of them (``kv_pool_tokens``, by default ``n_ctx * slots``), ``kv_unified``
 comes from the spec, and both thread counts default to every core (llama-cpp-python gives
 generation half of them, which halves CPU decode speed).
 """
@@ -37,7 +37,7 @@ class ModelParams:
 
 def kv_cells(spec: WorkerSpec) -> int:
     """The context's n_ctx: the KV cells of every slot together."""
-    return spec.kv_size if spec.kv_size is not None else spec.n_ctx * spec.slots
+    return spec.kv_pool_tokens if spec.kv_pool_tokens is not None else spec.n_ctx * spec.slots
 
 
 def batch_size(spec: WorkerSpec) -> int:
@@ -62,8 +62,8 @@ def check_spec(spec: WorkerSpec) -> None:
     max_seq = capi.llama_max_parallel_sequences()
     if not 1 <= spec.slots <= max_seq:
         raise ValueError(f"slots {spec.slots} (must be 1..{max_seq}, llama.cpp's LLAMA_MAX_SEQ)")
-    if spec.kv_size is not None and spec.kv_size < spec.slots:
-        raise ValueError(f"kv_size {spec.kv_size} (must be at least slots = {spec.slots})")
+    if spec.kv_pool_tokens is not None and spec.kv_pool_tokens < spec.slots:
+        raise ValueError(f"kv_pool_tokens {spec.kv_pool_tokens} (must be at least slots = {spec.slots})")
     if spec.n_ctx < 1 or spec.n_batch < 1 or spec.n_ubatch < 1:
         raise ValueError(f"n_ctx, n_batch and n_ubatch must be positive (got {spec.n_ctx}, {spec.n_batch}, {spec.n_ubatch})")
 

@@ -211,10 +211,10 @@ class WorkerSpec:
     n_threads_batch: int | None = None  # None: os.cpu_count()
     # One llama.cpp context decodes ``slots`` sequences together (continuous batching). Without
     # kv_unified every slot has its own n_ctx cells; with it the slots share one pool of
-    # kv_size cells and each request is still limited to n_ctx tokens.
+    # kv_pool_tokens cells and each request is still limited to n_ctx tokens.
     slots: int = 1
     kv_unified: bool = False
-    kv_size: int | None = None  # total KV cells of the context; None: n_ctx * slots
+    kv_pool_tokens: int | None = None  # total KV cells of the context; None: n_ctx * slots
     gpu_indices: list[int] = field(default_factory=list)  # NVML indices, for per-process usage
 
     def to_json(self) -> str:

@@ -15,8 +15,8 @@ STATS_INTERVAL_S = 1.0
 
 
 class StepStats:
-    def __init__(self, n_slots: int, send: Callable[[Stats], None] | None, clock: Callable[[], float]) -> None:
-        self._n_slots = n_slots
+    def __init__(self, slots: int, send: Callable[[Stats], None] | None, clock: Callable[[], float]) -> None:
+        self._slots = slots
         self._send = send
         self._clock = clock
         self._sizes: Counter[int] = Counter()
@@ -45,7 +45,7 @@ class StepStats:
             return
         message = Stats(
             busy_slots=busy,
-            slots=self._n_slots,
+            slots=self._slots,
             batch_sizes=dict(sorted(self._sizes.items())),
             cached_prompt_tokens=self._cached,
         )

@@ -44,6 +44,14 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def error_message(response: Response) -> str | None:
+    """The message of an error body built by ``error_body`` (None for any other content)."""
+    content = response.content
+    error = content.get("error") if isinstance(content, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
+
+
 def endpoint_of(request: Request) -> str:
     """The route a request matched, as its template (``/v1/models/{model_id}``), never the raw
     path: a metric label per path would grow a series per random URL. ``UNMATCHED_ENDPOINT``
@@ -137,7 +145,7 @@ def exception_handlers(metrics: GatewayMetrics, on_rejected: Callable[[str | Non
             metrics.rejected(record.model, reason, key=record.key)
             if on_rejected is not None:
                 on_rejected(record.key, reason)
-        record.finish(metrics, response.status_code)
+        record.finish(metrics, response.status_code, error=error_message(response))
         response.headers[REQUEST_ID_HEADER] = record.request_id
         return response
 

@@ -23,6 +23,7 @@ from gateway.access.keyring import keys_required
 from gateway.config.schema import Config
 from gateway.runtime.states import ModelState
 from gateway.http.admin_params import PLAN_PREVIEW_REQUEST_SCHEMA
+from gateway.http.responses import REQUEST_SCHEMA as RESPONSE_REQUEST_SCHEMA
 from gateway.http.openai_params import (
     CHAT_REQUEST_SCHEMA,
     COMPLETION_REQUEST_SCHEMA,
@@ -74,6 +75,42 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CreateChatCompletionRequest": CHAT_REQUEST_SCHEMA,
     "CreateCompletionRequest": COMPLETION_REQUEST_SCHEMA,
     "CreateEmbeddingRequest": EMBEDDING_REQUEST_SCHEMA,
+    "CreateResponseRequest": RESPONSE_REQUEST_SCHEMA,
+    "Response": {
+        "type": "object",
+        "description": "The Responses API's answer (stateless: never stored)",
+        "required": ["id", "object", "created_at", "status", "model", "output"],
+        "properties": {
+            "id": _STR,
+            "object": {"type": "string", "enum": ["response"]},
+            "created_at": _INT,
+            "status": {"type": "string", "enum": ["completed", "incomplete", "failed", "in_progress"]},
+            "model": _STR,
+            "output": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "id"],
+                    "description": "a message item (output_text parts) or a function_call item",
+                    "properties": {"type": {"type": "string", "enum": ["message", "function_call"]}, "id": _STR},
+                },
+            },
+            "usage": {
+                "type": ["object", "null"],
+                "properties": {
+                    "input_tokens": {"type": ["integer", "null"], "description": _BUDGET_NULL},
+                    "output_tokens": _INT,
+                    "total_tokens": {"type": ["integer", "null"], "description": _BUDGET_NULL},
+                },
+            },
+        },
+    },
+    "ResponseStreamEvent": {
+        "type": "object",
+        "required": ["type", "sequence_number"],
+        "description": "response.created, response.output_text.delta, ... response.completed (or response.incomplete, response.failed)",
+        "properties": {"type": _STR, "sequence_number": _INT},
+    },
     "ChatCompletion": {
         "type": "object",
         "required": ["id", "object", "created", "model", "choices"],
@@ -470,6 +507,35 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "auth": "api",
         "requestBody": _body("CreateCompletionRequest"),
         "responses": {"200": _generation("Completion", "Completion", "completion"), **{s: _error(s) for s in _MODEL_ERRORS}},
+    },
+    "createResponse": {
+        "summary": "Create a model response (the Responses API, stateless)",
+        "auth": "api",
+        "requestBody": _body("CreateResponseRequest"),
+        "responses": {
+            "200": {
+                "description": (
+                    "The response; with `stream: true`, server-sent events: an `event:` and a `data:` line per "
+                    "event, from response.created to response.completed (response.incomplete at "
+                    "max_output_tokens, response.failed after an error)"
+                ),
+                "headers": dict(_REQUEST_ID),
+                "content": {
+                    "application/json": {"schema": _ref("Response")},
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["data"],
+                            "properties": {
+                                "event": _STR,
+                                "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref("ResponseStreamEvent")},
+                            },
+                        }
+                    },
+                },
+            },
+            **{s: _error(s) for s in _MODEL_ERRORS},
+        },
     },
     "createEmbedding": {
         "summary": "Create embeddings",

@@ -20,7 +20,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response
@@ -57,6 +57,24 @@ def sse(data: Any) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
+class Framing(Protocol):
+    """How a stream's events are written: each chunk (or in-band error body), then its end."""
+
+    def chunk(self, data: dict[str, Any]) -> bytes: ...
+
+    def done(self) -> bytes: ...
+
+
+class ChunkFraming:
+    """The chat and text completions stream: a ``data:`` line per chunk, then ``[DONE]``."""
+
+    def chunk(self, data: dict[str, Any]) -> bytes:
+        return sse(data)
+
+    def done(self) -> bytes:
+        return SSE_DONE
+
+
 def _ttft(record: RequestRecord, sent_at: float, timings: Timings) -> float | None:
     """Time to first token from the request's arrival: the gateway's part plus the worker's."""
     if timings.ttft_s is None:
@@ -72,9 +90,11 @@ async def whole(
     params: dict[str, Any],
     ticket: Ticket | None = None,
     disconnected: Disconnected | None = None,
+    shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Response:
     """A non-streamed request; the lease and the ticket are released when it returns. When
-    ``disconnected`` returns first, the generation is cancelled and its usage so far charged."""
+    ``disconnected`` returns first, the generation is cancelled and its usage so far charged.
+    ``shape`` rewrites the result's body (the Responses API's object from a chat completion)."""
     ticket = ticket or Ticket(None, None, time.monotonic)
     try:
         async with lease:
@@ -98,6 +118,8 @@ async def whole(
                 ticket.settle(usage)
                 record.finish(metrics, 200, ttft_s=_ttft(record, sent_at, reply.timings), usage=usage)
                 headers = {REQUEST_ID_HEADER: record.request_id, **ticket.headers()}
+                if shape is not None:
+                    data = shape(data)
                 return Response(content=data, status_code=200, headers=headers)
             if isinstance(reply, (Error, WorkerExited)):
                 raise worker_error(reply, lease.name)
@@ -149,9 +171,12 @@ async def streamed(
     params: dict[str, Any],
     include_usage: bool,
     ticket: Ticket | None = None,
+    frame: Framing | None = None,
 ) -> Stream:
-    """A streamed request; the lease and the ticket pass to the stream, which releases them at its end."""
+    """A streamed request; the lease and the ticket pass to the stream, which releases them at its end.
+    ``frame`` writes the events (the chat/completions chunks as they are, by default)."""
     ticket = ticket or Ticket(None, None, time.monotonic)
+    frame = frame or ChunkFraming()
     messages = lease.request(op, params, stream=True)
     try:
         # Pull the first message before answering, so an early error still gets its real status.
@@ -172,6 +197,7 @@ async def streamed(
         held: dict[str, Any] | None = None
         # A client that goes away is recorded as 499 (nginx's "client closed request").
         status, end_usage = 499, None
+        error: str | None = None  # the in-band error's text, for the page's last error
         try:
             reply: Reply | None = first
             while reply is not None:
@@ -179,51 +205,52 @@ async def streamed(
                     data = reply.data
                     data["model"] = lease.name
                     if held is not None:
-                        yield sse(held)
+                        yield frame.chunk(held)
                         held = None
                     if not ticket.take(generated_tokens(data)):
                         # The key's budget ran out: this token is not sent, the generation stops.
-                        yield sse(budget_stop_chunk(data, lease.name, ticket.budget_note()))
+                        yield frame.chunk(budget_stop_chunk(data, lease.name, ticket.budget_note()))
                         end_usage = await _usage_after_cancel(messages, ticket.charged)
                         ticket.settle(end_usage)
                         if include_usage:
-                            yield sse(usage_chunk(data, lease.name, end_usage))
+                            yield frame.chunk(usage_chunk(data, lease.name, end_usage))
                         status = 200
                         break
                     last = data
                     if any(c.get("finish_reason") for c in data.get("choices") or ()):
                         held = data
                     else:
-                        yield sse(data)
+                        yield frame.chunk(data)
                 elif isinstance(reply, End):
                     end_usage = reply.usage
                     ticket.settle(end_usage)
                     timings = llama_timings(reply.timings)
                     if include_usage:
                         if held is not None:
-                            yield sse(held)
+                            yield frame.chunk(held)
                             held = None
                         chunk = usage_chunk(last, lease.name, with_cached_tokens(end_usage, reply.timings))
-                        yield sse({**chunk, "timings": timings})
+                        yield frame.chunk({**chunk, "timings": timings})
                     elif held is not None:
-                        yield sse({**held, "timings": timings})
+                        yield frame.chunk({**held, "timings": timings})
                         held = None
                     status = 200
                     break
                 elif isinstance(reply, (Error, WorkerExited)):
                     if held is not None:
-                        yield sse(held)
+                        yield frame.chunk(held)
                         held = None
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
-                    yield sse(error_body(reply.message, "server_error"))
+                    yield frame.chunk(error_body(reply.message, "server_error"))
                     status = 500
+                    error = reply.message
                     break
                 reply = await anext(messages, None)
             if held is not None:  # the worker's messages ended without an "end"
-                yield sse(held)
-            yield SSE_DONE
+                yield frame.chunk(held)
+            yield frame.done()
         finally:
-            record.finish(metrics, status, ttft_s=ttft, usage=end_usage)
+            record.finish(metrics, status, ttft_s=ttft, usage=end_usage, error=error)
             await messages.aclose()
             await lease.release()
             ticket.release()

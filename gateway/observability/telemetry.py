@@ -36,8 +36,10 @@ class RequestRecord:
         *,
         ttft_s: float | None = None,
         usage: dict[str, Any] | None = None,
+        error: str | None = None,
     ) -> None:
-        """Record the request; ``ttft_s`` counts from its arrival at the gateway."""
+        """Record the request; ``ttft_s`` counts from its arrival at the gateway; ``error`` is the
+        text a failed request's client got (the page's "last error" of its model)."""
         if self.done:
             return
         self.done = True
@@ -46,7 +48,7 @@ class RequestRecord:
         completion = (usage or {}).get("completion_tokens")
         metrics.request_finished(self.model, self.endpoint, status, duration, ttft_s, prompt, completion, key=self.key)
         if self.model is not None:
-            metrics.recent.record(self.model, completion if isinstance(completion, int) else None)
+            metrics.recent.record(self.model, completion if isinstance(completion, int) else None, status=status, error=error)
         log_request(
             request_id=self.request_id,
             model=self.model,

@@ -152,3 +152,17 @@ def _candidate(r: Resident, needed: set[int]) -> EvictionCandidate:
         load_seconds=r.load_seconds,
         requests=r.requests,
     )
+
+
+def gate_room(
+    devices: Sequence[Device], residents: Iterable[Resident], *, declared: bool, leaving: Collection[str], reserve_bytes: int
+) -> dict[int, int]:
+    """By GPU index: what a model about to start may use (the planner's budget: free less the
+    reserve), for the load gate (gateway.placement.gate)."""
+    return {d.index: max(0, d.free_bytes - reserve_bytes) for d in free_devices(devices, residents, declared, leaving)}
+
+
+def less_room(devices: Sequence[Device], excess: Mapping[int, int]) -> list[Device]:
+    """The inventory with each GPU's free memory lowered by what the load gate measured beyond the
+    plan there: placing again on it plans the model with llama.cpp's figure, not the estimate."""
+    return [dataclasses.replace(d, free_bytes=max(0, d.free_bytes - excess.get(d.index, 0))) for d in devices]

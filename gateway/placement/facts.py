@@ -101,6 +101,20 @@ class ModelFactsReader:
         return out
 
 
+# The keys of ``model_card``: a router lifts them from its nodes' entries to its own
+# (gateway.router.directory); tests/unit/router checks the two agree.
+MODEL_CARD_FIELDS = (
+    "n_ctx",
+    "context_length",
+    "capabilities",
+    "chat_format",
+    "architecture",
+    "n_params",
+    "file_bytes",
+    "quantization",
+)
+
+
 def model_card(model: ModelConfig, facts: ModelFacts | None) -> dict[str, Any]:
     """The fields of a model's /v1/models entry that a client chooses it by: its contexts (the
     configured n_ctx, the trained context_length), what it can do, its chat format and its file.

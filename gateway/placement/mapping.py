@@ -41,7 +41,7 @@ def run_settings(model: ModelConfig) -> RunSettings:
     return RunSettings(
         **{key: getattr(model, key) for key in CONTEXT_KEYS},
         slots=model.max_concurrency,
-        kv_size=model.kv_pool_tokens,
+        kv_pool_tokens=model.kv_pool_tokens,
     )
 
 
@@ -63,10 +63,10 @@ def model_request(model: ModelConfig, info: ModelInfo) -> ModelRequest:
 
 def worker_context(settings: RunSettings) -> dict[str, Any]:
     """The WorkerSpec fields of the context the planner sized: one llama.cpp context of
-    ``slots`` sequences and ``kv_size`` cells in all (always explicit, so the worker computes
+    ``slots`` sequences and ``kv_pool_tokens`` cells in all (always explicit, so the worker computes
     nothing the planner did not)."""
     return {
         **{key: getattr(settings, key) for key in CONTEXT_KEYS},
         "slots": settings.slots,
-        "kv_size": settings.kv_cells,
+        "kv_pool_tokens": settings.kv_cells,
     }

@@ -24,6 +24,7 @@ from gateway.cluster.naming import node_url
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config
 from gateway.errors import ModelUnavailableError
+from gateway.placement.facts import MODEL_CARD_FIELDS
 
 # States (gateway.runtime.states) in which a node's model can take a request now or after
 # loading; "failed" and "stopping" cannot.
@@ -195,6 +196,7 @@ class Directory:
             "owned_by": "vram-gateway",
             "aliases": list(cfg.aliases),
             "state": state,
+            **_card(routable + [w for w in where if w not in routable]),
             "replicas": cfg.replicas or 1,
             "nodes": where,
         }
@@ -211,3 +213,14 @@ class Directory:
 
     def candidates_exist(self, model: str) -> bool:
         return any(n.up and n.models.get(model) is not None and n.models[model].state in SERVING_STATES for n in self.nodes.values())
+
+
+def _card(where: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a client chooses a model by (contexts, capabilities, file: ``MODEL_CARD_FIELDS``) at
+    the top of the router's entry, as a single gateway's: each field from the first node, in
+    ``where``'s order (routable nodes first), that reports it; None where none does (every node
+    down, or one too old to send it). The nodes run the same config, so they agree on these."""
+    card: dict[str, Any] = {}
+    for key in MODEL_CARD_FIELDS:
+        card[key] = next((w[key] for w in where if w.get(key) is not None), None)
+    return card

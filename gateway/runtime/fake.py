@@ -27,6 +27,8 @@ from gateway.engine.protocol import (
     Chunk,
     Command,
     End,
+    Error,
+    ErrorKind,
     Failed,
     LoadFailure,
     Progress,
@@ -38,6 +40,7 @@ from gateway.engine.protocol import (
     WorkerMessage,
     WorkerSpec,
 )
+from gateway.engine.dry_run import DryRun
 from gateway.runtime.transport import ProtocolError, WorkerGone
 
 _BROKEN = object()  # in the output queue: the worker broke the protocol here
@@ -56,6 +59,10 @@ class FakeScript:
     kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
     hold_load: threading.Event | None = None  # "ready" (or "failed") waits until it is set
     hold_answer: threading.Event | None = None  # each request's last token and end wait until it is set
+    # What the load gate's dry run reports (gateway.placement.gate); None: an ok run that printed
+    # no buffer line, so nothing is measured beyond the plan.
+    dry_run: DryRun | None = None
+    fail_answer: str | None = None  # each request ends with the engine's "error" of this text
 
 
 async def _until_set(event: threading.Event | None) -> None:
@@ -188,6 +195,9 @@ class FakeConnection:
     async def _answer(self, message: Request) -> None:
         rid = message.id
         started = time.monotonic()
+        if self.script.fail_answer is not None:
+            self._put(Error(id=rid, kind=ErrorKind.ENGINE, message=self.script.fail_answer))
+            return
         words: list[str] = []
         for i in range(self.script.tokens):
             if rid in self._cancelled:
@@ -220,6 +230,12 @@ class FakeTransport:
     def __init__(self, script: FakeScript | Callable[[WorkerSpec], FakeScript] | None = None) -> None:
         self._script = script or FakeScript()
         self.spawned: list[FakeConnection] = []
+        self.dry_runs: list[WorkerSpec] = []  # the specs the load gate dry-ran, in order
+
+    async def dry_run(self, spec: WorkerSpec, env: dict[str, str]) -> DryRun:
+        self.dry_runs.append(spec)
+        script = self._script(spec) if callable(self._script) else self._script
+        return script.dry_run or DryRun(ok=True)
 
     async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> FakeConnection:
         script = self._script(spec) if callable(self._script) else self._script

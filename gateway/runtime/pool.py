@@ -39,7 +39,8 @@ from gateway.config.schema import Config, ModelConfig
 from gateway.engine.protocol import Op
 from gateway.errors import ConflictError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts
-from gateway.placement.decisions import Refuse, Resident, cpu_models_running, free_devices, place
+from gateway.placement.decisions import Place, Refuse, Resident, cpu_models_running, free_devices, gate_room, less_room, place
+from gateway.placement.gate import Pass, check_load
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
@@ -52,7 +53,8 @@ from gateway.runtime.requests import RequestStream
 from gateway.runtime.worker_process import WorkerProcess
 from planner.devices import Device
 from planner.eviction import RequestRate
-from planner.plan import plan
+from planner.plan import ModelRequest, plan
+from planner.units import MIB
 
 log = logging.getLogger("gateway")
 
@@ -581,20 +583,7 @@ class ModelPool:
             if files.problems:
                 raise ModelUnavailableError(f"model {entry.name!r}: " + "; ".join(files.problems))
             request = model_request(model, files.infos[model.name])
-            decision = place(
-                request,
-                inventory(config, self._read_nvml),
-                self.residents(),
-                plan_policy(config),
-                declared=config.planner.gpus is not None,
-                gpus=model.gpus,
-                now=self._clock(),
-            )
-            if isinstance(decision, Refuse):
-                raise ModelUnavailableError(
-                    f"model {entry.name!r} cannot be placed even after evicting every idle on-demand model: "
-                    + "; ".join(decision.problems)
-                )
+            decision = await self._gated_place(entry, request, str(files.paths[model.name]), config)
             victims = [self.entries[n] for n in decision.evict]
             for victim in victims:
                 victim.evicting = True  # chosen and marked with no await between: nobody takes it
@@ -617,6 +606,55 @@ class ModelPool:
                 entry.load_seconds = entry.last_used - started
             else:
                 raise ModelUnavailableError(f"model {entry.name!r} failed to load: {worker.reason}")
+
+    async def _gated_place(self, entry: ModelEntry, request: ModelRequest, path: str, config: Config) -> Place:
+        """Place the model (gateway.placement.decisions.place), then, with ``[planner] load_gate``,
+        ask llama.cpp's dry run whether exactly that placement fits in the memory free now
+        (gateway.placement.gate). Where it does not, place again with the measured excess taken
+        off those GPUs (another GPU, or evictions), as many times as there are GPUs; then refuse."""
+        devices = inventory(config, self._read_nvml)
+        declared = config.planner.gpus is not None
+        excess: dict[int, int] = {}
+        reason = ""
+        for _attempt in range(len(devices) + 1):
+            decision = place(
+                request,
+                less_room(devices, excess),
+                self.residents(),
+                plan_policy(config),
+                declared=declared,
+                gpus=entry.config.gpus,
+                now=self._clock(),
+            )
+            if isinstance(decision, Refuse):
+                what = "after the load gate's measurement" if excess else "even after evicting every idle on-demand model"
+                raise ModelUnavailableError(f"model {entry.name!r} cannot be placed {what}: " + "; ".join(decision.problems))
+            if not config.planner.load_gate or not decision.placement.gpus:
+                return decision
+            launch = launch_from_placement(decision.placement, path)
+            run = await self._transport.dry_run(launch.worker_spec(entry.config), launch.worker_env(self._base_env))
+            if not run.ok:
+                raise ModelUnavailableError(f"model {entry.name!r}: the load gate's dry run failed: {run.error}")
+            room = gate_room(
+                devices,
+                self.residents(),
+                declared=declared,
+                leaving=set(decision.evict),
+                reserve_bytes=config.planner.reserve_mib * MIB,
+            )
+            verdict = check_load(decision.placement, run.buffers, room)
+            if isinstance(verdict, Pass):
+                log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, decision.placement.cuda_visible_devices)
+                return decision
+            log.warning("model %s: %s; placing it again with the measured figures", entry.name, verdict.reason)
+            reason = verdict.reason
+            if all(excess.get(g, 0) >= b for g, b in verdict.excess.items()) and any(verdict.excess.values()):
+                break  # nothing new was learned: placing again would give the same answer
+            for gpu, extra in verdict.excess.items():
+                excess[gpu] = max(excess.get(gpu, 0), extra)
+            if not any(verdict.excess.values()):
+                break  # the plan itself is right and the memory is not free: nothing to learn
+        raise ModelUnavailableError(f"model {entry.name!r} refused by the load gate: {reason}")
 
     async def _evict(self, entry: ModelEntry, reason: EvictReason, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""

@@ -30,6 +30,8 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from gateway.engine.dry_run import DryRun
+from gateway.placement.verify import dry_run
 from gateway.engine.protocol import Command, Shutdown, WorkerMessage, WorkerSpec, decode_worker_message, encode
 
 log = logging.getLogger("gateway.runtime")
@@ -75,6 +77,10 @@ class WorkerConnection(Protocol):
 
 class WorkerTransport(Protocol):
     async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> WorkerConnection: ...
+
+    async def dry_run(self, spec: WorkerSpec, env: dict[str, str]) -> DryRun:
+        """llama.cpp's no_alloc load of ``spec`` (the load gate, gateway.placement.gate)."""
+        ...
 
 
 class SubprocessConnection:
@@ -170,6 +176,9 @@ class SubprocessTransport:
         self._python = python
         self._module = module
         self._line_limit = line_limit
+
+    async def dry_run(self, spec: WorkerSpec, env: dict[str, str]) -> DryRun:
+        return await asyncio.to_thread(dry_run, spec, env)  # plan --verify's runner, in a child process
 
     async def spawn(self, spec: WorkerSpec, env: dict[str, str]) -> SubprocessConnection:
         proc = await asyncio.create_subprocess_exec(

@@ -66,6 +66,13 @@ class ModelView:
         """The planner's bytes per GPU index."""
         return {d.gpu: d.total_bytes for d in self.launch.devices} if self.launch is not None else {}
 
+    @property
+    def planned_total_bytes(self) -> int | None:
+        """The planner's bytes on every GPU and in host memory together; None: not placed."""
+        if self.launch is None:
+            return None
+        return sum(d.total_bytes for d in self.launch.devices) + self.launch.host_bytes
+
     def openai(self, facts: ModelFacts | None = None) -> dict[str, Any]:
         """A /v1/models entry: OpenAI's fields plus state, what a client chooses a model by (its
         contexts, capabilities and file: ``facts``, its header's, None when unread or unreadable)
@@ -78,7 +85,7 @@ class ModelView:
             "aliases": list(self.config.aliases),
             "state": self.state.value,
             **model_card(self.config, facts),
-            "reason": self.reason,
+            "reason": self.reason or self.last_error,  # a refused load (the planner, the load gate) says why
             "progress": self.progress,
             "load_seconds": self.load_seconds,
             "pid": self.pid,

@@ -297,7 +297,7 @@ def test_stats_report_slots_and_batch_sizes_at_most_once_a_second(spawn, tiny):
 
 @pytest.mark.parametrize("unified", [False, True], ids=["own-cells", "shared-pool"])
 def test_each_request_keeps_its_full_context_in_every_slot(spawn, tiny, unified):
-    spec = dataclasses.replace(tiny, n_ctx=256, slots=2, kv_unified=unified, kv_size=512 if unified else None)
+    spec = dataclasses.replace(tiny, n_ctx=256, slots=2, kv_unified=unified, kv_pool_tokens=512 if unified else None)
     worker = _ready(spawn, spec)
     for request_id in (1, 2):
         worker.request(request_id, "completion", {**GREEDY, "prompt": "hello world " * 20, "max_tokens": 1000})
@@ -401,7 +401,7 @@ def test_response_format_json_constrains_a_chat_with_a_grammar(spawn, tiny):
 
 
 def test_a_full_shared_pool_ends_the_newest_request_with_length_and_keeps_serving(spawn, tiny):
-    spec = dataclasses.replace(tiny, n_ctx=256, slots=2, kv_unified=True, kv_size=256)
+    spec = dataclasses.replace(tiny, n_ctx=256, slots=2, kv_unified=True, kv_pool_tokens=256)
     worker = _ready(spawn, spec)
     worker.request(1, "completion", {**GREEDY, "max_tokens": 200}, stream=True)
     assert _first(worker, 1)["type"] == "chunk"

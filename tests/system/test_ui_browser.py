@@ -196,7 +196,8 @@ def test_an_on_demand_load_appears_without_reloading_the_page(page: Page, gatewa
     expect(block(page, "gpu-0", "gemma-od")).to_be_visible()
     client.join(150)
     assert answer and answer[0].status_code == 200, answer
-    expect(row(page, "gemma-od").locator("td").nth(6)).to_have_text("1", timeout=10_000)  # requests, last minute
+    expect(row(page, "gemma-od").locator("td").nth(7)).to_have_text("1", timeout=10_000)  # requests, last minute
+    expect(row(page, "gemma-od").locator("td.where")).to_have_text("GPU 0")  # not a bare "0" under "GPUs"
     assert page.evaluate("window.__sameDocument") is True
     assert console == []
 
@@ -279,7 +280,39 @@ def test_hostile_model_names_and_error_texts_render_as_text(page: Page, gateway,
     expect(row(page, f"gemma{XSS}")).to_contain_text(f"gemma{XSS}")
     expect(page.locator(f"tr.why[data-why='gemma{XSS}']")).to_contain_text(f"why: failed: {XSS}")
     expect(page.locator("[data-bar='gpu-0'] .bar-label")).to_contain_text(XSS)
+    expect(page.locator("[data-bar='gpu-0'] .bar-models")).to_contain_text(f"gemma{XSS}")
     assert page.locator("img").count() == 0
+    assert console == []
+
+
+def test_a_ready_model_whose_requests_fail_shows_its_errors_and_last_error(page: Page, gateway, console):
+    """The state of a model that is ready while its requests answer 500 (the unit tests make one
+    with a fake worker; here the page's rendering of it): the errors column, the last error with
+    its age, the whole text under the row, and the page's other aids (legend, full names)."""
+    failing = {"requests_1m": 2, "errors_1m": 2, "error_rate_1m": 1.0}
+    last = {"status": 500, "message": "model 'gemma': unknown chat format 'gemma3'", "age_s": 3}
+
+    def with_errors(route: Route) -> None:
+        response = route.fetch()
+        doc = response.json() if response.status == 200 else None
+        if doc is None:
+            route.fulfill(response=response)
+            return
+        for m in doc["models"]:
+            if m["name"] == "gemma":
+                m.update(failing, last_request_error=last)
+        route.fulfill(json=doc)
+
+    page.route("**/ui/state", with_errors)
+    open_page(page, gateway)
+    gemma = row(page, "gemma")
+    expect(gemma.locator(".state")).to_have_text("ready")
+    expect(gemma.locator("td.bad")).to_have_text("2 (100%)")
+    expect(gemma.locator("td.error")).to_have_text(f"500 · 3 s ago: {last['message']}")
+    expect(page.locator("tr.why[data-why='gemma']")).to_have_text(f"last failed request (500): {last['message']}")
+    expect(gemma.locator("td.where")).to_have_text("GPU 0")
+    expect(page.locator(".legend")).to_contain_text("beyond the plan")
+    expect(page.locator("[data-bar='gpu-0'] .bar-models li[data-model='gemma']")).to_contain_text("gemma · ")
     assert console == []
 
 

@@ -1,7 +1,8 @@
-"""The OpenAI endpoints: chat and text completions, embeddings, the model list."""
+"""The OpenAI endpoints: chat and text completions, responses, embeddings, the model list."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from gateway.access.keyring import ApiKey
 from gateway.access.limits import Ticket
 from gateway.engine.protocol import Op
 from gateway.errors import InvalidRequestError
-from gateway.http import proxy
+from gateway.http import proxy, responses
 from gateway.http.auth import Auth
 from gateway.http.openai_params import chat_params, completion_params, embedding_params, include_usage, is_stream
 from gateway.observability.metrics import GatewayMetrics
@@ -83,6 +84,24 @@ async def completions(request: Request, call: NamedDependency[Call]) -> Response
     return await _generate(request, call, "/v1/completions", Op.COMPLETION)
 
 
+async def create_response(request: Request, call: NamedDependency[Call]) -> Response | Stream:
+    """The Responses API, translated to a chat completion (gateway.http.responses) and back."""
+    pool, access, key = call.pool, call.access, call.key
+    record = request.state.record = new_record("/v1/responses", request.headers.get(REQUEST_ID_HEADER), key.name if key else None)
+    body = await _json_body(request)
+    chat = responses.chat_body(body)
+    stream = is_stream(chat)
+    params = chat_params(chat)
+    entry = access.resolve(pool, key, body.get("model"))
+    record.model = entry.name
+    lease, ticket = await _lease(pool, access, key, entry)
+    if stream:
+        frame = responses.StreamEvents(body, entry.name)
+        return await proxy.streamed(lease, record, call.metrics, Op.CHAT, params, True, ticket, frame)
+    shape = functools.partial(responses.response_object, body=body)
+    return await proxy.whole(lease, record, call.metrics, Op.CHAT, params, ticket, proxy.client_gone(request), shape)
+
+
 async def embeddings(request: Request, call: NamedDependency[Call]) -> Response:
     pool, access, key = call.pool, call.access, call.key
     record = request.state.record = new_record("/v1/embeddings", request.headers.get(REQUEST_ID_HEADER), key.name if key else None)
@@ -118,6 +137,7 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
     return [
         post("/v1/chat/completions", status_code=200, guards=api, operation_id="createChatCompletion")(chat_completions),
         post("/v1/completions", status_code=200, guards=api, operation_id="createCompletion")(completions),
+        post("/v1/responses", status_code=200, guards=api, operation_id="createResponse")(create_response),
         post("/v1/embeddings", status_code=200, guards=api, operation_id="createEmbedding")(embeddings),
         get("/v1/models", guards=api, operation_id="listModels")(list_models),
         get("/v1/models/{model_id:path}", guards=api, operation_id="retrieveModel")(get_model),

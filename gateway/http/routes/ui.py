@@ -91,6 +91,7 @@ def allows(auth: Auth, connection: ASGIConnection, kind: Kind) -> bool:
 def model_row(view: ModelView, recent: RecentActivity) -> dict[str, Any]:
     """One row of the page's models table."""
     activity = recent.of(view.name)
+    last = activity.last_error
     return {
         "name": view.name,
         "aliases": list(view.config.aliases),
@@ -101,16 +102,32 @@ def model_row(view: ModelView, recent: RecentActivity) -> dict[str, Any]:
         # Why it went there (the planner's notes: packing, partial offload), for the GPUs cell.
         "placement": list(view.launch.notes) if view.launch is not None else [],
         "placed": view.launch is not None,
+        # The planner's bytes (GPUs and host together) of its placement (None: not placed, as a
+        # stopped on-demand model), and whether its worker holds them now.
+        "planned_bytes": view.planned_total_bytes,
+        "holds_memory": view.holds_memory,
         "n_ctx": view.config.n_ctx,
         "running": view.running,
         "max_concurrency": view.max_concurrency,
         "waiting": view.waiting,
         "queue_size": view.queue_size,
+        "idle_ttl_s": view.idle_ttl_s,
+        "unload_in_s": view.unload_in_s,
         "requests_1m": activity.requests,
+        # Requests answered 5xx (observability.activity.failed): a model that is "ready" while
+        # its requests fail shows it here and in the last request error.
+        "errors_1m": activity.errors,
+        "error_rate_1m": round(activity.error_rate, 3),
         "tokens_per_s_1m": round(activity.tokens_per_s, 2),
         # A failed worker's reason, else why the last on-demand load failed (the planner's
         # explanation when it could not be placed).
         "error": view.reason or view.last_error,
+        # The last request of this model that failed, whatever its age (age_s says how old).
+        "last_request_error": (
+            None
+            if last is None
+            else {"status": last.status, "message": last.message, "age_s": round(activity.last_error_age_s or 0.0, 1)}
+        ),
     }
 
 

@@ -172,11 +172,17 @@ function bar(label, sub, total, figures, blocks, segments, detail) {
     reserve.style.width = pct(segments.reserve, scale);
     track.append(reserve);
   }
+  // A narrow block cuts its label: the whole names are listed under the bar.
+  const names = el("ul", { class: "bar-models" });
+  for (const block of blocks) {
+    names.append(el("li", { "data-model": block.model }, el("span", { class: `swatch ${block.state}` }), `${block.model} · ${mib(block.planned_bytes)}`));
+  }
   return el(
     "div",
     { class: "bar-row" },
     el("div", { class: "bar-label" }, el("strong", { text: label }), el("span", { class: "muted", text: sub }), el("span", { class: "figures", text: figures })),
     track,
+    blocks.length ? names : null,
   );
 }
 
@@ -211,7 +217,31 @@ function renderMap(container, map, detail) {
 
 // ------------------------------------------------------------------ models table
 
-const COLUMNS = 10;
+const COLUMNS = 12;
+
+// m:ss (or h:mm:ss) for a countdown; seconds ago as "12 s ago", "3 min ago", "2 h ago".
+function clock(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  const two = (n) => String(n).padStart(2, "0");
+  return s >= 3600 ? `${Math.floor(s / 3600)}:${two(Math.floor(s / 60) % 60)}:${two(s % 60)}` : `${Math.floor(s / 60)}:${two(s % 60)}`;
+}
+
+function ago(seconds) {
+  if (seconds < 90) return `${Math.round(seconds)} s ago`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+  return `${Math.round(seconds / 3600)} h ago`;
+}
+
+function countdownText(model) {
+  return model.unload_in_s === null || model.unload_in_s === undefined ? "" : `unloads in ${clock(model.unload_in_s)} if idle`;
+}
+
+// The Last error cell: the worker's or the last load's error, else the last failed request's.
+function lastErrorText(model) {
+  if (model.error) return model.error;
+  const last = model.last_request_error;
+  return last ? `${last.status} · ${ago(last.age_s)}: ${last.message}` : "";
+}
 
 function stateCell(model) {
   const cell = el("td", {}, el("span", { class: `state state-${model.state}`, text: model.state === "starting" ? "loading" : model.state }));
@@ -220,12 +250,32 @@ function stateCell(model) {
     fill.style.width = `${Math.max(0, Math.min(100, model.progress))}%`;
     cell.append(" ", el("span", { class: "muted", text: `${model.progress}%` }), el("span", { class: "progress" }, fill));
   }
+  if (model.idle_ttl_s !== null && model.idle_ttl_s !== undefined) {
+    cell.append(el("span", { class: "countdown muted", "data-countdown": model.name, text: countdownText(model), title: `idle TTL ${clock(model.idle_ttl_s)}` }));
+  }
   return cell;
 }
 
-function gpusText(model) {
+// "GPU 0", "GPUs 0, 1", "CPU": a bare "0" under "GPUs" read as none.
+function whereText(model) {
   if (!model.placed) return "–";
-  return model.gpus.length ? model.gpus.join(", ") : "CPU";
+  if (!model.gpus.length) return "CPU";
+  return `${model.gpus.length === 1 ? "GPU" : "GPUs"} ${model.gpus.join(", ")}`;
+}
+
+// What its placement planned (GPUs and host together); greyed while its worker does not hold it.
+function memoryCell(model) {
+  if (model.planned_bytes === null || model.planned_bytes === undefined) {
+    const unknown = model.load === "on_demand" ? "planned when loaded" : "–";
+    return el("td", { class: "num muted", text: "–", title: unknown });
+  }
+  if (model.holds_memory) return el("td", { class: "num", text: mib(model.planned_bytes), title: "planned, GPUs and host together" });
+  return el("td", { class: "num muted", text: mib(model.planned_bytes), title: "planned, not held now" });
+}
+
+function errorsCell(model) {
+  const text = model.errors_1m ? `${model.errors_1m} (${Math.round(100 * model.error_rate_1m)}%)` : "0";
+  return el("td", { class: `num${model.errors_1m ? " bad" : ""}`, text, title: "requests answered 5xx" });
 }
 
 function actionsCell(model) {
@@ -257,23 +307,30 @@ function renderModels(state) {
     const cells = [
       name,
       stateCell(model),
-      el("td", { text: gpusText(model), title: (model.placement || []).join("; ") }),
+      el("td", { class: "where", text: whereText(model), title: (model.placement || []).join("; ") }),
+      memoryCell(model),
       el("td", { class: "num", text: model.n_ctx.toLocaleString("en-US") }),
       el("td", { class: "num", text: `${model.running} / ${model.max_concurrency}` }),
       el("td", { class: "num", text: `${model.waiting} / ${model.queue_size}` }),
       el("td", { class: "num", text: String(model.requests_1m) }),
+      errorsCell(model),
       el("td", { class: "num", text: model.tokens_per_s_1m.toFixed(1) }),
-      el("td", { class: "error", text: model.error || "", title: model.error || null }),
+      el("td", { class: "error", "data-last-error": model.name, text: lastErrorText(model), title: lastErrorText(model) || null }),
     ];
     if (state.admin) cells.push(actionsCell(model));
     rows.push(el("tr", { "data-model": model.name }, ...cells));
     // Why: a failed model, or one whose last load was refused, gets the whole explanation.
+    const span = String(state.admin ? COLUMNS : COLUMNS - 1);
     if (model.error && model.state !== "ready") {
-      rows.push(el("tr", { class: "why", "data-why": model.name }, el("td", { colspan: String(state.admin ? COLUMNS : COLUMNS - 1) }, `why: ${model.error}`)));
+      rows.push(el("tr", { class: "why", "data-why": model.name }, el("td", { colspan: span }, `why: ${model.error}`)));
+    } else if (model.errors_1m && model.last_request_error) {
+      // Ready, but its requests fail: the last failure's whole text.
+      const last = model.last_request_error;
+      rows.push(el("tr", { class: "why", "data-why": model.name }, el("td", { colspan: span }, `last failed request (${last.status}): ${last.message}`)));
     }
   }
   document.querySelector("#models-table tbody").replaceChildren(...rows);
-  $("window-note").textContent = `Requests and tokens/s over the last ${state.window_s} s. Memory: ${
+  $("window-note").textContent = `Requests, errors (answered 5xx) and tokens/s over the last ${state.window_s} s. Memory: ${
     state.inventory === "declared" ? "a declared GPU inventory ([planner] gpus)" : "NVML, read at each update"
   }.`;
 }
@@ -281,6 +338,25 @@ function renderModels(state) {
 // ------------------------------------------------------------------ polling
 
 let lastBody = "";
+
+// The fields that change every second by themselves: they update in place (updateClocks), so a
+// countdown alone does not redraw the page under the pointer.
+const TICKING = new Set(["unload_in_s", "age_s"]);
+
+function stableBody(data) {
+  return JSON.stringify(data, (key, value) => (TICKING.has(key) ? undefined : value));
+}
+
+function updateClocks(state) {
+  for (const model of state.models) {
+    for (const node of document.querySelectorAll("[data-countdown]")) {
+      if (node.dataset.countdown === model.name) node.textContent = countdownText(model);
+    }
+    for (const node of document.querySelectorAll("[data-last-error]")) {
+      if (node.dataset.lastError === model.name) node.textContent = lastErrorText(model);
+    }
+  }
+}
 let timer = null;
 let polling = false;
 let pollAgain = false; // asked for while a poll was in flight
@@ -324,11 +400,13 @@ async function refresh() {
       say(`Could not read the gateway's state: ${errorText(result)}`, true);
       pollFailed = true;
     } else {
-      const body = JSON.stringify(result.data);
+      const body = stableBody(result.data);
       // Redraw only what changed: a button under the pointer stays put between polls.
       if (body !== lastBody) {
         lastBody = body;
         render(result.data);
+      } else {
+        updateClocks(result.data);
       }
       if (pollFailed) {
         pollFailed = false;

@@ -152,3 +152,34 @@ def test_the_state_follows_a_reload_of_models_toml(cfg, tiny):
         assert [m["name"] for m in state["models"]] == ["eager", "added"]
         assert len(state["map"]["gpus"]) == 2 and state["map"]["gpus"][0]["reserve_bytes"] == 0
         assert {b["model"] for b in state["map"]["blocks"]} == {"eager", "added"}
+
+
+def test_a_ready_model_whose_requests_fail_shows_its_error_rate_and_last_error(cfg):
+    script = lambda spec: FakeScript(fail_answer="unknown chat format 'gemma3'") if spec.name == "eager" else FakeScript()  # noqa: E731
+    with client_for(cfg, FakeTransport(script)) as client:
+        for stream in (False, True):
+            answer = client.post("/v1/completions", json={"model": "e", "prompt": "a", "stream": stream}, headers=AUTH)
+            assert answer.status_code == 500
+        assert client.post("/v1/completions", json={"model": "od", "prompt": "a"}, headers=AUTH).status_code == 200
+        rows = {m["name"]: m for m in client.get("/ui/state", headers=AUTH).json()["models"]}
+        eager = rows["eager"]
+        assert eager["state"] == "ready" and eager["error"] is None  # the worker itself is fine
+        assert (eager["requests_1m"], eager["errors_1m"], eager["error_rate_1m"]) == (2, 2, 1.0)
+        last = eager["last_request_error"]
+        assert last["status"] == 500 and "unknown chat format 'gemma3'" in last["message"] and last["age_s"] >= 0
+        assert (rows["od"]["errors_1m"], rows["od"]["error_rate_1m"], rows["od"]["last_request_error"]) == (0, 0.0, None)
+
+
+def test_each_row_has_its_planned_memory_and_an_on_demand_models_idle_countdown(tmp_path, tiny):
+    models = [{"name": "eager"}, {"name": "od", "load": "on_demand", "n_ctx": 512, "idle_ttl_s": 300}]
+    cfg = write_config(tmp_path / "m.toml", tiny, models, gpus=["4GiB"], api_keys=[KEY])
+    with client_for(cfg) as client:
+        state = client.get("/ui/state", headers=AUTH).json()
+        rows = {m["name"]: m for m in state["models"]}
+        on_map = sum(b["planned_bytes"] for b in state["map"]["blocks"] if b["model"] == "eager")  # its GPU's and host's
+        assert rows["eager"]["planned_bytes"] == on_map > 0 and rows["eager"]["holds_memory"] is True
+        assert rows["eager"]["unload_in_s"] is None and rows["eager"]["idle_ttl_s"] is None
+        assert rows["od"]["planned_bytes"] is None and rows["od"]["unload_in_s"] is None and rows["od"]["idle_ttl_s"] == 300
+        assert client.post("/admin/models/od/load", headers=AUTH).status_code == 200
+        od = next(m for m in client.get("/ui/state", headers=AUTH).json()["models"] if m["name"] == "od")
+        assert od["planned_bytes"] > 0 and od["holds_memory"] is True and 0 < od["unload_in_s"] <= 300

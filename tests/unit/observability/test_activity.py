@@ -40,8 +40,8 @@ def test_memory_stays_bounded_whatever_the_request_rate():
         clock.now += 0.5
     # Whole seconds: the window is the last minute to within a second.
     assert 59 * 100 <= recent.of("a").requests <= 60 * 100
-    requests, tokens = recent._models["a"]
-    assert len(requests._steps) <= recent.window_s and len(tokens._steps) <= recent.window_s
+    windows = recent._models["a"]
+    assert all(len(w._steps) <= recent.window_s for w in (windows.requests, windows.errors, windows.tokens))
 
 
 def test_a_finished_request_feeds_the_window_of_its_model_only():
@@ -54,3 +54,29 @@ def test_a_finished_request_feeds_the_window_of_its_model_only():
     RequestRecord(endpoint="/v1/completions", request_id="r3", model="m").finish(metrics, 429)
     assert (metrics.recent.of("m").requests, metrics.recent.of("m").completion_tokens) == (2, 12)
     assert metrics.recent.of("").requests == 0
+
+
+def test_failed_requests_count_as_errors_and_the_last_one_is_kept_with_its_age():
+    clock = Clock()
+    recent = RecentActivity(clock)
+    recent.record("m", 5)
+    recent.record("m", status=500, error="model 'm': unknown chat format")
+    recent.record("m", status=400, error="bad request")  # the client's fault: not the model's error
+    clock.now += 10
+    recent.record("m", status=503)
+    activity = recent.of("m")
+    assert (activity.requests, activity.errors) == (4, 2) and activity.error_rate == 0.5
+    assert (activity.last_error.status, activity.last_error.message) == (503, "HTTP 503")
+    clock.now += 61  # out of the window: no error rate, but the last error stays, with its age
+    activity = recent.of("m")
+    assert (activity.requests, activity.errors, activity.error_rate) == (0, 0, 0.0)
+    assert activity.last_error.status == 503 and activity.last_error_age_s == 61
+    assert recent.of("other").last_error is None and recent.of("other").error_rate == 0.0
+
+
+def test_a_finished_request_answered_5xx_records_the_text_its_client_got():
+    metrics = GatewayMetrics(lambda: [], lambda: [], recent=RecentActivity(Clock()))
+    RequestRecord(endpoint="/v1/completions", request_id="r1", model="m").finish(metrics, 500, error="boom")
+    RequestRecord(endpoint="/v1/completions", request_id="r2", model="m").finish(metrics, 499)  # client left
+    activity = metrics.recent.of("m")
+    assert (activity.requests, activity.errors, activity.last_error.message) == (2, 1, "boom")

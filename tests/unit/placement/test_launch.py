@@ -59,9 +59,9 @@ def test_context_keys_have_one_name_in_the_config_the_planner_and_the_worker():
 def test_run_settings_size_one_context_of_max_concurrency_slots():
     s = run_settings(CONFIG)
     assert {key: getattr(s, key) for key in CONTEXT_KEYS} == {key: getattr(CONFIG, key) for key in CONTEXT_KEYS}
-    assert (s.slots, s.kv_unified, s.kv_size, s.kv_cells) == (4, True, 16384, 16384)
+    assert (s.slots, s.kv_unified, s.kv_pool_tokens, s.kv_cells) == (4, True, 16384, 16384)
     plain = run_settings(ModelConfig(name="m", path="/m.gguf", n_ctx=2048, max_concurrency=8))
-    assert (plain.slots, plain.kv_unified, plain.kv_size, plain.kv_cells) == (8, False, None, 16384)
+    assert (plain.slots, plain.kv_unified, plain.kv_pool_tokens, plain.kv_cells) == (8, False, None, 16384)
 
 
 def test_model_request_carries_the_placement_keys():
@@ -74,7 +74,7 @@ def test_worker_spec_fills_every_field_from_the_plan_the_config_and_the_launch()
     spec = _launch().worker_spec(CONFIG)
     filled = {
         # the context the planner sized, under the config's own names
-        *CONTEXT_KEYS, "slots", "kv_size",
+        *CONTEXT_KEYS, "slots", "kv_pool_tokens",
         # where the plan put it
         "n_gpu_layers", "split_mode", "tensor_split", "gpu_indices",
         # the launch's threads, or the config's
@@ -84,7 +84,7 @@ def test_worker_spec_fills_every_field_from_the_plan_the_config_and_the_launch()
     }  # fmt: skip
     assert {f.name for f in dataclasses.fields(WorkerSpec)} == filled
     assert {key: getattr(spec, key) for key in CONTEXT_KEYS} == {key: getattr(CONFIG, key) for key in CONTEXT_KEYS}
-    assert (spec.slots, spec.kv_size) == (4, 16384)
+    assert (spec.slots, spec.kv_pool_tokens) == (4, 16384)
     assert (spec.n_gpu_layers, spec.split_mode, spec.tensor_split, spec.gpu_indices) == (-1, "layer", None, [0])
     assert (spec.n_threads, spec.n_threads_batch) == (3, 5)
     assert (spec.name, spec.model_path, spec.use_mlock, spec.chat_format, spec.pooling) == (
@@ -97,7 +97,7 @@ def test_worker_runs_the_context_the_planner_sized():
     spec = _launch(config).worker_spec(config)
     assert {key: getattr(spec, key) for key in worker_context(run_settings(config))} == worker_context(run_settings(config))
     # Always explicit: n_ctx x slots when each slot has its own stream.
-    assert (spec.slots, spec.kv_unified, spec.kv_size) == (8, False, 16384)
+    assert (spec.slots, spec.kv_unified, spec.kv_pool_tokens) == (8, False, 16384)
 
 
 def test_launch_threads_are_used_where_the_config_sets_none():

@@ -90,7 +90,7 @@ def _check(path, settings):
 
 
 def _case_id(s: RunSettings) -> str:
-    slots = f"-slots{s.slots}" + ("u" if s.kv_unified else "") + (f"-pool{s.kv_size}" if s.kv_size else "")
+    slots = f"-slots{s.slots}" + ("u" if s.kv_unified else "") + (f"-pool{s.kv_pool_tokens}" if s.kv_pool_tokens else "")
     return f"ctx{s.n_ctx}-{s.type_k}-{s.type_v}-swafull{int(s.swa_full)}-fa{int(s.flash_attn)}-ub{s.n_ubatch}{slots}"
 
 
@@ -109,7 +109,7 @@ GEMMA_CASES = [
     RunSettings(n_ctx=4096, slots=4, kv_unified=True),
     RunSettings(n_ctx=4096, slots=8),
     RunSettings(n_ctx=4096, slots=8, kv_unified=True),
-    RunSettings(n_ctx=8192, slots=8, kv_unified=True, kv_size=16384, flash_attn=True, type_k="q8_0", type_v="q8_0"),
+    RunSettings(n_ctx=8192, slots=8, kv_unified=True, kv_pool_tokens=16384, flash_attn=True, type_k="q8_0", type_v="q8_0"),
     RunSettings(n_ctx=2048, slots=4, swa_full=True),
 ]
 
@@ -137,7 +137,7 @@ TINY_CASES = [
     ("gemma3", "f16", RunSettings(n_ctx=2048, slots=8, kv_unified=True, flash_attn=True)),
     ("gemma3", "f16", RunSettings(n_ctx=2048, slots=4, swa_full=True)),
     ("gemma3", "f16", RunSettings(n_ctx=8192, swa_full=True)),
-    ("gemma3", "f16", RunSettings(n_ctx=1000, slots=3, kv_unified=True, kv_size=2000)),
+    ("gemma3", "f16", RunSettings(n_ctx=1000, slots=3, kv_unified=True, kv_pool_tokens=2000)),
 ]
 
 

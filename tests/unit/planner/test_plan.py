@@ -172,7 +172,7 @@ def test_slots_share_one_copy_of_the_weights_and_keep_a_full_context_each():
 
 
 def test_unified_slots_share_one_pool_of_kv_pool_tokens():
-    pooled = RunSettings(n_ctx=4096, slots=8, kv_unified=True, kv_size=8192)
+    pooled = RunSettings(n_ctx=4096, slots=8, kv_unified=True, kv_pool_tokens=8192)
     dev = plan([req("m", settings=pooled)], BOX).placements[0].memory.devices[0]
     two_contexts = plan([req("m", settings=RunSettings(n_ctx=4096, slots=2))], BOX).placements[0].memory.devices[0]
     assert dev.kv_bytes == two_contexts.kv_bytes

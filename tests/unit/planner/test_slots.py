@@ -1,7 +1,7 @@
 """One context for several sequences: the rules of planner.memory that slots and kv_unified
 change (the same figures are held to llama.cpp's buffer lines in test_memory_vs_llama.py)."""
 
-from planner.memory import RunSettings, estimate_memory, kv_cells, kv_layer_bytes, output_buffer_bytes
+from planner.memory import RunSettings, estimate_memory, kv_layer_bytes, layer_kv_cells, output_buffer_bytes
 from planner.units import MIB
 from testkit.factories import model_info
 
@@ -24,19 +24,19 @@ def test_a_context_that_is_no_multiple_of_256_is_padded_for_every_slot():
 
 
 def test_a_unified_pool_is_one_stream_of_all_cells():
-    s = RunSettings(n_ctx=4096, slots=4, kv_unified=True, kv_size=10000)
+    s = RunSettings(n_ctx=4096, slots=4, kv_unified=True, kv_pool_tokens=10000)
     assert (s.kv_cells, s.streams, s.stream_cells) == (10000, 1, 10240)
 
 
 def test_sliding_window_layers_hold_one_window_per_sequence():
-    own = kv_cells(SWA, RunSettings(n_ctx=8192, slots=8))
-    pooled = kv_cells(SWA, RunSettings(n_ctx=8192, slots=8, kv_unified=True))
+    own = layer_kv_cells(SWA, RunSettings(n_ctx=8192, slots=8))
+    pooled = layer_kv_cells(SWA, RunSettings(n_ctx=8192, slots=8, kv_unified=True))
     assert (own[0], own[2]) == (1024, 8192)  # per stream: pad256(512 + 512)
     assert (pooled[0], pooled[2]) == (4608, 65536)  # in the pool: pad256(8 x 512 + 512)
 
 
 def test_swa_full_gives_sliding_window_layers_the_whole_stream():
-    assert set(kv_cells(SWA, RunSettings(n_ctx=8192, slots=4, swa_full=True))) == {8192}
+    assert set(layer_kv_cells(SWA, RunSettings(n_ctx=8192, slots=4, swa_full=True))) == {8192}
 
 
 def test_output_buffer_holds_one_row_of_logits_per_slot():

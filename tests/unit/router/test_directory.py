@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config.loading import parse_config
+from gateway.config.schema import ModelConfig
+from gateway.placement.facts import MODEL_CARD_FIELDS, model_card
 from gateway.errors import InvalidRequestError, ModelNotFoundError
 from gateway.router.directory import Directory
 
@@ -176,3 +178,32 @@ def test_health_serves_while_some_model_has_a_node(directory):
     status, serving, nodes = directory.health()
     assert (status, serving) == ("degraded", True)
     assert nodes["a"] == {"up": True, "reason": "answering", "models": ["code"]}
+
+
+def test_the_merged_entry_carries_what_a_client_chooses_a_model_by_from_its_nodes(directory):
+    card = {
+        "n_ctx": 4096,
+        "context_length": 32768,
+        "capabilities": {"completion": True, "chat": True, "embeddings": False, "tools": True},
+        "chat_format": "chatml",
+        "architecture": "llama",
+        "n_params": 270_000_000,
+        "file_bytes": 253_000_000,
+        "quantization": "Q4_K_M",
+    }
+    down = listing(("chat", "ready", 0, 0, 1))
+    down["data"][0].update(card, context_length=None, file_bytes=1)  # a node whose file is unread, now down
+    directory.update("a", down)
+    directory.mark_down("a", "ConnectError")
+    up = listing(("chat", "ready", 0, 0, 1))
+    up["data"][0].update(card)
+    directory.update("b", up)
+    entry = directory.describe("chat")
+    assert {k: entry[k] for k in card} == card  # the routable node's, as a single gateway's entry
+    assert [(w["node"], w["file_bytes"]) for w in entry["nodes"]] == [("a", 1), ("b", 253_000_000)]
+    # No node reports them (none polled yet): the fields are there, null.
+    assert {k: directory.describe("code")[k] for k in card} == dict.fromkeys(card)
+
+
+def test_the_router_lifts_every_field_of_a_nodes_model_card():
+    assert tuple(model_card(ModelConfig(name="m", path="/m.gguf"), None)) == MODEL_CARD_FIELDS

@@ -137,10 +137,13 @@ class DeviceMemory:
     compute_bytes: int
     overhead_bytes: int
     growth_bytes: int
+    # What the model was measured to need beyond this estimate at an earlier load (the gateway
+    # learns it: gateway.placement.learning); 0 for a model never measured over its estimate.
+    learned_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes + self.growth_bytes
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes + self.growth_bytes + self.learned_bytes
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,7 @@ def estimate_memory(
     costs: CudaCosts = CudaCosts(),
     *,
     repack_types: frozenset[int] = X86_AVX2_REPACK_TYPES,
+    learned_bytes: int = 0,
 ) -> MemoryEstimate:
     """Predict per-GPU and host memory of one model with one context for a layer assignment.
 
@@ -365,7 +369,8 @@ def estimate_memory(
     layer il, or None for the CPU; index ``n_layers`` is the output layer. Every visible device
     pays the CUDA context even without layers (llama.cpp creates a backend on it). The weights
     are there once whatever ``settings.slots``; the slots cost KV cells (``kv_layer_bytes``),
-    a larger output buffer and, through the batch shape, the compute buffers.
+    a larger output buffer and, through the batch shape, the compute buffers. ``learned_bytes``
+    (measured beyond this estimate at an earlier load) is added to each GPU that computes.
     """
     n = info.n_layers
     kv = kv_layer_bytes(info, settings)
@@ -401,6 +406,7 @@ def estimate_memory(
             dev_growth = growth
         else:
             compute, dev_growth = 0, 0
+        computes = bool(layers or holds_output or (d == 0 and n_offloaded == 0))
         devices.append(
             DeviceMemory(
                 layers=len(layers) + (1 if holds_output else 0),
@@ -409,6 +415,7 @@ def estimate_memory(
                 compute_bytes=compute,
                 overhead_bytes=costs.overhead_bytes,
                 growth_bytes=dev_growth,
+                learned_bytes=learned_bytes if computes else 0,
             )
         )
 

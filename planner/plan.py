@@ -60,6 +60,9 @@ class ModelRequest:
     priority: int = 0
     allow_cpu_offload: bool = False
     weight: float | None = None  # expected share of traffic, for spread; None: its size in GiB
+    # Bytes per GPU it was measured to need beyond the estimate at an earlier load (the shell
+    # learns and keeps it: gateway.placement.learning); planned on each GPU that holds its layers.
+    learned_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class _Costs:
         self.example = {is_swa: info.swa_layers.index(is_swa) for is_swa in set(info.swa_layers)}
         self.overhead = costs.overhead_bytes
         self.growth = costs.growth_for(s)
+        self.learned = req.learned_bytes
         self._compute: dict[tuple, int] = {}
 
     def _compute_bytes(self, kinds: tuple[bool, ...], holds_output: bool, input_from_elsewhere: bool, pipeline: bool) -> int:
@@ -186,7 +190,7 @@ class _Costs:
             n_swa = self.prefix_swa[last] - self.prefix_swa[a]
             kinds = ((False,) if n_swa < last - a else ()) + ((True,) if n_swa else ())
         compute = self._compute_bytes(kinds, holds_output, a > 0, pipeline)
-        return weights_kv + compute + self.growth + self.overhead
+        return weights_kv + compute + self.growth + self.overhead + self.learned
 
 
 def _fill(costs: _Costs, gpus: Sequence[int], budgets: dict[int, int], m: int) -> tuple[list[int] | None, _Shortfall | None]:
@@ -259,7 +263,7 @@ def _try_sets(
             memory = estimates.get(tuple(counts))
             if memory is None:
                 memory = estimates[tuple(counts)] = estimate_memory(
-                    req.info, req.settings, _assignment(costs.n, m, counts), k, policy.costs
+                    req.info, req.settings, _assignment(costs.n, m, counts), k, policy.costs, learned_bytes=req.learned_bytes
                 )
             totals = [d.total_bytes for d in memory.devices]
             if any(t > budgets[g] for t, g in zip(totals, combo)):
@@ -325,7 +329,7 @@ def _placement(req: ModelRequest, fit: _Fit, m: int, notes: tuple[str, ...]) -> 
 
 
 def _cpu_placement(req: ModelRequest, policy: PlanPolicy, note: str) -> Placement:
-    memory = estimate_memory(req.info, req.settings, [None] * (req.info.n_layers + 1), 0, policy.costs)
+    memory = estimate_memory(req.info, req.settings, [None] * (req.info.n_layers + 1), 0, policy.costs, learned_bytes=req.learned_bytes)
     return Placement(req.name, (), (), 0, None, req.split_mode, memory, (note,), req.settings)
 
 
@@ -352,7 +356,7 @@ def _manual(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], 
     assignment = [None if d is None else remap[d] for d in assignment]
     gpus = tuple(devs[i] for i in keep)
     weights = tuple(float(split[i]) for i in keep)
-    memory = estimate_memory(req.info, req.settings, assignment, len(gpus), policy.costs)
+    memory = estimate_memory(req.info, req.settings, assignment, len(gpus), policy.costs, learned_bytes=req.learned_bytes)
     problems = []
     for slot, g in enumerate(gpus):
         need = memory.devices[slot].total_bytes
@@ -398,7 +402,7 @@ def _where(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], p
         return where
     if counts is not None and req.max_vram_bytes is not None:
         assignment = _assignment(costs.n, m, counts)
-        est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs)
+        est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs, learned_bytes=req.learned_bytes)
         total = sum(d.total_bytes for d in est.devices)
         return f"it needs {_mib(total)}, over its max_vram_mib = {req.max_vram_bytes // MIB:,} by {_mib(total - req.max_vram_bytes)}"
     return "no set of its GPUs holds it"

@@ -26,6 +26,7 @@ from gateway.config.loading import dump_config, load_config, parse_config, read_
 from gateway.config.schema import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import launches_from_plan
+from gateway.placement.learning import LearnedMemory, learned_path
 from gateway.placement.planning import inventory, on_demand_problems, plan_config, plan_policy, plan_startup, read_models
 from gateway.cli.cluster import add_render_parser, cmd_render
 from gateway.cli.headers import add_copy_headers_parser, cmd_copy_headers, refuse_header_copies
@@ -385,7 +386,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in files.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     devices = _devices(config)
-    result = plan_startup(config, files.infos, devices)
+    # What earlier loads measured beyond the estimates (the server process reads the same file).
+    learned = LearnedMemory.load(learned_path(config, os.environ)).for_config(config)
+    result = plan_startup(config, files.infos, devices, learned)
     if not result.fits:
         raise PlanError(list(result.problems))
     for problem in on_demand_problems(config, files.infos, devices):

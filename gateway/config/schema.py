@@ -149,10 +149,14 @@ class PlannerConfig(BaseModel):
     # A folder of header copies (`gateway copy-headers`): validate-config, plan and render read a
     # model's copy there when its file is not on this machine; serve never does.
     model_headers: NonEmptyStr | None = None
+    # The file where serve keeps what each model was measured to need beyond its estimate (read
+    # at start, rewritten atomically when a load measures a new figure; gateway/placement/
+    # learning.py). None: learned-memory.json in the cache folder ($VRAM_GATEWAY_CACHE).
+    learned_file: NonEmptyStr | None = None
 
-    @field_validator("model_headers")
+    @field_validator("model_headers", "learned_file")
     @classmethod
-    def _resolve_model_headers(cls, value: str, info: ValidationInfo) -> str:
+    def _resolve_beside_config(cls, value: str, info: ValidationInfo) -> str:
         return _beside_config(value, info)
 
 

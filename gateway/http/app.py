@@ -37,6 +37,7 @@ from gateway.observability.telemetry import model_snapshots
 from gateway.placement.launch import ModelLaunch, launches_from_plan
 from gateway.placement.facts import ModelFactsReader
 from gateway.placement.planning import inventory, plan_startup, read_models
+from gateway.placement.learning import LearnedMemory
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.transport import WorkerTransport
 
@@ -60,10 +61,10 @@ async def _exit_when_orphaned(pool: ModelPool) -> None:
             os._exit(70)
 
 
-def plan_now(config: Config) -> dict[str, ModelLaunch]:
+def plan_now(config: Config, learned: LearnedMemory | None = None) -> dict[str, ModelLaunch]:
     """Plan in-process (when ``create_app`` is called without launches, as tests do)."""
     files = read_models(config)
-    plan = plan_startup(config, files.infos, inventory(config))
+    plan = plan_startup(config, files.infos, inventory(config), learned.for_config(config) if learned is not None else None)
     if not plan.fits:
         raise PlanError(list(plan.problems))
     return launches_from_plan(plan, {n: str(p) for n, p in files.paths.items()})
@@ -80,9 +81,12 @@ def create_app(
     reload_token: str | None = None,
     transport: WorkerTransport | None = None,
     key_clock: Clock = time.monotonic,
+    learned: LearnedMemory | None = None,
 ) -> Litestar:
-    """The gateway app for one config; ``launches`` (from ``gateway serve``'s plan) or plan now."""
-    planned = launches if launches is not None else plan_now(config)
+    """The gateway app for one config; ``launches`` (from ``gateway serve``'s plan) or plan now.
+    ``learned``: the figures earlier loads measured beyond the estimates, and where they are kept
+    (``gateway serve`` passes its file; None keeps them in memory only)."""
+    planned = launches if launches is not None else plan_now(config, learned)
     unplaced = {m.name: "not placed by the planner" for m in config.models if m.name not in planned and m.load == "eager"}
     holder: dict[str, ModelPool] = {}  # the metrics read the pool at scrape time
     metrics = GatewayMetrics(
@@ -98,6 +102,7 @@ def create_app(
         transport=transport,
         unplaced=unplaced,
         on_event=EventLog(metrics),
+        learned=learned,
     )
     # The keys follow the config in force like everything else; key_clock drives their limits.
     access = Access(lambda: pool.config, clock=key_clock, on_keys=metrics.add_keys)

@@ -16,6 +16,7 @@ from litestar import Litestar
 from gateway.http.app import create_app
 from gateway.config.loading import parse_config
 from gateway.placement.launch import decode_launches
+from gateway.placement.learning import LearnedMemory, learned_path
 from gateway.observability.logs import configure_logging
 
 STATE_ENV = "VRAM_GATEWAY_STATE"
@@ -34,4 +35,5 @@ def app_from_state() -> Litestar:
         strict=state.get("strict", False),
         config_path=Path(state["config_path"]) if state.get("config_path") else None,
         reload_token=state.get("reload_token"),
+        learned=LearnedMemory.load(learned_path(config, os.environ)),
     )

@@ -249,6 +249,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "planned": {"type": ["object", "null"]},
             "allocated": {"type": "object"},
             "gpu_used_bytes": {"type": "object"},
+            "memory": {
+                "type": "object",
+                "description": "predicted vs measured bytes per GPU at the last load, and the figure learned beyond the estimate",
+                "properties": {"devices": {"type": "array", "items": {"type": "object"}}, "learned_bytes": _INT},
+            },
             "queue": {
                 "type": "object",
                 "properties": {"running": _INT, "waiting": _INT, "max_concurrency": _INT, "queue_size": _INT},

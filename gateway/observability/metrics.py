@@ -86,7 +86,10 @@ class ModelSnapshot:
       CUDA context), see ``llama_buffers_per_gpu``;
     - ``process_used_bytes``: what NVML says the worker process holds on that GPU (CUDA
       context included, so directly comparable with ``planned_bytes``); empty where NVML
-      cannot match the process (no driver, a container without the host's PID namespace).
+      cannot match the process (no driver, a container without the host's PID namespace);
+    - ``measured_bytes``: what its last load needed, counted as ``planned_bytes`` is
+      (gateway.placement.learning.measure), and ``plan_error_bytes`` that less the plan;
+    - ``learned_bytes``: what its next placement plans per GPU beyond the planner's estimate.
 
     ``max_concurrency`` and ``queue_size`` are the limits of the model's waiting room; ``None``
     leaves their series out.
@@ -101,6 +104,9 @@ class ModelSnapshot:
     planned_bytes: Mapping[int, int] = field(default_factory=dict)
     allocated_bytes: Mapping[int, int] = field(default_factory=dict)
     process_used_bytes: Mapping[int, int] = field(default_factory=dict)
+    measured_bytes: Mapping[int, int] = field(default_factory=dict)
+    plan_error_bytes: Mapping[int, int] = field(default_factory=dict)
+    learned_bytes: int = 0
     # The batching engine's sequence slots (its last "stats" message); None: not running.
     slots: int | None = None
     busy_slots: int | None = None
@@ -192,6 +198,9 @@ class _StateCollector(Collector):
         planned = GaugeMetricFamily(PREFIX + "model_planned_bytes", "GPU memory the planner predicted for the model (weights, KV cache, compute buffers, CUDA context, growth).", labels=mem_labels)
         allocated = GaugeMetricFamily(PREFIX + "model_allocated_bytes", "GPU buffers llama.cpp reported allocating for the model (weights, KV cache, output, compute; no CUDA context).", labels=mem_labels)
         process = GaugeMetricFamily(PREFIX + "model_process_used_bytes", "GPU memory NVML reports for the model's worker process (CUDA context included).", labels=mem_labels)
+        measured = GaugeMetricFamily(PREFIX + "model_measured_bytes", "GPU memory the model's last load needed, counted as planned is: llama.cpp's buffers plus CUDA context and growth, or NVML's figure where larger.", labels=mem_labels)
+        plan_error = GaugeMetricFamily(PREFIX + "model_plan_error_bytes", "Measured less planned GPU memory at the model's last load (positive: it needed more than its plan gave it).", labels=mem_labels)
+        learned = GaugeMetricFamily(PREFIX + "model_learned_bytes", "GPU memory the model's next placement plans on each of its GPUs beyond the estimate, learned from a load that needed more.", labels=["model"])
         for m in models:
             current = ModelState(m.state).label if m.state in set(ModelState) else m.state
             # An unknown state is shown as itself rather than dropped, so a new
@@ -207,10 +216,17 @@ class _StateCollector(Collector):
             if m.slots is not None:
                 slots.add_metric([m.name], m.slots)
                 busy.add_metric([m.name], m.busy_slots or 0)
-            for family, per_gpu in ((planned, m.planned_bytes), (allocated, m.allocated_bytes), (process, m.process_used_bytes)):
+            learned.add_metric([m.name], m.learned_bytes)
+            for family, per_gpu in (
+                (planned, m.planned_bytes),
+                (allocated, m.allocated_bytes),
+                (process, m.process_used_bytes),
+                (measured, m.measured_bytes),
+                (plan_error, m.plan_error_bytes),
+            ):
                 for gpu, value in sorted(per_gpu.items()):
                     family.add_metric([m.name, str(gpu), uuids.get(gpu, "")], value)
-        yield from (state, waiting, running, concurrency, capacity, slots, busy, planned, allocated, process)
+        yield from (state, waiting, running, concurrency, capacity, slots, busy, planned, allocated, process, measured, plan_error, learned)
 
 
 class KeyMetrics:

@@ -86,6 +86,9 @@ def model_snapshot(view: ModelView) -> ModelSnapshot:
         planned_bytes=view.planned_bytes,
         allocated_bytes=llama_buffers_per_gpu(view.allocated, view.gpus) if live else {},
         process_used_bytes={int(k): int(v) for k, v in view.gpu_used_bytes.items()} if live else {},
+        measured_bytes=dict(view.measured_bytes) if live else {},
+        plan_error_bytes=view.plan_error_bytes if live else {},
+        learned_bytes=view.learned_bytes,
         slots=view.slots if live else None,
         busy_slots=view.busy_slots if live else None,
     )

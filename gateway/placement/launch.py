@@ -27,8 +27,14 @@ class PlannedDevice:
     weights_bytes: int
     kv_bytes: int
     compute_bytes: int
-    overhead_bytes: int
+    overhead_bytes: int  # the CUDA context and the growth after the first requests
     total_bytes: int
+    learned_bytes: int = 0  # measured beyond the estimate at an earlier load (in total_bytes)
+
+    @property
+    def estimate_bytes(self) -> int:
+        """The planner's estimate alone, without what was learned."""
+        return self.total_bytes - self.learned_bytes
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ def _launch(p: Placement, model_path: str, threads: Threads) -> ModelLaunch:
                 compute_bytes=m.compute_bytes,
                 overhead_bytes=m.overhead_bytes + m.growth_bytes,
                 total_bytes=m.total_bytes,
+                learned_bytes=m.learned_bytes,
             )
             for slot, (g, m) in enumerate(zip(p.gpus, p.memory.devices))
         ],

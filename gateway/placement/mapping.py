@@ -45,7 +45,9 @@ def run_settings(model: ModelConfig) -> RunSettings:
     )
 
 
-def model_request(model: ModelConfig, info: ModelInfo) -> ModelRequest:
+def model_request(model: ModelConfig, info: ModelInfo, *, learned_bytes: int = 0) -> ModelRequest:
+    """What the planner needs of one model; ``learned_bytes``: what it was measured to need per
+    GPU beyond the estimate (gateway.placement.learning), planned from then on."""
     return ModelRequest(
         name=model.name,
         info=info,
@@ -58,6 +60,7 @@ def model_request(model: ModelConfig, info: ModelInfo) -> ModelRequest:
         priority=model.priority,
         allow_cpu_offload=model.allow_cpu_offload,
         weight=model.weight,
+        learned_bytes=learned_bytes,
     )
 
 

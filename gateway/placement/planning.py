@@ -7,7 +7,7 @@ and NVML.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,10 +143,14 @@ def plan_config(config: Config, infos: dict[str, ModelInfo], devices: Sequence[D
     return plan(requests, devices, plan_policy(config))
 
 
-def plan_startup(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> Plan:
-    """What ``serve`` loads at start: the eager models, placed together."""
+def plan_startup(
+    config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device], learned: Mapping[str, int] | None = None
+) -> Plan:
+    """What ``serve`` loads at start: the eager models, placed together; ``learned``: by model,
+    what earlier loads measured beyond the estimate (gateway.placement.learning)."""
     eager = [m for m in config.models if m.load == "eager" and m.name in infos]
-    return plan([model_request(m, infos[m.name]) for m in eager], devices, plan_policy(config))
+    extra = learned or {}
+    return plan([model_request(m, infos[m.name], learned_bytes=extra.get(m.name, 0)) for m in eager], devices, plan_policy(config))
 
 
 def on_demand_problems(config: Config, infos: dict[str, ModelInfo], devices: Sequence[Device]) -> list[str]:

@@ -19,7 +19,7 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.engine.protocol import (
@@ -63,6 +63,10 @@ class FakeScript:
     # no buffer line, so nothing is measured beyond the plan.
     dry_run: DryRun | None = None
     fail_answer: str | None = None  # each request ends with the engine's "error" of this text
+    # What "ready" reports: llama.cpp's buffers (planner.llama_log.AllocatedBuffers.as_dict(),
+    # MiB per buffer name) and NVML's bytes of the process by GPU index; empty: nothing measured.
+    allocated: dict[str, Any] = field(default_factory=dict)
+    gpu_used_bytes: dict[str, int] = field(default_factory=dict)
 
 
 async def _until_set(event: threading.Event | None) -> None:
@@ -190,7 +194,7 @@ class FakeConnection:
             return
         if self.shutdown_at is not None and not self.script.ready_during_stop:
             return
-        self._put(Ready(load_seconds=self.script.load_s, allocated={}, gpu_used_bytes={}))
+        self._put(Ready(load_seconds=self.script.load_s, allocated=dict(self.script.allocated), gpu_used_bytes=dict(self.script.gpu_used_bytes)))
 
     async def _answer(self, message: Request) -> None:
         rid = message.id

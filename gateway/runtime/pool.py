@@ -41,6 +41,7 @@ from gateway.errors import ConflictError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts
 from gateway.placement.decisions import Place, Refuse, Resident, cpu_models_running, free_devices, gate_room, less_room, place
 from gateway.placement.gate import Pass, check_load
+from gateway.placement.learning import LearnedMemory, Measurement, measure
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
 from gateway.placement.planning import inventory, model_request, plan_policy, read_models
@@ -94,6 +95,9 @@ class ModelEntry:
     # An eager model an operator unloaded: "stopped" (not failed), and nothing starts it again
     # until an admin load, restart or a reload installs a worker.
     held_down: bool = False
+    # Its worker's load compared with its plan (gateway.placement.learning); None until the
+    # current worker is ready, or where nothing was measured on its GPUs.
+    measurement: Measurement | None = None
 
     @property
     def name(self) -> str:
@@ -156,8 +160,9 @@ class ModelEntry:
             return None
         return round(max(0.0, ttl - (now - self.last_used)), 1)
 
-    def view(self, now: float) -> ModelView:
-        """The model as everyone outside the pool sees it at ``now`` (the pool's clock)."""
+    def view(self, now: float, learned_bytes: int = 0) -> ModelView:
+        """The model as everyone outside the pool sees it at ``now`` (the pool's clock), with the
+        figure its next placement will plan beyond the estimate (``learned_bytes``)."""
         w, a = self.worker, self.admission
         return ModelView(
             config=self.config,
@@ -171,6 +176,8 @@ class ModelEntry:
             pid=w.pid if w is not None and self.state is ModelState.READY else None,
             allocated=w.allocated if w is not None else {},
             gpu_used_bytes=w.gpu_used_bytes if w is not None else {},
+            measured_bytes=dict(self.measurement.measured) if self.measurement is not None else {},
+            learned_bytes=learned_bytes,
             slots=w.slots if w is not None else None,
             busy_slots=w.busy_slots if w is not None else None,
             running=a.running,
@@ -257,8 +264,12 @@ class ModelPool:
         on_event: EventSink | None = None,
         read_nvml: Callable[[], list[Device]] = read_nvml_devices,
         clock: Callable[[], float] = time.monotonic,
+        learned: LearnedMemory | None = None,
     ) -> None:
         self._config = config
+        # What loads measured beyond the estimates (gateway.placement.learning): every placement
+        # plans with it; None keeps it in memory only.
+        self._learned = learned if learned is not None else LearnedMemory()
         self._base_env = base_env
         self._transport = transport or SubprocessTransport()
         self._on_event = on_event or (lambda event: None)
@@ -299,6 +310,7 @@ class ModelPool:
     def _install(self, entry: ModelEntry, launch: ModelLaunch) -> WorkerProcess:
         worker = WorkerProcess(launch.worker_spec(entry.config), launch.worker_env(self._base_env), self._transport, self._worker_event)
         entry.launch, entry.worker, entry.unplaced_reason, entry.held_down = launch, worker, None, False
+        entry.measurement = None
         return worker
 
     def _index(self) -> None:
@@ -332,7 +344,7 @@ class ModelPool:
 
     def view(self, entry: ModelEntry) -> ModelView:
         """One model as it is now."""
-        return entry.view(self._clock())
+        return entry.view(self._clock(), self._learned.bytes_for(entry.config))
 
     def views(self) -> list[ModelView]:
         """Every configured model as it is now."""
@@ -360,6 +372,7 @@ class ModelPool:
             return  # a worker that was replaced or removed: its news changes nothing
         if isinstance(event, Ready):
             entry.load_failures = 0
+            self._learn(entry, worker)
         if self._stopping or entry.removed:
             return
         if isinstance(event, Crashed):
@@ -367,6 +380,15 @@ class ModelPool:
         elif isinstance(event, Failed) and event.loading and not entry.on_demand and entry.launch is not None:
             # An eager model has no request to load it again: the pool tries again itself.
             entry.restart = self._spawn(self._retry_load(entry, worker), f"retry-{entry.name}")
+
+    def _learn(self, entry: ModelEntry, worker: WorkerProcess) -> None:
+        """Compare the load with its plan; a model that needed more is planned with the measured
+        figure from its next placement on (gateway.placement.learning)."""
+        if entry.launch is None:
+            return
+        entry.measurement = measure(entry.launch, worker.allocated, worker.gpu_used_bytes)
+        if entry.measurement is not None:
+            self._learned.record(entry.config, entry.measurement)
 
     async def _restart(self, entry: ModelEntry, crashed: WorkerProcess) -> None:
         """Restart a crashed worker with exponential backoff, or give up and leave it failed."""
@@ -582,7 +604,7 @@ class ModelPool:
             files = read_models(config.model_copy(update={"models": [model]}))
             if files.problems:
                 raise ModelUnavailableError(f"model {entry.name!r}: " + "; ".join(files.problems))
-            request = model_request(model, files.infos[model.name])
+            request = model_request(model, files.infos[model.name], learned_bytes=self._learned.bytes_for(model))
             decision = await self._gated_place(entry, request, str(files.paths[model.name]), config)
             victims = [self.entries[n] for n in decision.evict]
             for victim in victims:
@@ -665,7 +687,7 @@ class ModelPool:
                     entry.restart.cancel()
                 if entry.worker is not None:
                     await entry.worker.stop(WORKER_STOP_TIMEOUT_S)
-                entry.launch, entry.worker = None, None
+                entry.launch, entry.worker, entry.measurement = None, None, None
             log.info("model %s: unloaded (%s%s)", entry.name, reason, f" for {for_model}" if for_model else "")
             self._emit(Evicted(entry.name, reason))
         finally:
@@ -722,7 +744,8 @@ class ModelPool:
                 result.problems = files.problems
                 return result
             devices = free_devices(inventory(new, self._read_nvml), self.residents(), new.planner.gpus is not None, leaving)
-            placed = plan([model_request(m, files.infos[m.name]) for m in starting], devices, plan_policy(new))
+            requests = [model_request(m, files.infos[m.name], learned_bytes=self._learned.bytes_for(m)) for m in starting]
+            placed = plan(requests, devices, plan_policy(new))
             if not placed.fits:
                 result.problems = [f"plan: {p}" for p in placed.problems]
                 return result

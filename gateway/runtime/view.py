@@ -34,6 +34,10 @@ class ModelView:
     pid: int | None  # its worker's process, while ready
     allocated: Mapping[str, Any]  # the buffers llama.cpp reported at load ({} without a worker)
     gpu_used_bytes: Mapping[str, int]  # what NVML says its process holds, by GPU index (str)
+    # What its load needed, by GPU index (gateway.placement.learning.measure: llama.cpp's buffers
+    # plus the CUDA context and growth, or NVML's figure where larger); {} when nothing was measured.
+    measured_bytes: Mapping[int, int]
+    learned_bytes: int  # what its next placement plans on each of its GPUs beyond the estimate
     slots: int | None  # the engine's last "stats": its slots and how many are busy
     busy_slots: int | None
     running: int
@@ -73,6 +77,30 @@ class ModelView:
             return None
         return sum(d.total_bytes for d in self.launch.devices) + self.launch.host_bytes
 
+    @property
+    def plan_error_bytes(self) -> dict[int, int]:
+        """Measured less planned, by GPU (positive: the load needed more than its plan gave it)."""
+        planned = self.planned_bytes
+        return {gpu: used - planned[gpu] for gpu, used in self.measured_bytes.items() if gpu in planned}
+
+    def memory_json(self) -> dict[str, Any]:
+        """Predicted vs measured bytes per GPU, and the figure learned from earlier loads."""
+        devices = self.launch.devices if self.launch is not None else []
+        measured, error = self.measured_bytes, self.plan_error_bytes
+        return {
+            "devices": [
+                {
+                    "gpu": d.gpu,
+                    "planned_bytes": d.total_bytes,
+                    "estimate_bytes": d.estimate_bytes,
+                    "measured_bytes": measured.get(d.gpu),
+                    "plan_error_bytes": error.get(d.gpu),
+                }
+                for d in devices
+            ],
+            "learned_bytes": self.learned_bytes,
+        }
+
     def openai(self, facts: ModelFacts | None = None) -> dict[str, Any]:
         """A /v1/models entry: OpenAI's fields plus state, what a client chooses a model by (its
         contexts, capabilities and file: ``facts``, its header's, None when unread or unreadable)
@@ -92,6 +120,7 @@ class ModelView:
             "planned": self.launch.planned_json() if self.launch is not None else None,
             "allocated": dict(self.allocated),
             "gpu_used_bytes": dict(self.gpu_used_bytes),
+            "memory": self.memory_json(),
             "queue": {
                 "running": self.running,
                 "waiting": self.waiting,

@@ -109,7 +109,9 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
         "cuda_overhead_mib": 530,
         "growth_mib": None,
         "packing": "spread",
+        "load_gate": True,
         "model_headers": None,
+        "learned_file": None,
     }
 
 
@@ -647,3 +649,8 @@ def test_a_models_weight_must_be_positive():
     with pytest.raises(ConfigError) as err:
         parse_config('[[models]]\nname = "m"\npath = "m.gguf"\nweight = 0\n', environ={})
     assert "models[0].weight: 0" in str(err.value)
+
+
+def test_learned_file_is_taken_beside_the_config_file(tmp_path: Path) -> None:
+    config = parse_config('[planner]\nlearned_file = "state/learned.json"\n[[models]]\nname = "m"\npath = "m.gguf"\n', environ={}, base_dir=tmp_path)
+    assert config.planner.learned_file == str(tmp_path / "state" / "learned.json")

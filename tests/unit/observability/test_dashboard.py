@@ -231,3 +231,9 @@ def test_the_check_catches_wrong_suffixes(exported):
     assert "vram_gateway_request_duration_seconds" not in exported  # a histogram's bare name
     assert "vram_gateway_requests" not in exported  # a counter without _total
     assert "vram_gateway_request_duration_seconds_bucket" in exported
+
+
+def test_a_plan_error_panel_shows_measured_less_planned_and_the_learned_figure():
+    (panel,) = [p for p in all_panels(load_dashboard()["panels"]) if p.get("title", "").startswith("Plan error")]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    assert "vram_gateway_model_plan_error_bytes" in exprs and "vram_gateway_model_learned_bytes" in exprs

@@ -16,6 +16,10 @@ from gateway.errors import InvalidRequestError
 # The roles a chat message may have (OpenAI's, plus llama-cpp-python's "function").
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
+# The content part types that carry a chat message's text (OpenAI's; the Responses API has its own,
+# gateway.http.responses).
+CHAT_TEXT_PARTS = ("text",)
+
 
 def is_stream(body: dict[str, Any]) -> bool:
     return bool(options.option("stream", "chat").check(body.get("stream")))
@@ -26,11 +30,40 @@ def include_usage(body: dict[str, Any]) -> bool:
     return bool(stream_options and stream_options.get("include_usage"))
 
 
+def content_text(parts: list[Any], where: str, text_types: tuple[str, ...] = CHAT_TEXT_PARTS) -> str:
+    """A message's list of content parts as the one string every chat path takes: the text
+    parts joined with newlines, as llama.cpp's server flattens them. A GGUF's Jinja template
+    adds content to strings (a list failed there with a 500) and llama-cpp-python's built-in
+    formats drop a content that is not a string, so no list goes further than here. ``where``
+    names the message ("messages[0]", a Responses "input[0]"); any other part (an image, audio,
+    a file) is a 400 naming it: no model served here reads them (a worker loads no vision
+    projector), and dropping them would answer another question than the one asked."""
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in text_types and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            continue
+        field = f"{where}.content[{j}]"
+        if kind in text_types:
+            raise InvalidRequestError(f"'{field}' (a {kind!r} part) must have a string 'text'", param=field)
+        if not isinstance(kind, str):
+            raise InvalidRequestError(f"'{field}' must be a content part: an object with a 'type'", param=field)
+        raise InvalidRequestError(
+            f"'{field}' is a {kind!r} part: this model reads text only (no model served here has vision or audio); "
+            f"send parts of type {', '.join(text_types)} with a string 'text'",
+            param=field,
+        )
+    return "\n".join(texts)
+
+
 def chat_params(body: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for ``Llama.create_chat_completion``."""
+    """Keyword arguments for ``Llama.create_chat_completion``; a message's content parts become
+    one string (``content_text``)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty list", param="messages")
+    checked: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidRequestError(f"'messages[{i}]' must be an object with a 'role'", param=f"messages[{i}]")
@@ -39,17 +72,16 @@ def chat_params(body: dict[str, Any]) -> dict[str, Any]:
                 f"'messages[{i}].role' must be one of {', '.join(ROLES)}, not {m['role']!r}", param=f"messages[{i}].role"
             )
         content = m.get("content")
-        if not (
-            content is None
-            or isinstance(content, str)
-            or (isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content))
-        ):
+        if isinstance(content, list):
+            m = {**m, "content": content_text(content, f"messages[{i}]")}
+        elif not (content is None or isinstance(content, str)):
             raise InvalidRequestError(
                 f"'messages[{i}].content' must be a string, null or a list of content parts (objects with a 'type')",
                 param=f"messages[{i}].content",
             )
+        checked.append(m)
     params = options.parse("chat", body)
-    params["messages"] = messages
+    params["messages"] = checked
     fmt = body.get("response_format")
     if fmt is not None:
         if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
@@ -174,8 +206,9 @@ _MODEL = {
 
 _CONTENT_PART = {
     "type": "object",
-    "required": ["type"],
-    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+    "description": "A text part; the parts of a message are joined with newlines. Other parts (images, audio) are refused (400).",
+    "properties": {"type": {"type": "string", "enum": list(CHAT_TEXT_PARTS)}, "text": {"type": "string"}},
 }
 
 _FUNCTION = {

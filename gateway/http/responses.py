@@ -21,6 +21,7 @@ import msgspec
 
 from gateway.engine import options
 from gateway.errors import InvalidRequestError
+from gateway.http.openai_params import content_text
 
 # Fields a chat body takes under the same name and meaning.
 _SAME = ("model", "temperature", "top_p", "stream", "parallel_tool_calls", "seed", "stop")
@@ -49,23 +50,12 @@ def _refuse_state(body: dict[str, Any]) -> None:
 
 
 def _content(content: Any, where: str) -> str:
-    """A message item's content as one string: its text parts joined (a GGUF's chat template
-    adds content to strings, so chat content parts would fail there)."""
+    """A message item's content as one string, by the chat messages' rule (its text parts joined)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise InvalidRequestError(f"'{where}.content' must be a string or a list of content parts", param=where)
-    parts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS or not isinstance(part.get("text"), str):
-            kind = part.get("type") if isinstance(part, dict) else None
-            raise InvalidRequestError(
-                f"'{where}.content[{j}]' must be a text part (type {', '.join(_TEXT_PARTS)} with a string 'text'), "
-                f"not {kind!r}",
-                param=f"{where}.content[{j}]",
-            )
-        parts.append(part["text"])
-    return "".join(parts)
+    return content_text(content, where, _TEXT_PARTS)
 
 
 def _messages(items: Any) -> list[dict[str, Any]]:

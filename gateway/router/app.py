@@ -46,7 +46,7 @@ from gateway.http.proxy import CLIENT_CLOSED, client_gone
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
 from gateway.observability.metrics import REJECT_REASONS
-from gateway.router.metering import Metered
+from gateway.router.metering import RESPONSES_PATH, Metered, shape_of
 from gateway.router.metrics import NO_NODE, RouterMetrics
 
 log = logging.getLogger("gateway.router")
@@ -164,7 +164,7 @@ class Router:
         try:
             stream = fields.stream is True
             options = fields.stream_options
-            metered = Metered(ticket, stream, isinstance(options, dict) and bool(options.get("include_usage")))
+            metered = Metered(ticket, stream, isinstance(options, dict) and bool(options.get("include_usage")), shape_of(path))
             sending = self._send(request, path, model, metered.body(raw), metered, started)
             # A stream's relay notices a client that leaves by itself (its next write fails); a
             # whole answer is watched while the node works on it.
@@ -415,6 +415,7 @@ def create_router_app(
         for path, op in (
             ("/v1/chat/completions", "createChatCompletion"),
             ("/v1/completions", "createCompletion"),
+            (RESPONSES_PATH, "createResponse"),
             ("/v1/embeddings", "createEmbedding"),
         )
     ]

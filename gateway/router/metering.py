@@ -13,6 +13,14 @@ worker's:
   gateway (finish_reason "length" and a ``note``) and the connection to the node is closed,
   which stops the generation there; the node's prompt tokens for it are then unknown here.
 
+The Responses API (``/v1/responses``) is metered the same way on its own shapes (``RESPONSES``):
+its usage is ``input_tokens``/``output_tokens`` (read as the chat usage's prompt and completion
+tokens), a stream's tokens are its ``response.output_text.delta`` and
+``response.function_call_arguments.delta`` events, and its usage comes in the last event
+(``response.completed`` or ``response.incomplete``), which a node always sends, so nothing is
+asked for or dropped. A budget that runs out ends that stream with ``response.incomplete``
+(reason ``max_output_tokens``, and the ``note``).
+
 Without a key (a router without keys) nothing is parsed: bytes go through as they come.
 """
 
@@ -30,14 +38,105 @@ EVENT_END = b"\n\n"
 DATA = b"data: "
 
 
+class Chat:
+    """The chat and text completions (and embeddings) shapes: ``usage`` as it is, a stream of
+    ``data:`` chunks whose usage chunk comes on request (``stream_options.include_usage``)."""
+
+    usage_on_request = True
+
+    def usage(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """A whole answer's usage, in the chat shape (prompt_tokens, completion_tokens, total_tokens)."""
+        usage = doc.get("usage")
+        return usage if isinstance(usage, dict) else None
+
+    def stream_usage(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The usage a stream event reports (the usage chunk: ``choices`` empty, ``usage`` set)."""
+        return data["usage"] if not data.get("choices") and isinstance(data.get("usage"), dict) else None
+
+    def tokens(self, data: dict[str, Any]) -> int:
+        return generated_tokens(data)
+
+    def stop(self, data: dict[str, Any], model: str, note: str, usage: dict[str, Any], include_usage: bool) -> bytes:
+        """The events that end a stream whose key ran out of tokens at event ``data``."""
+        out = [sse(budget_stop_chunk(data, model, note))]
+        if include_usage:
+            out.append(sse(usage_chunk(data, model, usage)))
+        out.append(SSE_DONE)
+        return b"".join(out)
+
+
+# The Responses stream's events that carry one generated token, and those that end it (with the
+# whole Response, its usage included: gateway.http.responses.StreamEvents).
+_TOKEN_EVENTS = ("response.output_text.delta", "response.function_call_arguments.delta")
+_LAST_EVENTS = ("response.completed", "response.incomplete")
+
+
+class Responses:
+    """The Responses API's shapes: ``usage`` with ``input_tokens``/``output_tokens``, a stream of
+    typed events whose last one carries the Response and its usage (always sent)."""
+
+    usage_on_request = False
+
+    def __init__(self) -> None:
+        self._response: dict[str, Any] | None = None  # the stream's Response, as last sent
+
+    def usage(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        usage = doc.get("usage")
+        if not isinstance(usage, dict):
+            return None
+        return {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"), "total_tokens": usage.get("total_tokens")}
+
+    def stream_usage(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        response = data.get("response")
+        if isinstance(response, dict):
+            self._response = response
+        if data.get("type") in _LAST_EVENTS and isinstance(response, dict):
+            return self.usage(response)
+        return None
+
+    def tokens(self, data: dict[str, Any]) -> int:
+        return 1 if data.get("type") in _TOKEN_EVENTS else 0
+
+    def stop(self, data: dict[str, Any], model: str, note: str, usage: dict[str, Any], include_usage: bool) -> bytes:
+        """``response.incomplete`` (as at max_output_tokens) with the ``note``; its Response is
+        the one the stream began with (the output items streamed so far are in their events)."""
+        response = {
+            **(self._response or {"object": "response", "model": model, "output": []}),
+            "status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"},
+            "usage": {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens"), "total_tokens": usage.get("total_tokens")},
+        }
+        sequence = data.get("sequence_number")
+        event = {
+            "type": "response.incomplete",
+            "sequence_number": sequence if isinstance(sequence, int) else 0,
+            "response": response,
+            "note": note,
+        }
+        return b"event: response.incomplete\n" + sse(event)
+
+
+Shape = Chat | Responses
+
+# The endpoints whose answers are not in the chat shapes.
+RESPONSES_PATH = "/v1/responses"
+
+
+def shape_of(path: str) -> Shape:
+    """The shapes of an endpoint's answers (a new one per request: a Responses stream keeps its Response)."""
+    return Responses() if path == RESPONSES_PATH else Chat()
+
+
 class Metered:
     """One forwarded request's ticket and what the client asked for."""
 
-    def __init__(self, ticket: Ticket, stream: bool, include_usage: bool) -> None:
+    def __init__(self, ticket: Ticket, stream: bool, include_usage: bool, shape: Shape | None = None) -> None:
         self.ticket = ticket
         self.stream = stream
-        self.include_usage = include_usage
-        self.usage: dict[str, Any] | None = None  # the usage the node reported (or the stop's)
+        self.shape = shape or Chat()
+        # A Responses stream always ends with its usage: the client asked for it.
+        self.include_usage = include_usage or not self.shape.usage_on_request
+        self.usage: dict[str, Any] | None = None  # the usage the node reported (or the stop's), chat-shaped
 
     @property
     def key(self) -> str | None:
@@ -60,8 +159,8 @@ class Metered:
             doc = msgspec.json.decode(body)
         except msgspec.DecodeError:
             return
-        usage = doc.get("usage") if isinstance(doc, dict) else None
-        if isinstance(usage, dict):
+        usage = self.shape.usage(doc) if isinstance(doc, dict) else None
+        if usage is not None:
             self.usage = usage
             self.ticket.settle(usage)
 
@@ -82,20 +181,18 @@ class Metered:
                 if data is None:
                     out.append(event)
                     continue
-                if _is_usage(data):
-                    self.usage = data["usage"]
+                usage = self.shape.stream_usage(data)
+                if usage is not None:
+                    self.usage = usage
                     self.ticket.settle(self.usage)
                     if self.include_usage:
                         out.append(event)
                     continue
-                if not self.ticket.take(generated_tokens(data)):
+                if not self.ticket.take(self.shape.tokens(data)):
                     # The key's budget ran out: this event is not sent, the generation stops.
-                    out.append(sse(budget_stop_chunk(data, model, self.ticket.budget_note())))
                     sent = self.ticket.charged
                     self.usage = {"prompt_tokens": None, "completion_tokens": sent, "total_tokens": None}
-                    if self.include_usage:
-                        out.append(sse(usage_chunk(data, model, self.usage)))
-                    out.append(SSE_DONE)
+                    out.append(self.shape.stop(data, model, self.ticket.budget_note(), self.usage, self.include_usage))
                     yield b"".join(out)
                     return
                 out.append(event)
@@ -106,16 +203,13 @@ class Metered:
 
 
 def _data(event: bytes) -> dict[str, Any] | None:
-    """An event's JSON object (``data: {...}``); None for [DONE], comments or anything else."""
-    if not event.startswith(DATA):
+    """An event's JSON object (its ``data: {...}`` line, after an ``event:`` line for the
+    Responses stream); None for [DONE], comments or anything else."""
+    line = next((line for line in event.split(b"\n") if line.startswith(DATA)), None)
+    if line is None:
         return None
     try:
-        doc = msgspec.json.decode(event[len(DATA) :].strip())
+        doc = msgspec.json.decode(line[len(DATA) :].strip())
     except msgspec.DecodeError:
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def _is_usage(data: dict[str, Any]) -> bool:
-    """The usage chunk of a stream (``choices`` empty, ``usage`` set)."""
-    return not data.get("choices") and isinstance(data.get("usage"), dict)

@@ -27,6 +27,7 @@ KEYS = {
     "rate": {"models": ["chat"], "requests_per_minute": 3},
     "budget": {"models": ["chat"], "tokens_per_minute": 20},
     "solo": {"models": ["gemma"], "max_concurrency": 1},
+    "short": {"models": ["chat"], "tokens_per_minute": 4},
 }
 KEY_TABLES = [{"name": n, "key_sha256": key_digest(f"sk-{n}"), **f} for n, f in KEYS.items()]
 
@@ -152,3 +153,17 @@ def test_per_key_series_count_answers_tokens_and_refusals(base):
     assert series['vram_gateway_key_requests_rejected_total{key="solo",reason="rate"}'] == 0
     for name in KEYS:
         assert f"sk-{name}" not in text and key_digest(f"sk-{name}") not in text
+
+
+def test_responses_keep_the_keys_scope_and_a_stream_stops_at_the_token_budget(base):
+    with pytest.raises(openai.PermissionDeniedError):
+        client(base, "app").responses.create(model="other", input="a", max_output_tokens=2)
+    short = client(base, "short")
+    events = list(short.responses.create(model="chat", input="Say hello.", max_output_tokens=100, temperature=0, stream=True))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    last = events[-1]
+    assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
+    assert 0 < len(deltas) <= 4 and last.response.usage.output_tokens == len(deltas)
+    with pytest.raises(openai.RateLimitError) as info:
+        short.responses.create(model="chat", input="a", max_output_tokens=2)
+    assert info.value.response.headers["x-ratelimit-remaining-tokens"] == "0"

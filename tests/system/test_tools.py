@@ -145,3 +145,32 @@ def test_a_named_function_missing_from_tools_is_400(client):
             model="hermes", messages=ASK, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}, max_tokens=3
         )
     assert caught.value.body["param"] == "tool_choice"
+
+
+# What openai clients send as a message's content: a list of parts.
+ASK_IN_PARTS = [{"role": "user", "content": [{"type": "text", "text": "What is the weather"}, {"type": "text", "text": "in Paris?"}]}]
+ASK_JOINED = [{"role": "user", "content": "What is the weather\nin Paris?"}]
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [("hermes", {}), ("hermes", {"tools": [WEATHER]}), ("plain", {}), ("gemma-format", {})],
+    ids=["gguf-template", "gguf-template-with-tools", "chatml-default", "built-in-format"],
+)
+def test_text_content_parts_are_joined_into_the_prompt_on_every_chat_path(client, model, extra):
+    # A GGUF template answered 500 ("can only concatenate str (not "list") to str"); a built-in
+    # format dropped the content. Now the parts are the message, joined with newlines.
+    parts = client.chat.completions.create(model=model, messages=ASK_IN_PARTS, max_tokens=1, temperature=0, **extra)
+    joined = client.chat.completions.create(model=model, messages=ASK_JOINED, max_tokens=1, temperature=0, **extra)
+    assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
+    stream = client.chat.completions.create(model=model, messages=ASK_IN_PARTS, max_tokens=2, stream=True, **extra)
+    assert [chunk.choices[0].finish_reason for chunk in stream][-1] == "length"
+
+
+def test_an_image_part_on_a_model_without_vision_is_400_naming_the_part(client):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="hermes", messages=messages, max_tokens=1)
+    assert caught.value.body["param"] == "messages[0].content[1]"
+    assert "'image_url'" in caught.value.message and "text only" in caught.value.message

@@ -101,6 +101,29 @@ def test_what_cannot_be_served_is_refused_naming_the_field(body, param, words):
     assert words in str(caught.value)
 
 
+def test_a_message_items_text_parts_are_joined_as_a_chat_messages_are():
+    parts = [{"type": "input_text", "text": "What is the weather"}, {"type": "input_text", "text": "in Paris?"}]
+    from_responses = chat_body({"input": [{"role": "user", "content": parts}]})["messages"]
+    from_chat = chat_params({"messages": [{"role": "user", "content": [{"type": "text", "text": p["text"]} for p in parts]}]})["messages"]
+    assert from_responses == from_chat == [{"role": "user", "content": "What is the weather\nin Paris?"}]
+
+
+@pytest.mark.parametrize(
+    ("part", "words"),
+    [
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}, "'image_url' part: this model reads text only"),
+        ({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}, "'input_audio' part"),
+        ({"type": "text"}, "string 'text'"),
+        ("hello", "an object with a 'type'"),
+    ],
+)
+def test_a_chat_content_part_that_is_not_text_is_refused_naming_it(part, words):
+    with pytest.raises(InvalidRequestError) as caught:
+        chat_params({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]})
+    assert caught.value.param == "messages[0].content[1]"
+    assert words in str(caught.value)
+
+
 def test_store_false_is_accepted():
     assert chat_body({"input": "x", "store": False})["messages"] == [{"role": "user", "content": "x"}]
 

@@ -60,6 +60,8 @@ class FakeNode:
             return httpx.Response(200, json={"object": "list", "data": data})
         body = json.loads(request.content)
         self.seen.append(body)
+        if request.url.path == "/v1/responses":
+            return self.respond(body)
         usage = {"prompt_tokens": 1, "completion_tokens": TOKENS, "total_tokens": 1 + TOKENS}
         base = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": body["model"]}
         if not body.get("stream"):
@@ -72,6 +74,26 @@ class FakeNode:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
+        return httpx.Response(200, stream=Events(self, events), headers={"content-type": "text/event-stream"})
+
+
+    def respond(self, body: dict) -> httpx.Response:
+        """The Responses API as a node answers it (gateway.http.responses): TOKENS tokens, the
+        usage in input/output tokens, a stream's usage in its response.completed event only."""
+        text = "".join(f"w{i} " for i in range(TOKENS))
+        usage = {"input_tokens": 1, "output_tokens": TOKENS, "total_tokens": 1 + TOKENS}
+        shell = {"id": "resp_1", "object": "response", "created_at": 1, "model": body["model"], "status": "in_progress", "output": [], "usage": None}
+        message = {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        done = {**shell, "status": "completed", "output": [message], "usage": usage}
+        if not body.get("stream"):
+            return httpx.Response(200, json=done)
+        kinds = [("response.created", {"response": shell}), ("response.in_progress", {"response": shell})]
+        kinds += [("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": f"w{i} "}) for i in range(TOKENS)]
+        kinds += [("response.completed", {"response": done})]
+        events = [
+            f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': n, **fields})}\n\n".encode()
+            for n, (kind, fields) in enumerate(kinds)
+        ]
         return httpx.Response(200, stream=Events(self, events), headers={"content-type": "text/event-stream"})
 
 
@@ -188,6 +210,38 @@ def test_a_keyed_stream_asks_the_node_for_usage_and_the_client_gets_it_only_when
     text = client.get("/metrics").text
     assert sample(text, "vram_gateway_key_prompt_tokens_total", key="all") == 1
     assert sample(text, "vram_gateway_key_completion_tokens_total", key="all") == TOKENS
+
+
+def test_responses_are_forwarded_within_the_keys_scope_and_charged_their_input_and_output_tokens(router, node):
+    client, _ = router
+    tok = oai(client, "tok")
+    raw = tok.responses.with_raw_response.create(model="a", input="x")  # 1 + 6 tokens
+    assert raw.parse().output_text == "w0 w1 w2 w3 w4 w5 "
+    assert raw.headers["x-ratelimit-remaining-tokens"] == "3"
+    with pytest.raises(openai.PermissionDeniedError):
+        oai(client, "app").responses.create(model="b", input="x")
+    events = list(oai(client, "all").responses.create(model="a", input="x", stream=True))
+    assert "stream_options" not in node.seen[-1]  # the usage comes in response.completed anyway
+    assert events[-1].type == "response.completed" and events[-1].response.usage.output_tokens == TOKENS
+    text = client.get("/metrics").text
+    assert sample(text, "vram_gateway_key_prompt_tokens_total", key="all") == 1
+    assert sample(text, "vram_gateway_key_completion_tokens_total", key="all") == TOKENS
+    assert sample(text, "vram_gateway_key_completion_tokens_total", key="tok") == TOKENS
+
+
+def test_a_responses_stream_stops_at_the_keys_token_budget_with_response_incomplete(router, node):
+    client, _ = router
+    tok = oai(client, "tok")
+    tok.responses.create(model="a", input="x")  # 7 of 10 used: 3 left
+    events = list(tok.responses.create(model="a", input="x", stream=True))
+    assert [e.delta for e in events if e.type == "response.output_text.delta"] == ["w0 ", "w1 ", "w2 "]
+    last = events[-1]
+    assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
+    assert last.response.id == "resp_1" and last.response.usage.output_tokens == 3
+    assert "key 'tok' reached its tokens_per_minute (10)" in last.model_extra["note"]
+    assert node.closed_early == 1
+    with pytest.raises(openai.RateLimitError):
+        tok.responses.create(model="a", input="x")
 
 
 def test_per_key_series_count_answers_tokens_and_refusals_by_name_never_the_key(router):

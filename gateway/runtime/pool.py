@@ -429,7 +429,11 @@ class ModelPool:
     # ------------------------------------------------------------------ start and stop
 
     async def start(self, timeout: float | None = None) -> None:
-        """Start every placed model's worker at once; wait until each is ready or failed."""
+        """Start every placed model's worker at once; wait until each is ready or failed. With
+        ``[planner] load_gate``, each eager model's placement passes the load gate first."""
+        if self._config.planner.load_gate:
+            async with self._placement:
+                await self._gate_startup()
         workers = [e.worker for e in self.entries.values() if e.worker is not None]
         for w in workers:
             self._emit(Loading(w.name, "startup"))
@@ -629,15 +633,74 @@ class ModelPool:
             else:
                 raise ModelUnavailableError(f"model {entry.name!r} failed to load: {worker.reason}")
 
-    async def _gated_place(self, entry: ModelEntry, request: ModelRequest, path: str, config: Config) -> Place:
+    async def _gate_startup(self) -> None:
+        """Before any eager model starts, the dry run of each one's planned launch must fit in the
+        memory free now less what the other eager models were planned to take (none holds it yet).
+        One that does not is placed again with the measured figures (``_gated_place``); one that
+        cannot be is left unplaced with the gate's reason, and the others still start."""
+        config = self._config
+        pending = [e for e in self.entries.values() if not e.on_demand and e.launch is not None and e.worker is not None]
+        declared = config.planner.gpus is not None
+        for entry in pending:
+            launch = entry.launch
+            if launch is None or not launch.devices:
+                continue
+            taken: dict[int, int] = {}
+            for other in pending:
+                if other is not entry and other.launch is not None:
+                    for d in other.launch.devices:
+                        taken[d.gpu] = taken.get(d.gpu, 0) + d.total_bytes
+            devices = less_room(inventory(config, self._read_nvml), taken)
+            run = await self._transport.dry_run(launch.worker_spec(entry.config), launch.worker_env(self._base_env))
+            if not run.ok:
+                self._refuse_at_startup(entry, f"the load gate's dry run failed: {run.error}")
+                continue
+            room = gate_room(devices, self.residents(), declared=declared, leaving=(), reserve_bytes=config.planner.reserve_mib * MIB)
+            verdict = check_load(launch, run.buffers, room)
+            if isinstance(verdict, Pass):
+                log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, launch.cuda_visible_devices)
+                continue
+            log.warning("model %s: %s; placing it again with the measured figures", entry.name, verdict.reason)
+            files = read_models(config.model_copy(update={"models": [entry.config]}))
+            if files.problems:
+                self._refuse_at_startup(entry, "; ".join(files.problems))
+                continue
+            request = model_request(entry.config, files.infos[entry.name], learned_bytes=self._learned.bytes_for(entry.config))
+            entry.launch, entry.worker = None, None  # never started: nothing to stop
+            try:
+                decision = await self._gated_place(
+                    entry, request, str(files.paths[entry.name]), config, taken=taken, excess=verdict.excess, reason=verdict.reason
+                )
+            except ModelUnavailableError as exc:
+                self._refuse_at_startup(entry, str(exc))
+                continue
+            running = cpu_models_running(self.residents(), leaving=())
+            self._install(entry, launch_from_placement(decision.placement, str(files.paths[entry.name]), cpu_models_running=running))
+
+    def _refuse_at_startup(self, entry: ModelEntry, reason: str) -> None:
+        log.error("model %s: not started: %s", entry.name, reason)
+        entry.launch, entry.worker, entry.unplaced_reason = None, None, reason
+
+    async def _gated_place(
+        self,
+        entry: ModelEntry,
+        request: ModelRequest,
+        path: str,
+        config: Config,
+        *,
+        taken: dict[int, int] | None = None,
+        excess: dict[int, int] | None = None,
+        reason: str = "",
+    ) -> Place:
         """Place the model (gateway.placement.decisions.place), then, with ``[planner] load_gate``,
         ask llama.cpp's dry run whether exactly that placement fits in the memory free now
         (gateway.placement.gate). Where it does not, place again with the measured excess taken
-        off those GPUs (another GPU, or evictions), as many times as there are GPUs; then refuse."""
-        devices = inventory(config, self._read_nvml)
+        off those GPUs (another GPU, or evictions), as many times as there are GPUs; then refuse.
+        ``taken``: by GPU, memory promised to models about to start (eager models at startup);
+        ``excess`` and ``reason``: what an earlier gate of this model measured and said."""
+        devices = less_room(inventory(config, self._read_nvml), taken or {})
         declared = config.planner.gpus is not None
-        excess: dict[int, int] = {}
-        reason = ""
+        excess = dict(excess or {})
         for _attempt in range(len(devices) + 1):
             decision = place(
                 request,
@@ -664,7 +727,7 @@ class ModelPool:
                 leaving=set(decision.evict),
                 reserve_bytes=config.planner.reserve_mib * MIB,
             )
-            verdict = check_load(decision.placement, run.buffers, room)
+            verdict = check_load(launch, run.buffers, room)
             if isinstance(verdict, Pass):
                 log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, decision.placement.cuda_visible_devices)
                 return decision

@@ -59,6 +59,11 @@ class ModelLaunch:
     n_threads_batch: int = 1
 
     @property
+    def planned_total_bytes(self) -> int:
+        """The planner's bytes on every GPU and in host memory together."""
+        return sum(d.total_bytes for d in self.devices) + self.host_bytes
+
+    @property
     def computes_on_cpu(self) -> bool:
         """Whether some of its layers run on the CPU (it then shares the cores)."""
         return computes_on_cpu(len(self.devices), self.n_gpu_layers)

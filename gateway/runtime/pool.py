@@ -29,11 +29,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.model_files import resolve_model_path
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
 from gateway.engine.protocol import Op
@@ -53,6 +55,7 @@ from gateway.runtime.view import ModelView
 from gateway.runtime.requests import RequestStream
 from gateway.runtime.worker_process import WorkerProcess
 from planner.devices import Device
+from planner.errors import ModelFileError
 from planner.eviction import RequestRate
 from planner.plan import ModelRequest, plan
 from planner.units import MIB
@@ -98,6 +101,9 @@ class ModelEntry:
     # Its worker's load compared with its plan (gateway.placement.learning); None until the
     # current worker is ready, or where nothing was measured on its GPUs.
     measurement: Measurement | None = None
+    # Its last placement's planned total (GPUs and host), kept after an unload: what loading it
+    # again would need (the /ui row shows it); None: never placed.
+    last_planned_bytes: int | None = None
 
     @property
     def name(self) -> str:
@@ -178,6 +184,7 @@ class ModelEntry:
             gpu_used_bytes=w.gpu_used_bytes if w is not None else {},
             measured_bytes=dict(self.measurement.measured) if self.measurement is not None else {},
             learned_bytes=learned_bytes,
+            last_planned_bytes=self.launch.planned_total_bytes if self.launch is not None else self.last_planned_bytes,
             slots=w.slots if w is not None else None,
             busy_slots=w.busy_slots if w is not None else None,
             running=a.running,
@@ -276,6 +283,9 @@ class ModelPool:
         self._read_nvml = read_nvml
         self._clock = clock
         self._placement = asyncio.Lock()  # one decision about free memory at a time
+        # By model: the planner's estimate for a model never placed, with the settings and file
+        # version it was made for (``estimate_bytes``).
+        self._estimates: dict[str, tuple[tuple[str, int, int], int | None]] = {}
         self._reloading = False
         self._stopping = False
         self.draining = False
@@ -310,6 +320,7 @@ class ModelPool:
     def _install(self, entry: ModelEntry, launch: ModelLaunch) -> WorkerProcess:
         worker = WorkerProcess(launch.worker_spec(entry.config), launch.worker_env(self._base_env), self._transport, self._worker_event)
         entry.launch, entry.worker, entry.unplaced_reason, entry.held_down = launch, worker, None, False
+        entry.last_planned_bytes = launch.planned_total_bytes
         entry.measurement = None
         return worker
 
@@ -345,6 +356,31 @@ class ModelPool:
     def view(self, entry: ModelEntry) -> ModelView:
         """One model as it is now."""
         return entry.view(self._clock(), self._learned.bytes_for(entry.config))
+
+    def estimate_bytes(self, entry: ModelEntry) -> int | None:
+        """What the planner estimates loading a model never placed would need (GPUs and host
+        together), planned on its own on the inventory; None where its header cannot be read or
+        it fits nowhere. Reads its header (file I/O: call it in a thread), once per file version
+        and settings."""
+        model = entry.config
+        try:
+            st = os.stat(resolve_model_path(model.path))
+        except (ModelFileError, OSError):
+            return None
+        key = (model.model_dump_json(), st.st_size, st.st_mtime_ns)
+        cached = self._estimates.get(model.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        config = self._config
+        files = read_models(config.model_copy(update={"models": [model]}))
+        estimate = None
+        if not files.problems:
+            request = model_request(model, files.infos[model.name], learned_bytes=self._learned.bytes_for(model))
+            alone = plan([request], inventory(config, self._read_nvml), plan_policy(config))
+            if alone.fits:
+                estimate = launch_from_placement(alone.placements[0], str(files.paths[model.name])).planned_total_bytes
+        self._estimates[model.name] = (key, estimate)
+        return estimate
 
     def views(self) -> list[ModelView]:
         """Every configured model as it is now."""

@@ -1,9 +1,11 @@
 """The load gate: does llama.cpp's own dry run of exactly this placement fit in the memory free now?
 
-The pool (gateway.runtime.pool) places a model with the planner's prediction, then, before it
-starts the worker, runs the dry run ``gateway plan --verify`` runs (gateway.engine.dry_run:
-``no_alloc``, nothing allocated but the CUDA context) and hands this module the placement, the
-buffers llama.cpp printed and each GPU's free memory (gateway.placement.decisions.free_devices).
+The pool (gateway.runtime.pool) places a model with the planner's prediction (an on-demand,
+admin or restart load, and each eager model at startup), then, before it starts the worker, runs
+the dry run ``gateway plan --verify`` runs (gateway.engine.dry_run: ``no_alloc``, nothing
+allocated but the CUDA context) and hands this module the launch (the placement as it will
+start), the buffers llama.cpp printed and each GPU's free memory
+(gateway.placement.decisions.free_devices).
 The answer is pure: ``Pass`` or ``Exceeds`` (by how much on which GPU, and why); the pool acts on it.
 
 What a dry run measures, per GPU slot: the compute buffer (``CUDA<i>``) and the whole KV cache
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.llama_log import AllocatedBuffers
-from planner.plan import Placement
+from gateway.placement.launch import ModelLaunch
 from planner.units import MIB
 
 # llama.cpp prints MiB with two decimals: each printed figure is within 0.005 MiB of the truth.
@@ -59,10 +61,10 @@ def _share(total: int, parts: Mapping[int, int]) -> dict[int, int]:
     return {gpu: total * p // weight for gpu, p in parts.items()}
 
 
-def measured_excess(placement: Placement, buffers: AllocatedBuffers) -> dict[int, int]:
+def measured_excess(launch: ModelLaunch, buffers: AllocatedBuffers) -> dict[int, int]:
     """By GPU index: what llama.cpp's dry run needs beyond the plan (0 where it needs no more)."""
-    mem = placement.memory
-    gpus = placement.gpus
+    planned = launch.devices
+    gpus = [d.gpu for d in planned]
     excess = {gpu: 0 for gpu in gpus}
     if not gpus:
         return excess
@@ -70,24 +72,24 @@ def measured_excess(placement: Placement, buffers: AllocatedBuffers) -> dict[int
     if any(v is not None for v in device_compute.values()):
         for slot, gpu in enumerate(gpus):
             measured = _mib(device_compute[slot] or 0.0)
-            excess[gpu] += max(0, measured - mem.devices[slot].compute_bytes - PRINT_ROUNDING_BYTES)
+            excess[gpu] += max(0, measured - planned[slot].compute_bytes - PRINT_ROUNDING_BYTES)
     else:  # nothing offloaded (a build without CUDA): the host's buffers hold the whole compute
         measured = _mib(sum(buffers.compute.values()))
-        planned = sum(d.compute_bytes for d in mem.devices) + mem.host.compute_bytes
-        over = max(0, measured - planned - PRINT_ROUNDING_BYTES * max(1, len(buffers.compute)))
-        for gpu, part in _share(over, {g: mem.devices[s].compute_bytes for s, g in enumerate(gpus)}).items():
+        planned_compute = sum(d.compute_bytes for d in planned) + launch.host_compute_bytes
+        over = max(0, measured - planned_compute - PRINT_ROUNDING_BYTES * max(1, len(buffers.compute)))
+        for gpu, part in _share(over, {d.gpu: d.compute_bytes for d in planned}).items():
             excess[gpu] += part
-    kv_planned = sum(d.kv_bytes for d in mem.devices) + mem.host.kv_bytes
+    kv_planned = sum(d.kv_bytes for d in planned) + launch.host_kv_bytes
     kv_over = max(0, _mib(buffers.kv_size_mib) - kv_planned - 2 * PRINT_ROUNDING_BYTES)
-    for gpu, part in _share(kv_over, {g: mem.devices[s].kv_bytes for s, g in enumerate(gpus)}).items():
+    for gpu, part in _share(kv_over, {d.gpu: d.kv_bytes for d in planned}).items():
         excess[gpu] += part
     return excess
 
 
-def check_load(placement: Placement, buffers: AllocatedBuffers, free: Mapping[int, int]) -> Pass | Exceeds:
+def check_load(launch: ModelLaunch, buffers: AllocatedBuffers, free: Mapping[int, int]) -> Pass | Exceeds:
     """Whether the dry run's buffers fit in ``free`` (by GPU index: free now for this model)."""
-    excess = measured_excess(placement, buffers)
-    need = {gpu: placement.memory.devices[slot].total_bytes + excess[gpu] for slot, gpu in enumerate(placement.gpus)}
+    excess = measured_excess(launch, buffers)
+    need = {d.gpu: d.total_bytes + excess[d.gpu] for d in launch.devices}
     short = {gpu: need[gpu] - free.get(gpu, 0) for gpu in need if need[gpu] > free.get(gpu, 0)}
     if not short:
         return Pass(need)

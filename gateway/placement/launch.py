@@ -49,10 +49,19 @@ class ModelLaunch:
     split_mode: str
     devices: list[PlannedDevice] = field(default_factory=list)
     host_bytes: int = 0
+    # The host's share of the KV cache and compute buffer (the load gate measures a build that
+    # offloads nothing against them: gateway.placement.gate).
+    host_kv_bytes: int = 0
+    host_compute_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     # The threads chosen at launch when the config sets none (gateway.placement.threads).
     n_threads: int = 1
     n_threads_batch: int = 1
+
+    @property
+    def planned_total_bytes(self) -> int:
+        """The planner's bytes on every GPU and in host memory together."""
+        return sum(d.total_bytes for d in self.devices) + self.host_bytes
 
     @property
     def computes_on_cpu(self) -> bool:
@@ -139,6 +148,8 @@ def _launch(p: Placement, model_path: str, threads: Threads) -> ModelLaunch:
             for slot, (g, m) in enumerate(zip(p.gpus, p.memory.devices))
         ],
         host_bytes=p.memory.host.total_bytes,
+        host_kv_bytes=p.memory.host.kv_bytes,
+        host_compute_bytes=p.memory.host.compute_bytes,
         notes=list(p.notes),
         n_threads=threads.n_threads,
         n_threads_batch=threads.n_threads_batch,

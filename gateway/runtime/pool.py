@@ -29,11 +29,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.model_files import resolve_model_path
 from gateway.config.names import ModelNames
 from gateway.config.schema import Config, ModelConfig
 from gateway.engine.protocol import Op
@@ -53,6 +55,7 @@ from gateway.runtime.view import ModelView
 from gateway.runtime.requests import RequestStream
 from gateway.runtime.worker_process import WorkerProcess
 from planner.devices import Device
+from planner.errors import ModelFileError
 from planner.eviction import RequestRate
 from planner.plan import ModelRequest, plan
 from planner.units import MIB
@@ -98,6 +101,9 @@ class ModelEntry:
     # Its worker's load compared with its plan (gateway.placement.learning); None until the
     # current worker is ready, or where nothing was measured on its GPUs.
     measurement: Measurement | None = None
+    # Its last placement's planned total (GPUs and host), kept after an unload: what loading it
+    # again would need (the /ui row shows it); None: never placed.
+    last_planned_bytes: int | None = None
 
     @property
     def name(self) -> str:
@@ -178,6 +184,7 @@ class ModelEntry:
             gpu_used_bytes=w.gpu_used_bytes if w is not None else {},
             measured_bytes=dict(self.measurement.measured) if self.measurement is not None else {},
             learned_bytes=learned_bytes,
+            last_planned_bytes=self.launch.planned_total_bytes if self.launch is not None else self.last_planned_bytes,
             slots=w.slots if w is not None else None,
             busy_slots=w.busy_slots if w is not None else None,
             running=a.running,
@@ -276,6 +283,9 @@ class ModelPool:
         self._read_nvml = read_nvml
         self._clock = clock
         self._placement = asyncio.Lock()  # one decision about free memory at a time
+        # By model: the planner's estimate for a model never placed, with the settings and file
+        # version it was made for (``estimate_bytes``).
+        self._estimates: dict[str, tuple[tuple[str, int, int], int | None]] = {}
         self._reloading = False
         self._stopping = False
         self.draining = False
@@ -310,6 +320,7 @@ class ModelPool:
     def _install(self, entry: ModelEntry, launch: ModelLaunch) -> WorkerProcess:
         worker = WorkerProcess(launch.worker_spec(entry.config), launch.worker_env(self._base_env), self._transport, self._worker_event)
         entry.launch, entry.worker, entry.unplaced_reason, entry.held_down = launch, worker, None, False
+        entry.last_planned_bytes = launch.planned_total_bytes
         entry.measurement = None
         return worker
 
@@ -345,6 +356,31 @@ class ModelPool:
     def view(self, entry: ModelEntry) -> ModelView:
         """One model as it is now."""
         return entry.view(self._clock(), self._learned.bytes_for(entry.config))
+
+    def estimate_bytes(self, entry: ModelEntry) -> int | None:
+        """What the planner estimates loading a model never placed would need (GPUs and host
+        together), planned on its own on the inventory; None where its header cannot be read or
+        it fits nowhere. Reads its header (file I/O: call it in a thread), once per file version
+        and settings."""
+        model = entry.config
+        try:
+            st = os.stat(resolve_model_path(model.path))
+        except (ModelFileError, OSError):
+            return None
+        key = (model.model_dump_json(), st.st_size, st.st_mtime_ns)
+        cached = self._estimates.get(model.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        config = self._config
+        files = read_models(config.model_copy(update={"models": [model]}))
+        estimate = None
+        if not files.problems:
+            request = model_request(model, files.infos[model.name], learned_bytes=self._learned.bytes_for(model))
+            alone = plan([request], inventory(config, self._read_nvml), plan_policy(config))
+            if alone.fits:
+                estimate = launch_from_placement(alone.placements[0], str(files.paths[model.name])).planned_total_bytes
+        self._estimates[model.name] = (key, estimate)
+        return estimate
 
     def views(self) -> list[ModelView]:
         """Every configured model as it is now."""
@@ -429,7 +465,11 @@ class ModelPool:
     # ------------------------------------------------------------------ start and stop
 
     async def start(self, timeout: float | None = None) -> None:
-        """Start every placed model's worker at once; wait until each is ready or failed."""
+        """Start every placed model's worker at once; wait until each is ready or failed. With
+        ``[planner] load_gate``, each eager model's placement passes the load gate first."""
+        if self._config.planner.load_gate:
+            async with self._placement:
+                await self._gate_startup()
         workers = [e.worker for e in self.entries.values() if e.worker is not None]
         for w in workers:
             self._emit(Loading(w.name, "startup"))
@@ -629,15 +669,74 @@ class ModelPool:
             else:
                 raise ModelUnavailableError(f"model {entry.name!r} failed to load: {worker.reason}")
 
-    async def _gated_place(self, entry: ModelEntry, request: ModelRequest, path: str, config: Config) -> Place:
+    async def _gate_startup(self) -> None:
+        """Before any eager model starts, the dry run of each one's planned launch must fit in the
+        memory free now less what the other eager models were planned to take (none holds it yet).
+        One that does not is placed again with the measured figures (``_gated_place``); one that
+        cannot be is left unplaced with the gate's reason, and the others still start."""
+        config = self._config
+        pending = [e for e in self.entries.values() if not e.on_demand and e.launch is not None and e.worker is not None]
+        declared = config.planner.gpus is not None
+        for entry in pending:
+            launch = entry.launch
+            if launch is None or not launch.devices:
+                continue
+            taken: dict[int, int] = {}
+            for other in pending:
+                if other is not entry and other.launch is not None:
+                    for d in other.launch.devices:
+                        taken[d.gpu] = taken.get(d.gpu, 0) + d.total_bytes
+            devices = less_room(inventory(config, self._read_nvml), taken)
+            run = await self._transport.dry_run(launch.worker_spec(entry.config), launch.worker_env(self._base_env))
+            if not run.ok:
+                self._refuse_at_startup(entry, f"the load gate's dry run failed: {run.error}")
+                continue
+            room = gate_room(devices, self.residents(), declared=declared, leaving=(), reserve_bytes=config.planner.reserve_mib * MIB)
+            verdict = check_load(launch, run.buffers, room)
+            if isinstance(verdict, Pass):
+                log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, launch.cuda_visible_devices)
+                continue
+            log.warning("model %s: %s; placing it again with the measured figures", entry.name, verdict.reason)
+            files = read_models(config.model_copy(update={"models": [entry.config]}))
+            if files.problems:
+                self._refuse_at_startup(entry, "; ".join(files.problems))
+                continue
+            request = model_request(entry.config, files.infos[entry.name], learned_bytes=self._learned.bytes_for(entry.config))
+            entry.launch, entry.worker = None, None  # never started: nothing to stop
+            try:
+                decision = await self._gated_place(
+                    entry, request, str(files.paths[entry.name]), config, taken=taken, excess=verdict.excess, reason=verdict.reason
+                )
+            except ModelUnavailableError as exc:
+                self._refuse_at_startup(entry, str(exc))
+                continue
+            running = cpu_models_running(self.residents(), leaving=())
+            self._install(entry, launch_from_placement(decision.placement, str(files.paths[entry.name]), cpu_models_running=running))
+
+    def _refuse_at_startup(self, entry: ModelEntry, reason: str) -> None:
+        log.error("model %s: not started: %s", entry.name, reason)
+        entry.launch, entry.worker, entry.unplaced_reason = None, None, reason
+
+    async def _gated_place(
+        self,
+        entry: ModelEntry,
+        request: ModelRequest,
+        path: str,
+        config: Config,
+        *,
+        taken: dict[int, int] | None = None,
+        excess: dict[int, int] | None = None,
+        reason: str = "",
+    ) -> Place:
         """Place the model (gateway.placement.decisions.place), then, with ``[planner] load_gate``,
         ask llama.cpp's dry run whether exactly that placement fits in the memory free now
         (gateway.placement.gate). Where it does not, place again with the measured excess taken
-        off those GPUs (another GPU, or evictions), as many times as there are GPUs; then refuse."""
-        devices = inventory(config, self._read_nvml)
+        off those GPUs (another GPU, or evictions), as many times as there are GPUs; then refuse.
+        ``taken``: by GPU, memory promised to models about to start (eager models at startup);
+        ``excess`` and ``reason``: what an earlier gate of this model measured and said."""
+        devices = less_room(inventory(config, self._read_nvml), taken or {})
         declared = config.planner.gpus is not None
-        excess: dict[int, int] = {}
-        reason = ""
+        excess = dict(excess or {})
         for _attempt in range(len(devices) + 1):
             decision = place(
                 request,
@@ -664,7 +763,7 @@ class ModelPool:
                 leaving=set(decision.evict),
                 reserve_bytes=config.planner.reserve_mib * MIB,
             )
-            verdict = check_load(decision.placement, run.buffers, room)
+            verdict = check_load(launch, run.buffers, room)
             if isinstance(verdict, Pass):
                 log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, decision.placement.cuda_visible_devices)
                 return decision

@@ -38,6 +38,8 @@ class ModelView:
     # plus the CUDA context and growth, or NVML's figure where larger); {} when nothing was measured.
     measured_bytes: Mapping[int, int]
     learned_bytes: int  # what its next placement plans on each of its GPUs beyond the estimate
+    # Its last placement's planned total (GPUs and host), kept after an unload; None: never placed.
+    last_planned_bytes: int | None
     slots: int | None  # the engine's last "stats": its slots and how many are busy
     busy_slots: int | None
     running: int
@@ -73,9 +75,7 @@ class ModelView:
     @property
     def planned_total_bytes(self) -> int | None:
         """The planner's bytes on every GPU and in host memory together; None: not placed."""
-        if self.launch is None:
-            return None
-        return sum(d.total_bytes for d in self.launch.devices) + self.launch.host_bytes
+        return self.launch.planned_total_bytes if self.launch is not None else None
 
     @property
     def plan_error_bytes(self) -> dict[int, int]:

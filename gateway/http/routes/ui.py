@@ -88,10 +88,19 @@ def allows(auth: Auth, connection: ASGIConnection, kind: Kind) -> bool:
     return True
 
 
-def model_row(view: ModelView, recent: RecentActivity) -> dict[str, Any]:
-    """One row of the page's models table."""
+def model_row(view: ModelView, recent: RecentActivity, estimate_bytes: int | None = None) -> dict[str, Any]:
+    """One row of the page's models table; ``estimate_bytes``: the planner's estimate for a model
+    never placed (ModelPool.estimate_bytes)."""
     activity = recent.of(view.name)
     last = activity.last_error
+    if view.planned_total_bytes is not None:
+        needs, needs_from = view.planned_total_bytes, "placement"
+    elif view.last_planned_bytes is not None:
+        needs, needs_from = view.last_planned_bytes, "last placement"
+    elif estimate_bytes is not None:
+        needs, needs_from = estimate_bytes, "estimate"
+    else:
+        needs, needs_from = None, None
     return {
         "name": view.name,
         "aliases": list(view.config.aliases),
@@ -106,6 +115,10 @@ def model_row(view: ModelView, recent: RecentActivity) -> dict[str, Any]:
         # stopped on-demand model), and whether its worker holds them now.
         "planned_bytes": view.planned_total_bytes,
         "holds_memory": view.holds_memory,
+        # What loading it needs: its placement's planned bytes, else its last placement's (an
+        # unloaded on-demand model), else the planner's estimate from its header (never placed).
+        "needs_bytes": needs,
+        "needs_from": needs_from,
         "n_ctx": view.config.n_ctx,
         "running": view.running,
         "max_concurrency": view.max_concurrency,
@@ -143,12 +156,15 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
         devices, host = await asyncio.gather(asyncio.to_thread(pool.devices), asyncio.to_thread(read_host_memory))
         # A scoped key sees its own models only, in the table and on the map (as in /v1/models);
         # the others' memory still shows as used on their GPUs.
-        views = [pool.view(e) for e in access.visible(request_key(request), pool.entries.values())]
+        entries = list(access.visible(request_key(request), pool.entries.values()))
+        views = [pool.view(e) for e in entries]
         held = [
             held_model(v.name, v.state.value, v.launch, v.allocated, v.gpu_used_bytes)
             for v in views
             if v.launch is not None and v.holds_memory
         ]
+        unplaced = [e for e, v in zip(entries, views) if e.on_demand and v.launch is None and v.last_planned_bytes is None]
+        estimates = dict(zip([e.name for e in unplaced], await asyncio.to_thread(lambda: [pool.estimate_bytes(e) for e in unplaced])))
         status, _, _ = pool.health()
         admin = allows(auth, request, "admin")
         body = {
@@ -161,7 +177,7 @@ def handlers(auth: Auth) -> list[HTTPRouteHandler]:
             "inventory": "declared" if config.planner.gpus is not None else "nvml",
             "window_s": metrics.recent.window_s,
             "map": live_map(config, devices, host, held),
-            "models": [model_row(v, metrics.recent) for v in views],
+            "models": [model_row(v, metrics.recent, estimates.get(v.name)) for v in views],
         }
         return Response(content=body, headers={"Cache-Control": "no-store"})
 

@@ -266,6 +266,10 @@ function whereText(model) {
 // What its placement planned (GPUs and host together); greyed while its worker does not hold it.
 function memoryCell(model) {
   if (model.planned_bytes === null || model.planned_bytes === undefined) {
+    if (model.needs_bytes !== null && model.needs_bytes !== undefined) {
+      const from = model.needs_from === "estimate" ? "the planner's estimate from its header" : "its last placement's plan";
+      return el("td", { class: "num muted", text: `~${mib(model.needs_bytes)}`, title: `needs when loaded: ${from}` });
+    }
     const unknown = model.load === "on_demand" ? "planned when loaded" : "–";
     return el("td", { class: "num muted", text: "–", title: unknown });
   }

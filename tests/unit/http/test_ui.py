@@ -183,3 +183,24 @@ def test_each_row_has_its_planned_memory_and_an_on_demand_models_idle_countdown(
         assert client.post("/admin/models/od/load", headers=AUTH).status_code == 200
         od = next(m for m in client.get("/ui/state", headers=AUTH).json()["models"] if m["name"] == "od")
         assert od["planned_bytes"] > 0 and od["holds_memory"] is True and 0 < od["unload_in_s"] <= 300
+
+
+def test_an_unloaded_on_demand_model_shows_the_memory_it_would_need(tmp_path, tiny):
+    """Never placed: the planner's estimate from its header; after an unload: its last plan."""
+    models = [{"name": "eager"}, {"name": "od", "load": "on_demand", "n_ctx": 512}]
+    cfg = write_config(tmp_path / "m.toml", tiny, models, gpus=["4GiB"], api_keys=[KEY])
+
+    def od_row(client):
+        return next(m for m in client.get("/ui/state", headers=AUTH).json()["models"] if m["name"] == "od")
+
+    with client_for(cfg) as client:
+        before = od_row(client)
+        assert before["planned_bytes"] is None and before["needs_from"] == "estimate" and before["needs_bytes"] > 0
+        assert client.post("/admin/models/od/load", headers=AUTH).status_code == 200
+        loaded = od_row(client)
+        assert (loaded["needs_bytes"], loaded["needs_from"]) == (loaded["planned_bytes"], "placement")
+        assert loaded["planned_bytes"] == before["needs_bytes"]  # the estimate is the plan it loads with
+        assert client.post("/admin/models/od/unload", headers=AUTH).status_code == 200
+        after = od_row(client)
+        assert after["planned_bytes"] is None and after["holds_memory"] is False
+        assert (after["needs_bytes"], after["needs_from"]) == (loaded["planned_bytes"], "last placement")

@@ -96,11 +96,36 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class Shortfall:
+    """Where a model that does not fit came closest, as data (``Plan.problems`` says it in words).
+
+    The closest attempt fills the model's GPUs in device order (one for ``split_mode = "none"``).
+    ``gpu`` is the GPU where filling stopped: there the model's share needs ``need_bytes`` and
+    ``room_bytes`` were left (after the models placed before it), so it is short by
+    ``short_bytes``; ``placed_layers`` of its ``gpu_layers`` GPU layers fit on the GPUs before it
+    in ``tried_gpus`` (the GPUs of the attempt, in device order). ``gpu`` is None when every GPU held its share but the whole is over
+    ``max_vram_mib``: then ``need_bytes`` is the total and ``room_bytes`` the cap.
+    """
+
+    model: str
+    gpu: int | None
+    short_bytes: int
+    need_bytes: int
+    room_bytes: int
+    placed_layers: int
+    gpu_layers: int
+    tried_gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     gpus: tuple[UsableDevice, ...]  # usable GPUs in device order
     skipped: tuple[SkippedDevice, ...]
     placements: tuple[Placement, ...]  # in the order the models were given; placed ones only
     problems: tuple[str, ...] = ()  # one line per model that does not fit
+    # The models that do not fit for want of memory (not a refused KV type, a manual split or
+    # no usable GPU), in the order they were given: where each came closest, and by how much.
+    shortfalls: tuple[Shortfall, ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -384,28 +409,40 @@ def _manual(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], 
     )
 
 
-def _where(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy, devices: dict[int, Device]) -> str:
-    """Which GPU, by how many MiB: why ``req`` does not fit in ``budgets``."""
+def _shortfall(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int], policy: PlanPolicy) -> Shortfall | None:
+    """Where ``req``'s closest attempt to fit in ``budgets`` stops, and by how much; None where
+    no single GPU or cap is to blame."""
     costs = _Costs(req, policy.costs)
     m = resolve_n_gpu_layers(req.n_gpu_layers, costs.n)
     # The closest attempt: all allowed GPUs in device order (one for split_mode none).
     attempt = list(allowed[:1] if req.split_mode == "none" else allowed)
     counts, short = _fill(costs, attempt, budgets, m)
     if short is not None:
-        dev = devices[short.gpu]
-        where = f"on GPU {short.gpu} ({dev.name}, {_mib(max(budgets[short.gpu], 0))} left) it is short by {_mib(short.short_bytes)}"
-        if len(attempt) > 1:
-            where += (
-                f" for the last {m - short.placed_layers} of its {m} GPU layers, "
-                f"after filling GPUs {','.join(map(str, attempt[: attempt.index(short.gpu)]))}"
-            )
-        return where
+        room = max(budgets[short.gpu], 0)
+        return Shortfall(req.name, short.gpu, short.short_bytes, room + short.short_bytes, room, short.placed_layers, m, tuple(attempt))
     if counts is not None and req.max_vram_bytes is not None:
         assignment = _assignment(costs.n, m, counts)
         est = estimate_memory(req.info, req.settings, assignment, len(counts), policy.costs, learned_bytes=req.learned_bytes)
         total = sum(d.total_bytes for d in est.devices)
-        return f"it needs {_mib(total)}, over its max_vram_mib = {req.max_vram_bytes // MIB:,} by {_mib(total - req.max_vram_bytes)}"
-    return "no set of its GPUs holds it"
+        return Shortfall(req.name, None, total - req.max_vram_bytes, total, req.max_vram_bytes, m, m, tuple(attempt))
+    return None
+
+
+def _where(short: Shortfall | None, devices: dict[int, Device]) -> str:
+    """Which GPU, by how many MiB: why a model does not fit, in words."""
+    if short is None:
+        return "no set of its GPUs holds it"
+    if short.gpu is None:
+        return f"it needs {_mib(short.need_bytes)}, over its max_vram_mib = {short.room_bytes // MIB:,} by {_mib(short.short_bytes)}"
+    dev = devices[short.gpu]
+    where = f"on GPU {short.gpu} ({dev.name}, {_mib(short.room_bytes)} left) it is short by {_mib(short.short_bytes)}"
+    if len(short.tried_gpus) > 1:
+        filled = short.tried_gpus[: short.tried_gpus.index(short.gpu)]
+        where += (
+            f" for the last {short.gpu_layers - short.placed_layers} of its {short.gpu_layers} GPU layers, "
+            f"after filling GPUs {','.join(map(str, filled))}"
+        )
+    return where
 
 
 @dataclass(frozen=True)
@@ -470,7 +507,7 @@ def _explain(req: ModelRequest, allowed: Sequence[int], budgets: dict[int, int],
             fixes.append(f"allow_cpu_offload = true ({sum(fit.counts)} of {costs.n + 1} layers on GPU)")
         else:
             fixes.append("allow_cpu_offload = true with n_gpu_layers = 0 (CPU only)")
-    return f"model {req.name!r} does not fit: {_where(req, allowed, budgets, policy, devices)}{_hint(fixes)}"
+    return f"model {req.name!r} does not fit: {_where(_shortfall(req, allowed, budgets, policy), devices)}{_hint(fixes)}"
 
 
 def place_model(
@@ -638,6 +675,7 @@ def _plan(
     ranked = sorted(range(len(models)), key=lambda i: rank_key(models[i], i))
     placed: dict[int, Placement] = {}
     unplaced: list[tuple[int, str, str | None]] = []
+    shortfalls: dict[int, Shortfall] = {}
     gpu_load = dict(load or {})
     for i in ranked:
         req = models[i]
@@ -647,7 +685,12 @@ def _plan(
             # A shortfall whose hints plan() can check (not a refused KV type, a GPU-less model
             # or a manual split).
             checkable = allowed and req.tensor_split is None and not kv_type_problems(req.info, req.settings)
-            where = _where(req, allowed, budgets, policy, by_index) if checkable else None
+            where = None
+            if checkable:
+                short = _shortfall(req, allowed, budgets, policy)
+                where = _where(short, by_index)
+                if short is not None:
+                    shortfalls[i] = short
             unplaced.append((i, problem or f"model {req.name!r} does not fit", where))
             continue
         take(budgets, p)
@@ -659,5 +702,6 @@ def _plan(
         skipped=tuple(skipped),
         placements=tuple(placed[i] for i in range(len(models)) if i in placed),
         problems=tuple(message for _, message, _ in unplaced),
+        shortfalls=tuple(shortfalls[i] for i in sorted(shortfalls)),
     )
     return result, unplaced

@@ -142,6 +142,45 @@ def test_infeasible_split_names_the_gpu_where_filling_stopped():
     )
 
 
+def ceil_mib(b):
+    return -(-b // MIB)
+
+
+def test_a_model_that_does_not_fit_comes_with_its_shortfall_as_data():
+    devices = declared_devices(["8GiB"])
+    chat = ModelRequest(name="chat", info=model_info(n_layers=32, layer_mib=150), settings=RunSettings(n_ctx=32768))
+    small = req("small", layer_mib=10, n_layers=8, priority=1)  # placed first
+    result = plan([small, chat], devices, PlanPolicy(devices=DevicePolicy(reserve_mib=1024)))
+    (short,) = result.shortfalls
+    assert (short.model, short.gpu, short.tried_gpus) == ("chat", 0, (0,))
+    # What the small model left on the GPU, what chat needs there, and the difference.
+    left = 7168 * MIB - sum(b for _, b in result.used_bytes(0))
+    assert short.room_bytes == left and short.need_bytes == left + short.short_bytes > left
+    assert (short.placed_layers, short.gpu_layers) == (0, 33)
+    # The same facts as the problem's words.
+    assert f"{ceil_mib(left):,} MiB left) it is short by {ceil_mib(short.short_bytes):,} MiB" in result.problems[0]
+
+
+def test_a_split_shortfall_names_the_gpu_where_filling_stopped_and_the_layers_placed_before_it():
+    result = plan([req("huge", layer_mib=700, n_layers=80)], BOX)
+    (short,) = result.shortfalls
+    assert (short.gpu, short.tried_gpus, short.gpu_layers, short.placed_layers) == (2, (0, 1, 2), 81, 62)
+    assert (short.room_bytes, ceil_mib(short.short_bytes)) == (11264 * MIB, 2767)
+
+
+def test_a_shortfall_over_max_vram_has_no_gpu_and_the_cap_as_its_room():
+    result = plan([req("capped", layer_mib=100, max_vram_bytes=2 * GIB), req("fits")], BOX)
+    (short,) = result.shortfalls
+    assert (short.model, short.gpu, short.room_bytes) == ("capped", None, 2 * GIB)
+    assert short.need_bytes - short.room_bytes == short.short_bytes > 0
+
+
+def test_models_refused_for_other_reasons_than_memory_have_no_shortfall():
+    result = plan([req("m", layer_mib=1000, tensor_split=(0.1, 0.1, 0.8)), req("pinned", gpus=(7,))], BOX)
+    assert len(result.problems) == 2 and result.shortfalls == ()
+    assert plan([req("small")], BOX).shortfalls == ()
+
+
 def test_manual_tensor_split_is_honoured():
     (p,) = plan([req("m", layer_mib=300, tensor_split=(1.0, 1.0))], BOX, PlanPolicy(packing="first_fit")).placements
     assert p.layer_counts == (17, 16)  # x = 16/33 < 0.5 still lands on GPU 0

@@ -13,6 +13,10 @@ One shape for the live map (``live_map``: the models running now) and the plan p
   growth, as ``ModelLaunch.planned_json`` has them), and over them what llama.cpp reported
   allocating (``allocated_bytes``) and what NVML says the process uses (``process_bytes``),
   each null where unknown.
+- ``shortfalls`` (the plan preview's only): one per model that does not fit for want of memory,
+  where it came closest (``planner.plan.Shortfall``): on ``gpu`` it needs ``need_bytes`` where
+  ``room_bytes`` were left, short by ``short_bytes``; ``gpu`` null: over its ``max_vram_mib``
+  (``room_bytes`` is the cap). The page draws each past the room left on its GPU.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from gateway.observability.metrics import llama_buffers_per_gpu, llama_host_buff
 from gateway.placement.host_memory import HostMemory
 from gateway.placement.launch import ModelLaunch
 from planner.devices import Device
-from planner.plan import Plan
+from planner.plan import Plan, Shortfall
 from planner.units import MIB
 
 
@@ -144,7 +148,25 @@ def plan_map(config: Config, plan: Plan, launches: Mapping[str, ModelLaunch], ho
         d = s.device
         gpus.append(_gpu(d, free=d.free_bytes, other=d.total_bytes - d.free_bytes, reserve=reserve, note=s.reason))
     gpus.sort(key=lambda g: g["index"])
-    return {"gpus": gpus, "host": _host(host, blocks, held=False), "blocks": blocks}
+    return {
+        "gpus": gpus,
+        "host": _host(host, blocks, held=False),
+        "blocks": blocks,
+        "shortfalls": [shortfall_json(s) for s in plan.shortfalls],
+    }
+
+
+def shortfall_json(short: Shortfall) -> dict[str, Any]:
+    return {
+        "model": short.model,
+        "gpu": short.gpu,
+        "short_bytes": short.short_bytes,
+        "need_bytes": short.need_bytes,
+        "room_bytes": short.room_bytes,
+        "placed_layers": short.placed_layers,
+        "gpu_layers": short.gpu_layers,
+        "tried_gpus": list(short.tried_gpus),
+    }
 
 
 def held_model(name: str, state: str, launch: ModelLaunch, allocated: Mapping[str, Any], process_used: Mapping[str, int]) -> HeldModel:

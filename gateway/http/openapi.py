@@ -383,6 +383,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     },
                 },
             },
+            "shortfalls": {
+                "type": "array",
+                "description": "plan preview only: each model that does not fit for want of memory, where it came closest",
+                "items": {
+                    "type": "object",
+                    "required": ["model", "gpu", "short_bytes", "need_bytes", "room_bytes", "placed_layers", "gpu_layers", "tried_gpus"],
+                    "properties": {
+                        "model": _STR,
+                        "gpu": {"type": ["integer", "null"], "description": "where filling stopped; null: over its max_vram_mib"},
+                        "short_bytes": {**_INT, "description": "need_bytes - room_bytes"},
+                        "need_bytes": {**_INT, "description": "its share on that GPU (null gpu: its total)"},
+                        "room_bytes": {**_INT, "description": "left on that GPU after the models placed (null gpu: the cap)"},
+                        "placed_layers": {**_INT, "description": "GPU layers that fit on the GPUs tried before it"},
+                        "gpu_layers": {**_INT, "description": "its GPU layers in all"},
+                        "tried_gpus": {"type": "array", "items": _INT, "description": "the GPUs of the attempt, in device order"},
+                    },
+                },
+            },
         },
     },
     "PlanPreview": {

@@ -19,7 +19,7 @@ from gateway.errors import ConfigError, DeviceError
 from gateway.placement.launch import ModelLaunch, launches_from_plan
 from gateway.placement.planning import on_demand_problems, plan_startup, read_models
 from planner.devices import Device, declared_devices
-from planner.plan import Plan
+from planner.plan import Plan, Shortfall
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,12 @@ class Preview:
     @property
     def fits(self) -> bool:
         return self.plan is not None and not self.problems
+
+    @property
+    def shortfalls(self) -> tuple[Shortfall, ...]:
+        """The eager models that do not fit for want of memory: where each came closest, and by
+        how much (the same facts as their ``plan:`` problems, as data)."""
+        return self.plan.shortfalls if self.plan is not None else ()
 
     @property
     def on_demand(self) -> list[str]:

@@ -212,6 +212,25 @@ def test_the_plan_preview_plans_on_a_declared_inventory_given_with_the_request(c
         assert bad["problems"] and bad["problems"][0].startswith("gpus[1]: 'lots'"), bad["problems"]
 
 
+def test_the_plan_preview_says_where_a_model_that_does_not_fit_would_go_and_by_how_much(cfg, tiny):
+    text = (
+        "[planner]\nreserve_mib = 0\nmin_budget_mib = 0\n\n"
+        f"[[models]]\nname = 'a'\npath = '{tiny}'\n\n"
+        f"[[models]]\nname = 'b'\npath = '{tiny}'\ngpus = [1]\n"
+    )
+    with client_for(cfg) as client:
+        body = client.post("/admin/plan", json={"config": text, "gpus": ["2GiB", "512MiB"]}, headers=AUTH).json()
+    assert body["valid"] and not body["fits"]
+    assert [b["model"] for b in body["map"]["blocks"] if b["gpu"] is not None] == ["a"]
+    (short,) = body["map"]["shortfalls"]
+    assert (short["model"], short["gpu"], short["tried_gpus"]) == ("b", 1, [1])
+    assert short["room_bytes"] == 512 << 20 and short["need_bytes"] == short["room_bytes"] + short["short_bytes"]
+    assert (short["placed_layers"], short["gpu_layers"]) == (0, 3)
+    short_mib = -(-short["short_bytes"] // (1 << 20))
+    (problem,) = body["problems"]
+    assert f"on GPU 1 (declared GPU 1, 512 MiB left) it is short by {short_mib:,} MiB" in problem, problem
+
+
 @pytest.mark.parametrize(
     "body",
     [b"not json", b"[]", b'{"gpus": ["8GiB"]}', b'{"config": 5}', b'{"config": "", "extra": 1}', b'{"config": "", "gpus": "8GiB"}'],

@@ -255,6 +255,30 @@ def test_the_plan_preview_lists_every_problem_with_its_dotted_path_as_text(page:
     assert console == []
 
 
+def test_the_plan_preview_draws_a_model_that_does_not_fit_past_the_room_on_its_gpu(page: Page, gateway, console, gemma_path):
+    open_page(page, gateway)
+    text = (
+        "[planner]\ngpus = ['8GiB', '1GiB']\nreserve_mib = 0\nmin_budget_mib = 0\n\n"
+        f"[[models]]\nname = 'fits'\npath = '{gemma_path}'\nn_ctx = 2048\n\n"
+        f"[[models]]\nname = 'pinned'\npath = '{gemma_path}'\nn_ctx = 32768\ngpus = [1]\n"
+    )
+    page.fill("#preview-text", text)
+    page.click("#preview-run")
+    expect(page.locator("#preview-summary")).to_contain_text("Does not fit")
+    (problem,) = page.locator("#preview-problems li").all_text_contents()
+    short_mib = problem.split("it is short by ")[1].split(" MiB")[0]  # the planner's words: the page must agree
+    ghost = page.locator("#preview-map [data-bar='gpu-1'] .bar.ghost[data-short='pinned'] .block.short")
+    expect(ghost).to_be_visible()
+    expect(ghost).to_contain_text(f"pinned · short by {short_mib} MiB")
+    expect(ghost.locator(".short-part")).to_be_visible()
+    # It starts where the GPU's room starts and ends past the GPU's end (the bar is drawn to scale).
+    gpu_bar = page.locator("#preview-map [data-bar='gpu-1'] > .bar:not(.ghost)").bounding_box()
+    drawn = ghost.bounding_box()
+    assert drawn["x"] + drawn["width"] > gpu_bar["x"] + gpu_bar["width"] + 1, (drawn, gpu_bar)
+    assert page.locator("#preview-map [data-bar='gpu-0'] [data-short]").count() == 0
+    assert console == []
+
+
 def test_hostile_model_names_and_error_texts_render_as_text(page: Page, gateway, console):
     """Names cannot hold markup in a valid config; the page must not trust that: every string
     of the state the page polls is replaced by markup, and none of it becomes an element."""

@@ -39,6 +39,11 @@ function mib(bytes) {
   return `${Math.round(bytes / MIB).toLocaleString("en-US")} MiB`;
 }
 
+// Rounded up, as the planner words a shortfall ("short by 1,429 MiB"): never less than it is.
+function mibUp(bytes) {
+  return `${Math.ceil(bytes / MIB).toLocaleString("en-US")} MiB`;
+}
+
 function size(bytes) {
   if (bytes >= 10 * GIB) return `${(bytes / GIB).toLocaleString("en-US", { maximumFractionDigits: 1 })} GiB`;
   return mib(bytes);
@@ -123,11 +128,43 @@ function showDetail(block, detail) {
   detail.replaceChildren(el("strong", { text: block.model }), ` on ${where} (${block.state})`, list);
 }
 
-function bar(label, sub, total, figures, blocks, segments, detail) {
+function shortText(short) {
+  return `${short.model} · short by ${mibUp(short.short_bytes)}`;
+}
+
+function shortTitle(short) {
+  const layers = short.placed_layers ? ` (its last ${short.gpu_layers - short.placed_layers} of ${short.gpu_layers} GPU layers)` : "";
+  return `${short.model} does not fit: it would need ${mib(short.need_bytes)} here${layers}, ${mib(short.room_bytes)} left: short by ${mibUp(short.short_bytes)}`;
+}
+
+// A model that does not fit, drawn where it would go: from the end of what is in use, as wide
+// as it needs, past the room left (its hatched end is what it is short by).
+function shortRow(short, start, scale) {
+  const row = el("div", { class: "bar ghost", "data-short": short.model });
+  const spacer = el("div", { class: "seg" });
+  spacer.style.width = pct(start, scale);
+  const node = el(
+    "div",
+    { class: "block short", role: "img", "aria-label": shortTitle(short), title: shortTitle(short) },
+    el("span", { class: "block-name", text: shortText(short) }),
+  );
+  node.style.width = pct(short.need_bytes, scale);
+  const over = el("span", { class: "short-part" });
+  over.style.width = pct(Math.min(short.short_bytes, short.need_bytes), short.need_bytes);
+  node.append(over);
+  row.append(spacer, node);
+  return row;
+}
+
+function bar(label, sub, total, figures, blocks, segments, detail, shorts = []) {
   const used = blocks.reduce((sum, b) => sum + b.planned_bytes, 0);
-  // To scale: the bar is the device's total, unless the plan overcommits it.
-  const scale = Math.max(total, used + segments.other);
+  // To scale: the bar is the device's total, unless the plan overcommits it; a model that does
+  // not fit widens the scale so that it shows past the GPU's end, and the bar ends where the GPU does.
+  const start = used + segments.other;
+  const base = Math.max(total, start);
+  const scale = shorts.reduce((most, s) => Math.max(most, start + s.need_bytes), base);
   const track = el("div", { class: "bar" });
+  if (scale > base) track.style.width = pct(base, scale);
   for (const block of blocks) {
     const key = blockKey(block);
     const node = el(
@@ -177,19 +214,25 @@ function bar(label, sub, total, figures, blocks, segments, detail) {
   for (const block of blocks) {
     names.append(el("li", { "data-model": block.model }, el("span", { class: `swatch ${block.state}` }), `${block.model} · ${mib(block.planned_bytes)}`));
   }
+  for (const short of shorts) {
+    names.append(el("li", { "data-short": short.model }, el("span", { class: "swatch short" }), shortTitle(short)));
+  }
   return el(
     "div",
     { class: "bar-row" },
     el("div", { class: "bar-label" }, el("strong", { text: label }), el("span", { class: "muted", text: sub }), el("span", { class: "figures", text: figures })),
     track,
-    blocks.length ? names : null,
+    ...shorts.map((short) => shortRow(short, start, scale)),
+    blocks.length || shorts.length ? names : null,
   );
 }
 
 function renderMap(container, map, detail) {
   const rows = [];
+  const shortfalls = map.shortfalls || []; // the plan preview's only
   for (const gpu of map.gpus) {
     const blocks = map.blocks.filter((b) => b.gpu === gpu.index);
+    const shorts = shortfalls.filter((s) => s.gpu === gpu.index);
     const planned = blocks.reduce((sum, b) => sum + b.planned_bytes, 0);
     const figures =
       `${mib(planned)} planned · ${mib(gpu.free_bytes)} free (${mib(gpu.reserve_bytes)} of it reserve) · ${size(gpu.total_bytes)} total` +
@@ -197,7 +240,7 @@ function renderMap(container, map, detail) {
       (gpu.note ? ` · ${gpu.note}` : "");
     const row = bar(`GPU ${gpu.index}`, gpu.name, gpu.total_bytes, figures, blocks, {
       other: gpu.other_bytes, free: gpu.free_bytes, reserve: gpu.reserve_bytes,
-    }, detail);
+    }, detail, shorts);
     row.dataset.bar = `gpu-${gpu.index}`;
     rows.push(row);
   }
@@ -210,6 +253,10 @@ function renderMap(container, map, detail) {
     }, detail);
     row.dataset.bar = "host";
     rows.push(row);
+  }
+  for (const short of shortfalls.filter((s) => s.gpu === null)) {
+    const text = `${short.model} does not fit: it needs ${mib(short.need_bytes)}, over its max_vram_mib (${mib(short.room_bytes)}) by ${mibUp(short.short_bytes)}`;
+    rows.push(el("p", { class: "short-note", "data-short": short.model, text }));
   }
   if (!map.gpus.length) rows.unshift(el("p", { class: "muted", text: "No GPU in the inventory: every model runs on the CPU." }));
   container.replaceChildren(...rows);

@@ -134,7 +134,7 @@ function shortText(short) {
 
 function shortTitle(short) {
   const layers = short.placed_layers ? ` (its last ${short.gpu_layers - short.placed_layers} of ${short.gpu_layers} GPU layers)` : "";
-  return `${short.model} does not fit: it would need ${mib(short.need_bytes)} here${layers}, ${mib(short.room_bytes)} left: short by ${mibUp(short.short_bytes)}`;
+  return `${short.model} does not fit: it would need ${mibUp(short.need_bytes)} here${layers}, ${mib(short.room_bytes)} left: short by ${mibUp(short.short_bytes)}`;
 }
 
 // A model that does not fit, drawn where it would go: from the end of what is in use, as wide
@@ -255,7 +255,7 @@ function renderMap(container, map, detail) {
     rows.push(row);
   }
   for (const short of shortfalls.filter((s) => s.gpu === null)) {
-    const text = `${short.model} does not fit: it needs ${mib(short.need_bytes)}, over its max_vram_mib (${mib(short.room_bytes)}) by ${mibUp(short.short_bytes)}`;
+    const text = `${short.model} does not fit: it needs ${mibUp(short.need_bytes)}, over its max_vram_mib (${mib(short.room_bytes)}) by ${mibUp(short.short_bytes)}`;
     rows.push(el("p", { class: "short-note", "data-short": short.model, text }));
   }
   if (!map.gpus.length) rows.unshift(el("p", { class: "muted", text: "No GPU in the inventory: every model runs on the CPU." }));

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import API_KEY
+from tests.shared_server import API_KEY
 from testkit.serving import wait_until, worker_held
 
 pytestmark = pytest.mark.llama

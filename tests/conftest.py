@@ -13,6 +13,7 @@ from gateway.engine.protocol import WorkerSpec
 from testkit.ggufmaker import write_tiny_llama
 from testkit.serving import free_port, kill_group, wait_until_answering
 from testkit.serving import spawn as spawn_gateway
+from tests.shared_server import API_KEY
 from tests.workers import WorkerProcess
 
 CACHE_DIR = Path.home() / ".cache" / "vram-gateway-tests"
@@ -34,9 +35,6 @@ def gemma_path() -> Path:
         finally:
             partial.unlink(missing_ok=True)
     return target
-
-
-API_KEY = "test-key"
 
 
 @pytest.fixture(scope="session")

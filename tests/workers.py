@@ -1,5 +1,5 @@
 """A real model worker (``python -m gateway.engine.worker``) driven over its protocol, for the
-engine's tests (tests/unit/engine/test_worker.py, tests/system/test_batching.py); the ``spawn``
+engine's tests (tests/system/test_worker.py, tests/system/test_batching.py); the ``spawn``
 fixture (tests/conftest.py) starts them and kills them after the test.
 """
 
@@ -18,6 +18,7 @@ from gateway.engine.protocol import WorkerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 30.0
+GEMMA_TIMEOUT_S = 180.0  # a loaded 2-core machine decodes Gemma at a few tokens/s
 TERMINAL = ("result", "end", "error")
 
 
@@ -106,6 +107,19 @@ class WorkerProcess:
                 out.append(message)
                 if message["type"] in TERMINAL:
                     return out
+
+    def until_closed(self, timeout: float = TIMEOUT_S) -> list[dict]:
+        """Every message until the worker closes its output (``timeout`` guards each wait)."""
+        out = []
+        while True:
+            try:
+                item = self._messages.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no message within {timeout} s; stderr tail:\n{self.stderr_tail()}") from None
+            if item is None:
+                self._messages.put(None)
+                return out
+            out.append(item[1])
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         return self.proc.wait(timeout=timeout)

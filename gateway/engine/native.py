@@ -12,7 +12,7 @@ through their own modules.
 So the entry point of each process that loads a model (the worker, the dry run of
 ``plan --verify``, the benchmarks' children) calls ``load_first()`` before it imports anything
 that pulls numpy in, and the modules they import at the top stay free of numpy.
-tests/unit/engine/test_native.py proves the order in real processes with the dynamic loader's
+tests/system/test_native.py proves the order in real processes with the dynamic loader's
 own log (``LD_DEBUG=files``), so that a later import cannot bring the crash back unnoticed.
 """
 

@@ -12,7 +12,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import API_KEY
+from tests.shared_server import API_KEY
 
 pytestmark = pytest.mark.llama
 

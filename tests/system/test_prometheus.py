@@ -31,9 +31,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.metrics import GatewayMetrics
-from tests.conftest import API_KEY
+from tests.dashboard import load_dashboard, metric_names, queries
 from tests.metrics_sample import SNAPSHOTS, record_traffic, sample_gpus
-from tests.unit.observability.test_dashboard import load_dashboard, metric_names, queries
+from tests.shared_server import API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")

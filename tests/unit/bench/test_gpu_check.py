@@ -58,7 +58,7 @@ from testkit.ggufmaker import (
     write_qwen2_7b_q4_k_m,
     write_tiny_llama,
 )
-from tests.unit.planner.test_memory_h200 import H200_ROWS
+from tests.h200_measurements import H200_ROWS
 
 ROOT = Path(__file__).resolve().parents[3]
 MIB = 1024 * 1024

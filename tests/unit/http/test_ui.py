@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import re
 import threading
-import time
 import tomllib
 from html.parser import HTMLParser
 from importlib import resources
@@ -16,6 +15,7 @@ import pytest
 from gateway.http.routes.ui import STATIC_FILES
 from gateway.runtime.fake import FakeScript, FakeTransport
 from testkit.ggufmaker import write_tiny_llama
+from testkit.serving import wait_until
 from tests.unit.http.apps import AUTH, KEY, client_for, write_config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -118,17 +118,23 @@ def test_without_the_admin_key_the_state_says_admin_actions_are_not_allowed(tmp_
 
 
 def test_the_state_shows_load_progress_and_then_the_model_on_the_map(cfg):
-    with client_for(cfg, FakeTransport(FakeScript(load_s=0.6))) as client:
+    loaded = threading.Event()  # the fake load stays at 50 % until the test has seen it there
+    transport = FakeTransport(lambda spec: FakeScript(hold_load=loaded) if spec.name == "od" else FakeScript())
+    with client_for(cfg, transport) as client:
         t = threading.Thread(target=lambda: client.post("/admin/models/od/load", headers=AUTH))
         t.start()
         seen = set()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+
+        def progress() -> tuple[str, int]:
             row = next(m for m in client.get("/ui/state", headers=AUTH).json()["models"] if m["name"] == "od")
             seen.add((row["state"], row["progress"]))
-            if row["state"] == "ready":
-                break
-            time.sleep(0.05)
+            return row["state"], row["progress"]
+
+        try:
+            wait_until(lambda: progress() == ("starting", 50), what="the load shown at 50 %")
+        finally:
+            loaded.set()
+        wait_until(lambda: progress()[0] == "ready", what="the model shown ready")
         t.join()
         assert ("starting", 50) in seen and ("ready", 100) in seen, seen
         state = client.get("/ui/state", headers=AUTH).json()

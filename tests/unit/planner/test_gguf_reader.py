@@ -128,7 +128,9 @@ def test_reader_reads_150k_vocab_header_in_well_under_a_second(tmp_path):
     elapsed = time.perf_counter() - start
 
     assert info.n_vocab == 152064
-    assert elapsed < 0.5  # ~70 ms here; gguf.GGUFReader takes ~25 s on the same header
+    # ~70 ms here; gguf.GGUFReader takes ~25 s on the same header. The bound tells the two apart
+    # with room for a CI machine many times slower, not how fast this one is.
+    assert elapsed < 5.0
 
 
 # --------------------------------------------------------------------------------------------

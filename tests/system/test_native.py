@@ -20,7 +20,7 @@ from testkit.ggufmaker import write_tiny_llama
 
 pytestmark = pytest.mark.llama
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 60.0
 
 

@@ -70,9 +70,13 @@ GPU_SERIES = frozenset(
         "vram_gateway_model_planned_bytes",
         "vram_gateway_model_allocated_bytes",
         "vram_gateway_model_process_used_bytes",
+        # Measured from llama.cpp's CUDA buffers (gateway.placement.learning): a CPU build has none.
+        "vram_gateway_model_measured_bytes",
+        "vram_gateway_model_plan_error_bytes",
+        "vram_gateway_model_learned_bytes",
     }
 )
-GPU_PANELS = ("GPU memory per GPU: used vs planned vs actual", "Planner error per model and GPU", "Planned vs actual per model and GPU")
+GPU_PANELS = ("GPU memory per GPU: used vs planned vs actual", "Plan error per model and GPU", "Planned vs actual per model and GPU")
 # Series that exist only after an event the session's real gateway never sees: an eviction, a
 # request that waits for a load (its models are eager and loaded), a named key's use (it has
 # api_keys, not [[keys]]). The sample-data test below covers their panels.

@@ -18,7 +18,7 @@ from gateway.runtime.pool import ModelPool
 from gateway.runtime.states import ModelState
 from planner.plan import plan
 from planner.units import MIB
-from tests.unit.runtime.test_pool import make_config, tiny  # noqa: F401 - the fixture
+from tests.unit.runtime.pools import make_config
 
 EXTRA_MIB = 600
 WARNING = "used more GPU memory than planned"

@@ -19,7 +19,7 @@ from gateway.runtime.states import ModelState
 from gateway.errors import ModelUnavailableError
 from planner.plan import plan
 from planner.units import MIB
-from tests.unit.runtime.test_pool import make_config, make_pool, tiny  # noqa: F401 - the fixture
+from tests.unit.runtime.pools import make_config, make_pool
 
 BIG_COMPUTE = DryRun(ok=True, lines=("sched_reserve:      CUDA0 compute buffer size =  3000.00 MiB",))
 

@@ -8,8 +8,9 @@ and tests can hold the memory model to llama.cpp's own numbers.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _MODEL = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _KV = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([\d.]+) MiB")
@@ -60,3 +61,39 @@ def parse_buffer_lines(lines: Iterable[str]) -> AllocatedBuffers:
             if m:
                 out.offloaded_layers, out.total_layers = int(m.group(1)), int(m.group(2))
     return out
+
+
+# A worker's report (``AllocatedBuffers.as_dict()``): llama.cpp names a GPU's buffers CUDA<n>.
+_CUDA_BUFFER = re.compile(r"CUDA(\d+)")
+_ALLOCATED_SECTIONS = ("model_mib", "kv_mib", "output_mib", "compute_mib")
+_MIB = 1024 * 1024
+
+
+def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]) -> dict[int, int]:
+    """Bytes llama.cpp allocated per NVML GPU index, from a worker's ``allocated`` report.
+
+    ``allocated`` is ``planner.llama_log.AllocatedBuffers.as_dict()`` (MiB per buffer name).
+    llama.cpp names GPU buffers ``CUDA<n>`` with ``n`` the position in the worker's
+    ``CUDA_VISIBLE_DEVICES``, so ``gpu_order`` is that list of NVML indices (the launch's
+    ``[d.gpu for d in launch.devices]``). Host buffers (``CUDA_Host``, ``CPU*``) are not GPU
+    memory and are left out.
+    """
+    out: dict[int, int] = {}
+    for section in _ALLOCATED_SECTIONS:
+        for buffer, mib in (allocated.get(section) or {}).items():
+            m = _CUDA_BUFFER.fullmatch(str(buffer))
+            if m is None or int(m.group(1)) >= len(gpu_order):
+                continue
+            gpu = gpu_order[int(m.group(1))]
+            out[gpu] = out.get(gpu, 0) + round(float(mib) * _MIB)
+    return out
+
+
+def llama_host_buffers(allocated: Mapping[str, Any]) -> int:
+    """Bytes llama.cpp allocated in host memory (``CPU*`` and pinned ``CUDA_Host`` buffers)."""
+    total = 0
+    for section in _ALLOCATED_SECTIONS:
+        for buffer, mib in (allocated.get(section) or {}).items():
+            if _CUDA_BUFFER.fullmatch(str(buffer)) is None:
+                total += round(float(mib) * _MIB)
+    return total

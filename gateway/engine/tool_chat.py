@@ -16,6 +16,7 @@ import string
 from collections.abc import Iterator
 from typing import Any
 
+from gateway.engine.schemas import check_schema
 from gateway.engine.completion import CompletionOptions, Completions, Started
 from gateway.engine.jobs import RequestScope
 from gateway.engine.tool_calls import CallRule, Family, Parsed, ToolCall, parse
@@ -65,8 +66,6 @@ def tools_grammar(family: Family, tools: list[dict[str, Any]], parallel: bool, p
     """GBNF that lets the model write only calls of ``tools`` in ``family``'s syntax, each
     function's arguments following its JSON Schema."""
     from llama_cpp.llama_grammar import SchemaConverter
-
-    from gateway.engine.chat import check_schema
 
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     rules = []

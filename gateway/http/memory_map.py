@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config.schema import Config
-from gateway.observability.metrics import llama_buffers_per_gpu, llama_host_buffers
+from planner.llama_log import llama_buffers_per_gpu, llama_host_buffers
 from gateway.placement.host_memory import HostMemory
 from gateway.placement.launch import ModelLaunch
 from planner.devices import Device

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,9 +67,6 @@ BATCH_TOKENS_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512
 
 NO_MODEL = ""
 
-_CUDA_BUFFER = re.compile(r"CUDA(\d+)")
-_ALLOCATED_SECTIONS = ("model_mib", "kv_mib", "output_mib", "compute_mib")
-_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class ModelSnapshot:
     - ``planned_bytes``: the planner's per-GPU prediction (weights, KV, compute, CUDA context
       and growth), i.e. ``PlannedDevice.total_bytes``;
     - ``allocated_bytes``: the buffers llama.cpp reported (weights, KV, output, compute; no
-      CUDA context), see ``llama_buffers_per_gpu``;
+      CUDA context), see ``planner.llama_log.llama_buffers_per_gpu``;
     - ``process_used_bytes``: what NVML says the worker process holds on that GPU (CUDA
       context included, so directly comparable with ``planned_bytes``); empty where NVML
       cannot match the process (no driver, a container without the host's PID namespace);
@@ -110,36 +106,6 @@ class ModelSnapshot:
     # The batching engine's sequence slots (its last "stats" message); None: not running.
     slots: int | None = None
     busy_slots: int | None = None
-
-
-def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]) -> dict[int, int]:
-    """Bytes llama.cpp allocated per NVML GPU index, from a worker's ``allocated`` report.
-
-    ``allocated`` is ``planner.llama_log.AllocatedBuffers.as_dict()`` (MiB per buffer name).
-    llama.cpp names GPU buffers ``CUDA<n>`` with ``n`` the position in the worker's
-    ``CUDA_VISIBLE_DEVICES``, so ``gpu_order`` is that list of NVML indices (the launch's
-    ``[d.gpu for d in launch.devices]``). Host buffers (``CUDA_Host``, ``CPU*``) are not GPU
-    memory and are left out.
-    """
-    out: dict[int, int] = {}
-    for section in _ALLOCATED_SECTIONS:
-        for buffer, mib in (allocated.get(section) or {}).items():
-            m = _CUDA_BUFFER.fullmatch(str(buffer))
-            if m is None or int(m.group(1)) >= len(gpu_order):
-                continue
-            gpu = gpu_order[int(m.group(1))]
-            out[gpu] = out.get(gpu, 0) + round(float(mib) * _MIB)
-    return out
-
-
-def llama_host_buffers(allocated: Mapping[str, Any]) -> int:
-    """Bytes llama.cpp allocated in host memory (``CPU*`` and pinned ``CUDA_Host`` buffers)."""
-    total = 0
-    for section in _ALLOCATED_SECTIONS:
-        for buffer, mib in (allocated.get(section) or {}).items():
-            if _CUDA_BUFFER.fullmatch(str(buffer)) is None:
-                total += round(float(mib) * _MIB)
-    return total
 
 
 class _StateCollector(Collector):

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.observability.logs import log_request
-from gateway.observability.metrics import GatewayMetrics, ModelSnapshot, llama_buffers_per_gpu
+from gateway.observability.metrics import GatewayMetrics, ModelSnapshot
+from planner.llama_log import llama_buffers_per_gpu
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.view import ModelView
 

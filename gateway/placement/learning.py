@@ -39,7 +39,7 @@ from typing import Any
 
 from gateway.config.model_files import default_cache_dir
 from gateway.config.schema import Config, ModelConfig
-from gateway.observability.metrics import llama_buffers_per_gpu
+from planner.llama_log import llama_buffers_per_gpu
 from gateway.placement.launch import ModelLaunch
 from gateway.placement.mapping import run_settings
 from planner.units import MIB

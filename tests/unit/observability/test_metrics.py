@@ -18,9 +18,9 @@ from gateway.observability.metrics import (
     GatewayMetrics,
     ModelSnapshot,
     generation_speed,
-    llama_buffers_per_gpu,
 )
 from planner.devices import Device
+from planner.llama_log import llama_buffers_per_gpu
 from tests.metrics_sample import GIB, MIB, SNAPSHOTS, sample_gpus, sample_metrics
 
 

@@ -48,7 +48,9 @@ def client(gateway):
 
 
 def test_a_text_input_answers_a_response_with_a_message_and_usage(client):
-    r = client.responses.create(model="tiny", input="Say hello.", instructions="Be brief.", max_output_tokens=5, temperature=0)
+    r = client.responses.create(
+        model="tiny", input="Say hello.", instructions="Be brief.", max_output_tokens=5, temperature=0, extra_body={"logit_bias": {"97": 50.0}}
+    )
     assert r.object == "response" and r.id.startswith("resp_") and r.model == "tiny"
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
     [item] = r.output
@@ -65,7 +67,12 @@ def test_instructions_are_the_system_message(client):
 
 
 def test_a_streamed_response_sends_the_events_in_order_and_ends_completed(client):
-    events = list(client.responses.create(model="tiny", input="Say hello.", max_output_tokens=4, stream=True))
+    # Greedy and biased to "a": the random tiny model must not end its text before the 4 tokens.
+    events = list(
+        client.responses.create(
+            model="tiny", input="Say hello.", max_output_tokens=4, temperature=0, stream=True, extra_body={"logit_bias": {"97": 50.0}}
+        )
+    )
     kinds = [e.type for e in events]
     assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
     assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.incomplete"]

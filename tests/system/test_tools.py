@@ -163,8 +163,11 @@ def test_text_content_parts_are_joined_into_the_prompt_on_every_chat_path(client
     parts = client.chat.completions.create(model=model, messages=ASK_IN_PARTS, max_tokens=1, temperature=0, **extra)
     joined = client.chat.completions.create(model=model, messages=ASK_JOINED, max_tokens=1, temperature=0, **extra)
     assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
-    stream = client.chat.completions.create(model=model, messages=ASK_IN_PARTS, max_tokens=2, stream=True, **extra)
-    assert [chunk.choices[0].finish_reason for chunk in stream][-1] == "length"
+    # Streamed too, to its end. The random tiny model may pick its end-of-text token within the
+    # two tokens (the stream was sampled unseeded and ended with "stop" once in CI): either
+    # finish reason is an answer.
+    stream = client.chat.completions.create(model=model, messages=ASK_IN_PARTS, max_tokens=2, temperature=0, stream=True, **extra)
+    assert [chunk.choices[0].finish_reason for chunk in stream][-1] in ("length", "stop")
 
 
 def test_an_image_part_on_a_model_without_vision_is_400_naming_the_part(client):

@@ -20,7 +20,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from litestar import Request, Response
@@ -39,6 +39,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 END_AFTER_CANCEL_S = 2.0  # how long a stopped stream waits for the worker's "end" (its usage)
 CLIENT_CLOSED = 499  # nginx's "client closed request", for the metrics and the log
 
+T = TypeVar("T")
 Disconnected = Callable[[], Awaitable[None]]
 
 
@@ -101,7 +102,7 @@ async def whole(
             sent_at = time.monotonic()
             messages = lease.request(op, params, stream=False)
             try:
-                reply = await _unless(_answer(messages, lease.name), disconnected)
+                reply = await unless_disconnected(_answer(messages, lease.name), disconnected)
                 if reply is None:  # the client left
                     usage = await _end_after_cancel(messages)
                     ticket.settle(usage)
@@ -136,8 +137,9 @@ async def _answer(messages: RequestStream, name: str) -> Terminal:
     raise EngineError(f"model {name!r}: no result from the worker")
 
 
-async def _unless(work: Awaitable[Terminal], disconnected: Disconnected | None) -> Terminal | None:
-    """``work``'s result, or None when ``disconnected`` returns first (``work`` is cancelled)."""
+async def unless_disconnected(work: Awaitable[T], disconnected: Disconnected | None) -> T | None:
+    """``work``'s result, or None when ``disconnected`` returns first (``work`` is cancelled).
+    Also the router's, for a whole answer it waits on from a node."""
     if disconnected is None:
         return await work
     task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())

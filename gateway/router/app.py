@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -42,7 +42,7 @@ from gateway.config.schema import Config
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth, request_key
 from gateway.http.errors import Handlers, error_body, mapped_handlers
-from gateway.http.proxy import CLIENT_CLOSED, client_gone
+from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
 from gateway.observability.metrics import REJECT_REASONS
@@ -166,9 +166,12 @@ class Router:
             options = fields.stream_options
             metered = Metered(ticket, stream, isinstance(options, dict) and bool(options.get("include_usage")), shape_of(path))
             sending = self._send(request, path, model, metered.body(raw), metered, started)
-            # A stream's relay notices a client that leaves by itself (its next write fails); a
-            # whole answer is watched while the node works on it.
-            answer = await (sending if stream else _unless_client_leaves(request, sending))
+            # A stream's relay notices a client that leaves by itself (its next write fails). A
+            # whole answer is watched while the node works on it: cancelling closes the connection
+            # to the node, which stops the generation there (issue 21, item 6).
+            answer = await (sending if stream else unless_disconnected(sending, client_gone(request)))
+            if answer is None:
+                answer = Response(content=b"", status_code=CLIENT_CLOSED)  # the client is gone
         except BaseException:
             ticket.release()
             raise
@@ -293,23 +296,6 @@ class Router:
 
         headers = {**_passed(upstream, node), **metered.ticket.headers()}
         return Stream(chunks(), status_code=upstream.status_code, headers=headers)
-
-
-async def _unless_client_leaves(request: Request, work: Awaitable[Response | Stream]) -> Response | Stream:
-    """``work``'s answer; if the client disconnects first, ``work`` is cancelled (closing the
-    connection to the node, which stops the generation there: issue 21, item 6, through the
-    router) and the client, gone, gets nothing. For whole (non-streamed) answers, whose body was
-    read, so that nothing else receives from the request."""
-    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(client_gone(request)())
-    try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        return Response(content=b"", status_code=CLIENT_CLOSED)
-    finally:
-        for pending in (task, watch):
-            pending.cancel()
-        await asyncio.gather(task, watch, return_exceptions=True)
 
 
 class _NodeFailed(UpstreamError):

@@ -45,6 +45,7 @@ bench: $(SERVE_DEPS) $(BENCH_VENV)/.installed
 	$(PY) bench/serving_overhead.py --bench-python $(BENCH_VENV)/bin/python
 	$(PY) bench/concurrency.py --bench-python $(BENCH_VENV)/bin/python
 	$(PY) bench/engine_parts.py
+	$(PY) bench/load_gate.py
 	$(PY) bench/keys.py
 	$(PY) bench/router.py
 

@@ -1,6 +1,6 @@
 """The load gate: does llama.cpp's own dry run of exactly this placement fit in the memory free now?
 
-The pool (gateway.runtime.pool) places a model with the planner's prediction (an on-demand,
+The pool (gateway.runtime.pool, through gateway.placement.gated) places a model with the planner's prediction (an on-demand,
 admin or restart load, and each eager model at startup), then, before it starts the worker, runs
 the dry run ``gateway plan --verify`` runs (gateway.engine.dry_run: ``no_alloc``, nothing
 allocated but the CUDA context) and hands this module the launch (the placement as it will

@@ -41,8 +41,9 @@ from gateway.config.schema import Config, ModelConfig
 from gateway.engine.protocol import Op
 from gateway.errors import ConflictError, ModelUnavailableError
 from gateway.placement.facts import ModelFacts
-from gateway.placement.decisions import Place, Refuse, Resident, cpu_models_running, free_devices, gate_room, less_room, place
-from gateway.placement.gate import Pass, check_load
+from gateway.placement.decisions import Resident, cpu_models_running, free_devices
+from gateway.placement.gate import Pass
+from gateway.placement.gated import LoadGate, promised_to_others
 from gateway.placement.learning import LearnedMemory, Measurement, measure
 from gateway.placement.launch import ModelLaunch, launch_from_placement, launches_from_plan
 from gateway.nvml import read_nvml_devices
@@ -282,6 +283,7 @@ class ModelPool:
         self._on_event = on_event or (lambda event: None)
         self._read_nvml = read_nvml
         self._clock = clock
+        self._gate = LoadGate(self._transport.dry_run, read_nvml, clock, base_env)
         self._placement = asyncio.Lock()  # one decision about free memory at a time
         # By model: the planner's estimate for a model never placed, with the settings and file
         # version it was made for (``estimate_bytes``).
@@ -645,7 +647,7 @@ class ModelPool:
             if files.problems:
                 raise ModelUnavailableError(f"model {entry.name!r}: " + "; ".join(files.problems))
             request = model_request(model, files.infos[model.name], learned_bytes=self._learned.bytes_for(model))
-            decision = await self._gated_place(entry, request, str(files.paths[model.name]), config)
+            decision = await self._gate.place(entry.name, model, request, str(files.paths[model.name]), config, self.residents)
             victims = [self.entries[n] for n in decision.evict]
             for victim in victims:
                 victim.evicting = True  # chosen and marked with no await between: nobody takes it
@@ -672,110 +674,35 @@ class ModelPool:
     async def _gate_startup(self) -> None:
         """Before any eager model starts, the dry run of each one's planned launch must fit in the
         memory free now less what the other eager models were planned to take (none holds it yet).
-        One that does not is placed again with the measured figures (``_gated_place``); one that
-        cannot be is left unplaced with the gate's reason, and the others still start."""
+        One that does not is placed again with the measured figures (gateway.placement.gated); one
+        that cannot be is left unplaced with the gate's reason, and the others still start."""
         config = self._config
-        pending = [e for e in self.entries.values() if not e.on_demand and e.launch is not None and e.worker is not None]
-        declared = config.planner.gpus is not None
-        for entry in pending:
+        pending = {e.name: e for e in self.entries.values() if not e.on_demand and e.launch is not None and e.worker is not None}
+        launches = {name: e.launch for name, e in pending.items() if e.launch is not None}
+        for entry in pending.values():
             launch = entry.launch
             if launch is None or not launch.devices:
                 continue
-            taken: dict[int, int] = {}
-            for other in pending:
-                if other is not entry and other.launch is not None:
-                    for d in other.launch.devices:
-                        taken[d.gpu] = taken.get(d.gpu, 0) + d.total_bytes
-            devices = less_room(inventory(config, self._read_nvml), taken)
-            run = await self._transport.dry_run(launch.worker_spec(entry.config), launch.worker_env(self._base_env))
-            if not run.ok:
-                self._refuse_at_startup(entry, f"the load gate's dry run failed: {run.error}")
-                continue
-            room = gate_room(devices, self.residents(), declared=declared, leaving=(), reserve_bytes=config.planner.reserve_mib * MIB)
-            verdict = check_load(launch, run.buffers, room)
-            if isinstance(verdict, Pass):
-                log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, launch.cuda_visible_devices)
-                continue
-            log.warning("model %s: %s; placing it again with the measured figures", entry.name, verdict.reason)
-            files = read_models(config.model_copy(update={"models": [entry.config]}))
-            if files.problems:
-                self._refuse_at_startup(entry, "; ".join(files.problems))
-                continue
-            request = model_request(entry.config, files.infos[entry.name], learned_bytes=self._learned.bytes_for(entry.config))
-            entry.launch, entry.worker = None, None  # never started: nothing to stop
+            taken = promised_to_others(launches, entry.name)
             try:
-                decision = await self._gated_place(
-                    entry, request, str(files.paths[entry.name]), config, taken=taken, excess=verdict.excess, reason=verdict.reason
+                verdict = await self._gate.check(entry.name, entry.config, launch, config, self.residents(), taken=taken)
+                if isinstance(verdict, Pass):
+                    continue
+                files = read_models(config.model_copy(update={"models": [entry.config]}))
+                if files.problems:
+                    raise ModelUnavailableError("; ".join(files.problems))
+                request = model_request(entry.config, files.infos[entry.name], learned_bytes=self._learned.bytes_for(entry.config))
+                entry.launch, entry.worker = None, None  # never started: nothing to stop
+                path = str(files.paths[entry.name])
+                decision = await self._gate.place(
+                    entry.name, entry.config, request, path, config, self.residents, taken=taken, excess=verdict.excess, reason=verdict.reason
                 )
             except ModelUnavailableError as exc:
-                self._refuse_at_startup(entry, str(exc))
+                log.error("model %s: not started: %s", entry.name, exc)
+                entry.launch, entry.worker, entry.unplaced_reason = None, None, str(exc)
                 continue
             running = cpu_models_running(self.residents(), leaving=())
-            self._install(entry, launch_from_placement(decision.placement, str(files.paths[entry.name]), cpu_models_running=running))
-
-    def _refuse_at_startup(self, entry: ModelEntry, reason: str) -> None:
-        log.error("model %s: not started: %s", entry.name, reason)
-        entry.launch, entry.worker, entry.unplaced_reason = None, None, reason
-
-    async def _gated_place(
-        self,
-        entry: ModelEntry,
-        request: ModelRequest,
-        path: str,
-        config: Config,
-        *,
-        taken: dict[int, int] | None = None,
-        excess: dict[int, int] | None = None,
-        reason: str = "",
-    ) -> Place:
-        """Place the model (gateway.placement.decisions.place), then, with ``[planner] load_gate``,
-        ask llama.cpp's dry run whether exactly that placement fits in the memory free now
-        (gateway.placement.gate). Where it does not, place again with the measured excess taken
-        off those GPUs (another GPU, or evictions), as many times as there are GPUs; then refuse.
-        ``taken``: by GPU, memory promised to models about to start (eager models at startup);
-        ``excess`` and ``reason``: what an earlier gate of this model measured and said."""
-        devices = less_room(inventory(config, self._read_nvml), taken or {})
-        declared = config.planner.gpus is not None
-        excess = dict(excess or {})
-        for _attempt in range(len(devices) + 1):
-            decision = place(
-                request,
-                less_room(devices, excess),
-                self.residents(),
-                plan_policy(config),
-                declared=declared,
-                gpus=entry.config.gpus,
-                now=self._clock(),
-            )
-            if isinstance(decision, Refuse):
-                what = "after the load gate's measurement" if excess else "even after evicting every idle on-demand model"
-                raise ModelUnavailableError(f"model {entry.name!r} cannot be placed {what}: " + "; ".join(decision.problems))
-            if not config.planner.load_gate or not decision.placement.gpus:
-                return decision
-            launch = launch_from_placement(decision.placement, path)
-            run = await self._transport.dry_run(launch.worker_spec(entry.config), launch.worker_env(self._base_env))
-            if not run.ok:
-                raise ModelUnavailableError(f"model {entry.name!r}: the load gate's dry run failed: {run.error}")
-            room = gate_room(
-                devices,
-                self.residents(),
-                declared=declared,
-                leaving=set(decision.evict),
-                reserve_bytes=config.planner.reserve_mib * MIB,
-            )
-            verdict = check_load(launch, run.buffers, room)
-            if isinstance(verdict, Pass):
-                log.info("model %s: load gate passed in %.2f s (GPUs %s)", entry.name, run.seconds, decision.placement.cuda_visible_devices)
-                return decision
-            log.warning("model %s: %s; placing it again with the measured figures", entry.name, verdict.reason)
-            reason = verdict.reason
-            if all(excess.get(g, 0) >= b for g, b in verdict.excess.items()) and any(verdict.excess.values()):
-                break  # nothing new was learned: placing again would give the same answer
-            for gpu, extra in verdict.excess.items():
-                excess[gpu] = max(excess.get(gpu, 0), extra)
-            if not any(verdict.excess.values()):
-                break  # the plan itself is right and the memory is not free: nothing to learn
-        raise ModelUnavailableError(f"model {entry.name!r} refused by the load gate: {reason}")
+            self._install(entry, launch_from_placement(decision.placement, path, cpu_models_running=running))
 
     async def _evict(self, entry: ModelEntry, reason: EvictReason, for_model: str | None = None) -> None:
         """Stop a model's worker; it becomes "stopped" and loads again on its next request."""

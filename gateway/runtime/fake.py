@@ -59,6 +59,7 @@ class FakeScript:
     kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
     hold_load: threading.Event | None = None  # "ready" (or "failed") waits until it is set
     hold_answer: threading.Event | None = None  # each request's last token and end wait until it is set
+    hold_stop: threading.Event | None = None  # after "shutdown", the exit waits until it is set
     # What the load gate's dry run reports (gateway.placement.gate); None: an ok run that printed
     # no buffer line, so nothing is measured beyond the plan.
     dry_run: DryRun | None = None
@@ -179,6 +180,7 @@ class FakeConnection:
 
         async def leave() -> None:
             await asyncio.sleep(self.script.stop_s)
+            await _until_set(self.script.hold_stop)
             self._die(0)
 
         self._spawn(leave())

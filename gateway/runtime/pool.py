@@ -534,6 +534,10 @@ class ModelPool:
         entry.last_used = self._clock()
 
     @staticmethod
+    def _busy(entry: ModelEntry) -> ConflictError:
+        return ConflictError(f"model {entry.name!r} has requests running or waiting; retry when it is idle")
+
+    @staticmethod
     def _unavailable(entry: ModelEntry) -> ModelUnavailableError:
         why = f" ({entry.reason})" if entry.reason else ""
         return ModelUnavailableError(f"model {entry.name!r} is {entry.state.value}{why}")
@@ -545,9 +549,11 @@ class ModelPool:
         if entry.removed:
             raise self._unavailable(entry)
         if not entry.on_demand:
-            # An eager model that is loading (a reload changed it, a restart or retry): wait
-            # for it as for an on-demand load, up to load_timeout_s.
-            if w is not None:
+            # An eager model that is loading (a reload changed it, an admin restart or load, a
+            # retry): wait for it as for an on-demand load, up to load_timeout_s.
+            if entry.loading is not None and not entry.loading.done():
+                await self._await_load(entry)  # an admin restart or load: it installs the worker
+            elif w is not None:
                 await self._await_worker(entry, w)
             w = entry.worker
             if w is None or w.state is not ModelState.READY:
@@ -613,7 +619,7 @@ class ModelPool:
         entry = self.resolve(requested)
         async with self._placement:
             if entry.busy:
-                raise ConflictError(f"model {entry.name!r} has requests running or waiting; retry when it is idle")
+                raise self._busy(entry)
             await self._evict(entry, reason)
             entry.held_down = not entry.on_demand
         return entry
@@ -623,9 +629,21 @@ class ModelPool:
         return [r for r in (e.resident() for e in self.entries.values()) if r is not None]
 
     async def restart(self, requested: Any) -> ModelEntry:
-        """Stop an idle model's worker and load it again, placed anew (the admin API)."""
-        await self.unload(requested, "restart")
-        return await self.load(requested)
+        """Stop an idle model's worker and load it again, placed anew (the admin API). The load is
+        under way before the old worker stops, so a request that comes meanwhile waits for the
+        new worker (up to load_timeout_s) instead of finding the model stopped."""
+        entry = self.resolve(requested)
+        async with self._placement:
+            if entry.busy:
+                raise self._busy(entry)
+            if entry.loading is None or entry.loading.done():
+                # It waits for the placement lock, so it places the model once the old worker is gone.
+                entry.loading = self._spawn(self._load(entry, "restart"), f"load-{entry.name}")
+            await self._evict(entry, "restart")
+        await self._await_load(entry, "restart")
+        if entry.state is not ModelState.READY:
+            raise self._unavailable(entry)
+        return entry
 
     async def _load(self, entry: ModelEntry, reason: LoadReason) -> None:
         try:

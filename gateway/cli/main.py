@@ -35,6 +35,7 @@ from gateway.cli.render import analysis_json, analysis_text, gpus_text, plan_jso
 from planner.devices import Device, parse_gpus_flag
 from planner.errors import PlanError
 from planner.plan import plan
+from planner.units import MIB
 
 if TYPE_CHECKING:
     from gateway.cli.fit_params import FitResult
@@ -283,8 +284,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for note in files.header_copy_notes(config):
         print(f"note: {note}", file=sys.stderr)
     devices = _devices(config)
-    # What `serve` loads at start; on-demand models are placed when asked for.
-    result = plan_startup(config, files.infos, devices)
+    # What `serve` loads at start, planned as serve plans it: with what earlier loads measured
+    # beyond the estimates; on-demand models are placed when asked for.
+    learned_file = learned_path(config, os.environ)
+    learned = LearnedMemory.load(learned_file).for_config(config)
+    for name, extra in learned.items():
+        if extra:
+            print(
+                f"note: model {name!r} is planned with {extra / MIB:,.0f} MiB more per GPU than its estimate, "
+                f"as an earlier load measured (kept in {learned_file}; a load that meets the estimate drops it)",
+                file=sys.stderr,
+            )
+    result = plan_startup(config, files.infos, devices, learned)
     lazy = [m.name for m in config.models if m.load == "on_demand"]
     lazy_problems = on_demand_problems(config, files.infos, devices)
     rows = None
@@ -296,6 +307,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         doc = plan_json(result)
         doc["on_demand"] = lazy
+        doc["learned_bytes"] = {name: extra for name, extra in learned.items() if extra}
         doc["problems"] += lazy_problems
         if rows is not None:
             from gateway.placement.verify import verify_json

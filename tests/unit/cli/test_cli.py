@@ -329,3 +329,25 @@ def test_a_mistyped_package_name_suggests_the_installed_one_not_pip_install_of_t
     assert "pip install gemma3-270m-q4-k-m-guff" not in err
     _, _, err = run(capsys, "analyze", "--model", "package:llama_9b_gguf")  # nothing like it installed
     assert "pip install llama-9b-gguf" in err
+
+
+def test_plan_plans_with_the_learned_figures_as_serve_does_and_says_so(capsys, tmp_path, qwen7b):
+    from gateway.config.loading import load_config
+    from gateway.placement.learning import LEARNED_FILE_VERSION, fingerprint
+
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(f'[planner]\ngpus = ["24GiB"]\nlearned_file = "learned.json"\n\n[[models]]\nname = "m"\npath = "{qwen7b}"\n')
+    code, out, _ = run(capsys, "plan", "--config", str(cfg), "--json")
+    before = json.loads(out)
+    assert code == 0 and before["learned_bytes"] == {}
+    model = load_config(cfg).models[0]
+    extra = 300 * 2**20
+    (tmp_path / "learned.json").write_text(
+        json.dumps({"version": LEARNED_FILE_VERSION, "models": {"m": {"excess_bytes": extra, "fingerprint": fingerprint(model)}}})
+    )
+    code, out, err = run(capsys, "plan", "--config", str(cfg), "--json")
+    after = json.loads(out)
+    assert code == 0 and after["learned_bytes"] == {"m": extra}
+    total = lambda doc: sum(d["total_bytes"] for d in doc["models"][0]["devices"])  # noqa: E731
+    assert total(after) == total(before) + extra
+    assert "note: model 'm' is planned with 300 MiB more per GPU than its estimate" in err and "learned.json" in err

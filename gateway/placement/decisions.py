@@ -8,7 +8,10 @@ clock, and nothing here changes a model.
 
 Memory in use is counted from the models that hold it (``Resident.holds_memory``, which the pool
 takes from ``gateway.runtime.states.HOLDS_MEMORY``): NVML's free memory already excludes them, and
-a declared inventory is static, so it is what they were planned to use that is taken away.
+a declared inventory is static, so it is what they were planned to use that is taken away. A model
+still loading (``Resident.allocating``) has not allocated all of its memory yet, so NVML's figure
+is too high by up to its plan: its whole plan is taken away too (what it allocated so far counts
+twice until it is ready; the pool places again then, rather than refuse: gateway.runtime.pool).
 Which idle models to evict is planner.eviction's choice; this module asks the planner, for each
 set it considers, whether the new model fits once that set is gone.
 """
@@ -34,6 +37,7 @@ class Resident:
     holds_memory: bool  # its worker is in a state that holds its planned memory
     computes_on_cpu: bool  # some of its layers run on the CPU: it shares the cores
     weight: float | None  # its configured load weight (``packing = "spread"``); None: its planned GiB
+    allocating: bool = False  # its worker is loading: NVML does not show all of its memory yet
     # An on-demand model, ready and idle, that no eviction has chosen yet: it may be evicted.
     evictable: bool = False
     priority: int = 0
@@ -60,7 +64,8 @@ class Refuse:
 def free_devices(devices: Sequence[Device], residents: Iterable[Resident], declared: bool, leaving: Collection[str]) -> list[Device]:
     """Each GPU's free memory for a model about to start.
 
-    NVML's free memory already excludes every model that holds memory; the models about to stop
+    NVML's free memory already excludes every model that holds memory, except what a loading one
+    has yet to allocate (its whole plan is taken away: the safe side); the models about to stop
     (``leaving``) will give theirs back. A declared inventory is static: take away what the
     models that stay hold.
     """
@@ -70,7 +75,7 @@ def free_devices(devices: Sequence[Device], residents: Iterable[Resident], decla
             continue
         stays = r.name not in leaving
         for gpu, planned in r.planned_bytes.items():
-            if declared and stays:
+            if (declared or r.allocating) and stays:
                 adjust[gpu] = adjust.get(gpu, 0) - planned
             elif not declared and not stays:
                 adjust[gpu] = adjust.get(gpu, 0) + planned

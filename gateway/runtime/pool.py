@@ -146,10 +146,14 @@ class ModelEntry:
         launch, worker = self.launch, self.worker
         if launch is None or worker is None:
             return None
+        # A worker that crashed (or failed to load) and waits for its restart keeps its place: the
+        # restart starts it there again, so no other model may take that memory meanwhile.
+        restarting = self.restart is not None and not self.restart.done() and not worker.state.holds_memory
         return Resident(
             name=self.name,
             planned_bytes={d.gpu: d.total_bytes for d in launch.devices},
-            holds_memory=worker.state.holds_memory,
+            holds_memory=worker.state.holds_memory or restarting,
+            allocating=worker.state is ModelState.STARTING or restarting,
             computes_on_cpu=launch.computes_on_cpu,
             weight=self.config.weight,
             evictable=self.evictable,

@@ -39,6 +39,16 @@ def test_nvml_free_memory_gets_back_only_what_the_leaving_models_hold():
     assert free_devices(devices, residents, declared=False, leaving={"a"})[0].free_bytes == 6 * GIB
 
 
+def test_nvml_free_memory_loses_the_whole_plan_of_a_model_still_loading():
+    # NVML shows only what a loading model allocated so far (here nothing): its plan is taken away.
+    devices = declared_devices(["8GiB/5GiB"])  # "a" (3 GiB) counted by NVML; "loading" not yet
+    residents = [resident("a", 3), resident("loading", 4, allocating=True)]
+    assert free_devices(devices, residents, declared=False, leaving=set())[0].free_bytes == 1 * GIB
+    assert isinstance(place(NEW, devices, residents, POLICY, declared=False, gpus=None, now=0.0), Refuse)
+    # Declared inventories counted it already: nothing changes there.
+    assert free_devices(declared_devices(["8GiB"]), residents, declared=True, leaving=set())[0].free_bytes == 1 * GIB
+
+
 def test_the_load_on_each_gpu_is_the_weight_of_the_models_that_stay_and_hold_memory():
     residents = [
         resident("a", 4, weight=3.0),

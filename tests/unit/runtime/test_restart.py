@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from gateway.engine.protocol import Op, Result
-from gateway.errors import ConflictError
+from gateway.errors import ConflictError, ModelUnavailableError
 from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.states import ModelState
 from tests.unit.runtime.pools import make_config, make_pool, wait_for
@@ -70,3 +70,25 @@ def test_a_restart_of_a_model_with_a_request_running_is_refused_and_changes_noth
             await pool.stop()
 
     assert asyncio.run(run()) == (True, ModelState.READY)
+
+
+def test_a_crashed_model_waiting_for_its_restart_keeps_its_memory_from_an_on_demand_load(tiny):
+    """Its restart starts it in the same place: a model loaded into that memory meanwhile would
+    leave the restart without room (an out-of-memory crash on a real GPU)."""
+
+    async def run():
+        transport = FakeTransport(FakeScript())
+        # Each tiny model is planned at ~720 MiB: 1200 MiB holds one of them.
+        models = [{"name": "a"}, {"name": "b", "load": "on_demand"}]
+        pool = make_pool(make_config(tiny, models, gpus=["1200MiB"], restart_backoff_s=60), transport)
+        await pool.start()
+        try:
+            transport.latest("a").crash()
+            await wait_for(lambda: pool.entries["a"].restart is not None and not pool.entries["a"].restart.done())
+            with pytest.raises(ModelUnavailableError, match="cannot be placed"):
+                await pool.acquire("b")
+            return bool(transport.alive("b"))
+        finally:
+            await pool.stop()
+
+    assert asyncio.run(run()) is False

@@ -69,6 +69,13 @@ _ALLOCATED_SECTIONS = ("model_mib", "kv_mib", "output_mib", "compute_mib")
 _MIB = 1024 * 1024
 
 
+def gpu_buffer_slot(buffer: str) -> int | None:
+    """The CUDA device slot of a GPU buffer's name (``CUDA1`` -> 1); None for a host buffer
+    (``CUDA_Host``, ``CPU``, ``CPU_REPACK``)."""
+    m = _CUDA_BUFFER.fullmatch(buffer)
+    return int(m.group(1)) if m is not None else None
+
+
 def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]) -> dict[int, int]:
     """Bytes llama.cpp allocated per NVML GPU index, from a worker's ``allocated`` report.
 
@@ -81,10 +88,10 @@ def llama_buffers_per_gpu(allocated: Mapping[str, Any], gpu_order: Sequence[int]
     out: dict[int, int] = {}
     for section in _ALLOCATED_SECTIONS:
         for buffer, mib in (allocated.get(section) or {}).items():
-            m = _CUDA_BUFFER.fullmatch(str(buffer))
-            if m is None or int(m.group(1)) >= len(gpu_order):
+            slot = gpu_buffer_slot(str(buffer))
+            if slot is None or slot >= len(gpu_order):
                 continue
-            gpu = gpu_order[int(m.group(1))]
+            gpu = gpu_order[slot]
             out[gpu] = out.get(gpu, 0) + round(float(mib) * _MIB)
     return out
 
@@ -94,6 +101,6 @@ def llama_host_buffers(allocated: Mapping[str, Any]) -> int:
     total = 0
     for section in _ALLOCATED_SECTIONS:
         for buffer, mib in (allocated.get(section) or {}).items():
-            if _CUDA_BUFFER.fullmatch(str(buffer)) is None:
+            if gpu_buffer_slot(str(buffer)) is None:
                 total += round(float(mib) * _MIB)
     return total

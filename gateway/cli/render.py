@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from gateway.runtime.states import ModelState
 from planner.devices import Device
+from planner.llama_log import llama_host_buffers
 from planner.model_info import ModelInfo
 from planner.plan import Placement, Plan
 from planner.split import format_tensor_split
@@ -240,9 +241,7 @@ def status_text(doc: dict) -> str:
                 f"CUDA {dev['overhead_bytes'] / MIB:,.0f}) | llama.cpp buffers {actual:,.0f} MiB"
                 + (f" | process on GPU {nvml / MIB:,.0f} MiB" if nvml is not None else "")
             )
-        host_actual = sum(
-            v for k in ("model_mib", "kv_mib", "output_mib", "compute_mib") for b, v in (alloc.get(k) or {}).items() if not b.startswith("CUDA") or b == "CUDA_Host"
-        )
+        host_actual = llama_host_buffers(alloc) / MIB
         lines.append(f"  host: planned {planned.get('host_bytes', 0) / MIB:,.0f} MiB | llama.cpp buffers {host_actual:,.0f} MiB")
     return "\n".join(lines) if lines else "no models"
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ from gateway.engine.protocol import WorkerSpec
 from gateway.errors import VerifyError
 from gateway.nvml import read_nvml_devices
 from gateway.placement.launch import ModelLaunch, config_models, launches_from_plan
+from planner.llama_log import gpu_buffer_slot
 from planner.plan import Placement, Plan
 from planner.units import MIB
 
@@ -53,7 +53,6 @@ COMPUTE_TOLERANCE = 0.02
 DRY_RUN_TIMEOUT_S = 600.0
 REPO_ROOT = Path(__file__).resolve().parents[2]  # so the child imports this checkout's gateway
 
-_DEVICE_BUFFER = re.compile(r"^CUDA(\d+)$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +193,7 @@ def compare_dry_run(placement: Placement, run: DryRun, *, compute_tolerance: flo
         llama = _mib_bytes(buffers.compute.get(f"CUDA{slot}", 0.0))
         tol = max(PRINT_ROUNDING_BYTES, int(compute_tolerance * max(planned, llama)))
         rows.append(VerifyRow(name, f"GPU {gpu} (CUDA{slot})", "compute", planned, llama, tol))
-    host_buffers = sorted(b for b in buffers.compute if not _DEVICE_BUFFER.match(b))
+    host_buffers = sorted(b for b in buffers.compute if gpu_buffer_slot(b) is None)
     host_llama = _mib_bytes(sum(buffers.compute[b] for b in host_buffers))
     host_planned = mem.host.compute_bytes
     rows.append(

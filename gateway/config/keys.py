@@ -141,6 +141,6 @@ def key_problems(
             if not scope_matches([pattern], known):
                 problems.append((
                     ("keys", i, "models", j),
-                    f"{pattern!r} (matches no model name or alias; known: {', '.join(known) or 'none'})",
+                    f"{pattern!r} (matches no model name or alias; known: {', '.join(dict.fromkeys(known)) or 'none'})",
                 ))
     return problems

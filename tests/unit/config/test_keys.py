@@ -49,6 +49,16 @@ def test_keys_parse_with_defaults_and_the_hash_is_kept_in_lower_case():
     assert parse_config(dump_config(config), environ={}) == config
 
 
+def test_a_scope_that_matches_nothing_lists_each_known_name_once():
+    text = tomli_w.dumps(
+        {
+            "models": [{"name": "gemma", "path": "/m/g.gguf", "aliases": ["gemma"]}],
+            "keys": [{"name": "ci", "key_sha256": CI, "models": ["nope"]}],
+        }
+    )
+    assert "keys[0].models[0]: 'nope' (matches no model name or alias; known: gemma)" in problems(text)
+
+
 def test_every_key_problem_is_reported_at_once_with_dotted_paths():
     text = doc(
         [

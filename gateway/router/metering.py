@@ -18,8 +18,9 @@ its usage is ``input_tokens``/``output_tokens`` (read as the chat usage's prompt
 tokens), a stream's tokens are its ``response.output_text.delta`` and
 ``response.function_call_arguments.delta`` events, and its usage comes in the last event
 (``response.completed`` or ``response.incomplete``), which a node always sends, so nothing is
-asked for or dropped. A budget that runs out ends that stream with ``response.incomplete``
-(reason ``max_output_tokens``, and the ``note``).
+asked for or dropped. A budget that runs out ends that stream as the node ends one at
+``max_output_tokens``: the open output items closed with what was sent of them, then
+``response.incomplete`` (reason ``max_output_tokens``, and the ``note``) whose Response holds them.
 
 Without a key (a router without keys) nothing is parsed: bytes go through as they come.
 """
@@ -56,6 +57,9 @@ class Chat:
     def tokens(self, data: dict[str, Any]) -> int:
         return generated_tokens(data)
 
+    def sent(self, data: dict[str, Any]) -> None:
+        """An event the client got (a chat stream needs no memory of them)."""
+
     def stop(self, data: dict[str, Any], model: str, note: str, usage: dict[str, Any], include_usage: bool) -> bytes:
         """The events that end a stream whose key ran out of tokens at event ``data``."""
         out = [sse(budget_stop_chunk(data, model, note))]
@@ -79,6 +83,10 @@ class Responses:
 
     def __init__(self) -> None:
         self._response: dict[str, Any] | None = None  # the stream's Response, as last sent
+        # The output items the client got, by output_index, with their text or arguments so far;
+        # those not closed yet (no output_item.done) are closed by ``stop``.
+        self._items: dict[int, dict[str, Any]] = {}
+        self._open: set[int] = set()
 
     def usage(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         usage = doc.get("usage")
@@ -97,23 +105,60 @@ class Responses:
     def tokens(self, data: dict[str, Any]) -> int:
         return 1 if data.get("type") in _TOKEN_EVENTS else 0
 
+    def sent(self, data: dict[str, Any]) -> None:
+        """Keep what an event the client got adds to the output (gateway.http.responses.StreamEvents
+        makes these events on the node)."""
+        kind, index = data.get("type"), data.get("output_index")
+        if not isinstance(index, int):
+            return
+        if kind == "response.output_item.added" and isinstance(data.get("item"), dict):
+            self._items[index] = {**data["item"], "text": ""}
+            self._open.add(index)
+        elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+            self._items[index] = data["item"]
+            self._open.discard(index)
+        elif index in self._open and isinstance(data.get("delta"), str):
+            item = self._items[index]
+            if kind == "response.output_text.delta":
+                item["text"] += data["delta"]
+            elif kind == "response.function_call_arguments.delta":
+                item["arguments"] = item.get("arguments", "") + data["delta"]
+
     def stop(self, data: dict[str, Any], model: str, note: str, usage: dict[str, Any], include_usage: bool) -> bytes:
-        """``response.incomplete`` (as at max_output_tokens) with the ``note``; its Response is
-        the one the stream began with (the output items streamed so far are in their events)."""
+        """The open output items closed with what the client got of them, then
+        ``response.incomplete`` (as at max_output_tokens) with the ``note``: its Response holds
+        every output item sent, as the node's own would."""
+        sequence = data.get("sequence_number")
+        seq = sequence if isinstance(sequence, int) else 0
+        out: list[bytes] = []
+
+        def event(kind: str, **fields: Any) -> None:
+            nonlocal seq
+            out.append(b"event: " + kind.encode() + b"\n" + sse({"type": kind, "sequence_number": seq, **fields}))
+            seq += 1
+
+        for index in sorted(self._open):
+            item = self._items[index]
+            text = item.pop("text", "")
+            if item.get("type") == "message":
+                part = {"type": "output_text", "text": text, "annotations": []}
+                common = {"item_id": item.get("id"), "output_index": index, "content_index": 0}
+                event("response.output_text.done", **common, text=text)
+                event("response.content_part.done", **common, part=part)
+                item["content"] = [part]
+            elif item.get("type") == "function_call":
+                event("response.function_call_arguments.done", item_id=item.get("id"), output_index=index, arguments=item.get("arguments", ""))
+            item["status"] = "incomplete"
+            event("response.output_item.done", output_index=index, item=item)
         response = {
-            **(self._response or {"object": "response", "model": model, "output": []}),
+            **(self._response or {"object": "response", "model": model}),
+            "output": [self._items[i] for i in sorted(self._items)],
             "status": "incomplete",
             "incomplete_details": {"reason": "max_output_tokens"},
             "usage": {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens"), "total_tokens": usage.get("total_tokens")},
         }
-        sequence = data.get("sequence_number")
-        event = {
-            "type": "response.incomplete",
-            "sequence_number": sequence if isinstance(sequence, int) else 0,
-            "response": response,
-            "note": note,
-        }
-        return b"event: response.incomplete\n" + sse(event)
+        event("response.incomplete", response=response, note=note)
+        return b"".join(out)
 
 
 Shape = Chat | Responses
@@ -195,6 +240,7 @@ class Metered:
                     out.append(self.shape.stop(data, model, self.ticket.budget_note(), self.usage, self.include_usage))
                     yield b"".join(out)
                     return
+                self.shape.sent(data)
                 out.append(event)
             if out:
                 yield b"".join(out)

@@ -164,6 +164,7 @@ def test_responses_keep_the_keys_scope_and_a_stream_stops_at_the_token_budget(ba
     last = events[-1]
     assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
     assert 0 < len(deltas) <= 4 and last.response.usage.output_tokens == len(deltas)
+    assert last.response.output[0].content[0].text == "".join(d.delta for d in deltas)  # what was sent, in the Response
     with pytest.raises(openai.RateLimitError) as info:
         short.responses.create(model="chat", input="a", max_output_tokens=2)
     assert info.value.response.headers["x-ratelimit-remaining-tokens"] == "0"

@@ -87,9 +87,14 @@ class FakeNode:
         done = {**shell, "status": "completed", "output": [message], "usage": usage}
         if not body.get("stream"):
             return httpx.Response(200, json=done)
+        opened = {**message, "status": "in_progress", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        at = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
         kinds = [("response.created", {"response": shell}), ("response.in_progress", {"response": shell})]
-        kinds += [("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": f"w{i} "}) for i in range(TOKENS)]
-        kinds += [("response.completed", {"response": done})]
+        kinds += [("response.output_item.added", {"output_index": 0, "item": opened}), ("response.content_part.added", {**at, "part": part})]
+        kinds += [("response.output_text.delta", {**at, "delta": f"w{i} "}) for i in range(TOKENS)]
+        kinds += [("response.output_text.done", {**at, "text": text}), ("response.content_part.done", {**at, "part": {**part, "text": text}})]
+        kinds += [("response.output_item.done", {"output_index": 0, "item": message}), ("response.completed", {"response": done})]
         events = [
             f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': n, **fields})}\n\n".encode()
             for n, (kind, fields) in enumerate(kinds)
@@ -238,6 +243,12 @@ def test_a_responses_stream_stops_at_the_keys_token_budget_with_response_incompl
     last = events[-1]
     assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
     assert last.response.id == "resp_1" and last.response.usage.output_tokens == 3
+    # The message item is closed with what the client got, and the Response holds it.
+    assert [e.type for e in events[-4:-1]] == ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+    assert events[-4].text == "w0 w1 w2 " and events[-2].item.status == "incomplete"
+    (item,) = last.response.output
+    assert item.id == "msg_1" and item.status == "incomplete" and item.content[0].text == "w0 w1 w2 "
+    assert [e.sequence_number for e in events] == list(range(len(events)))
     assert "key 'tok' reached its tokens_per_minute (10)" in last.model_extra["note"]
     assert node.closed_early == 1
     with pytest.raises(openai.RateLimitError):

@@ -11,7 +11,7 @@ end-of-generation token suppressed (so each generates exactly --tokens tokens):
 - engine: gateway.engine.batching.BatchEngine driven in this process (every request submitted
   before its loop starts, so all prompts wait at the first step as for the batch API) with a StepProfiler
   (gateway.engine.step_profile), each stream a streamed completion whose chunks are encoded as
-  the worker encodes them (gateway.engine.protocol.encode), queued and written to a buffered
+  the worker encodes them (gateway.engine.completion.ChunkSink), queued and written to a buffered
   /dev/null in one write a step, as the worker writes its stdout. The profiler splits every step's time:
   schedule (new jobs, admission, stats), batch (building the batch, slot bookkeeping), decode
   (llama_decode), sample (sampler chains), text (end of generation, detokenizing, stop strings),
@@ -75,7 +75,7 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
     from gateway.engine.batching import BatchEngine
     from gateway.engine.completion import CompletionOptions, Completions
     from gateway.engine.jobs import RequestScope
-    from gateway.engine.protocol import Chunk, WorkerSpec, encode
+    from gateway.engine.protocol import WorkerSpec
     from gateway.engine.vocab import Vocab
 
     spec = WorkerSpec(
@@ -108,12 +108,11 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         started = []
         for i in range(n):
 
-            def send_chunk(chunk: dict, request_id: int = i) -> None:
-                line = encode(Chunk(id=request_id, data=chunk))  # Worker.queue
+            def send_line(line: bytes) -> None:  # Worker.queue_line
                 with out_lock:
                     step_lines.append(line)
 
-            started.append(completions.start(RequestScope(i), options(i, n_tokens), on_chunk=send_chunk))
+            started.append(completions.start(RequestScope(i), options(i, n_tokens), on_line=send_line, request_id=i))
         engine.start()
         done = sum(s.reader.wait().completion_tokens for s in started)
         return done, time.perf_counter() - started_at

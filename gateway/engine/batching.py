@@ -251,7 +251,7 @@ class BatchEngine:
             sequences.append(fork)
         self._running[job] = _Running(job, sequences, cached_prompt_tokens=n_past, started_at=self._clock())
         if self._profiler is not None and job.sink is not None:
-            job.sink = self._profiler.timed(SEND, job.sink)  # a stream chunk's time is sending's
+            job.sink = self._profiler.timed_sink(SEND, job.sink)  # a stream chunk's time is sending's
         self._prefilling.append(first)
         self._stats.cached(n_past)
 

@@ -112,7 +112,8 @@ def greedy_rows(logits: np.ndarray, rows: np.ndarray, pickers: list[Greedy]) -> 
     ctypes view per sequence (issue 24)."""
     biased = [(row, p) for row, p in zip(rows.tolist(), pickers) if p.ids.size]
     if biased:
-        at_rows = np.concatenate([np.full(p.ids.size, row, dtype=np.int64) for row, p in biased])
+        # One repeat for every biased row's index, not an array per row (issue 24).
+        at_rows = np.repeat(np.fromiter((row for row, _ in biased), dtype=np.int64, count=len(biased)), [p.ids.size for _, p in biased])
         at_ids = np.concatenate([p.ids for _, p in biased])
         kept = logits[at_rows, at_ids]
         logits[at_rows, at_ids] = kept + np.concatenate([p.bias for _, p in biased])

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.engine.jobs import Delta, Finish, GenerationJob, TokenLogprob
+from gateway.engine.jobs import GenerationJob, TokenLogprob
 from gateway.engine.sampling import SamplerChain
 from gateway.engine.slots import Slot
 from gateway.engine.text import TextStream
@@ -93,7 +93,7 @@ class Sequence:
                 self._send(rest, end + 1)
         self.state = SeqState.DONE
         self.pending = None
-        self.job.emit(Finish(self.choice, reason, len(self.completion)))
+        self.job.emit_finish(self.choice, reason, len(self.completion))
 
     def _send(self, out: bytes, released_to: int) -> None:
         entries: tuple[TokenLogprob, ...] = ()
@@ -102,4 +102,4 @@ class Sequence:
             self._held = [(s, e) for s, e in self._held if s >= released_to]
         text = out.decode("utf-8", errors="ignore")
         self._chars_sent += len(text)
-        self.job.emit(Delta(self.choice, text, entries))
+        self.job.emit_text(self.choice, text, entries)

@@ -24,6 +24,7 @@ step's time by part: scheduling, batch building, llama_decode, sampling, text, s
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sys
 import threading
@@ -41,7 +42,7 @@ from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
 from gateway.engine.prefill import PrefillBudget
 from gateway.engine.protocol import ErrorKind, Stats
-from gateway.engine.sampling import GrammarDeadEnd, greedy_rows, logits_at, step_logits, token_logprobs
+from gateway.engine.sampling import GrammarDeadEnd, GreedyRows, logits_at, step_logits, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
 from gateway.engine.stats import StepStats
@@ -49,6 +50,7 @@ from gateway.engine.step_profile import BATCH, DECODE, SAMPLE, SEND, TEXT, StepP
 from gateway.engine.vocab import Vocab
 
 log = logging.getLogger("gateway.engine.batching")
+_busy = operator.attrgetter("busy")
 
 
 @dataclass
@@ -96,6 +98,7 @@ class BatchEngine:
         self._after_step = after_step
         self._unified = loaded.spec.kv_unified
         self._profiler = profiler
+        self._greedy_rows = GreedyRows()
 
         self._lock = threading.Condition()
         self._inbox: deque[Job] = deque()
@@ -192,7 +195,7 @@ class BatchEngine:
             self._lock.wait(timeout)
 
     def busy_slots(self) -> int:
-        return sum(1 for s in self.slots if s.busy is not None)
+        return len(self.slots) - list(map(_busy, self.slots)).count(None)
 
     # ------------------------------------------------------------------ admission
 
@@ -327,9 +330,40 @@ class BatchEngine:
                     to_sample.append((fork, seq))
             to_sample.append((seq, seq))
         picked = self._greedy_pass(to_sample)
+        plain: list[tuple[Sequence, int]] = []
         for (seq, source), token in zip(to_sample, picked):
-            self._sample(seq, source.batch_index, now, token)
+            if token is not None and seq.plain:
+                plain.append((seq, token))
+            else:
+                self._sample(seq, source.batch_index, now, token)
+        if plain:
+            self._take_plain(plain, now)
         return True
+
+    def _take_plain(self, plain: list[tuple[Sequence, int]], now: float) -> None:
+        """The step's tokens that its greedy pass picked for sequences that need no logits
+        (no log-probabilities, no stopping criteria): their pieces looked up at once, each
+        taken as ``_sample`` takes it, without its per-token sampling and profiler work."""
+        profiler = self._profiler
+        previous = profiler.switch(TEXT) if profiler is not None else ""
+        running_of = self._running
+        done = SeqState.DONE
+        for (seq, token), piece in zip(plain, self.vocab.pieces([token for _, token in plain])):
+            if seq.state is done:
+                continue
+            running = running_of[seq.job]
+            if running.first_token_at is None:
+                running.first_token_at = now
+            running.last_token_at = now
+            try:
+                reason = "stop" if piece is None else seq.take(token, piece, None)
+                if reason is not None:
+                    self._finish(seq, reason)
+            except Exception as exc:  # noqa: BLE001 - a failing stream (its sink) fails its job alone
+                log.exception("taking a token failed")
+                self._fail(seq.job, ErrorKind.ENGINE, f"{type(exc).__name__}: {exc}")
+        if profiler is not None:
+            profiler.switch(previous)
 
     def _greedy_pass(self, to_sample: list[tuple[Sequence, Sequence]]) -> list[int | None]:
         """The tokens of the step's plain greedy sequences, picked together in one pass over the
@@ -350,8 +384,8 @@ class BatchEngine:
         previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
             logits = step_logits(self._ctx, self._batch.n_outputs, self.loaded.n_vocab)
-            tokens = greedy_rows(logits, np.asarray(rows, dtype=np.int64), [to_sample[k][0].chain.greedy for k in chosen])
-            for k, token in zip(chosen, tokens.tolist()):
+            tokens = self._greedy_rows.pick(logits, rows, [to_sample[k][0].chain.greedy for k in chosen])
+            for k, token in zip(chosen, tokens):
                 picked[k] = token
             return picked
         finally:
@@ -359,7 +393,14 @@ class BatchEngine:
                 profiler.switch(previous)
 
     def _decode(self) -> int:
-        return int(self._capi.llama_decode(self._ctx, self._batch.view()))
+        ret = int(self._capi.llama_decode(self._ctx, self._batch.view()))
+        if self._profiler is not None:
+            # llama_decode may return before the backend has finished (its scheduler computes
+            # asynchronously: a GPU's kernels), and the first logits read waits for the rest:
+            # with a profiler that wait is llama_decode's, not sampling's. Without one, the
+            # step's bookkeeping runs while the backend finishes.
+            self._capi.llama_synchronize(self._ctx)
+        return ret
 
     def _make_room(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]]) -> int | None:
         """No KV cells for the batch (a full shared pool): free what matters least. The retried

@@ -38,11 +38,15 @@ class Sequence:
     logits_row: int = -1  # and their row in the step's logits (llama_get_logits: outputs in batch order)
     forks: list[Sequence] = field(default_factory=list)  # the further choices of its prompt
     tokens: Any = None  # numpy prompt + completion, for a chat format's stopping criteria
+    plain: bool = field(init=False, default=False)
     _held: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # (byte offset, entry) not yet sent
     _chars_sent: int = 0
 
     def __post_init__(self) -> None:
         self.text = TextStream(self.job.stops)
+        # A token picked by the step's greedy pass needs nothing more than its piece: no
+        # logits read for log-probabilities or a chat format's stopping criteria.
+        self.plain = self.job.logprobs is None and self.job.stopping_criteria is None
         if self.job.stopping_criteria is not None:
             self.tokens = np.zeros(len(self.job.prompt) + self.job.max_tokens + 1, dtype=np.intc)
             self.tokens[: len(self.job.prompt)] = self.job.prompt

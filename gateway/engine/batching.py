@@ -51,6 +51,7 @@ from gateway.engine.vocab import Vocab
 
 log = logging.getLogger("gateway.engine.batching")
 _busy = operator.attrgetter("busy")
+_pending, _n_past, _slot_index = operator.attrgetter("pending"), operator.attrgetter("n_past"), operator.attrgetter("slot.index")
 
 
 @dataclass
@@ -223,8 +224,9 @@ class BatchEngine:
 
     def _admit(self) -> None:
         """Start waiting jobs, in arrival order, while there are slots for them."""
+        idle = self._idle_slots() if self._waiting else []
         while self._waiting and self._embedding is None:
-            job, idle = self._waiting[0], self._idle_slots()
+            job = self._waiting[0]
             if isinstance(job, EmbeddingJob):
                 if not idle:
                     return
@@ -235,6 +237,7 @@ class BatchEngine:
                 return
             self._waiting.popleft()
             self._start(job, idle)
+            idle = [s for s in idle if s.busy is None]
 
     def _start(self, job: GenerationJob, idle: list[Slot]) -> None:
         # A seeded job takes no cached prefix (GenerationJob.fresh_prompt): the same request
@@ -245,7 +248,7 @@ class BatchEngine:
         first = Sequence(job, 0, slot, job.chains[0], SeqState.PREFILL, self._admissions, n_past=n_past, prompt_pos=n_past)
         slot.busy = first
         sequences = [first]
-        others = sorted((s for s in idle if s is not slot), key=lambda s: (s.last_used, len(s.cached)))
+        others = sorted((s for s in idle if s is not slot), key=lambda s: (s.last_used, len(s.cached))) if job.n_choices > 1 else []
         for choice, extra in zip(range(1, job.n_choices), others):
             self._kv.clear(extra)
             fork = Sequence(job, choice, extra, job.chains[choice], SeqState.WAIT_FORK, self._admissions)
@@ -267,11 +270,11 @@ class BatchEngine:
             profiler.switch(BATCH)
         batch = self._batch
         batch.clear()
-        generating = [s.busy for s in self.slots if s.busy is not None and s.busy.state is SeqState.GENERATING]
+        state = SeqState.GENERATING
+        generating = [seq for seq in map(_busy, self.slots) if seq is not None and seq.state is state]
         if generating:
-            first = batch.add_singles(
-                [s.pending for s in generating], [s.n_past for s in generating], [s.slot.index for s in generating]  # type: ignore[misc]
-            )
+            # Each column read by one map over the sequences (attrgetter: no Python frame a token).
+            first = batch.add_singles(list(map(_pending, generating)), list(map(_n_past, generating)), list(map(_slot_index, generating)))
             for k, seq in enumerate(generating, first):
                 seq.batch_index = seq.logits_row = k  # the batch's first tokens, each with its logits
         chunks: list[tuple[Sequence, int]] = []
@@ -308,12 +311,11 @@ class BatchEngine:
 
         # The step's bookkeeping first, then its sampling in the same order as one pass:
         # (sequence, batch index of its logits).
-        to_sample: list[tuple[Sequence, Sequence]] = []  # (sequence, the one whose logits it samples from)
+        to_sample = [(seq, seq) for seq in generating]  # (sequence, the one whose logits it samples from)
         for seq in generating:
             seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
             seq.n_past += 1
             seq.pending = None
-            to_sample.append((seq, seq))
         for seq, take in chunks:
             seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
             seq.prompt_pos += take

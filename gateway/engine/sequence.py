@@ -74,10 +74,16 @@ class Sequence:
             # Where the token's text starts: characters sent, then those still held.
             offset = job.text_offset + self._chars_sent + len(self.text.held().decode("utf-8", errors="ignore"))
             self._held.append((self.text.size, TokenLogprob(token, logprob[0], tuple(logprob[1]), offset)))
-        out = self.text.push(piece)
+        text = self.text
+        out = text.push(piece)
         if out:
-            self._send(out, self.text.emitted)
-        if self.text.stopped:
+            if self._held:
+                self._send(out, text.emitted)
+            else:  # _send without log-probabilities, one call less a token
+                sent = out.decode("utf-8", errors="ignore")
+                self._chars_sent += len(sent)
+                job.emit_text(self.choice, sent)
+        if text.stopped:
             return "stop"
         if len(self.completion) >= job.max_tokens:
             return "length"

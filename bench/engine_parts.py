@@ -21,7 +21,9 @@ end-of-generation token suppressed (so each generates exactly --tokens tokens):
 - batch API alone: bench/concurrency.py's llama.cpp batch path (every prompt in one batch, then
   one decode a step, greedy argmax in numpy), with its own time in and outside llama_decode.
 
-Tokens/s is streams x tokens over the wall time from the first request to the last token.
+Tokens/s is streams x tokens over the wall time from the first request to the last token. The
+step profile reads the wall clock, or with ``--clock thread`` the decode loop thread's CPU time
+(steadier on a shared machine: a part is not charged for the time the thread waited for a core).
 Prints a Markdown table (docs/benchmarks.md keeps the measured one). A smoke run:
 `.venv/bin/python bench/engine_parts.py --streams 1 --tokens 4`.
 """
@@ -66,9 +68,14 @@ class EngineRun:
         return self.tokens / self.seconds
 
 
-def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float], profile: bool) -> EngineRun:
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def engine_run(
+    model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float], profile: bool, clock: str = "wall"
+) -> EngineRun:
     """``streams`` streamed completions through an in-process BatchEngine, with a StepProfiler
-    when ``profile``."""
+    when ``profile`` (reading ``clock``: CLOCKS)."""
     from llama_cpp import llama_cpp as capi
 
     from gateway.engine import loading
@@ -123,7 +130,7 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         serve(warm, 1, 2)
         warm.stop()
         capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
-        profiler = StepProfiler() if profile else None
+        profiler = StepProfiler(clock=CLOCKS[clock]) if profile else None
         engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler)
         done, seconds = serve(engine, streams, tokens)
         engine.stop()  # the loop's last pass ends before the profile is read
@@ -191,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     # threads: 132 ms of llama_decode a 16-stream step in a first run, 1 thread: 12 ms).
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"some of {', '.join(PATHS)}")
+    # On a shared machine the wall time of a part counts the time the loop's thread waited for a
+    # core; its CPU time does not (llama_decode runs on that thread with --threads 1).
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="the step profile's clock: wall time, or the loop thread's CPU time (default wall)"
+    )
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.streams.split(",") if c]
     paths = [p for p in args.paths.split(",") if p]
@@ -212,12 +224,12 @@ def main(argv: list[str] | None = None) -> None:
             f"flash attention, {args.threads} threads; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
             f"{args.tokens} greedy tokens per stream, EOS suppressed; {datetime.date.today()}"
         )
-        print("ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode')\n")
+        print(f"ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode'), {args.clock} clock\n")
         print(header(), flush=True)
         for streams in counts:
             same = (model, streams, args.tokens, args.n_ctx, args.threads, bias)
             plain = engine_run(*same, profile=False) if "engine" in paths else None
-            engine = engine_run(*same, profile=True) if "engine" in paths else None
+            engine = engine_run(*same, profile=True, clock=args.clock) if "engine" in paths else None
             gateway = gateway_tokens_s(model, tmp, streams, args.tokens, args.n_ctx, args.threads, bias) if "gateway" in paths else None
             batch = None
             if "batch" in paths:

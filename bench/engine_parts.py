@@ -11,7 +11,7 @@ end-of-generation token suppressed (so each generates exactly --tokens tokens):
 - engine: gateway.engine.batching.BatchEngine driven in this process (every request submitted
   before its loop starts, so all prompts wait at the first step as for the batch API) with a StepProfiler
   (gateway.engine.step_profile), each stream a streamed completion whose chunks are encoded as
-  the worker encodes them (gateway.engine.protocol.encode), queued and written to a buffered
+  the worker encodes them (gateway.engine.completion.ChunkSink), queued and written to a buffered
   /dev/null in one write a step, as the worker writes its stdout. The profiler splits every step's time:
   schedule (new jobs, admission, stats), batch (building the batch, slot bookkeeping), decode
   (llama_decode), sample (sampler chains), text (end of generation, detokenizing, stop strings),
@@ -21,7 +21,9 @@ end-of-generation token suppressed (so each generates exactly --tokens tokens):
 - batch API alone: bench/concurrency.py's llama.cpp batch path (every prompt in one batch, then
   one decode a step, greedy argmax in numpy), with its own time in and outside llama_decode.
 
-Tokens/s is streams x tokens over the wall time from the first request to the last token.
+Tokens/s is streams x tokens over the wall time from the first request to the last token. The
+step profile reads the wall clock, or with ``--clock thread`` the decode loop thread's CPU time
+(steadier on a shared machine: a part is not charged for the time the thread waited for a core).
 Prints a Markdown table (docs/benchmarks.md keeps the measured one). A smoke run:
 `.venv/bin/python bench/engine_parts.py --streams 1 --tokens 4`.
 """
@@ -66,16 +68,21 @@ class EngineRun:
         return self.tokens / self.seconds
 
 
-def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float], profile: bool) -> EngineRun:
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def engine_run(
+    model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float], profile: bool, clock: str = "wall"
+) -> EngineRun:
     """``streams`` streamed completions through an in-process BatchEngine, with a StepProfiler
-    when ``profile``."""
+    when ``profile`` (reading ``clock``: CLOCKS)."""
     from llama_cpp import llama_cpp as capi
 
     from gateway.engine import loading
     from gateway.engine.batching import BatchEngine
     from gateway.engine.completion import CompletionOptions, Completions
     from gateway.engine.jobs import RequestScope
-    from gateway.engine.protocol import Chunk, WorkerSpec, encode
+    from gateway.engine.protocol import WorkerSpec
     from gateway.engine.vocab import Vocab
 
     spec = WorkerSpec(
@@ -108,12 +115,11 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         started = []
         for i in range(n):
 
-            def send_chunk(chunk: dict, request_id: int = i) -> None:
-                line = encode(Chunk(id=request_id, data=chunk))  # Worker.queue
+            def send_line(line: bytes) -> None:  # Worker.queue_line
                 with out_lock:
                     step_lines.append(line)
 
-            started.append(completions.start(RequestScope(i), options(i, n_tokens), on_chunk=send_chunk))
+            started.append(completions.start(RequestScope(i), options(i, n_tokens), on_line=send_line, request_id=i))
         engine.start()
         done = sum(s.reader.wait().completion_tokens for s in started)
         return done, time.perf_counter() - started_at
@@ -124,7 +130,7 @@ def engine_run(model: Path, streams: int, tokens: int, n_ctx: int, threads: int,
         serve(warm, 1, 2)
         warm.stop()
         capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
-        profiler = StepProfiler() if profile else None
+        profiler = StepProfiler(clock=CLOCKS[clock]) if profile else None
         engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler)
         done, seconds = serve(engine, streams, tokens)
         engine.stop()  # the loop's last pass ends before the profile is read
@@ -192,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     # threads: 132 ms of llama_decode a 16-stream step in a first run, 1 thread: 12 ms).
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"some of {', '.join(PATHS)}")
+    # On a shared machine the wall time of a part counts the time the loop's thread waited for a
+    # core; its CPU time does not (llama_decode runs on that thread with --threads 1).
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="the step profile's clock: wall time, or the loop thread's CPU time (default wall)"
+    )
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.streams.split(",") if c]
     paths = [p for p in args.paths.split(",") if p]
@@ -213,12 +224,12 @@ def main(argv: list[str] | None = None) -> None:
             f"flash attention, {args.threads} threads; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
             f"{args.tokens} greedy tokens per stream, EOS suppressed; {datetime.date.today()}"
         )
-        print("ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode')\n")
+        print(f"ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode'), {args.clock} clock\n")
         print(header(), flush=True)
         for streams in counts:
             same = (model, streams, args.tokens, args.n_ctx, args.threads, bias)
             plain = engine_run(*same, profile=False) if "engine" in paths else None
-            engine = engine_run(*same, profile=True) if "engine" in paths else None
+            engine = engine_run(*same, profile=True, clock=args.clock) if "engine" in paths else None
             gateway = gateway_tokens_s(model, tmp, streams, args.tokens, args.n_ctx, args.threads, bias) if "gateway" in paths else None
             batch = None
             if "batch" in paths:

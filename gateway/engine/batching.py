@@ -24,6 +24,7 @@ step's time by part: scheduling, batch building, llama_decode, sampling, text, s
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sys
 import threading
@@ -41,7 +42,7 @@ from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
 from gateway.engine.prefill import PrefillBudget
 from gateway.engine.protocol import ErrorKind, Stats
-from gateway.engine.sampling import GrammarDeadEnd, greedy_rows, logits_at, step_logits, token_logprobs
+from gateway.engine.sampling import GrammarDeadEnd, GreedyRows, logits_at, step_logits, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
 from gateway.engine.stats import StepStats
@@ -49,6 +50,8 @@ from gateway.engine.step_profile import BATCH, DECODE, SAMPLE, SEND, TEXT, StepP
 from gateway.engine.vocab import Vocab
 
 log = logging.getLogger("gateway.engine.batching")
+_busy = operator.attrgetter("busy")
+_pending, _n_past, _slot_index = operator.attrgetter("pending"), operator.attrgetter("n_past"), operator.attrgetter("slot.index")
 
 
 @dataclass
@@ -96,6 +99,7 @@ class BatchEngine:
         self._after_step = after_step
         self._unified = loaded.spec.kv_unified
         self._profiler = profiler
+        self._greedy_rows = GreedyRows()
 
         self._lock = threading.Condition()
         self._inbox: deque[Job] = deque()
@@ -192,7 +196,7 @@ class BatchEngine:
             self._lock.wait(timeout)
 
     def busy_slots(self) -> int:
-        return sum(1 for s in self.slots if s.busy is not None)
+        return len(self.slots) - list(map(_busy, self.slots)).count(None)
 
     # ------------------------------------------------------------------ admission
 
@@ -220,8 +224,9 @@ class BatchEngine:
 
     def _admit(self) -> None:
         """Start waiting jobs, in arrival order, while there are slots for them."""
+        idle = self._idle_slots() if self._waiting else []
         while self._waiting and self._embedding is None:
-            job, idle = self._waiting[0], self._idle_slots()
+            job = self._waiting[0]
             if isinstance(job, EmbeddingJob):
                 if not idle:
                     return
@@ -232,6 +237,7 @@ class BatchEngine:
                 return
             self._waiting.popleft()
             self._start(job, idle)
+            idle = [s for s in idle if s.busy is None]
 
     def _start(self, job: GenerationJob, idle: list[Slot]) -> None:
         # A seeded job takes no cached prefix (GenerationJob.fresh_prompt): the same request
@@ -242,7 +248,7 @@ class BatchEngine:
         first = Sequence(job, 0, slot, job.chains[0], SeqState.PREFILL, self._admissions, n_past=n_past, prompt_pos=n_past)
         slot.busy = first
         sequences = [first]
-        others = sorted((s for s in idle if s is not slot), key=lambda s: (s.last_used, len(s.cached)))
+        others = sorted((s for s in idle if s is not slot), key=lambda s: (s.last_used, len(s.cached))) if job.n_choices > 1 else []
         for choice, extra in zip(range(1, job.n_choices), others):
             self._kv.clear(extra)
             fork = Sequence(job, choice, extra, job.chains[choice], SeqState.WAIT_FORK, self._admissions)
@@ -251,7 +257,7 @@ class BatchEngine:
             sequences.append(fork)
         self._running[job] = _Running(job, sequences, cached_prompt_tokens=n_past, started_at=self._clock())
         if self._profiler is not None and job.sink is not None:
-            job.sink = self._profiler.timed(SEND, job.sink)  # a stream chunk's time is sending's
+            job.sink = self._profiler.timed_sink(SEND, job.sink)  # a stream chunk's time is sending's
         self._prefilling.append(first)
         self._stats.cached(n_past)
 
@@ -264,11 +270,11 @@ class BatchEngine:
             profiler.switch(BATCH)
         batch = self._batch
         batch.clear()
-        generating = [s.busy for s in self.slots if s.busy is not None and s.busy.state is SeqState.GENERATING]
+        state = SeqState.GENERATING
+        generating = [seq for seq in map(_busy, self.slots) if seq is not None and seq.state is state]
         if generating:
-            first = batch.add_singles(
-                [s.pending for s in generating], [s.n_past for s in generating], [s.slot.index for s in generating]  # type: ignore[misc]
-            )
+            # Each column read by one map over the sequences (attrgetter: no Python frame a token).
+            first = batch.add_singles(list(map(_pending, generating)), list(map(_n_past, generating)), list(map(_slot_index, generating)))
             for k, seq in enumerate(generating, first):
                 seq.batch_index = seq.logits_row = k  # the batch's first tokens, each with its logits
         chunks: list[tuple[Sequence, int]] = []
@@ -305,12 +311,11 @@ class BatchEngine:
 
         # The step's bookkeeping first, then its sampling in the same order as one pass:
         # (sequence, batch index of its logits).
-        to_sample: list[tuple[Sequence, Sequence]] = []  # (sequence, the one whose logits it samples from)
+        to_sample = [(seq, seq) for seq in generating]  # (sequence, the one whose logits it samples from)
         for seq in generating:
             seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
             seq.n_past += 1
             seq.pending = None
-            to_sample.append((seq, seq))
         for seq, take in chunks:
             seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
             seq.prompt_pos += take
@@ -327,9 +332,40 @@ class BatchEngine:
                     to_sample.append((fork, seq))
             to_sample.append((seq, seq))
         picked = self._greedy_pass(to_sample)
+        plain: list[tuple[Sequence, int]] = []
         for (seq, source), token in zip(to_sample, picked):
-            self._sample(seq, source.batch_index, now, token)
+            if token is not None and seq.plain:
+                plain.append((seq, token))
+            else:
+                self._sample(seq, source.batch_index, now, token)
+        if plain:
+            self._take_plain(plain, now)
         return True
+
+    def _take_plain(self, plain: list[tuple[Sequence, int]], now: float) -> None:
+        """The step's tokens that its greedy pass picked for sequences that need no logits
+        (no log-probabilities, no stopping criteria): their pieces looked up at once, each
+        taken as ``_sample`` takes it, without its per-token sampling and profiler work."""
+        profiler = self._profiler
+        previous = profiler.switch(TEXT) if profiler is not None else ""
+        running_of = self._running
+        done = SeqState.DONE
+        for (seq, token), piece in zip(plain, self.vocab.pieces([token for _, token in plain])):
+            if seq.state is done:
+                continue
+            running = running_of[seq.job]
+            if running.first_token_at is None:
+                running.first_token_at = now
+            running.last_token_at = now
+            try:
+                reason = "stop" if piece is None else seq.take(token, piece, None)
+                if reason is not None:
+                    self._finish(seq, reason)
+            except Exception as exc:  # noqa: BLE001 - a failing stream (its sink) fails its job alone
+                log.exception("taking a token failed")
+                self._fail(seq.job, ErrorKind.ENGINE, f"{type(exc).__name__}: {exc}")
+        if profiler is not None:
+            profiler.switch(previous)
 
     def _greedy_pass(self, to_sample: list[tuple[Sequence, Sequence]]) -> list[int | None]:
         """The tokens of the step's plain greedy sequences, picked together in one pass over the
@@ -350,8 +386,8 @@ class BatchEngine:
         previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
             logits = step_logits(self._ctx, self._batch.n_outputs, self.loaded.n_vocab)
-            tokens = greedy_rows(logits, np.asarray(rows, dtype=np.int64), [to_sample[k][0].chain.greedy for k in chosen])
-            for k, token in zip(chosen, tokens.tolist()):
+            tokens = self._greedy_rows.pick(logits, rows, [to_sample[k][0].chain.greedy for k in chosen])
+            for k, token in zip(chosen, tokens):
                 picked[k] = token
             return picked
         finally:
@@ -359,7 +395,14 @@ class BatchEngine:
                 profiler.switch(previous)
 
     def _decode(self) -> int:
-        return int(self._capi.llama_decode(self._ctx, self._batch.view()))
+        ret = int(self._capi.llama_decode(self._ctx, self._batch.view()))
+        if self._profiler is not None:
+            # llama_decode may return before the backend has finished (its scheduler computes
+            # asynchronously: a GPU's kernels), and the first logits read waits for the rest:
+            # with a profiler that wait is llama_decode's, not sampling's. Without one, the
+            # step's bookkeeping runs while the backend finishes.
+            self._capi.llama_synchronize(self._ctx)
+        return ret
 
     def _make_room(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]]) -> int | None:
         """No KV cells for the batch (a full shared pool): free what matters least. The retried

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.engine.batching import BatchEngine
+from gateway.engine.chunk_lines import ChunkLines
 from gateway.engine.jobs import Delta, Finish, GenerationJob, JobReader, RequestScope, TokenLogprob
 from gateway.engine.loading import LoadedModel
 from gateway.engine.options import engine_options, options_class
@@ -111,6 +112,29 @@ def completion_prompt_tokens(vocab: Vocab, metadata: dict[str, str], prompt: str
     return bos_tokens + prefix_tokens + suffix_tokens + middle_tokens + eos_tokens
 
 
+class ChunkSink:
+    """A streamed completion's job sink: each choice's text and end as its stream chunk's
+    protocol line (the chunks ``Completions.stream`` yields, each as the Chunk message the
+    worker writes), handed to ``out`` on the decode loop's thread. Plain text takes the
+    template's way (gateway.engine.chunk_lines): no Delta, chunk dict or whole encode a token."""
+
+    def __init__(self, completions: Completions, started: Started, lines: ChunkLines, out: Callable[[bytes], None]) -> None:
+        self._completions = completions
+        self._started = started
+        self._lines = lines
+        self._out = out
+
+    def delta(self, choice: int, text: str, logprobs: tuple[TokenLogprob, ...]) -> None:
+        if logprobs:
+            self._out(self._lines.chunk(self._completions._chunk(self._started, choice, text, self._completions._logprobs(logprobs), None)))
+        elif text:
+            self._out(self._lines.text(choice, text))
+
+    def finish(self, choice: int, reason: str, completion_tokens: int) -> None:
+        if reason != "cancelled":
+            self._out(self._lines.chunk(self._completions._chunk(self._started, choice, "", None, reason)))
+
+
 class Completions:
     """Completions of one worker's model, decoded by its batch engine."""
 
@@ -133,13 +157,14 @@ class Completions:
         return self.stream(started) if options.stream else self.result(started)
 
     def start(
-        self, scope: RequestScope, options: CompletionOptions, *, on_chunk: Callable[[dict[str, Any]], None] | None = None
+        self, scope: RequestScope, options: CompletionOptions, *, on_line: Callable[[bytes], None] | None = None, request_id: int = 0
     ) -> Started:
         """Check what the model decides (ValueError naming what is wrong), submit the job. The
         options' types and bounds were checked where they were parsed (gateway.engine.options);
-        the sampler's are checked again before llama.cpp sees them. With ``on_chunk``, the
-        decode loop hands it each stream chunk (as ``stream`` would yield them) on its own
-        thread; ``reader`` then sees only the job's end."""
+        the sampler's are checked again before llama.cpp sees them. With ``on_line``, the
+        decode loop hands it each stream chunk (as ``stream`` would yield them) as the protocol
+        line of request ``request_id``'s Chunk message, on its own thread (ChunkSink);
+        ``reader`` then sees only the job's end."""
         o = options
         prompt, suffix, n, logprobs, echo, stop, max_tokens = o.prompt, o.suffix, o.n, o.logprobs, o.echo, o.stop, o.max_tokens
         if o.logits_processor is not None:
@@ -195,14 +220,8 @@ class Completions:
             model_name=o.model if isinstance(o.model, str) else self.model_name,
             echo_text=echo_text,
         )
-        if on_chunk is not None:
-
-            def sink(event: Delta | Finish) -> None:
-                chunk = self._chunk_for(started, event, event.choice)
-                if chunk is not None:
-                    on_chunk(chunk)
-
-            job.sink = sink
+        if on_line is not None:
+            job.sink = ChunkSink(self, started, ChunkLines(request_id, lambda index, text: self._chunk(started, index, text, None, None)), on_line)
         try:
             scope.register(job, self.engine.cancel)
         except BaseException:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.engine.protocol import ErrorKind, Timings
 
@@ -81,22 +81,49 @@ class Embeddings:
 Event = Delta | Finish | Summary | Failure | Embeddings
 
 
+class StreamSink(Protocol):
+    """Takes a job's text and choice ends on the decode loop's thread, as they come, instead of
+    its queue: a streamed completion writes its stream chunks from there (gateway.engine.
+    completion.ChunkSink), without a thread woken and a Delta made per token (issue 24)."""
+
+    def delta(self, choice: int, text: str, logprobs: tuple[TokenLogprob, ...]) -> None: ...
+
+    def finish(self, choice: int, reason: str, completion_tokens: int) -> None: ...
+
+
 @dataclass(eq=False)  # a job is itself: hashed and compared by identity
 class Job:
     """Common to every job: arrival and the event queue."""
 
     accepted_at: float  # when the worker read the request (monotonic): time to first token counts from here
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    # Called on the decode loop's thread with each Delta and Finish instead of queueing them (a
+    # Takes each choice's text and end on the decode loop's thread instead of the queue (a
     # streamed completion sends its chunks from there, without waking a thread per token); the
     # Summary and any Failure still come through ``events``.
-    sink: Callable[[Delta | Finish], None] | None = None
+    sink: StreamSink | None = None
 
     def emit(self, event: Event) -> None:
-        if self.sink is not None and isinstance(event, (Delta, Finish)):
-            self.sink(event)
+        """Queue an event for the job's reader: its end (Summary, Failure, Embeddings); a
+        Delta or Finish goes to the sink when the job has one (``emit_text``, ``emit_finish``)."""
+        if isinstance(event, Delta):
+            self.emit_text(event.choice, event.text, event.logprobs)
+        elif isinstance(event, Finish):
+            self.emit_finish(event.choice, event.reason, event.completion_tokens)
         else:
             self.events.put(event)
+
+    def emit_text(self, choice: int, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
+        """A choice's new text: to the sink as it is, or onto the queue as a Delta."""
+        if self.sink is not None:
+            self.sink.delta(choice, text, logprobs)
+        else:
+            self.events.put(Delta(choice, text, logprobs))
+
+    def emit_finish(self, choice: int, reason: str, completion_tokens: int) -> None:
+        if self.sink is not None:
+            self.sink.finish(choice, reason, completion_tokens)
+        else:
+            self.events.put(Finish(choice, reason, completion_tokens))
 
 
 @dataclass(eq=False)

@@ -101,7 +101,40 @@ class Greedy:
             logits[self.ids] = kept
 
 
-def greedy_rows(logits: np.ndarray, rows: np.ndarray, pickers: list[Greedy]) -> np.ndarray:
+BiasIndex = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows, token ids, biases) of every biased entry
+
+
+def bias_index(rows: list[int], pickers: list[Greedy]) -> BiasIndex | None:
+    """Where ``pickers``' logit biases go in a step's logits (each picker at its row), and the
+    biases; None when none has one."""
+    biased = [(row, p) for row, p in zip(rows, pickers) if p.ids.size]
+    if not biased:
+        return None
+    # One repeat for every biased row's index, not an array per row (issue 24).
+    at_rows = np.repeat(np.fromiter((row for row, _ in biased), dtype=np.int64, count=len(biased)), [p.ids.size for _, p in biased])
+    return at_rows, np.concatenate([p.ids for _, p in biased]), np.concatenate([p.bias for _, p in biased])
+
+
+class GreedyRows:
+    """``greedy_rows`` for the decode loop: the step's bias index is kept while the step's
+    (row, picker) pairs stay what they were the step before (a steady batch of streams), so a
+    step then builds nothing but the argmax (issue 24)."""
+
+    def __init__(self) -> None:
+        self._rows: list[int] = []
+        self._pickers: list[Greedy] = []
+        self._at_rows = np.zeros(0, dtype=np.int64)
+        self._index: BiasIndex | None = None
+
+    def pick(self, logits: np.ndarray, rows: list[int], pickers: list[Greedy]) -> list[int]:
+        if rows != self._rows or pickers != self._pickers:  # Greedy compares by identity
+            self._rows, self._pickers = rows, pickers
+            self._at_rows = np.asarray(rows, dtype=np.int64)
+            self._index = bias_index(rows, pickers)
+        return greedy_rows(logits, self._at_rows, pickers, self._index).tolist()
+
+
+def greedy_rows(logits: np.ndarray, rows: np.ndarray, pickers: list[Greedy], index: BiasIndex | None | bool = False) -> np.ndarray:
     """The token each of ``pickers`` picks from its row of a step's logits, all in one pass.
 
     ``logits``: the step's [outputs, n_vocab] array (``step_logits``, llama.cpp's own buffer);
@@ -109,19 +142,20 @@ def greedy_rows(logits: np.ndarray, rows: np.ndarray, pickers: list[Greedy]) -> 
     sums, as llama.cpp's bias sampler makes them), one argmax runs over the rows, and the biased
     entries are put back, so that log-probabilities and stopping criteria still read the raw
     logits. The same token as each picker's ``pick`` on its row, without a Python call and a
-    ctypes view per sequence (issue 24)."""
-    biased = [(row, p) for row, p in zip(rows.tolist(), pickers) if p.ids.size]
-    if biased:
-        at_rows = np.concatenate([np.full(p.ids.size, row, dtype=np.int64) for row, p in biased])
-        at_ids = np.concatenate([p.ids for _, p in biased])
+    ctypes view per sequence (issue 24). ``index``: ``bias_index(rows, pickers)`` when the
+    caller has it (GreedyRows), else it is made here."""
+    if index is False:
+        index = bias_index(rows.tolist(), pickers)
+    if index is not None:
+        at_rows, at_ids, bias = index  # type: ignore[misc]
         kept = logits[at_rows, at_ids]
-        logits[at_rows, at_ids] = kept + np.concatenate([p.bias for _, p in biased])
+        logits[at_rows, at_ids] = kept + bias
     try:
         if 2 * rows.size >= logits.shape[0]:
             return np.argmax(logits, axis=1)[rows]  # every row, no copy: most are asked for
         return np.argmax(logits[rows], axis=1)
     finally:
-        if biased:
+        if index is not None:
             logits[at_rows, at_ids] = kept
 
 
@@ -227,15 +261,33 @@ def step_logits(ctx: Any, outputs: int, n_vocab: int) -> np.ndarray:
     in that order): a view, valid until the next decode."""
     from llama_cpp import llama_cpp as capi
 
-    return np.ctypeslib.as_array(capi.llama_get_logits(ctx), shape=(outputs, n_vocab))
+    return _floats(capi.llama_get_logits(ctx), (outputs, n_vocab))
 
 
 def logits_at(ctx: Any, index: int, n_vocab: int) -> np.ndarray:
     """The raw logits of batch position ``index`` (a view: valid until the next decode)."""
     from llama_cpp import llama_cpp as capi
 
-    pointer = capi.llama_get_logits_ith(ctx, index)
-    return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+    return _floats(capi.llama_get_logits_ith(ctx, index), (n_vocab,))
+
+
+class _FloatsAt:
+    """An array interface over C floats at an address (``_floats``)."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, address: int, shape: tuple[int, ...]) -> None:
+        self.__array_interface__ = {"data": (address, False), "shape": shape, "typestr": "<f4", "version": 3}
+
+
+def _floats(pointer: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable numpy view of the C floats at ``pointer`` (a ``float *``). Not
+    np.ctypeslib.as_array: in the decode loop it cost ~0.17 ms a step (its ctypes array types
+    and their buffer format), this a few microseconds (issue 24)."""
+    address = ctypes.cast(pointer, ctypes.c_void_p).value
+    if not address:
+        raise RuntimeError("llama.cpp returned no logits")
+    return np.asarray(_FloatsAt(address, shape))
 
 
 def token_logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:

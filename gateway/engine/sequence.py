@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.engine.jobs import Delta, Finish, GenerationJob, TokenLogprob
+from gateway.engine.jobs import GenerationJob, TokenLogprob
 from gateway.engine.sampling import SamplerChain
 from gateway.engine.slots import Slot
 from gateway.engine.text import TextStream
@@ -38,11 +38,15 @@ class Sequence:
     logits_row: int = -1  # and their row in the step's logits (llama_get_logits: outputs in batch order)
     forks: list[Sequence] = field(default_factory=list)  # the further choices of its prompt
     tokens: Any = None  # numpy prompt + completion, for a chat format's stopping criteria
+    plain: bool = field(init=False, default=False)
     _held: list[tuple[int, TokenLogprob]] = field(default_factory=list)  # (byte offset, entry) not yet sent
     _chars_sent: int = 0
 
     def __post_init__(self) -> None:
         self.text = TextStream(self.job.stops)
+        # A token picked by the step's greedy pass needs nothing more than its piece: no
+        # logits read for log-probabilities or a chat format's stopping criteria.
+        self.plain = self.job.logprobs is None and self.job.stopping_criteria is None
         if self.job.stopping_criteria is not None:
             self.tokens = np.zeros(len(self.job.prompt) + self.job.max_tokens + 1, dtype=np.intc)
             self.tokens[: len(self.job.prompt)] = self.job.prompt
@@ -70,10 +74,16 @@ class Sequence:
             # Where the token's text starts: characters sent, then those still held.
             offset = job.text_offset + self._chars_sent + len(self.text.held().decode("utf-8", errors="ignore"))
             self._held.append((self.text.size, TokenLogprob(token, logprob[0], tuple(logprob[1]), offset)))
-        out = self.text.push(piece)
+        text = self.text
+        out = text.push(piece)
         if out:
-            self._send(out, self.text.emitted)
-        if self.text.stopped:
+            if self._held:
+                self._send(out, text.emitted)
+            else:  # _send without log-probabilities, one call less a token
+                sent = out.decode("utf-8", errors="ignore")
+                self._chars_sent += len(sent)
+                job.emit_text(self.choice, sent)
+        if text.stopped:
             return "stop"
         if len(self.completion) >= job.max_tokens:
             return "length"
@@ -93,7 +103,7 @@ class Sequence:
                 self._send(rest, end + 1)
         self.state = SeqState.DONE
         self.pending = None
-        self.job.emit(Finish(self.choice, reason, len(self.completion)))
+        self.job.emit_finish(self.choice, reason, len(self.completion))
 
     def _send(self, out: bytes, released_to: int) -> None:
         entries: tuple[TokenLogprob, ...] = ()
@@ -102,4 +112,4 @@ class Sequence:
             self._held = [(s, e) for s, e in self._held if s >= released_to]
         text = out.decode("utf-8", errors="ignore")
         self._chars_sent += len(text)
-        self.job.emit(Delta(self.choice, text, entries))
+        self.job.emit_text(self.choice, text, entries)

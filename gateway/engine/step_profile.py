@@ -97,5 +97,15 @@ class StepProfiler:
 
         return run
 
+    def timed_sink(self, part: str, sink: Any) -> Any:
+        """A job's stream sink (gateway.engine.jobs.StreamSink) whose calls count as ``part``."""
+        return _TimedSink(self.timed(part, sink.delta), self.timed(part, sink.finish))
+
     def report(self) -> StepReport:
         return StepReport(self._steps, self._step_s, dict(self._totals))
+
+
+@dataclass(frozen=True)
+class _TimedSink:
+    delta: Callable[..., None]
+    finish: Callable[..., None]

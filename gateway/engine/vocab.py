@@ -11,6 +11,9 @@ import ctypes
 from typing import Any
 
 
+_UNSEEN: Any = object()  # Vocab.pieces: a token not looked up yet
+
+
 class Vocab:
     def __init__(self, model: Any) -> None:
         """``model``: llama-cpp-python's ``_internals.LlamaModel``."""
@@ -24,6 +27,7 @@ class Vocab:
         self.eos = model.token_eos()
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._texts: dict[int, bytes | None] = {}  # the piece, None for an end of generation
 
     @property
     def model(self) -> Any:
@@ -47,6 +51,17 @@ class Vocab:
         piece = buffer.raw[:n]
         self._pieces[token] = piece
         return piece
+
+    def pieces(self, tokens: list[int]) -> list[bytes | None]:
+        """The pieces of a step's sampled tokens at once, None for an end of generation (its
+        text is never sent): one dict look-up a token once each token was seen (issue 24)."""
+        texts = self._texts
+        out = [texts.get(t, _UNSEEN) for t in tokens]
+        if _UNSEEN in out:
+            for k, token in enumerate(tokens):
+                if out[k] is _UNSEEN:
+                    out[k] = texts[token] = None if self.is_eog(token) else self.piece(token)
+        return out  # type: ignore[return-value]
 
     def detokenize(self, tokens: list[int]) -> bytes:
         out = b"".join(self.piece(t) for t in tokens)

@@ -112,7 +112,10 @@ class Worker:
     def queue(self, message: WorkerMessage) -> None:
         """Keep one message for the step's single write (``flush``): the decode loop's stream
         chunks, one write for all of a step's instead of one per chunk (issue 24)."""
-        line = encode(message)
+        self.queue_line(encode(message))
+
+    def queue_line(self, line: bytes) -> None:
+        """``queue`` for a message already encoded (a stream chunk's line, gateway.engine.chunk_lines)."""
         with self._out_lock:
             self._step_lines.append(line)
 
@@ -298,10 +301,7 @@ class Worker:
         them (queued, and written once a step for all streams), so no thread wakes per token; this one waits for the end."""
         from gateway.engine.completion import CompletionOptions
 
-        def send_chunk(chunk: dict[str, Any]) -> None:
-            self.queue(Chunk(id=request_id, data=chunk))
-
-        started = service.completions.start(scope, CompletionOptions.of(params), on_chunk=send_chunk)
+        started = service.completions.start(scope, CompletionOptions.of(params), on_line=self.queue_line, request_id=request_id)
         started.reader.wait()  # the Summary (cancelled or not), or JobFailed
         self._end(request_id, scope)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.engine.sampling import Greedy, SamplerChain, SamplingParams, greedy_rows, logits_at, step_logits
+from gateway.engine.sampling import Greedy, GreedyRows, SamplerChain, SamplingParams, greedy_rows, logits_at, step_logits
 from testkit.ggufmaker import write_tiny_llama
 
 
@@ -83,6 +83,39 @@ def test_one_greedy_pass_over_a_steps_rows_picks_what_each_sequence_picks_alone(
         got = greedy_rows(logits, np.array(rows), [pickers[r] for r in rows])
         assert got.tolist() == [alone[r] for r in rows]
         assert np.array_equal(logits, before)  # every bias put back: logprobs read the raw logits
+
+
+def test_the_loops_greedy_pass_keeps_picking_right_as_its_rows_and_pickers_change_from_step_to_step():
+    """GreedyRows keeps its bias index only while a step's (row, picker) pairs are the last
+    step's: a sequence that leaves, joins or moves to another row gets its own bias again."""
+    rng = np.random.default_rng(11)
+    pickers = [Greedy({}), Greedy({5: 50.0}), Greedy({7: 50.0, 8: -1.0}), Greedy({5: -1e9})]
+    greedy = GreedyRows()
+    steps = [[0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 3], [3, 2, 1], [3, 2, 1, 0], [0, 1, 2, 3]]
+    for order in steps:
+        logits = rng.normal(size=(len(order), 20)).astype(np.float32)
+        before = logits.copy()
+        rows = list(range(len(order)))
+        got = greedy.pick(logits, rows, [pickers[p] for p in order])
+        assert got == [pickers[p].pick(before[row].copy()) for row, p in zip(rows, order)]
+        assert np.array_equal(logits, before)
+
+
+def test_logits_views_are_writable_views_of_llama_cpps_buffer(context):
+    """The greedy pass adds biases in place: the view must be llama.cpp's memory, not a copy."""
+    from llama_cpp import llama_cpp as capi
+
+    n_vocab = context.n_vocab()
+    row = logits_at(context._ctx.ctx, -1, n_vocab)
+    again = logits_at(context._ctx.ctx, -1, n_vocab)
+    first = row[0].copy()
+    row[0] = first + np.float32(1.0)
+    try:
+        assert again[0] == first + np.float32(1.0)
+        assert row.dtype == np.float32 and row.shape == (n_vocab,)
+        assert np.array_equal(row, np.ctypeslib.as_array(capi.llama_get_logits_ith(context._ctx.ctx, -1), shape=(n_vocab,)))
+    finally:
+        row[0] = first
 
 
 def test_a_steps_logits_rows_are_its_outputs_in_batch_order(tmp_path):

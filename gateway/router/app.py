@@ -142,6 +142,8 @@ class Router:
         except httpx.HTTPError as exc:
             self._down(node, _transport_reason(exc))
             return
+        if not self._current(node):
+            return  # removed or given a new address by a reload while this poll was out
         if resp.status_code != 200:
             self._down(node, f"/v1/models answered HTTP {resp.status_code}")
             return
@@ -155,7 +157,14 @@ class Router:
         if node.up and not was_up:
             log.info("node %s: up (%s)", node.name, ", ".join(sorted(node.models)) or "no models")
 
+    def _current(self, node: NodeState) -> bool:
+        """Whether ``node`` is still the directory's: a reload may have removed it, or given its
+        name a new address (a new NodeState), while a poll or a request was out."""
+        return self.directory.nodes.get(node.name) is node
+
     def _down(self, node: NodeState, reason: str) -> None:
+        if not self._current(node):
+            return
         if node.up:
             log.warning("node %s: down (%s)", node.name, reason)
         self.directory.mark_down(node.name, reason)

@@ -146,3 +146,45 @@ def test_only_an_admin_key_or_the_servers_token_may_reload(setup):
         assert reload(client, {RELOAD_TOKEN_HEADER: "wrong"}).status_code == 401
         assert reload(client, auth("ops")).status_code == 200
         assert reload(client).status_code == 200
+
+
+def test_a_poll_that_answers_after_a_reload_removed_or_moved_its_node_changes_nothing(tmp_path):
+    import asyncio
+
+    from gateway.router.app import Router
+    from gateway.router.directory import Directory
+    from gateway.router.metrics import RouterMetrics
+
+    path = tmp_path / "cluster.toml"
+
+    async def main() -> None:
+        polls = {"n": 0, "m": 0}
+        out, answer = asyncio.Event(), asyncio.Event()
+
+        async def handle(request: httpx.Request) -> httpx.Response:
+            host = request.url.host.removeprefix("node-")
+            polls[host] = polls.get(host, 0) + 1
+            if host in ("n", "m") and polls[host] == 2:  # the second round: held until the reload
+                out.set()
+                await answer.wait()
+                if host == "m":
+                    raise httpx.ConnectError("refused", request=request)
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "a", "state": "ready", "queue": {}}]})
+
+        path.write_text(tomli_w.dumps(cluster(nodes=("n", "m"))))
+        config = load_config(path, environ={})
+        directory = Directory(config)
+        router = Router(config, directory, RouterMetrics(lambda: {}))
+        async with router.running(httpx.MockTransport(handle)):
+            held = asyncio.create_task(router.poll_all())
+            await out.wait()
+            moved = cluster(nodes=("n",))
+            moved["nodes"][0]["url"] = "http://node-n2:8080"
+            path.write_text(tomli_w.dumps(moved))
+            router.apply(load_config(path, environ={}))
+            answer.set()
+            await held  # neither answer may touch the new directory (nor raise)
+        assert list(directory.nodes) == ["n"]
+        assert directory.nodes["n"].url == "http://node-n2:8080" and directory.nodes["n"].reason == "not polled yet"
+
+    asyncio.run(main())

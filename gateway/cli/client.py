@@ -61,7 +61,7 @@ def add_client_parsers(sub: argparse._SubParsersAction) -> None:
     logs = client("logs", "the last lines the model's worker wrote to stderr (llama.cpp's log)")
     logs.add_argument("name", help="the model's name or alias")
     logs.add_argument("-n", "--lines", type=int, help="only the last N lines")
-    client("reload", "make a running gateway re-read its models.toml (like SIGHUP)")
+    client("reload", "make a running gateway re-read its models.toml, or a router its cluster config (like SIGHUP)")
 
 
 def _connect_host(host: str) -> str:
@@ -182,6 +182,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+RELOAD_CHANGES = ("unchanged", "removed", "changed", "added")
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     client = Client(args)
     status, doc = client.call("/admin/reload", "POST", timeout=LOAD_TIMEOUT_S)
@@ -192,7 +195,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
         for p in doc.get("problems", []):
             print(f"  {p}", file=sys.stderr)
         return 1
-    for key in ("unchanged", "removed", "changed", "added"):
+    if "nodes" in doc:  # a router (gateway serve --router): its nodes, models and keys
+        for section in ("nodes", "models", "keys"):
+            changes = doc.get(section, {})
+            print(f"{section}: " + "; ".join(f"{key} {', '.join(changes.get(key, [])) or '-'}" for key in RELOAD_CHANGES))
+        for line in doc.get("not_applied", []):
+            print(f"not applied until the router restarts: {line}", file=sys.stderr)
+        return 0
+    for key in RELOAD_CHANGES:
         print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
     if doc.get("restarted"):  # failed models started again (shown only when there are some)
         print(f"restarted: {', '.join(doc['restarted'])}")

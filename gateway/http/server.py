@@ -107,8 +107,9 @@ class _ExclusiveSocket:
 
 
 class _Server(Granian):  # type: ignore[misc, valid-type]
-    """granian's server, with SIGHUP meaning "reload models.toml" instead of "respawn the app",
-    and SIGTERM/SIGINT draining the app before granian stops listening.
+    """granian's server, with SIGHUP meaning "reload models.toml" (the router: its cluster
+    config) instead of "respawn the app", and SIGTERM/SIGINT draining the app before granian
+    stops listening (``drain_url``; without one, granian's own stop).
 
     Respawning would reload every model; our reload keeps unchanged models serving. The app
     process does the work (``POST /admin/reload``); this process only forwards the signal. A
@@ -237,17 +238,30 @@ def run_server(
     config: Config, launches: dict[str, ModelLaunch], *, strict: bool = False, config_path: Path | None = None
 ) -> None:
     """Serve until SIGINT/SIGTERM; workers are stopped by the app's lifespan."""
-    token = secrets.token_urlsafe(32)
+    token = new_reload_token()
     state = write_state(config, launches, strict=strict, config_path=config_path, reload_token=token)
     os.environ[STATE_ENV] = str(state)
     try:
         # The lifespan drains requests and stops the model workers: give it the grace period
         # plus time to SIGTERM/SIGKILL them before granian kills the app process.
-        server = granian_server(_Server, "gateway.http.asgi:app_from_state", config, kill_after_grace_s=15)
-        server.reload_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/reload")
-        server.drain_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/drain")
-        server.drain_timeout_s = config.gateway.shutdown_grace_s + 5
-        server.reload_token = token
-        server.serve()
+        forwarding_server("gateway.http.asgi:app_from_state", config, kill_after_grace_s=15, reload_token=token, drain=True).serve()
     finally:
         state.unlink(missing_ok=True)
+
+
+def new_reload_token() -> str:
+    """The secret the server process proves itself with when it forwards a SIGHUP (one per start)."""
+    return secrets.token_urlsafe(32)
+
+
+def forwarding_server(factory: str, config: Config, *, kill_after_grace_s: int, reload_token: str, drain: bool) -> Granian:
+    """``granian_server`` whose SIGHUP is the app's ``POST /admin/reload`` (sent with
+    ``reload_token``; the app's Auth takes it as an admin's), for a gateway and for the router;
+    with ``drain``, SIGTERM/SIGINT first ``POST /admin/drain`` (an app that has that route)."""
+    server = granian_server(_Server, factory, config, kill_after_grace_s=kill_after_grace_s)
+    server.reload_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/reload")
+    server.reload_token = reload_token
+    if drain:
+        server.drain_url = _loopback_url(config.gateway.host, config.gateway.port, "/admin/drain")
+        server.drain_timeout_s = config.gateway.shutdown_grace_s + 5
+    return server

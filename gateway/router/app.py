@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ from gateway.access.gate import Access
 from gateway.access.keyring import ApiKey
 from gateway.access.limits import Clock
 from gateway.config.schema import Config
+from gateway.config.source import ConfigFile
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth, request_key
 from gateway.http.errors import Handlers, error_body, mapped_handlers
@@ -48,6 +50,7 @@ from gateway.router.directory import Directory, NodeState
 from gateway.observability.metrics import REJECT_REASONS
 from gateway.router.metering import RESPONSES_PATH, Metered, shape_of
 from gateway.router.metrics import NO_NODE, RouterMetrics
+from gateway.router.reload import reload_router
 
 log = logging.getLogger("gateway.router")
 
@@ -69,17 +72,33 @@ class _Fields(msgspec.Struct):
 
 
 class Router:
-    """What the handlers share: the directory, the HTTP client, the metrics and the settings."""
+    """What the handlers share: the config in force, the directory, the HTTP client, the
+    metrics and the keys (an ``Access`` over the config in force).
 
-    def __init__(self, config: Config, directory: Directory, metrics: RouterMetrics, access: Access) -> None:
+    ``config`` is replaced whole by ``apply`` (a reload, gateway.router.reload); everything
+    here reads it when it needs it, never a copy."""
+
+    def __init__(self, config: Config, directory: Directory, metrics: RouterMetrics, *, key_clock: Clock = time.monotonic) -> None:
         self.config = config
         self.directory = directory
         self.metrics = metrics
-        self.access = access
+        self.access = Access(lambda: self.config, clock=key_clock, on_keys=metrics.keys.add_keys)
         self._client: httpx.AsyncClient | None = None
-        router = config.router
-        self.poll_interval_s = router.poll_interval_s if router is not None else 1.0
-        self.poll_timeout_s = router.poll_timeout_s if router is not None else 2.0
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self.config.router.poll_interval_s if self.config.router is not None else 1.0
+
+    @property
+    def poll_timeout_s(self) -> float:
+        return self.config.router.poll_timeout_s if self.config.router is not None else 2.0
+
+    def apply(self, config: Config) -> None:
+        """Put a reloaded config in force: the keys from the next request, the nodes and models
+        in the directory now. Requests in flight keep their tickets and their node."""
+        self.config = config
+        self.directory.reconfigure(config)
+        self.access.ring()  # the new keys' series exist from the next scrape
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -91,8 +110,7 @@ class Router:
     async def running(self, transport: httpx.AsyncBaseTransport | None) -> AsyncIterator[None]:
         """The HTTP client to the nodes, and the poller, for the app's lifetime."""
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        timeout = httpx.Timeout(connect=self.poll_timeout_s, read=None, write=None, pool=None)
-        async with httpx.AsyncClient(transport=transport, limits=limits, timeout=timeout) as client:
+        async with httpx.AsyncClient(transport=transport, limits=limits, timeout=None) as client:
             self._client = client
             await self.poll_all()  # know the nodes before the first request
             poller = asyncio.create_task(self.poll_forever(), name="poll-nodes")
@@ -103,6 +121,10 @@ class Router:
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
                 self._client = None
+
+    def _forward_timeout(self) -> httpx.Timeout:
+        # Connecting to a node takes poll_timeout_s at most; its answer as long as it takes.
+        return httpx.Timeout(connect=self.poll_timeout_s, read=None, write=None, pool=None)
 
     def node_headers(self, request_id: str | None = None) -> dict[str, str]:
         headers = {}
@@ -120,6 +142,8 @@ class Router:
         except httpx.HTTPError as exc:
             self._down(node, _transport_reason(exc))
             return
+        if not self._current(node):
+            return  # removed or given a new address by a reload while this poll was out
         if resp.status_code != 200:
             self._down(node, f"/v1/models answered HTTP {resp.status_code}")
             return
@@ -133,7 +157,14 @@ class Router:
         if node.up and not was_up:
             log.info("node %s: up (%s)", node.name, ", ".join(sorted(node.models)) or "no models")
 
+    def _current(self, node: NodeState) -> bool:
+        """Whether ``node`` is still the directory's: a reload may have removed it, or given its
+        name a new address (a new NodeState), while a poll or a request was out."""
+        return self.directory.nodes.get(node.name) is node
+
     def _down(self, node: NodeState, reason: str) -> None:
+        if not self._current(node):
+            return
         if node.up:
             log.warning("node %s: down (%s)", node.name, reason)
         self.directory.mark_down(node.name, reason)
@@ -188,7 +219,7 @@ class Router:
         for node in self.directory.candidates(model):
             self.directory.started(node, model)
             self.metrics.started(node.name, model)
-            upstream_req = self.client.build_request("POST", node.url + path, content=raw, headers=headers)
+            upstream_req = self.client.build_request("POST", node.url + path, content=raw, headers=headers, timeout=self._forward_timeout())
             try:
                 upstream = await self.client.send(upstream_req, stream=True)
             except asyncio.CancelledError:
@@ -348,6 +379,13 @@ async def health(router: NamedDependency[Router]) -> Response:
     return Response(content={"status": status, "nodes": nodes}, status_code=200 if serving else 503)
 
 
+async def admin_reload(router: NamedDependency[Router], config_file: NamedDependency[ConfigFile]) -> Response:
+    """Re-read the cluster config and apply it (gateway.router.reload); 422 with every problem
+    when it is refused, and nothing changed then."""
+    result = await reload_router(router, config_file)
+    return Response(content=result.as_dict(), status_code=200 if result.reloaded else 422)
+
+
 async def metrics_endpoint(request: Request, router: NamedDependency[Router]) -> Response:
     body, content_type = router.metrics.render(request.headers.get("accept"))
     return Response(content=body, media_type=content_type)
@@ -379,16 +417,21 @@ def create_router_app(
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
     key_clock: Clock = time.monotonic,
+    config_path: Path | None = None,
+    reload_token: str | None = None,
 ) -> Litestar:
     """The router for a cluster config (its [[nodes]] and [[models]]; no model is loaded here).
-    ``key_clock`` drives the keys' limits (as ``create_app``'s)."""
+    ``key_clock`` drives the keys' limits (as ``create_app``'s). ``config_path``: the file
+    ``POST /admin/reload`` reads again (gateway.router.reload); ``reload_token``: what the server
+    process sends when it forwards a SIGHUP (gateway.http.server)."""
     directory = Directory(config, clock)
     metrics = RouterMetrics(lambda: {n.name: n.up for n in directory.nodes.values()})
-    # The keys ([[keys]] and plain api_keys) as a gateway has them: one Access, one Auth.
-    access = Access(lambda: config, clock=key_clock, on_keys=metrics.keys.add_keys)
-    access.ring()  # the keys' series exist from the first scrape
-    router = Router(config, directory, metrics, access)
-    auth = Auth(lambda: config.gateway, keyring=access.ring)
+    # The keys ([[keys]] and plain api_keys) as a gateway has them: one Access, one Auth, both
+    # reading the config in force (a reload replaces router.config).
+    router = Router(config, directory, metrics, key_clock=key_clock)
+    router.access.ring()  # the keys' series exist from the first scrape
+    auth = Auth(lambda: router.config.gateway, reload_token, keyring=router.access.ring)
+    config_file = ConfigFile(config_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -412,8 +455,12 @@ def create_router_app(
             get("/v1/models/{model_id:path}", guards=api, operation_id="retrieveModel")(get_model),
             get("/health", guards=[auth.guard("health")], operation_id="health")(health),
             get("/metrics", guards=[auth.guard("metrics")], operation_id="metrics")(metrics_endpoint),
+            post("/admin/reload", guards=[auth.guard("admin")], status_code=200, operation_id="reload")(admin_reload),
         ],
-        dependencies={"router": Provide(lambda: router, use_cache=True, sync_to_thread=False)},
+        dependencies={
+            "router": Provide(lambda: router, use_cache=True, sync_to_thread=False),
+            "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
+        },
         exception_handlers=_error_handlers(router),
         lifespan=[lifespan],
         openapi_config=None,

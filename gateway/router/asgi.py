@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import msgspec
 from litestar import Litestar
 
 from gateway.config.loading import parse_config
@@ -15,9 +16,10 @@ from gateway.router.server import STATE_ENV
 
 
 def router_from_state() -> Litestar:
+    state = msgspec.json.decode(Path(os.environ[STATE_ENV]).read_bytes())
     # GATEWAY_* variables were applied when the CLI read the config; do not apply them twice.
-    config = parse_config(Path(os.environ[STATE_ENV]).read_text(encoding="utf-8"), environ={})
+    config = parse_config(state["config"], environ={})
     configure_logging(config.gateway.log_level, config.gateway.log_format == "json")
     # httpx logs every request at INFO: each poll of each node, several times a second.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return create_router_app(config)
+    return create_router_app(config, config_path=Path(state["config_path"]), reload_token=state["reload_token"])

@@ -73,6 +73,28 @@ class Directory:
         self._models = {m.name: m for m in config.models}
         self._turn: dict[str, int] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded cluster config: nodes and models as it lists them.
+
+        A node kept at the same address keeps what its last poll said and its requests in
+        flight; a new node, or one given a new address, is not polled yet (the app polls it
+        at once). A removed node is forgotten: requests already sent there finish on their own
+        ``NodeState``. What a node serves is filtered to the new model list at once; a model the
+        new config adds becomes routable with the node's next poll."""
+        now = self._clock()
+        nodes: dict[str, NodeState] = {}
+        for n in config.nodes or ():
+            kept = self.nodes.get(n.name)
+            url = node_url(n)
+            nodes[n.name] = kept if kept is not None and kept.url == url else NodeState(n.name, url, since=now)
+        models = {m.name: m for m in config.models}
+        for node in nodes.values():
+            node.models = {name: m for name, m in node.models.items() if name in models}
+        self.config, self.nodes = config, nodes
+        self._names = ModelNames(config)
+        self._models = models
+        self._turn = {m: t for m, t in self._turn.items() if m in models}
+
     # ------------------------------------------------------------------ names
 
     def resolve(self, requested: Any) -> str:

@@ -207,3 +207,28 @@ def test_the_merged_entry_carries_what_a_client_chooses_a_model_by_from_its_node
 
 def test_the_router_lifts_every_field_of_a_nodes_model_card():
     assert tuple(model_card(ModelConfig(name="m", path="/m.gguf"), None)) == MODEL_CARD_FIELDS
+
+
+def test_a_reloaded_config_adds_and_removes_nodes_and_keeps_what_kept_nodes_said(directory, clock):
+    directory.update("a", listing(("chat", "ready", 0, 0, 1), ("code", "ready", 0, 0, 1)))
+    directory.update("b", listing(("chat", "ready", 0, 0, 1)))
+    directory.started(directory.nodes["a"], "chat")
+    clock.now = 200.0
+    new = CLUSTER.replace('name = "b"', 'name = "d"').replace('name = "code"', 'name = "docs"')
+    new = new.replace('url = "http://127.0.0.1:1"', 'url = "http://127.0.0.1:1"', 1)
+    directory.reconfigure(parse_config(new, environ={}))
+    assert list(directory.nodes) == ["a", "d", "c"]
+    a = directory.nodes["a"]
+    # Kept: up, its in-flight count; what it served is cut to the new model list at once.
+    assert a.up and a.in_flight == {"chat": 1} and list(a.models) == ["chat"]
+    assert not directory.nodes["d"].up and directory.nodes["d"].reason == "not polled yet" and directory.nodes["d"].since == 200.0
+    assert directory.model_names == ["chat", "docs"] and [n.name for n in directory.candidates("chat")] == ["a"]
+    directory.update("d", listing(("docs", "ready", 0, 0, 1)))
+    assert [n.name for n in directory.candidates("docs")] == ["d"]
+
+
+def test_a_node_given_a_new_address_is_polled_again_from_scratch(directory):
+    directory.update("a", listing(("chat", "ready", 0, 0, 1)))
+    directory.reconfigure(parse_config(CLUSTER.replace("127.0.0.1:1", "127.0.0.1:2"), environ={}))
+    a = directory.nodes["a"]
+    assert a.url == "http://127.0.0.1:2" and not a.up and a.models == {}

@@ -127,8 +127,9 @@ def worker_held(base: str, model: str, headers: dict[str, str] | None = None) ->
         os.kill(pid, signal.SIGCONT)
 
 
-def wait_until(check, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``check`` until it is true; ``timeout`` only guards against a hang."""
+def wait_until(check, timeout: float = 120.0, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; ``timeout`` only guards against a hang (generous: a busy
+    2-core CI machine at load 8 takes seconds for what takes milliseconds alone)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -144,7 +144,7 @@ def _state(base: str, model: str) -> dict:
     return httpx.get(f"{base}/v1/models/{model}", timeout=5).json()
 
 
-def _wait(check, timeout: float = 30) -> None:
+def _wait(check, timeout: float = 120) -> None:  # the timeout only guards against a hang
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not reached"

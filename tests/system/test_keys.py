@@ -66,7 +66,7 @@ def in_flight(server, name: str) -> int:
     return next(k["in_flight"] for k in doc["data"] if k["name"] == name)
 
 
-def wait_until(condition, timeout: float = 30) -> None:
+def wait_until(condition, timeout: float = 120) -> None:  # the timeout only guards against a hang
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from testkit.ggufmaker import write_tiny_llama
-from testkit.serving import free_port, running_gateway, wait_until, worker_held
+from testkit.serving import HANG_S, free_port, running_gateway, wait_until, worker_held
 
 pytestmark = pytest.mark.llama
 
@@ -19,7 +19,6 @@ N_CTX = 32768
 # held (SIGSTOP) whenever the test waits; long only so that it cannot end in the instant between
 # the streamed case's first chunk and its hold.
 LONG = 32000
-WAIT_S = 120.0  # only guards against a hang: a passing test never waits it out
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def gateway(tmp_path_factory):
 
 
 def _wait_for(predicate, what: str) -> None:
-    wait_until(predicate, timeout=WAIT_S, what=what)
+    wait_until(predicate, timeout=HANG_S, what=what)
 
 
 def _running(base: str) -> int:
@@ -88,7 +87,7 @@ def test_a_client_that_leaves_frees_its_slot_at_once(gateway, stream):
         _wait_for(lambda: _closed_requests(base) == closed_before + 1, "the request is recorded as closed by its client (499)")
     # ...and the worker's one slot takes the next request at once.
     r = httpx.post(
-        base + "/v1/completions", json={"prompt": "hello", "max_tokens": 3, "temperature": 0, "logit_bias": {"97": 50}}, timeout=WAIT_S
+        base + "/v1/completions", json={"prompt": "hello", "max_tokens": 3, "temperature": 0, "logit_bias": {"97": 50}}, timeout=HANG_S
     )
     assert r.status_code == 200
     assert r.json()["usage"]["completion_tokens"] == 3
@@ -96,7 +95,7 @@ def test_a_client_that_leaves_frees_its_slot_at_once(gateway, stream):
 
 def _read_until(client: socket.socket, marker: bytes) -> None:
     """Read the raw response until ``marker`` has come (the response's first event)."""
-    client.settimeout(WAIT_S)
+    client.settimeout(HANG_S)
     seen = b""
     while marker not in seen:
         data = client.recv(4096)

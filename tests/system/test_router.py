@@ -15,7 +15,7 @@ import pytest
 import tomli_w
 
 from testkit.ggufmaker import write_tiny_llama
-from testkit.serving import free_port, kill_group, queue_running, spawn, wait_until, wait_until_answering, worker_held
+from testkit.serving import HANG_S, free_port, kill_group, queue_running, spawn, wait_until, wait_until_answering, worker_held
 
 pytestmark = pytest.mark.llama
 
@@ -87,7 +87,7 @@ def node_of(r: httpx.Response) -> str:
     return r.headers["x-gateway-node"]
 
 
-def wait_for(check, timeout: float = 120.0) -> None:
+def wait_for(check, timeout: float = HANG_S) -> None:
     """Poll ``check`` until true; the bound only guards against a hang (a busy CI machine, two
     cores at load 8, can take many seconds for what takes milliseconds here)."""
     wait_until(check, timeout=timeout)

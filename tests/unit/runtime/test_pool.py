@@ -16,7 +16,7 @@ from gateway.engine.protocol import Cancel, Chunk, End, Op, Request, Result
 from gateway.engine.protocol import Ready as ProtocolReady
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
-from gateway.runtime.events import Crashed, Ready, Restarting
+from gateway.runtime.events import Crashed, LoadWaited, Ready, Restarting
 from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.requests import Reply, WorkerExited
@@ -443,14 +443,22 @@ def test_a_reload_starts_a_failed_unchanged_eager_model_again(tiny):
 
 def test_requests_to_an_eager_model_that_a_reload_restarts_wait_for_its_load(tiny):
     async def run():
-        transport = FakeTransport(FakeScript(load_s=0.3))
-        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport)
+        loaded = threading.Event()  # the reloaded worker (n_ctx 512) loads until it is set
+        transport = FakeTransport(lambda spec: FakeScript(hold_load=loaded if spec.n_ctx == 512 else None))
+        events: list = []
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport, events)
         await pool.start()
         try:
             reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "m", "n_ctx": 512}])))
             await wait_for(lambda: pool.entries["m"].state is ModelState.STARTING and transport.latest("m").spec.n_ctx == 512)
-            # The new worker is loading: the request waits for it (up to load_timeout_s), no 503.
-            assert isinstance((await complete(pool, "m"))[-1], Result)
+            # The new worker is loading: the request takes its slot and waits for it (up to
+            # load_timeout_s), no 503.
+            request = asyncio.create_task(complete(pool, "m"))
+            await wait_for(lambda: pool.entries["m"].admission.running == 1 or request.done())
+            assert not request.done(), request  # waiting, not refused
+            loaded.set()
+            assert isinstance((await request)[-1], Result)
+            assert any(isinstance(e, LoadWaited) and e.model == "m" for e in events)
             assert (await reload).changed == ["m"]
         finally:
             await pool.stop()

@@ -173,8 +173,15 @@ def test_the_map_shows_the_planned_block_at_its_proportion_of_the_gpu(page: Page
     gpu = state(gateway)["map"]["gpus"][0]
     node = block(page, "gpu-0", "gemma")
     expect(node).to_be_visible()
-    width = node.evaluate("el => el.getBoundingClientRect().width")
-    track = page.locator("[data-bar='gpu-0'] .bar").evaluate("el => el.clientWidth")
+    # Both widths in one script, from one render: the page re-renders the map at each poll, and
+    # two separate evaluations could measure a block its next render had just detached (CI once
+    # read a width of 0 that way).
+    width, track = page.evaluate(
+        """() => {
+            const bar = document.querySelector("#map [data-bar='gpu-0'] .bar");
+            return [bar.querySelector(".block[data-model='gemma']").getBoundingClientRect().width, bar.clientWidth];
+        }"""
+    )
     assert width / track == pytest.approx(planned["planned_bytes"] / gpu["total_bytes"], abs=0.003)
     assert 0.1 < width / track < 0.5  # ~1 GiB of 4 GiB: a real proportion, not a full or empty bar
     # Hover shows what the block is made of.

@@ -15,6 +15,11 @@ from pathlib import Path
 
 import httpx
 
+# The bound on a test's wait for an event (a state reached, an answer): it only guards against a
+# hang, so a passing test never waits it out; generous, since a busy 2-core CI machine at load 8
+# takes seconds for what takes milliseconds alone.
+HANG_S = 120.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -127,8 +132,8 @@ def worker_held(base: str, model: str, headers: dict[str, str] | None = None) ->
         os.kill(pid, signal.SIGCONT)
 
 
-def wait_until(check, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``check`` until it is true; ``timeout`` only guards against a hang."""
+def wait_until(check, timeout: float = HANG_S, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; ``timeout`` only guards against a hang (``HANG_S``)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -4,9 +4,10 @@
 a model: they load for ``load_s``, answer requests with ``tokens`` words ``token_s`` apart, take
 ``stop_s`` to exit after "shutdown" and can be crashed at any moment (``crash``), break the
 protocol (``break_protocol``: killed, as the real connection kills such a worker) or lose its
-stdin while it runs (``close_stdin``). A test holds a load or a request at a point it controls
-with ``hold_load`` / ``hold_answer`` (a ``threading.Event``: the TestClient runs the app in another
-thread), as ``worker_held`` does for real workers: no guessed durations. Races that take
+stdin while it runs (``close_stdin``). A test holds a load, a request or a stop at a point it
+controls with ``hold_load`` / ``hold_answer`` / ``hold_stop`` (a ``threading.Event``: the
+TestClient runs the app in another thread), as ``worker_held`` does for real workers, and reads
+what a worker wrote in ``said``: no guessed durations. Races that take
 seconds with real workers (a crash during a reload, a ready line after a stop) take milliseconds.
 It runs the real pool and the real ``WorkerProcess``; only the process is missing. It takes and
 sends the protocol's Structs (gateway.engine.protocol), as the real connection yields them.
@@ -59,7 +60,7 @@ class FakeScript:
     kill_after_s: float = 5.0  # terminate's SIGKILL comes this long after "shutdown" at the latest
     hold_load: threading.Event | None = None  # "ready" (or "failed") waits until it is set
     hold_answer: threading.Event | None = None  # each request's last token and end wait until it is set
-    hold_stop: threading.Event | None = None  # after "shutdown", the exit waits until it is set
+    hold_stop: threading.Event | None = None  # after "shutdown" (and stop_s), the exit waits until it is set
     # What the load gate's dry run reports (gateway.placement.gate); None: an ok run that printed
     # no buffer line, so nothing is measured beyond the plan.
     dry_run: DryRun | None = None
@@ -88,6 +89,7 @@ class FakeConnection:
         self._cancelled: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
         self.received: list[Command] = []
+        self.said: list[WorkerMessage] = []  # what it wrote, in order (its reader reads it in this order)
         self.shutdown_at: float | None = None
         self._stdin_closed = False
         self._broken = ""
@@ -164,6 +166,7 @@ class FakeConnection:
 
     def _put(self, msg: WorkerMessage) -> None:
         if not self._exit.done():
+            self.said.append(msg)
             self._out.put_nowait(msg)
 
     def _die(self, code: int) -> None:

@@ -7,6 +7,7 @@ where it does (greedy text batched against alone, a chat's second turn from the 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -271,17 +272,20 @@ def test_embeddings_are_one_pooled_vector_per_input(spawn, tiny):
 
 def test_every_result_and_end_carries_usage_and_timings(spawn, tiny):
     worker = _ready(spawn, tiny)
+    sent = time.monotonic()
     worker.request(1, "completion", {**GREEDY, "max_tokens": 5})
     worker.request(2, "completion", {**GREEDY, "max_tokens": 5}, stream=True)
 
     got = _collect(worker, {1, 2})
+    waited = time.monotonic() - sent
 
     for request_id in (1, 2):
         last = got[request_id][-1][1]
         assert last["type"] in ("result", "end")
         timings = last["timings"]
         assert set(timings) == {"ttft_s", "prompt_s", "decode_s", "completion_tokens", "prompt_tokens", "cached_prompt_tokens"}
-        assert 0 < timings["ttft_s"] < 10 and timings["decode_s"] >= 0
+        # Within what the test waited for it (no guessed bound: a busy machine is slow).
+        assert 0 < timings["ttft_s"] <= waited and 0 <= timings["decode_s"] <= waited
         assert timings["completion_tokens"] == last["usage"]["completion_tokens"] == 5
         assert timings["prompt_tokens"] == last["usage"]["prompt_tokens"] > 0
 

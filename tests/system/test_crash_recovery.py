@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from testkit.ggufmaker import write_tiny_llama
-from testkit.serving import free_port, running_gateway, wait_until
+from testkit.serving import HANG_S, free_port, running_gateway, wait_until
 
 pytestmark = pytest.mark.llama
 
@@ -69,7 +69,7 @@ def _ask(base: str, model: str) -> int:
         r = httpx.post(
             f"{base}/v1/completions",
             json={"model": model, "prompt": "a", "max_tokens": 8, "logit_bias": {"97": 50}},
-            timeout=10,
+            timeout=HANG_S,
         )
         return r.status_code
     except httpx.TimeoutException:
@@ -97,7 +97,7 @@ def test_killed_worker_gets_503s_others_serve_and_it_comes_back(two_models):
     wait_until(lambda: results["victim"][200] > served_before_restart, what="the restarted victim answering")
     stop.set()
     for t in threads:
-        t.join(30)
+        t.join(HANG_S)
     assert set(results["bystander"]) == {200}, results
     assert -1 not in results["victim"], results  # no hangs
     assert set(results["victim"]) <= {200, 503}, results
@@ -144,7 +144,7 @@ def _state(base: str, model: str) -> dict:
     return httpx.get(f"{base}/v1/models/{model}", timeout=5).json()
 
 
-def _wait(check, timeout: float = 30) -> None:
+def _wait(check, timeout: float = HANG_S) -> None:  # the timeout only guards against a hang
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not reached"

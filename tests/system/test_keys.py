@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -20,7 +19,7 @@ import tomli_w
 
 from gateway.config.keys import key_digest
 from testkit.ggufmaker import write_tiny_llama
-from testkit.serving import clean_env, free_port, running_gateway
+from testkit.serving import clean_env, free_port, running_gateway, wait_until
 
 pytestmark = pytest.mark.llama
 
@@ -64,13 +63,6 @@ def client(server, name: str) -> openai.OpenAI:
 def in_flight(server, name: str) -> int:
     doc = httpx.get(server["base"] + "/admin/keys", headers={"Authorization": "Bearer sk-admin"}, timeout=5).json()
     return next(k["in_flight"] for k in doc["data"] if k["name"] == name)
-
-
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_a_key_sees_and_uses_only_its_models(server):

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from testkit.ggufmaker import write_tiny_llama
-from testkit.serving import free_port, running_gateway
+from testkit.serving import HANG_S, free_port, running_gateway
 
 pytestmark = pytest.mark.llama
 
@@ -121,9 +121,9 @@ def test_200_clients_get_429s_from_a_bounded_queue_and_memory_stays_flat(server)
         nonlocal most_waiting
         # A client each, with its own connection: one httpx pool shared by 200 tasks would make
         # the pool, not the gateway, the bottleneck (it costs ~20x the time here).
-        clients = [httpx.AsyncClient(timeout=60) for _ in range(CLIENTS)]
+        clients = [httpx.AsyncClient(timeout=HANG_S) for _ in range(CLIENTS)]
         try:
-            async with httpx.AsyncClient(timeout=10) as watcher_client:
+            async with httpx.AsyncClient(timeout=HANG_S) as watcher_client:
                 t0 = time.perf_counter()
                 for i in range(ROUNDS):
                     waiting = await _round(clients, watcher_client, base, statuses, ok_s, busy_s)
@@ -135,7 +135,7 @@ def test_200_clients_get_429s_from_a_bounded_queue_and_memory_stays_flat(server)
 
     # The same request from one client at a time, for scale.
     alone: list[float] = []
-    with httpx.Client(timeout=10) as c:
+    with httpx.Client(timeout=HANG_S) as c:
         for _ in range(50):
             t0 = time.perf_counter()
             assert c.post(base + "/v1/completions", json=BODY).status_code == 200
@@ -165,5 +165,5 @@ def test_200_clients_get_429s_from_a_bounded_queue_and_memory_stays_flat(server)
     # request answered within the clients' timeout, counted above); the figures printed are for
     # docs/reliability.md.
     # The model still answers at once afterwards.
-    r = httpx.post(base + "/v1/completions", json=BODY, timeout=10)
+    r = httpx.post(base + "/v1/completions", json=BODY, timeout=HANG_S)
     assert r.status_code == 200

@@ -43,7 +43,7 @@ needs_prometheus = pytest.mark.skipif(
 )
 
 SCRAPE_INTERVAL_S = 1
-WAIT_S = 30.0
+WAIT_S = 120.0  # only guards against a hang
 # Grafana's variables, as the dashboard would send them with "All" models selected; the
 # window spans several 1 s scrapes so rate() has samples to work with.
 VARIABLES = {"$model": ".*", "$__rate_interval": "15s", "$__range": "1m"}
@@ -321,7 +321,7 @@ def test_prometheus_scrapes_the_real_gateway_and_answers_the_dashboard(tmp_path,
         assert {("tiny", "200"), ("gemma", "200"), ("tiny-embed", "200"), ("", "404")} <= moved, moved
         for model in ("tiny", "gemma"):
             ttft = query(base, substitute(f'histogram_quantile(0.5, sum by (le) (rate(vram_gateway_time_to_first_token_seconds_bucket{{model="{model}"}}[$__rate_interval])))'))
-            assert ttft and 0 < float(ttft[0]["value"][1]) < 30, (model, ttft)
+            assert ttft and float(ttft[0]["value"][1]) > 0, (model, ttft)  # a figure (no NaN); no guessed bound
         loaded = query(base, "vram_gateway_model_load_duration_seconds")
         assert sorted(r["metric"]["model"] for r in loaded) == ["gemma", "tiny", "tiny-embed"]
         assert model_label_values(base) == ["gemma", "tiny", "tiny-embed"]

@@ -15,7 +15,7 @@ import pytest
 import tomli_w
 
 from testkit.ggufmaker import write_tiny_llama
-from testkit.serving import clean_env, free_port, kill_group, running_gateway, spawn, wait_until, wait_until_answering, worker_start_gate
+from testkit.serving import HANG_S, clean_env, free_port, kill_group, running_gateway, spawn, wait_until, wait_until_answering, worker_start_gate
 
 pytestmark = pytest.mark.llama
 
@@ -47,10 +47,10 @@ def _ask(base: str, model: str) -> int:
         return httpx.post(
             base + "/v1/completions",
             json={"model": model, "prompt": "a", "max_tokens": 4, "logit_bias": {"97": 50}},
-            timeout=10,
+            timeout=HANG_S,
         ).status_code
     except httpx.TimeoutException:
-        return -1
+        return -1  # a hang
 
 
 def _reload_cli(g) -> subprocess.CompletedProcess:
@@ -82,7 +82,7 @@ def test_reload_keeps_unchanged_models_serving_and_applies_the_rest(gateway):
     answered_by_reload = sum(statuses.values())
     wait_until(lambda: sum(statuses.values()) >= answered_by_reload + 3, what="traffic answered after the reload")
     stop.set()
-    t.join(30)
+    t.join(HANG_S)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["unchanged: keep", "removed: drop", "changed: change", "added: new"]
     after = _pids(g["base"])
@@ -112,7 +112,7 @@ def test_sighup_reloads_like_gateway_reload(gateway):
     before = _pids(g["base"])
     g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {}, "change": {}}))
     g["proc"].send_signal(signal.SIGHUP)
-    wait_until(lambda: "drop" not in _pids(g["base"]), timeout=30, what="SIGHUP removed 'drop'")
+    wait_until(lambda: "drop" not in _pids(g["base"]), what="SIGHUP removed 'drop'")
     after = _pids(g["base"])
     assert set(after) == {"keep", "change"}
     assert after["keep"] == before["keep"] and after["change"] == before["change"]

@@ -179,7 +179,7 @@ def test_sigterm_lets_the_running_request_finish_and_leaves_no_process(tmp_path,
         t.join(60)
         proc.wait(60)
         assert result == {"status": 200, "done": True}
-        wait_until(lambda: not [p for p in tree if _alive(p)], timeout=30, what="every worker process gone")
+        wait_until(lambda: not [p for p in tree if _alive(p)], what="every worker process gone")
     finally:
         kill_group(proc)
 

@@ -67,7 +67,7 @@ sys.stdout.flush()
 sys.stdin.readline()
 sys.stdout.write(LINE + "\\n")
 sys.stdout.flush()
-time.sleep(120)
+time.sleep(600)  # until it is killed (the bound only ends a process a failed test left)
 """
 
 

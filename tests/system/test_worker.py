@@ -272,7 +272,7 @@ INTERMEDIATE = textwrap.dedent(
         if b'"ready"' in line:
             break
     print(worker.pid, flush=True)
-    time.sleep(60)
+    time.sleep(600)  # until the test kills it (the bound only ends a process a failed test left)
     """
 )
 

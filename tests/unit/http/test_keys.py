@@ -177,7 +177,7 @@ def _in_flight(client: TestClient, name: str) -> int:
     return next(k["in_flight"] for k in keys if k["name"] == name)
 
 
-def _wait_until(condition, timeout: float = 60.0) -> None:  # the timeout only guards against a hang
+def _wait_until(condition, timeout: float = 120.0) -> None:  # the timeout only guards against a hang
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -37,7 +37,7 @@ def make_pool(config: Config, transport: FakeTransport, events: list | None = No
     return ModelPool(config, plan_now(config), base_env={}, transport=transport, on_event=on_event)
 
 
-async def wait_for(predicate, timeout: float = 30.0) -> None:  # the timeout only guards against a hang
+async def wait_for(predicate, timeout: float = 120.0) -> None:  # the timeout only guards against a hang
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)

@@ -6,11 +6,7 @@ import pytest
 
 from gateway.runtime.admission import Admission
 from gateway.errors import QueueFullError, QueueTimeoutError
-
-
-async def _settle():
-    for _ in range(5):
-        await asyncio.sleep(0)
+from tests.unit.runtime.pools import wait_for
 
 
 def test_requests_beyond_concurrency_and_queue_are_refused_at_once():
@@ -23,9 +19,9 @@ def test_requests_beyond_concurrency_and_queue_are_refused_at_once():
                 await release.wait()
 
         running = asyncio.create_task(hold())
-        await _settle()
+        await wait_for(lambda: gate.running == 1)
         waiting = asyncio.create_task(hold())
-        await _settle()
+        await wait_for(lambda: gate.waiting == 1)
         assert (gate.running, gate.waiting) == (1, 1)
         with pytest.raises(QueueFullError):
             async with gate.slot(timeout=5):
@@ -47,7 +43,7 @@ def test_a_request_that_waits_past_its_timeout_gets_queue_timeout():
                 await release.wait()
 
         task = asyncio.create_task(hold())
-        await _settle()
+        await wait_for(lambda: gate.running == 1)
         with pytest.raises(QueueTimeoutError):
             async with gate.slot(timeout=0.05):
                 pass
@@ -76,9 +72,9 @@ def test_waiters_are_served_first_come_first_served():
                 order.append(i)
 
         head = asyncio.create_task(first())
-        await _settle()
+        await wait_for(lambda: gate.running == 1)
         tasks = [asyncio.create_task(later(i)) for i in range(5)]
-        await _settle()
+        await wait_for(lambda: gate.waiting == 5)
         release.set()
         await asyncio.wait_for(asyncio.gather(head, *tasks), 5)
         assert order == [0, 1, 2, 3, 4]

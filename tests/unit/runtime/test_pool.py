@@ -8,13 +8,15 @@ inventory, so planning runs as in production.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
-from gateway.engine.protocol import Cancel, Chunk, End, Op, Result
+from gateway.engine.protocol import Cancel, Chunk, End, Op, Request, Result
+from gateway.engine.protocol import Ready as ProtocolReady
 from gateway.errors import ModelUnavailableError
 from gateway.http.app import plan_now
-from gateway.runtime.events import Crashed, Ready, Restarting
+from gateway.runtime.events import Crashed, LoadWaited, Ready, Restarting
 from gateway.runtime.fake import FakeScript, FakeTransport
 from gateway.runtime.pool import ModelPool
 from gateway.runtime.requests import Reply, WorkerExited
@@ -38,16 +40,20 @@ def test_the_transition_table_refuses_what_it_does_not_list():
 
 def test_a_ready_message_after_stop_began_is_ignored_and_the_exit_is_not_a_crash(tiny):
     async def run():
-        transport = FakeTransport(FakeScript(load_s=0.1, ready_during_stop=True, stop_s=0.2))
+        loaded, stopped = threading.Event(), threading.Event()
+        transport = FakeTransport(FakeScript(hold_load=loaded, ready_during_stop=True, hold_stop=stopped))
         events: list = []
         config = make_config(tiny, [{"name": "m"}])
         launch = plan_now(config)["m"]
         worker = WorkerProcess(launch.worker_spec(config.models[0]), {}, transport, lambda w, event: events.append(event))
         await worker.start()
-        await asyncio.sleep(0.02)
-        stopping = asyncio.create_task(worker.stop(5))
-        await asyncio.sleep(0.15)  # the load finishes and says "ready" while the worker stops
+        conn = transport.latest("m")
+        stopping = asyncio.create_task(worker.stop(600))
+        await wait_for(lambda: conn.shutdown_at is not None)  # the stop began while it loads
+        loaded.set()  # the load finishes and says "ready" while the worker stops
+        await wait_for(lambda: any(isinstance(m, ProtocolReady) for m in conn.said))
         assert worker.state is ModelState.STOPPING
+        stopped.set()  # it exits after its "ready" (read first: the worker's messages keep their order)
         await stopping
         assert worker.state is ModelState.STOPPED
         assert not any(isinstance(e, Ready | Crashed) for e in events)
@@ -81,14 +87,16 @@ def test_a_reload_during_a_restart_backoff_leaves_exactly_one_worker(tiny):
         await pool.start()
         transport.latest("m").crash()
         await wait_for(lambda: pool.entries["m"].state is ModelState.FAILED)
+        await wait_for(lambda: pool.entries["m"].restart is not None)
+        backoff = pool.entries["m"].restart  # the restart, waiting for its backoff
         # Within the backoff, a reload changes the model: the old restart must not start too.
         changed = make_config(tiny, [{"name": "m", "n_ctx": 512}], restart_backoff_s=0.3)
         result = await pool.reload(changed)
         assert result.reloaded and result.changed == ["m"]
-        await asyncio.sleep(0.5)  # past the backoff
+        await wait_for(backoff.done)  # past its backoff (or cancelled): it can start nothing any more
+        await wait_for(lambda: pool.entries["m"].state is ModelState.READY)
         assert len(transport.alive("m")) == 1
         assert transport.latest("m").spec.n_ctx == 512
-        assert pool.entries["m"].state is ModelState.READY
         await pool.stop()
         assert not transport.alive()
 
@@ -97,19 +105,22 @@ def test_a_reload_during_a_restart_backoff_leaves_exactly_one_worker(tiny):
 
 def test_a_model_that_a_reload_removes_and_that_crashes_meanwhile_is_not_restarted(tiny):
     async def run():
-        transport = FakeTransport(FakeScript(tokens=20, token_s=0.01))
+        answer = threading.Event()  # never set: the request runs until its worker dies
+        transport = FakeTransport(FakeScript(hold_answer=answer))
         pool = make_pool(make_config(tiny, [{"name": "keep"}, {"name": "gone"}]), transport)
         await pool.start()
+        gone = pool.entries["gone"]
         request = asyncio.create_task(complete(pool, "gone"))  # keeps "gone" busy: the reload drains it
-        await asyncio.sleep(0.02)
+        await wait_for(lambda: any(isinstance(c, Request) for c in transport.latest("gone").received))
         reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "keep"}])))
-        await asyncio.sleep(0.02)
+        await wait_for(lambda: gone.removed)  # the reload drains it now
         transport.latest("gone").crash()  # a crash during the drain
         result = await reload
         assert result.reloaded and result.removed == ["gone"]
         msgs = await request
         assert isinstance(msgs[-1], WorkerExited)  # the in-flight request learns the worker died
-        await asyncio.sleep(0.2)  # longer than the restart backoff
+        if gone.restart is not None:
+            await wait_for(gone.restart.done)  # past the restart's backoff: it can start nothing any more
         assert transport.alive("gone") == []
         assert "gone" not in pool.entries
         await pool.stop()
@@ -119,12 +130,14 @@ def test_a_model_that_a_reload_removes_and_that_crashes_meanwhile_is_not_restart
 
 def test_a_kept_model_that_crashes_during_a_reload_is_restarted(tiny):
     async def run():
-        transport = FakeTransport(FakeScript(load_s=0.1))
+        new_loaded = threading.Event()  # the reload waits for "new" to load until it is set
+        transport = FakeTransport(lambda spec: FakeScript(hold_load=new_loaded if spec.name == "new" else None))
         pool = make_pool(make_config(tiny, [{"name": "keep"}]), transport)
         await pool.start()
         reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "keep"}, {"name": "new"}])))
-        await asyncio.sleep(0.02)
+        await wait_for(lambda: transport.alive("new"))  # the reload is under way
         transport.latest("keep").crash()
+        new_loaded.set()
         assert (await reload).reloaded
         await wait_for(lambda: pool.entries["keep"].state is ModelState.READY)
         assert len(transport.alive("keep")) == 1 and len(transport.alive("new")) == 1
@@ -170,19 +183,22 @@ def test_an_on_demand_load_racing_an_eviction_never_runs_both_models(tiny):
 
 def test_sigterm_during_a_load_stops_the_loading_worker_and_starts_nothing(tiny):
     async def run():
-        transport = FakeTransport(FakeScript(load_s=1.0))
+        transport = FakeTransport(FakeScript(hold_load=threading.Event()))  # never set: loads until stopped
         pool = make_pool(make_config(tiny, [{"name": "m"}, {"name": "od", "load": "on_demand"}]), transport)
         starting = asyncio.create_task(pool.start())
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: transport.alive("m"))
         waiting = asyncio.create_task(complete(pool, "od"))  # an on-demand load in progress too
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: transport.alive("od"))
         await pool.stop()
         await starting
         with pytest.raises(ModelUnavailableError):
             await waiting
         assert not transport.alive()
         assert pool.entries["m"].state is ModelState.STOPPED
-        await asyncio.sleep(0.1)
+        # Nothing left waiting (a restart or retry after its backoff) starts a worker later.
+        for entry in pool.entries.values():
+            if entry.restart is not None:
+                await wait_for(entry.restart.done)
         assert not transport.alive()
 
     asyncio.run(run())
@@ -308,7 +324,7 @@ def test_a_worker_that_breaks_the_protocol_is_killed_and_restarted_and_its_reque
                 messages = lease.request(Op.COMPLETION, {"prompt": "a"}, stream=True)
                 assert isinstance(await anext(messages), Chunk)
                 first.break_protocol()
-                async with asyncio.timeout(3):
+                async with asyncio.timeout(60):  # only guards against a hang (the bug)
                     rest = [m async for m in messages]
             assert not first.alive
             await wait_for(lambda: any(isinstance(e, Restarting) and e.model == "m" for e in events))
@@ -388,11 +404,14 @@ def test_admin_load_starts_a_failed_eager_model_again_at_once(tiny):
         await pool.start()
         try:
             assert pool.entries["m"].state is ModelState.FAILED
+            await wait_for(lambda: pool.entries["m"].restart is not None)
+            retry = pool.entries["m"].restart  # waiting for its backoff
             file.broken = False
             entry = await pool.load("m")
             assert entry.state is ModelState.READY and len(transport.alive("m")) == 1
-            await asyncio.sleep(0.1)
-            assert len(transport.spawned) == 2  # the pending retry was dropped, not run as well
+            await wait_for(retry.done)
+            assert retry.cancelled()  # the pending retry was dropped, not run as well
+            assert len(transport.spawned) == 2
         finally:
             await pool.stop()
             assert not transport.alive()
@@ -424,14 +443,22 @@ def test_a_reload_starts_a_failed_unchanged_eager_model_again(tiny):
 
 def test_requests_to_an_eager_model_that_a_reload_restarts_wait_for_its_load(tiny):
     async def run():
-        transport = FakeTransport(FakeScript(load_s=0.3))
-        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport)
+        loaded = threading.Event()  # the reloaded worker (n_ctx 512) loads until it is set
+        transport = FakeTransport(lambda spec: FakeScript(hold_load=loaded if spec.n_ctx == 512 else None))
+        events: list = []
+        pool = make_pool(make_config(tiny, [{"name": "m"}]), transport, events)
         await pool.start()
         try:
             reload = asyncio.create_task(pool.reload(make_config(tiny, [{"name": "m", "n_ctx": 512}])))
             await wait_for(lambda: pool.entries["m"].state is ModelState.STARTING and transport.latest("m").spec.n_ctx == 512)
-            # The new worker is loading: the request waits for it (up to load_timeout_s), no 503.
-            assert isinstance((await complete(pool, "m"))[-1], Result)
+            # The new worker is loading: the request takes its slot and waits for it (up to
+            # load_timeout_s), no 503.
+            request = asyncio.create_task(complete(pool, "m"))
+            await wait_for(lambda: pool.entries["m"].admission.running == 1 or request.done())
+            assert not request.done(), request  # waiting, not refused
+            loaded.set()
+            assert isinstance((await request)[-1], Result)
+            assert any(isinstance(e, LoadWaited) and e.model == "m" for e in events)
             assert (await reload).changed == ["m"]
         finally:
             await pool.stop()

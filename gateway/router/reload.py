@@ -22,7 +22,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway.access.keyring import KeyRing, keys_required
 from gateway.cluster.naming import node_url
@@ -31,8 +31,17 @@ from gateway.config.source import ConfigFile
 from gateway.errors import ConfigError
 from gateway.http.network import exposure_problem
 
-if TYPE_CHECKING:
-    from gateway.router.app import Router
+
+class Reloadable(Protocol):
+    """What a reload needs of the router (gateway.router.app.Router): its config in force, a way
+    to install a new one, and a poll of every node."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def apply(self, config: Config) -> None: ...
+
+    async def poll_all(self) -> None: ...
 
 log = logging.getLogger("gateway.router")
 
@@ -109,7 +118,7 @@ def plan_reload(running: Config, new: Config) -> tuple[Config, RouterReloadResul
     return applied, result
 
 
-async def reload_router(router: Router, config_file: ConfigFile) -> RouterReloadResult:
+async def reload_router(router: Reloadable, config_file: ConfigFile) -> RouterReloadResult:
     """Re-read the cluster config and apply it, or refuse it with every problem."""
     try:
         new = config_file.read()

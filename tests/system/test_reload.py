@@ -119,6 +119,18 @@ def test_sighup_reloads_like_gateway_reload(gateway):
     assert g["proc"].poll() is None
 
 
+def test_gateway_reload_names_the_settings_read_at_start_and_the_gateway_keeps_them(gateway):
+    g = gateway
+    other = free_port()
+    g["cfg"].write_text(_config(other, g["tiny"], {"keep": {}, "drop": {}, "change": {}}))
+    proc = _reload_cli(g)
+    assert proc.returncode == 0, proc.stderr
+    assert f"not applied until a restart: gateway.port: {other} (the gateway runs with {g['port']} until it restarts)" in proc.stderr
+    assert proc.stdout.splitlines() == ["unchanged: keep, drop, change", "removed: -", "changed: -", "added: -"]
+    assert _ask(g["base"], "keep") == 200  # still where it was bound
+    assert f"reload: not applied until the gateway restarts: gateway.port: {other}" in g["log"].read_text(errors="replace")
+
+
 def test_a_sighup_during_start_up_is_kept_and_applied_once_the_app_runs(tmp_path):
     tiny = write_tiny_llama(tmp_path / "tiny.gguf", n_layers=2, n_embd=64, ctx=512)
     port = free_port()

@@ -199,13 +199,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
         for section in ("nodes", "models", "keys"):
             changes = doc.get(section, {})
             print(f"{section}: " + "; ".join(f"{key} {', '.join(changes.get(key, [])) or '-'}" for key in RELOAD_CHANGES))
-        for line in doc.get("not_applied", []):
-            print(f"not applied until the router restarts: {line}", file=sys.stderr)
-        return 0
-    for key in RELOAD_CHANGES:
-        print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
-    if doc.get("restarted"):  # failed models started again (shown only when there are some)
-        print(f"restarted: {', '.join(doc['restarted'])}")
+    else:
+        for key in RELOAD_CHANGES:
+            print(f"{key}: {', '.join(doc.get(key, [])) or '-'}")
+        if doc.get("restarted"):  # failed models started again (shown only when there are some)
+            print(f"restarted: {', '.join(doc['restarted'])}")
+    # Settings read only at start (gateway.config.start_only): each line names what still runs.
+    for line in doc.get("not_applied", []):
+        print(f"not applied until a restart: {line}", file=sys.stderr)
     return 0
 
 

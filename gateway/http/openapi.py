@@ -294,10 +294,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "ReloadResult": {
         "type": "object",
-        "required": ["reloaded", "problems", "unchanged", "removed", "changed", "added", "restarted"],
+        "required": ["reloaded", "problems", "unchanged", "removed", "changed", "added", "restarted", "not_applied"],
         "properties": {
             "reloaded": {"type": "boolean"},
             **{k: {"type": "array", "items": _STR} for k in ("problems", "unchanged", "removed", "changed", "added", "restarted")},
+            # Settings read only at start (host, port, ...): "gateway.port: 8081 (the gateway runs with 8080 until it restarts)".
+            "not_applied": {"type": "array", "items": _STR},
         },
     },
     "DrainResult": {
@@ -604,7 +606,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "summary": "Re-read models.toml (as SIGHUP does)",
         "auth": "admin",
         "responses": {
-            "200": _json("Reloaded: what was unchanged, removed, changed, added and restarted (unchanged but failed)", "ReloadResult"),
+            "200": _json("Reloaded: what was unchanged, removed, changed, added and restarted (unchanged but failed), and the new values of settings read only at start (not_applied)", "ReloadResult"),
             "422": _json("The new models.toml is invalid or does not fit: nothing changed", "ReloadResult"),
             "400": _error("400", "The gateway was started without a config file"),
             "401": _error("401", "No API key, or (without api_keys) a client that is not on loopback"),

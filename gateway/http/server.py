@@ -27,7 +27,7 @@ from gateway.config.loading import dump_config
 from gateway.config.schema import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.placement.launch import ModelLaunch, encode_launches
-from gateway.observability.logs import granian_log_config
+from gateway.observability.logs import configure_logging, granian_log_config
 
 log = logging.getLogger("gateway")
 
@@ -199,7 +199,11 @@ def granian_server(cls: type[Granian], factory: str, config: Config, *, kill_aft
 
     Refused (ConfigError) when it would listen beyond loopback without API keys and the config
     does not say ``allow_unauthenticated_network = true``; said in the log when it does.
+
+    This process logs in the app's format too (its own lines: the listening warning, the
+    SIGHUP and drain forwarding); granian's log config covers only granian's loggers.
     """
+    configure_logging(config.gateway.log_level, config.gateway.log_format == "json")
     required = keys_required(config)
     problem = exposure_problem(config, required)
     if problem is not None:

@@ -12,8 +12,9 @@ force: a new key works from its next request, a removed one is refused from its 
 requests in flight finish), ``[[nodes]]`` (added, removed, a new ``url``; gateway.router.directory),
 ``[[models]]`` (names, aliases, replicas), ``[router]``'s polling and the ``[gateway]`` settings
 read per request (``internal_api_key``, ``default_model``, ``health_requires_key`` ...). The
-settings read when the router starts (``START_ONLY``) keep their running values; a new value
-there is named in the answer (``not_applied``) and in the log, for the next start.
+settings read when the router starts (gateway.config.start_only, the same as a gateway's) keep
+their running values; a new value there is named in the answer (``not_applied``) and in the
+log, for the next start.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gateway.access.keyring import KeyRing, keys_required
 from gateway.cluster.naming import node_url
 from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
+from gateway.config.start_only import keep_start_only
 from gateway.errors import ConfigError
 from gateway.http.network import exposure_problem
 
@@ -44,10 +46,6 @@ class Reloadable(Protocol):
     async def poll_all(self) -> None: ...
 
 log = logging.getLogger("gateway.router")
-
-# [gateway] settings the router reads once, when it starts (the listening socket, the app's
-# body limit, logging, granian's kill timeout).
-START_ONLY = ("host", "port", "max_body_bytes", "log_level", "log_format", "shutdown_grace_s")
 
 
 def router_config_problems(config: Config) -> list[str]:
@@ -84,7 +82,7 @@ class RouterReloadResult:
     nodes: Changes = field(default_factory=Changes)
     models: Changes = field(default_factory=Changes)
     keys: Changes = field(default_factory=Changes)  # by name; a key's hash is never shown
-    not_applied: list[str] = field(default_factory=list)  # START_ONLY settings, until a restart
+    not_applied: list[str] = field(default_factory=list)  # gateway.config.start_only, until a restart
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,7 +90,7 @@ class RouterReloadResult:
 
 def plan_reload(running: Config, new: Config) -> tuple[Config, RouterReloadResult]:
     """What applying ``new`` over ``running`` means: the config to put in force (``new`` with
-    ``running``'s START_ONLY settings) and what changes; refused (``reloaded`` False) with its
+    ``running``'s start-only settings) and what changes; refused (``reloaded`` False) with its
     problems when ``new`` cannot serve as this router's config."""
     problems = router_config_problems(new)
     # The address stays the one bound at start: a reload may not drop the keys it needs.
@@ -101,13 +99,7 @@ def plan_reload(running: Config, new: Config) -> tuple[Config, RouterReloadResul
         problems.append(exposed)
     if problems:
         return running, RouterReloadResult(False, problems=problems)
-    kept = {name: getattr(running.gateway, name) for name in START_ONLY}
-    not_applied = [
-        f"gateway.{name}: {getattr(new.gateway, name)!r} (the router runs with {value!r} until it restarts)"
-        for name, value in kept.items()
-        if getattr(new.gateway, name) != value
-    ]
-    applied = new.model_copy(update={"gateway": new.gateway.model_copy(update=kept)})
+    applied, not_applied = keep_start_only(running, new, "router")
     result = RouterReloadResult(
         True,
         nodes=diff_named({n.name: node_url(n) for n in running.nodes or ()}, {n.name: node_url(n) for n in applied.nodes or ()}),

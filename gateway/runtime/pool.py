@@ -239,6 +239,8 @@ class ReloadResult:
     changed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)  # unchanged, but failed: started again
+    # New values of settings read only at start (gateway.config.start_only), until a restart.
+    not_applied: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

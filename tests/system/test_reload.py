@@ -3,6 +3,7 @@ throughout, removed ones stop, changed and new ones start, and a bad file change
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,28 @@ def test_sighup_reloads_like_gateway_reload(gateway):
     assert set(after) == {"keep", "change"}
     assert after["keep"] == before["keep"] and after["change"] == before["change"]
     assert g["proc"].poll() is None
+
+
+def test_gateway_reload_names_the_settings_read_at_start_and_the_gateway_keeps_them(gateway):
+    g = gateway
+    other = free_port()
+    g["cfg"].write_text(_config(other, g["tiny"], {"keep": {}, "drop": {}, "change": {}}))
+    proc = _reload_cli(g)
+    assert proc.returncode == 0, proc.stderr
+    assert f"not applied until a restart: gateway.port: {other} (the gateway runs with {g['port']} until it restarts)" in proc.stderr
+    assert proc.stdout.splitlines() == ["unchanged: keep, drop, change", "removed: -", "changed: -", "added: -"]
+    assert _ask(g["base"], "keep") == 200  # still where it was bound
+    assert f"reload: not applied until the gateway restarts: gateway.port: {other}" in g["log"].read_text(errors="replace")
+
+
+def test_the_server_process_logs_what_a_sighup_did_in_the_gateways_format(gateway):
+    g = gateway
+    g["cfg"].write_text(_config(g["port"], g["tiny"], {"keep": {}, "change": {}}))
+    g["proc"].send_signal(signal.SIGHUP)
+    # The server process forwards the signal and logs the app's answer (it logged nothing at
+    # INFO before: logging was set up in the app's process only).
+    line = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO gateway: SIGHUP: \{"reloaded":true', re.MULTILINE)
+    wait_until(lambda: line.search(g["log"].read_text(errors="replace")) is not None, timeout=60, what="the SIGHUP line in the log")
 
 
 def test_a_sighup_during_start_up_is_kept_and_applied_once_the_app_runs(tmp_path):

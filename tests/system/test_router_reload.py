@@ -10,6 +10,7 @@ file whole, so each one stands alone.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +168,17 @@ def test_an_invalid_file_is_refused_with_its_problems_and_nothing_changes(cluste
 
     # Only an admin key may reload.
     assert httpx.post(base + "/admin/reload", headers=auth("app"), timeout=60).status_code == 403
+
+
+def test_the_routers_server_process_logs_what_a_sighup_did_in_the_routers_format(cluster):
+    base, write = cluster["base"], cluster["write"]
+    write(["node-a"], [{"name": "chat"}], [key("app", models=["chat"]), key("ops", admin=True)])
+    # The line the server process writes when it forwards a SIGHUP (gateway.http.server); the
+    # router's process logged nothing at INFO before (its logging was never set up).
+    line = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO gateway: SIGHUP: \{"reloaded":true', re.MULTILINE)
+    before = len(line.findall(cluster["log"].read_text(errors="replace")))
+    cluster["proc"].send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: len(line.findall(cluster["log"].read_text(errors="replace"))) > before, timeout=60, what="the SIGHUP line in the router's log"
+    )
+    assert models_of(base, "app") == ["chat"]

@@ -16,6 +16,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from gateway.access.keyring import keys_required
 from gateway.config.schema import Config
+from gateway.config.start_only import keep_start_only
 from gateway.errors import ConfigError
 from gateway.http.admin_params import plan_preview_request
 from gateway.http.auth import Auth
@@ -40,14 +41,24 @@ async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDepen
     except ConfigError as exc:
         result = ReloadResult(False, problems=list(exc.problems))
     else:
-        # The address stays the one bound at start: a reload may not drop the keys it needs.
-        exposed = exposure_problem(new, keys_required(new), host=pool.config.gateway.host)
-        result = ReloadResult(False, problems=[exposed]) if exposed is not None else await pool.reload(new)
+        # The settings read at start keep their running values (the config in force says what
+        # runs); so the address checked is the one bound at start, whatever the file says now,
+        # and a reload may not drop the keys it needs.
+        applied, not_applied = keep_start_only(pool.config, new, "gateway")
+        exposed = exposure_problem(applied, keys_required(applied))
+        if exposed is not None:
+            result = ReloadResult(False, problems=[exposed])
+        else:
+            result = await pool.reload(applied)
+            if result.reloaded:
+                result.not_applied = not_applied
     if result.reloaded:
         log.info(
             "reloaded %s: unchanged %s, removed %s, changed %s, added %s, restarted %s",
             config_file.path, result.unchanged, result.removed, result.changed, result.added, result.restarted,
         )
+        for line in result.not_applied:
+            log.warning("reload: not applied until the gateway restarts: %s", line)
     else:
         log.error("reload of %s refused, nothing changed:\n  %s", config_file.path, "\n  ".join(result.problems))
     return Response(content=result.as_dict(), status_code=200 if result.reloaded else 422)

@@ -269,3 +269,31 @@ def test_models_show_when_the_idle_ttl_will_unload_them(tmp_path, tiny):
         listed = {m["id"]: m for m in client.get("/v1/models", headers=AUTH).json()["data"]}
         assert listed["od"]["idle_ttl_s"] == 300 and 0 < listed["od"]["unload_in_s"] <= 300
         assert listed["eager"]["idle_ttl_s"] is None and listed["eager"]["unload_in_s"] is None
+
+
+def test_a_reload_names_the_settings_read_at_start_and_applies_the_rest(cfg, tiny, caplog):
+    with client_for(cfg) as client:
+        write_config(
+            cfg, tiny, [{"name": "eager"}, {"name": "od", "load": "on_demand", "aliases": ["od-alias"]}], gpus=["8GiB"],
+            api_keys=[KEY], port=9999, max_body_bytes=1000, log_level="debug", log_format="json", shutdown_grace_s=7.0,
+            health_requires_key=True,
+        )
+        with caplog.at_level("WARNING", logger="gateway"):
+            reloaded = client.post("/admin/reload", headers=AUTH)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["not_applied"] == [
+            "gateway.port: 9999 (the gateway runs with 8080 until it restarts)",
+            "gateway.max_body_bytes: 1000 (the gateway runs with 8388608 until it restarts)",
+            "gateway.log_level: 'debug' (the gateway runs with 'info' until it restarts)",
+            "gateway.log_format: 'json' (the gateway runs with 'text' until it restarts)",
+            "gateway.shutdown_grace_s: 7.0 (the gateway runs with 0.5 until it restarts)",
+        ]
+        logged = [r.getMessage() for r in caplog.records if "not applied until the gateway restarts" in r.getMessage()]
+        assert len(logged) == 5 and "gateway.port: 9999" in logged[0]
+        # A setting read per request applies at once; the body limit in force is still the old one.
+        assert client.get("/health").status_code == 401
+        assert client.get("/health", headers=AUTH).status_code == 200
+        big = client.post("/v1/completions", json={"model": "eager", "prompt": "a" * 2000, "max_tokens": 1}, headers=AUTH)
+        assert big.status_code == 200, big.text
+        # Nothing changed since: a second reload names the same values, and nothing else.
+        assert client.post("/admin/reload", headers=AUTH).json()["not_applied"] == reloaded.json()["not_applied"]

@@ -43,3 +43,18 @@ def test_a_reload_that_drops_every_key_of_a_network_gateway_is_refused(tmp_path,
         assert refused.status_code == 422, refused.text
         assert refused.json()["problems"][0].startswith("gateway.host: '0.0.0.0' (listens beyond loopback")
         assert [m["id"] for m in client.get("/v1/models", headers=AUTH).json()["data"]] == ["eager"]
+
+
+def test_the_reload_check_sees_the_address_bound_at_start_after_a_reload_that_named_another(tmp_path, tiny):
+    """A reload does not move the listening socket: a file that says 127.0.0.1 leaves the gateway
+    on 0.0.0.0, so a later reload that drops every key must still be refused."""
+    cfg = write_config(tmp_path / "m.toml", tiny, [{"name": "eager"}], gpus=["8GiB"], host="0.0.0.0", api_keys=[KEY])
+    with client_for(cfg) as client:
+        write_config(cfg, tiny, [{"name": "eager"}], gpus=["8GiB"], host="127.0.0.1", api_keys=[KEY])
+        moved = client.post("/admin/reload", headers=AUTH)
+        assert moved.status_code == 200, moved.text
+        write_config(cfg, tiny, [{"name": "eager"}, {"name": "added"}], gpus=["8GiB"], host="127.0.0.1")
+        refused = client.post("/admin/reload", headers=AUTH)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["problems"][0].startswith("gateway.host: '0.0.0.0' (listens beyond loopback")
+        assert client.get("/v1/models").status_code == 401  # the keys in force stay

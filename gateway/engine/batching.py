@@ -42,7 +42,7 @@ from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
 from gateway.engine.prefill import PrefillBudget
 from gateway.engine.protocol import ErrorKind, Stats
-from gateway.engine.sampling import GrammarDeadEnd, GreedyRows, logits_at, step_logits, token_logprobs
+from gateway.engine.sampling import GrammarDeadEnd, GreedyRows, StepLogits, logits_at, token_logprobs
 from gateway.engine.sequence import SeqState, Sequence
 from gateway.engine.slots import KvMemory, Slot, pick_slot
 from gateway.engine.stats import StepStats
@@ -100,6 +100,7 @@ class BatchEngine:
         self._unified = loaded.spec.kv_unified
         self._profiler = profiler
         self._greedy_rows = GreedyRows()
+        self._step_logits = StepLogits(loaded.ctx, loaded.n_vocab)
 
         self._lock = threading.Condition()
         self._inbox: deque[Job] = deque()
@@ -385,7 +386,7 @@ class BatchEngine:
         profiler = self._profiler
         previous = profiler.switch(SAMPLE) if profiler is not None else ""
         try:
-            logits = step_logits(self._ctx, self._batch.n_outputs, self.loaded.n_vocab)
+            logits = self._step_logits(self._batch.n_outputs)
             tokens = self._greedy_rows.pick(logits, rows, [to_sample[k][0].chain.greedy for k in chosen])
             for k, token in zip(chosen, tokens):
                 picked[k] = token

@@ -87,6 +87,10 @@ class Greedy:
     def __init__(self, logit_bias: dict[int, float]) -> None:
         self.ids = np.fromiter(logit_bias.keys(), dtype=np.int64, count=len(logit_bias))
         self.bias = np.fromiter(logit_bias.values(), dtype=np.float32, count=len(logit_bias))
+        # Every bias finite and <= 0 (none, or tokens suppressed): the biased argmax is then the
+        # raw one unless the raw one is a biased token (``GreedyRows``).
+        self.lowers_only = bool(np.all(np.isfinite(self.bias) & (self.bias <= 0)))
+        self.lowered = frozenset(logit_bias)
 
     def pick(self, logits: np.ndarray) -> int:
         if not self.ids.size:
@@ -116,22 +120,50 @@ def bias_index(rows: list[int], pickers: list[Greedy]) -> BiasIndex | None:
 
 
 class GreedyRows:
-    """``greedy_rows`` for the decode loop: the step's bias index is kept while the step's
-    (row, picker) pairs stay what they were the step before (a steady batch of streams), so a
-    step then builds nothing but the argmax (issue 24)."""
+    """``greedy_rows`` for the decode loop, with less numpy work a step (issue 24).
+
+    When every picker's biases only lower tokens (``Greedy.lowers_only``: the loop's common
+    case, no bias or end-of-generation suppressed), a step is one argmax over the raw logits:
+    a finite bias <= 0 cannot make another token win, so a row's biased pick differs from its
+    raw one only when the raw one is a biased token, and that row alone is picked again with
+    its bias (``Greedy.pick``). Else the step's bias index is kept while its (row, picker)
+    pairs stay what they were the step before (a steady batch of streams).
+
+    Why fewer calls matter more than their size suggests: llama_decode's working set (KV cells,
+    mask, weights, compute buffers: MiBs on the CPU) evicts the loop's code and data from the
+    CPU caches, so the numpy calls right after each decode run cold. At 64 streams on the tiny
+    model the bias pass with fancy indexing cost ~180 us of the loop thread's CPU a step, the
+    same call again on the same logits ~30 us (docs/benchmarks.md)."""
 
     def __init__(self) -> None:
         self._rows: list[int] = []
         self._pickers: list[Greedy] = []
         self._at_rows = np.zeros(0, dtype=np.int64)
         self._index: BiasIndex | None = None
+        self._lowers_only = True
+        self._lowered: list[tuple[int, frozenset[int]]] = []  # (position in rows, biased tokens)
+        self._in_order = True  # rows == 0, 1, 2, ...
 
     def pick(self, logits: np.ndarray, rows: list[int], pickers: list[Greedy]) -> list[int]:
         if rows != self._rows or pickers != self._pickers:  # Greedy compares by identity
             self._rows, self._pickers = rows, pickers
             self._at_rows = np.asarray(rows, dtype=np.int64)
-            self._index = bias_index(rows, pickers)
-        return greedy_rows(logits, self._at_rows, pickers, self._index).tolist()
+            self._lowers_only = all(p.lowers_only for p in pickers)
+            self._index = None if self._lowers_only else bias_index(rows, pickers)
+            self._lowered = [(k, p.lowered) for k, p in enumerate(pickers) if p.ids.size]
+            self._in_order = rows == list(range(len(rows)))
+        if not self._lowers_only:
+            return greedy_rows(logits, self._at_rows, pickers, self._index).tolist()
+        if 2 * len(rows) < logits.shape[0]:
+            top = np.argmax(logits[self._at_rows], axis=1).tolist()
+        else:
+            top = np.argmax(logits, axis=1).tolist()  # every row, no copy: most are asked for
+            if not (self._in_order and len(rows) == len(top)):
+                top = [top[r] for r in rows]
+        for k, lowered in self._lowered:
+            if top[k] in lowered:
+                top[k] = pickers[k].pick(logits[rows[k]])
+        return top
 
 
 def greedy_rows(logits: np.ndarray, rows: np.ndarray, pickers: list[Greedy], index: BiasIndex | None | bool = False) -> np.ndarray:
@@ -262,6 +294,39 @@ def step_logits(ctx: Any, outputs: int, n_vocab: int) -> np.ndarray:
     from llama_cpp import llama_cpp as capi
 
     return _floats(capi.llama_get_logits(ctx), (outputs, n_vocab))
+
+
+class StepLogits:
+    """``step_logits`` for the decode loop: the view is kept while llama.cpp's logits buffer and
+    the step's output count stay the same (they change only when llama.cpp reallocates its
+    output buffer or a step has another number of outputs), and the address is read through a
+    function object of its own that returns it as an int: no ctypes pointer, cast and array
+    interface a step (issue 24)."""
+
+    def __init__(self, ctx: Any, n_vocab: int) -> None:
+        from llama_cpp import llama_cpp as capi
+
+        # A function object of its own (CDLL item access makes a new one): llama-cpp-python's
+        # binding keeps its float * result type.
+        self._get = capi._lib["llama_get_logits"]
+        self._get.argtypes = [ctypes.c_void_p]
+        self._get.restype = ctypes.c_void_p
+        self._ctx = ctx
+        self._n_vocab = n_vocab
+        self._key = (0, 0)
+        self._view = np.zeros((0, n_vocab), dtype=np.float32)
+
+    def __call__(self, outputs: int) -> np.ndarray:
+        """The last decode's logits, [outputs, n_vocab] in batch order: valid until the next
+        decode. llama_get_logits is called every step (it puts reordered outputs back in batch
+        order)."""
+        address = self._get(self._ctx)
+        if not address:
+            raise RuntimeError("llama.cpp returned no logits")
+        if (address, outputs) != self._key:
+            self._key = (address, outputs)
+            self._view = np.asarray(_FloatsAt(address, (outputs, self._n_vocab)))
+        return self._view
 
 
 def logits_at(ctx: Any, index: int, n_vocab: int) -> np.ndarray:

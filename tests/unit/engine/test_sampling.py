@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.engine.sampling import Greedy, GreedyRows, SamplerChain, SamplingParams, greedy_rows, logits_at, step_logits
+from gateway.engine.sampling import Greedy, GreedyRows, SamplerChain, SamplingParams, StepLogits, greedy_rows, logits_at, step_logits
 from testkit.ggufmaker import write_tiny_llama
 
 
@@ -101,6 +101,34 @@ def test_the_loops_greedy_pass_keeps_picking_right_as_its_rows_and_pickers_chang
         assert np.array_equal(logits, before)
 
 
+def test_the_loops_greedy_pass_with_only_lowering_biases_picks_what_each_sequence_picks_alone():
+    """With every bias finite and <= 0 the pass is one argmax over the raw logits; a row whose
+    raw pick is a biased token is picked again with its bias (its raw best suppressed, a tie
+    with a lowered token before it, a bias of 0, a bias too small to change the pick)."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(6, 40)).astype(np.float32)
+    logits[0, 7] = logits[0].max() + 5.0  # row 0's raw best, suppressed
+    logits[2, [3, 12]] = logits[2].max() + 1.0  # a tie: 3 is lowered, so 12 wins
+    logits[4, 20] = logits[4].max() + 5.0  # lowered by 0.5: still the best
+    before = logits.copy()
+    pickers = [Greedy({7: -100.0}), Greedy({}), Greedy({3: -1.0}), Greedy({9: 0.0}), Greedy({20: -0.5, 1: -1e9}), Greedy({39: -100.0})]
+    assert all(p.lowers_only for p in pickers)
+    alone = [p.pick(before[row].copy()) for row, p in enumerate(pickers)]
+    assert alone[0] != 7 and alone[2] == 12 and alone[4] == 20
+    greedy = GreedyRows()
+    for rows in ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [5, 3, 1, 0, 2, 4], [4, 1], [0, 1, 2]):
+        got = greedy.pick(logits, rows, [pickers[r] for r in rows])
+        assert got == [alone[r] for r in rows]
+        assert np.array_equal(logits, before)
+
+
+def test_a_raising_or_non_finite_bias_is_not_a_lowering_one():
+    assert not Greedy({3: 0.5}).lowers_only
+    assert not Greedy({3: -1.0, 4: 2.0}).lowers_only
+    assert not Greedy({3: float("-inf")}).lowers_only  # +inf logit + -inf bias is NaN: the whole pass
+    assert Greedy({}).lowers_only and Greedy({3: -100.0, 4: 0.0}).lowers_only
+
+
 def test_logits_views_are_writable_views_of_llama_cpps_buffer(context):
     """The greedy pass adds biases in place: the view must be llama.cpp's memory, not a copy."""
     from llama_cpp import llama_cpp as capi
@@ -136,5 +164,16 @@ def test_a_steps_logits_rows_are_its_outputs_in_batch_order(tmp_path):
         rows = step_logits(loaded.ctx, len(indices), loaded.n_vocab)
         for row, expected in zip(rows, alone):
             assert np.array_equal(row, expected)
+        # The loop's kept view: the same rows, and the same buffer (the greedy pass writes into it).
+        loop_view = StepLogits(loaded.ctx, loaded.n_vocab)
+        kept = loop_view(len(indices))
+        assert kept.shape == (len(indices), loaded.n_vocab) and np.array_equal(kept, rows)
+        assert loop_view(len(indices)) is kept and loop_view(2).shape == (2, loaded.n_vocab)
+        first = kept[1, 0]
+        kept[1, 0] = first + np.float32(1.0)
+        try:
+            assert rows[1, 0] == first + np.float32(1.0)
+        finally:
+            kept[1, 0] = first
     finally:
         loaded.close()

@@ -49,8 +49,8 @@ def _head(method: str, path: str, host: str, body: bytes, keep_alive: bool) -> b
 class LeanClient:
     """One keep-alive connection, one request at a time (latency measurements).
 
-    A server may close a keep-alive connection while it sits idle (granian does after its
-    header read timeout, e.g. while a benchmark measures another client for a while). As HTTP
+    A server may close a keep-alive connection while it sits idle (the gateway's granian did
+    while bench/concurrency.py's overhead check measured httpx between two lean passes). As HTTP
     clients do, the next request then opens a new connection: when the idle connection is seen
     closed before sending, or when the server closes it without a byte of answer to the request
     just sent on it (the close raced the request), once. Anything else (a reply that is not

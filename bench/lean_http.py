@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import time
 from typing import Any
@@ -26,6 +27,18 @@ def _address(base: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
+class LeanHttpError(RuntimeError):
+    """The server's answer is not what this client reads (or the connection closed mid-answer)."""
+
+
+def _status(line: bytes, what: str) -> int:
+    """The status code of an HTTP/1.1 status line."""
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise LeanHttpError(f"{what}: not an HTTP status line: {line[:200]!r}" if line else f"{what}: the server closed the connection without an answer")
+    return int(parts[1])
+
+
 def _head(method: str, path: str, host: str, body: bytes, keep_alive: bool) -> bytes:
     return (
         f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -34,35 +47,102 @@ def _head(method: str, path: str, host: str, body: bytes, keep_alive: bool) -> b
 
 
 class LeanClient:
-    """One keep-alive connection, one request at a time (latency measurements)."""
+    """One keep-alive connection, one request at a time (latency measurements).
+
+    A server may close a keep-alive connection while it sits idle (the gateway's granian did
+    while bench/concurrency.py's overhead check measured httpx between two lean passes). As HTTP
+    clients do, the next request then opens a new connection: when the idle connection is seen
+    closed before sending, or when the server closes it without a byte of answer to the request
+    just sent on it (the close raced the request), once. Anything else (a reply that is not
+    HTTP, a connection closed mid-answer, a fresh connection closed unanswered) raises
+    LeanHttpError."""
 
     def __init__(self, base: str, timeout: float = 120) -> None:
-        host, port = _address(base)
-        self._host = f"{host}:{port}"
-        self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._address = _address(base)
+        self._host = f"{self._address[0]}:{self._address[1]}"
+        self._timeout = timeout
+        self.connections = 0  # connections opened so far
+        self._connect()
+
+    def _connect(self) -> None:
+        self._sock = socket.create_connection(self._address, timeout=self._timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._file = self._sock.makefile("rb")
+        self._used = False  # a request was answered on this connection
+        self.connections += 1
+
+    def _reconnect(self) -> None:
+        self._file.close()
+        self._sock.close()
+        self._connect()
+
+    def _idle_closed(self) -> bool:
+        """Whether the server closed this idle connection (readable at EOF); bytes the server
+        sent unasked are an error."""
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        if not readable:
+            return False
+        try:
+            peeked = self._sock.recv(1, socket.MSG_PEEK)
+        except ConnectionResetError:
+            return True
+        if peeked:
+            raise LeanHttpError(f"{self._host}: the server sent {peeked!r}... on an idle connection, unasked")
+        return True
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         """(status, body) of one request."""
         data = b"" if body is None else json.dumps(body).encode()
-        self._sock.sendall(_head(method, path, self._host, data, keep_alive=True) + data)
-        status = int(self._file.readline().split()[1])
-        length, chunked = 0, False
-        while (line := self._file.readline()) not in (b"\r\n", b""):
+        message = _head(method, path, self._host, data, keep_alive=True) + data
+        if self._used and self._idle_closed():
+            self._reconnect()
+        reused = self._used
+        try:
+            self._sock.sendall(message)
+            status_line = self._file.readline()
+        except (BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+            status_line = b""
+        if not status_line and reused:
+            # The server closed the connection as the request went out: nothing of it was
+            # answered, so it is sent again once, on a new connection.
+            self._reconnect()
+            self._sock.sendall(message)
+            status_line = self._file.readline()
+        status = _status(status_line, f"{method} {path}")
+        length, chunked, closing = 0, False, False
+        while (line := self._file.readline()) != b"\r\n":
+            if not line:
+                raise LeanHttpError(f"{method} {path}: the connection closed in the middle of the headers")
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                closing = True
         if not chunked:
-            return status, self._file.read(length)
-        parts = []
-        while size := int(self._file.readline().split(b";")[0], 16):
-            parts.append(self._file.read(size + 2)[:-2])
-        self._file.readline()  # the empty trailer
-        return status, b"".join(parts)
+            payload = self._file.read(length)
+            if len(payload) != length:
+                raise LeanHttpError(f"{method} {path}: the connection closed after {len(payload)} of {length} body bytes")
+        else:
+            parts = []
+            while size := self._chunk_size(f"{method} {path}"):
+                parts.append(self._file.read(size + 2)[:-2])
+            self._file.readline()  # the empty trailer
+            payload = b"".join(parts)
+        self._used = True
+        if closing:  # the server said it closes this connection: the next request opens one
+            self._reconnect()
+        return status, payload
+
+    def _chunk_size(self, what: str) -> int:
+        line = self._file.readline()
+        if not line:
+            raise LeanHttpError(f"{what}: the connection closed in the middle of a chunked body")
+        return int(line.split(b";")[0], 16)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         status, payload = self.request("POST", path, body)
@@ -98,8 +178,8 @@ async def _stream(base: str, path: str, body: dict[str, Any], start: asyncio.Bar
     sent = time.perf_counter()
     writer.write(request)
     status = await reader.readline()
-    if int(status.split()[1]) != 200:
-        raise RuntimeError(f"POST {path}: {status!r}")
+    if _status(status, f"POST {path}") != 200:
+        raise LeanHttpError(f"POST {path}: {status!r}")
     chunked = False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():

@@ -186,6 +186,12 @@ def decode_worker_message(line: bytes) -> WorkerMessage:
     return _worker_messages.decode(line)
 
 
+def decode_worker_messages(lines: bytes) -> list[WorkerMessage]:
+    """Whole lines from a worker, decoded together; ``msgspec.DecodeError`` (ValidationError)
+    when one is not a message."""
+    return _worker_messages.decode_lines(lines)
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker needs to load its engine: passed as JSON in its argv."""

@@ -200,6 +200,10 @@ async def streamed(
         # A client that goes away is recorded as 499 (nginx's "client closed request").
         status, end_usage = 499, None
         error: str | None = None  # the in-band error's text, for the page's last error
+        # The events made from the replies that have arrived, written together when the next
+        # reply has yet to come: one write (an ASGI message, a wake of this task) per batch of
+        # replies, not one per chunk, when the stream is behind its worker.
+        out: list[bytes] = []
         try:
             reply: Reply | None = first
             while reply is not None:
@@ -207,50 +211,56 @@ async def streamed(
                     data = reply.data
                     data["model"] = lease.name
                     if held is not None:
-                        yield frame.chunk(held)
+                        out.append(frame.chunk(held))
                         held = None
                     if not ticket.take(generated_tokens(data)):
                         # The key's budget ran out: this token is not sent, the generation stops.
-                        yield frame.chunk(budget_stop_chunk(data, lease.name, ticket.budget_note()))
+                        out.append(frame.chunk(budget_stop_chunk(data, lease.name, ticket.budget_note())))
+                        yield _joined(out)
                         end_usage = await _usage_after_cancel(messages, ticket.charged)
                         ticket.settle(end_usage)
                         if include_usage:
-                            yield frame.chunk(usage_chunk(data, lease.name, end_usage))
+                            out.append(frame.chunk(usage_chunk(data, lease.name, end_usage)))
                         status = 200
                         break
                     last = data
                     if any(c.get("finish_reason") for c in data.get("choices") or ()):
                         held = data
                     else:
-                        yield frame.chunk(data)
+                        out.append(frame.chunk(data))
                 elif isinstance(reply, End):
                     end_usage = reply.usage
                     ticket.settle(end_usage)
                     timings = llama_timings(reply.timings)
                     if include_usage:
                         if held is not None:
-                            yield frame.chunk(held)
+                            out.append(frame.chunk(held))
                             held = None
                         chunk = usage_chunk(last, lease.name, with_cached_tokens(end_usage, reply.timings))
-                        yield frame.chunk({**chunk, "timings": timings})
+                        out.append(frame.chunk({**chunk, "timings": timings}))
                     elif held is not None:
-                        yield frame.chunk({**held, "timings": timings})
+                        out.append(frame.chunk({**held, "timings": timings}))
                         held = None
                     status = 200
                     break
                 elif isinstance(reply, (Error, WorkerExited)):
                     if held is not None:
-                        yield frame.chunk(held)
+                        out.append(frame.chunk(held))
                         held = None
                     # Headers are gone: report in-band, as OpenAI does, then end the stream.
-                    yield frame.chunk(error_body(reply.message, "server_error"))
+                    out.append(frame.chunk(error_body(reply.message, "server_error")))
                     status = 500
                     error = reply.message
                     break
-                reply = await anext(messages, None)
+                reply = messages.ready()
+                if reply is None:
+                    if out:
+                        yield _joined(out)
+                    reply = await anext(messages, None)
             if held is not None:  # the worker's messages ended without an "end"
-                yield frame.chunk(held)
-            yield frame.done()
+                out.append(frame.chunk(held))
+            out.append(frame.done())
+            yield _joined(out)
         finally:
             record.finish(metrics, status, ttft_s=ttft, usage=end_usage, error=error)
             await messages.aclose()
@@ -267,6 +277,13 @@ async def streamed(
             **ticket.headers(),
         },
     )
+
+
+def _joined(out: list[bytes]) -> bytes:
+    """The events in ``out`` as one write; ``out`` is emptied."""
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    return data
 
 
 async def _usage_after_cancel(messages: RequestStream, sent: int) -> dict[str, Any]:

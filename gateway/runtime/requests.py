@@ -34,6 +34,10 @@ class RequestStream(Protocol):
 
     async def __anext__(self) -> Reply: ...
 
+    def ready(self) -> Reply | None:
+        """The next reply if it has arrived already (read as ``__anext__`` reads it), else None:
+        a stream writes what has piled up in one write."""
+
     def cancel(self) -> None:
         """Stop the generation at its next token; its last replies (its End, with the usage so
         far) can still be read."""

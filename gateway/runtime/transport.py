@@ -32,13 +32,14 @@ from typing import Protocol
 
 from gateway.engine.dry_run import DryRun
 from gateway.placement.verify import dry_run
-from gateway.engine.protocol import Command, Shutdown, WorkerMessage, WorkerSpec, decode_worker_message, encode
+from gateway.engine.protocol import Command, Shutdown, WorkerMessage, WorkerSpec, decode_worker_message, decode_worker_messages, encode
 
 log = logging.getLogger("gateway.runtime")
 
 STDERR_TAIL_LINES = 200  # also what `gateway logs NAME` shows
 STREAM_LIMIT = 64 * 1024 * 1024  # one protocol line may carry a large embedding batch
 WORKER_MODULE = "gateway.engine.worker"
+READ_SIZE = 1024 * 1024  # the most one read of the worker's output takes
 
 
 class WorkerGone(Exception):
@@ -107,21 +108,43 @@ class SubprocessConnection:
             raise WorkerGone(self._name) from None
 
     async def messages(self) -> AsyncIterator[WorkerMessage]:
+        # What the pipe holds is read at once and its whole lines decoded together (a decode
+        # step writes a chunk line per stream in one write: 64 streams, 64 lines a read), not
+        # a readline and a decode per line.
         stream = self._proc.stdout
-        while stream is not None:
-            try:
-                line = await stream.readline()
-            except ValueError:  # asyncio's "chunk is longer than limit" (the line is dropped)
+        if stream is None:
+            return
+        partial: list[bytes] = []  # the pieces of a line not ended yet
+        partial_size = 0
+        while data := await stream.read(READ_SIZE):
+            end = data.rfind(b"\n") + 1
+            if partial_size + (data.find(b"\n") + 1 if end else len(data)) > self._line_limit:
                 await self._abandon(stream)
-                raise ProtocolError(f"the worker wrote a line over the {self._line_limit / 2**20:g} MiB limit") from None
-            if not line:
-                return
-            try:
-                message = decode_worker_message(line)
-            except ValueError as exc:  # msgspec.DecodeError (ValidationError too) is one
+                raise ProtocolError(f"the worker wrote a line over the {self._line_limit / 2**20:g} MiB limit")
+            if not end:
+                partial.append(data)
+                partial_size += len(data)
+                continue
+            lines = data[:end]
+            if partial:
+                lines = b"".join([*partial, lines])
+                partial.clear()
+            partial_size = len(data) - end
+            if partial_size:
+                partial.append(data[end:])
+            messages, broken = _decode_lines(lines)
+            for message in messages:
+                yield message
+            if broken is not None:
                 await self._abandon(stream)
-                raise ProtocolError(f"the worker wrote a line that is not a message ({exc}): {line[:200]!r}") from None
-            yield message
+                raise ProtocolError(broken)
+        if partial:  # the output ended inside a line: what there is of it, as readline gave it
+            messages, broken = _decode_lines(b"".join(partial))
+            for message in messages:
+                yield message
+            if broken is not None:
+                await self._abandon(stream)
+                raise ProtocolError(broken)
 
     async def _abandon(self, stream: asyncio.StreamReader) -> None:
         """Kill the worker and read its output to the end, so that its exit can be awaited (a
@@ -194,6 +217,24 @@ class SubprocessTransport:
             limit=self._line_limit,
         )
         return SubprocessConnection(proc, spec.name, self._line_limit)
+
+
+def _decode_lines(lines: bytes) -> tuple[list[WorkerMessage], str | None]:
+    """The messages of whole lines, decoded together; when a line is not a message, the
+    messages before it (as a reader line by line would have seen them) and what is wrong."""
+    try:
+        return decode_worker_messages(lines), None
+    except ValueError:  # msgspec.DecodeError (ValidationError too) is one
+        pass
+    messages = []
+    for line in lines.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            messages.append(decode_worker_message(line))
+        except ValueError as exc:
+            return messages, f"the worker wrote a line that is not a message ({exc}): {line[:200]!r}"
+    return messages, None
 
 
 def _signal_group(pid: int, sig: int) -> None:

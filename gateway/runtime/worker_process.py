@@ -20,6 +20,7 @@ exit is a stop, never a crash.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 from collections.abc import Callable
@@ -73,7 +74,7 @@ class WorkerProcess:
         self.slots: int | None = None  # the engine's last "stats": its slots and how many are busy
         self.busy_slots: int | None = None
         self._conn: WorkerConnection | None = None
-        self._pending: dict[int, asyncio.Queue[Reply]] = {}
+        self._pending: dict[int, Inbox] = {}
         self._ids = itertools.count(1)
         self._settled = asyncio.Event()  # ready, failed or stopped: wait_ready returns
         self._exited = asyncio.Event()
@@ -200,12 +201,12 @@ class WorkerProcess:
         """
         return WorkerRequest(self, op, params, stream)
 
-    def _open(self, op: Op, params: dict[str, Any], stream: bool) -> tuple[int, WorkerConnection, asyncio.Queue[Reply]]:
+    def _open(self, op: Op, params: dict[str, Any], stream: bool) -> tuple[int, WorkerConnection, Inbox]:
         conn = self._conn
         if self.state is not ModelState.READY or conn is None:
             raise ModelUnavailableError(f"model {self.name!r} is {self.state.value}")
         rid = next(self._ids)
-        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        queue = Inbox()
         self._pending[rid] = queue
         try:
             conn.send(Request(id=rid, op=op, stream=stream, params=params))
@@ -245,6 +246,37 @@ class WorkerProcess:
             self._conn.kill_now()
 
 
+class Inbox:
+    """One request's replies as the reader puts them, for the one task that reads them: an
+    unbounded asyncio.Queue for a single reader, without the queue's bookkeeping (its task
+    counting and getters list), which cost as much as the rest of a stream chunk's routing."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Reply] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Reply) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Reply | None:
+        """The next reply, or None when none has arrived."""
+        return self._items.popleft() if self._items else None
+
+    async def get(self) -> Reply:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class WorkerRequest:
     """One request to a worker, read as an async iterator of its replies (a
     ``gateway.runtime.requests.RequestStream``)."""
@@ -256,7 +288,7 @@ class WorkerRequest:
         self._stream = stream
         self._rid: int | None = None
         self._conn: WorkerConnection | None = None
-        self._queue: asyncio.Queue[Reply] | None = None
+        self._queue: Inbox | None = None
         self._finished = False
         self._cancelled = False
 
@@ -272,7 +304,16 @@ class WorkerRequest:
             except BaseException:
                 self._finished = True
                 raise
-        msg = await self._queue.get()
+        return self._read(await self._queue.get())
+
+    def ready(self) -> Reply | None:
+        """The next reply if it has arrived already (read as ``__anext__`` reads it), else None."""
+        if self._finished or self._queue is None:
+            return None
+        msg = self._queue.get_nowait()
+        return None if msg is None else self._read(msg)
+
+    def _read(self, msg: Reply) -> Reply:
         if isinstance(msg, TERMINAL):
             self._finished = True
             self._worker._close(self._rid)  # type: ignore[arg-type]

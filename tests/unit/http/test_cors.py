@@ -16,6 +16,7 @@ import pytest
 import tomli_w
 from litestar.testing import TestClient
 
+from gateway.config.keys import key_digest
 from gateway.config.loading import load_config
 from gateway.config.schema import Config, GatewaySettings, ModelConfig
 from gateway.errors import ConfigError
@@ -222,3 +223,13 @@ def test_a_config_built_in_code_refuses_any_origin_without_keys():
     with pytest.raises(ValueError, match=r"gateway\.allowed_origins\[0\]: '\*' \(any web page"):
         Config(gateway=GatewaySettings(allowed_origins=["*"]), models=[model])
     assert Config(gateway=GatewaySettings(allowed_origins=["*"], api_keys=[KEY]), models=[model]).gateway.allowed_origins == ["*"]
+
+
+def test_any_origin_with_keys_only_in_a_keys_file_needs_a_key_there(tmp_path, tiny):
+    cfg = cfg_with(tmp_path, tiny, keys_file="keys.toml", allowed_origins=["*"])
+    (tmp_path / "keys.toml").write_text(tomli_w.dumps({"keys": [{"name": "k", "key_sha256": key_digest(KEY)}]}))
+    assert load_config(cfg, environ={}).gateway.allowed_origins == ["*"]
+    (tmp_path / "keys.toml").write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg, environ={})
+    assert any("gateway.allowed_origins[0]: '*' (any web page" in p for p in caught.value.problems)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from litestar import Litestar, Request
 from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
 
 from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
@@ -27,7 +26,7 @@ from gateway.errors import EngineError, PlanError
 from gateway.access.gate import Access
 from gateway.access.limits import Clock
 from gateway.http.auth import Auth, provide_key, request_key
-from gateway.http.cors import CrossOrigin
+from gateway.http.cors import cross_origin
 from gateway.http.errors import exception_handlers
 from gateway.http.network import BrowserGuard
 from gateway.http.openapi import openapi_config
@@ -132,10 +131,9 @@ def create_app(
 
     config_file = ConfigFile(config_path)
     model_facts = ModelFactsReader()  # the models' header facts for /v1/models
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers(auth),
         guards=[BrowserGuard(lambda: pool.config.gateway, auth.keys_required)],
-        middleware=[DefineMiddleware(CrossOrigin, settings=lambda: pool.config.gateway)],
         dependencies={
             "pool": Provide(lambda: pool, use_cache=True, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),
@@ -156,3 +154,4 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    return cross_origin(app, lambda: pool.config.gateway)

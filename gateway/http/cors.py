@@ -20,12 +20,18 @@ is built, so a reload could not change the origins; and it answers on every path
 open ``/admin/*`` and the web page's actions too. This middleware reads the settings in force per
 request (as the guard does) and touches ``/v1/*`` only. A request that carries no allowed
 ``Origin`` goes straight through: no send wrapper, so no cost per streamed chunk.
+
+``cross_origin`` puts it where Litestar puts its own CORS middleware: around the app's router and
+its exception handler, so every answer passes it (the router's own 404 and 405 included). Not as
+app ``middleware=``: Litestar then gives every route a second exception handler of its own, whose
+send wrapper costs every streamed chunk of every request about half a microsecond.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from litestar import Litestar
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +48,12 @@ ALLOWED_REQUEST_HEADERS = frozenset(
 CLIENT_HEADER_PREFIX = "x-stainless-"  # the OpenAI SDKs' own: x-stainless-lang, -retry-count, ...
 EXPOSED_HEADERS = ", ".join((REQUEST_ID_HEADER.lower(), "retry-after", *RATE_HEADERS))
 PREFLIGHT_MAX_AGE_S = "600"
+
+
+def cross_origin(app: Litestar, settings: Callable[[], GatewaySettings]) -> Litestar:
+    """``app`` answering the origins of ``settings().allowed_origins`` (read per request)."""
+    app.asgi_handler = CrossOrigin(app.asgi_handler, settings)
+    return app
 
 
 def allowed_request_headers(requested: str) -> str:

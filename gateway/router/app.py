@@ -33,7 +33,6 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.middleware import DefineMiddleware
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -44,7 +43,7 @@ from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth, request_key
-from gateway.http.cors import CrossOrigin
+from gateway.http.cors import cross_origin
 from gateway.http.errors import Handlers, error_body, mapped_handlers
 from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
@@ -450,7 +449,7 @@ def create_router_app(
             ("/v1/embeddings", "createEmbedding"),
         )
     ]
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *openai,
             get("/v1/models", guards=api, operation_id="listModels")(list_models),
@@ -463,8 +462,6 @@ def create_router_app(
             "router": Provide(lambda: router, use_cache=True, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
         },
-        # [gateway] allowed_origins as a gateway has it, read per request (a reload replaces router.config).
-        middleware=[DefineMiddleware(CrossOrigin, settings=lambda: router.config.gateway)],
         exception_handlers=_error_handlers(router),
         lifespan=[lifespan],
         openapi_config=None,
@@ -473,3 +470,5 @@ def create_router_app(
         logging_config=None,
         debug=False,
     )
+    # [gateway] allowed_origins as a gateway has it, read per request (a reload replaces router.config).
+    return cross_origin(app, lambda: router.config.gateway)

@@ -233,3 +233,10 @@ def test_any_origin_with_keys_only_in_a_keys_file_needs_a_key_there(tmp_path, ti
     with pytest.raises(ConfigError) as caught:
         load_config(cfg, environ={})
     assert any("gateway.allowed_origins[0]: '*' (any web page" in p for p in caught.value.problems)
+
+
+def test_an_unknown_api_path_answers_a_listed_origin_readably(tmp_path, tiny):
+    with client_for(cfg_with(tmp_path, tiny, api_keys=[KEY], allowed_origins=[APP])) as client:
+        missing = client.get("/v1/nothing-here", headers={**from_page(APP), **AUTH})
+        assert missing.status_code == 404
+        assert_cors_for(missing, APP)

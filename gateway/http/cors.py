@@ -5,7 +5,9 @@ A page served from an origin that ``[gateway] allowed_origins`` lists (a chat UI
 
 - its preflight (``OPTIONS`` with ``Access-Control-Request-Method``) gets 204 with the methods
   (GET, POST), the request headers the OpenAI clients send (``ALLOWED_REQUEST_HEADERS``, any
-  ``x-stainless-*``) and how long the browser may remember the answer;
+  ``x-stainless-*``) and how long the browser may remember the answer; a public site's page
+  calling a gateway on this machine or the LAN is also told it may (Chrome's Private Network
+  Access preflight, ``Access-Control-Request-Private-Network``);
 - every answer to it, streams and errors included, carries ``Access-Control-Allow-Origin``
   (that origin), ``Vary: Origin`` and ``Access-Control-Expose-Headers`` (the headers a client
   reads: ``x-request-id``, ``retry-after``, ``x-ratelimit-*``).
@@ -80,12 +82,13 @@ class CrossOrigin:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            await self._preflight(origin, headers.get("access-control-request-headers", ""), send)
+            private = headers.get("access-control-request-private-network", "").lower() == "true"
+            await self._preflight(origin, headers.get("access-control-request-headers", ""), private, send)
             return
         await self.app(scope, receive, _marking(send, origin))
 
     @staticmethod
-    async def _preflight(origin: str, requested: str, send: Send) -> None:
+    async def _preflight(origin: str, requested: str, private: bool, send: Send) -> None:
         answer = [
             (b"access-control-allow-origin", origin.encode("latin-1")),
             (b"access-control-allow-methods", ALLOWED_METHODS.encode()),
@@ -94,6 +97,8 @@ class CrossOrigin:
         ]
         if allowed := allowed_request_headers(requested):
             answer.append((b"access-control-allow-headers", allowed.encode("latin-1")))
+        if private:
+            answer.append((b"access-control-allow-private-network", b"true"))
         await send({"type": "http.response.start", "status": 204, "headers": answer})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

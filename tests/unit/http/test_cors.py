@@ -70,6 +70,10 @@ def test_an_allowed_origin_gets_its_preflight_answered_with_the_openai_clients_h
         # A header the clients do not send is left out, so the browser refuses to send it.
         odd = client.options("/v1/models", headers={"Origin": APP, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "x-odd"})
         assert "access-control-allow-headers" not in odd.headers
+        assert "access-control-allow-private-network" not in answer.headers
+        # A public site's page calling a gateway on this machine (Chrome's Private Network Access).
+        private = client.options("/v1/models", headers={"Origin": APP, "Access-Control-Request-Method": "GET", "Access-Control-Request-Private-Network": "true"})
+        assert private.status_code == 204 and private.headers["access-control-allow-private-network"] == "true"
 
 
 def test_an_allowed_origins_answers_carry_the_cors_headers_whole_streamed_and_errors(tmp_path, tiny):

@@ -53,6 +53,10 @@ def duration(seconds: float) -> str:
     return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60}s"
 
 
+# Every header rate_headers may write (a browser page may read them: gateway.http.cors).
+RATE_HEADERS = tuple(f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset"))
+
+
 def rate_headers(key: ApiKey, usage: KeyUsage, now: float) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the limits the key has (none for an unlimited key)."""
     headers: dict[str, str] = {}

@@ -61,6 +61,20 @@ def _check_host_name(text: str) -> str:
 
 GpuSpec = Annotated[str, AfterValidator(_check_gpu_spec)]
 HostName = Annotated[str, Field(min_length=1), AfterValidator(_check_host_name)]
+ANY_ORIGIN = "*"
+_ORIGIN_PATTERN = r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?"
+
+
+def _check_origin(text: str) -> str:
+    if text != ANY_ORIGIN and re.fullmatch(_ORIGIN_PATTERN, text) is None:
+        raise ValueError(
+            "must be an origin as a browser sends it, scheme://host[:port] without path or trailing slash "
+            "(e.g. 'http://localhost:3000'), or '*' for any (only with API keys)"
+        )
+    return text
+
+
+Origin = Annotated[str, Field(min_length=1), AfterValidator(_check_origin)]
 GpuIndexList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_check_unique_indices)]
 TensorSplit = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1), AfterValidator(_check_not_all_zero)]
 

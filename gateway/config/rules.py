@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gateway.config.fields import QUANTIZED_CACHE_TYPES, field_type
+from gateway.config.fields import ANY_ORIGIN, QUANTIZED_CACHE_TYPES, field_type
 from gateway.config.keys import key_problems
 from gateway.config.nodes import cluster_problems
 from gateway.config.problems import Loc, Problem, annotation_at, dotted, show
@@ -76,6 +76,7 @@ def cross_problems(data: Mapping[str, Any], root: type[BaseModel]) -> list[Probl
     keys = tables("keys") or []
 
     problems = _name_problems(gateway, models)
+    problems += _origin_problems(gateway, bool(keys))
     problems += _gpu_index_problems(planner, models)
     for i, get in enumerate(models):
         problems += model_problems(get, ("models", i))
@@ -90,6 +91,20 @@ def cross_problems(data: Mapping[str, Any], root: type[BaseModel]) -> list[Probl
         for loc, text in key_problems(keys, models, gateway("api_keys"), keys_file=gateway("keys_file"), valid=valid)
     ]
     return problems
+
+
+def _origin_problems(gateway: Getter, has_key_tables: bool) -> list[Problem]:
+    """``allowed_origins = ["*"]`` lets every web page call the API: only when every call needs a key."""
+    origins, api_keys, keys_file = gateway("allowed_origins"), gateway("api_keys"), gateway("keys_file")
+    if not valid(origins) or ANY_ORIGIN not in origins:
+        return []
+    if has_key_tables or (valid(api_keys) and api_keys) or (valid(keys_file) and keys_file):
+        return []
+    return [Problem(
+        ("gateway", "allowed_origins", origins.index(ANY_ORIGIN)),
+        f"{ANY_ORIGIN!r} (any web page could call this gateway, which has no API key: set api_keys or "
+        "[[keys]], or list the origins, e.g. 'http://localhost:3000')",
+    )]
 
 
 def model_problems(get: Getter, prefix: Loc) -> list[Problem]:

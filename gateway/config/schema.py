@@ -27,6 +27,7 @@ from gateway.config.fields import (
     GpuSpec,
     HostName,
     Name,
+    Origin,
     NonEmptyStr,
     TensorSplit,
 )
@@ -72,6 +73,9 @@ class GatewaySettings(BaseSettings):
     # above, localhost, 127.0.0.1 and ::1 (any name when host is 0.0.0.0 or :: and keys are
     # required). A page re-bound to 127.0.0.1 (DNS rebinding) carries its own name: refused.
     allowed_hosts: list[HostName] | None = None
+    # The web origins (e.g. "http://localhost:3000") whose pages may call the OpenAI API (/v1/*)
+    # from a browser (CORS); "*" for any, only with API keys. /admin/* and /ui stay same-origin.
+    allowed_origins: list[Origin] = Field(default_factory=list)
     # Listening beyond loopback without api_keys or [[keys]] is refused unless this is true.
     allow_unauthenticated_network: bool = False
     port: Annotated[int, Field(ge=1, le=65535)] = 8080

@@ -26,6 +26,7 @@ from gateway.errors import EngineError, PlanError
 from gateway.access.gate import Access
 from gateway.access.limits import Clock
 from gateway.http.auth import Auth, provide_key, request_key
+from gateway.http.cors import cross_origin
 from gateway.http.errors import exception_handlers
 from gateway.http.network import BrowserGuard
 from gateway.http.openapi import openapi_config
@@ -130,7 +131,7 @@ def create_app(
 
     config_file = ConfigFile(config_path)
     model_facts = ModelFactsReader()  # the models' header facts for /v1/models
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers(auth),
         guards=[BrowserGuard(lambda: pool.config.gateway, auth.keys_required)],
         dependencies={
@@ -153,3 +154,4 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    return cross_origin(app, lambda: pool.config.gateway)

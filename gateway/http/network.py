@@ -12,11 +12,14 @@ whoever connects. Two things would break that trust, and both are refused here:
   - a ``Host`` that is not one of the names this gateway is served under (``allowed_hosts``),
     which is what a rebinding page sends;
   - an unsafe method (POST, ...) whose ``Origin`` is another site's, or that the browser marks
-    as cross-site (``Sec-Fetch-Site``);
+    as cross-site (``Sec-Fetch-Site``), unless it calls the OpenAI API (``/v1/*``) from an
+    origin the operator lists in ``[gateway] allowed_origins`` (``origin_allowed``; the CORS
+    answers are gateway.http.cors). ``/admin/*`` and the web page's actions are never opened
+    to another origin;
   - a request body that is not ``application/json``: the content types a page may send
-    without asking the server first (a CORS preflight, which this gateway never grants) are
-    text/plain, form data and multipart, so a JSON-only API cannot be reached by a page's form
-    or a "simple" fetch.
+    without asking the server first (a CORS preflight, which this gateway grants only to
+    ``allowed_origins``) are text/plain, form data and multipart, so a JSON-only API cannot be
+    reached by a page's form or a "simple" fetch.
 
 The web page's own admin actions carry the token the page reads from ``/ui/state``
 (``UI_TOKEN_HEADER``; checked by gateway.http.auth).
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from gateway.config.fields import ANY_ORIGIN
 from gateway.config.schema import Config, GatewaySettings
 from gateway.errors import CrossSiteRequestError, InvalidRequestError, UnsupportedMediaTypeError
 
@@ -40,6 +44,8 @@ ANY_HOST = "*"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_MEDIA_TYPE = "application/json"
 UI_TOKEN_HEADER = "X-Gateway-UI-Token"
+# The paths other origins may call when allowed_origins lists them: the OpenAI API, nothing else.
+CROSS_ORIGIN_PREFIX = "/v1/"
 
 
 def is_loopback(host: str) -> bool:
@@ -94,6 +100,15 @@ def host_name(header: str) -> str:
     return text.rstrip(".")
 
 
+def origin_allowed(settings: GatewaySettings, origin: str, path: str) -> bool:
+    """Whether a page of ``origin`` may call ``path`` (``[gateway] allowed_origins``; /v1/* only).
+    Origins compare without regard to case, as browsers lower-case the scheme and host."""
+    if not settings.allowed_origins or not path.startswith(CROSS_ORIGIN_PREFIX):
+        return False
+    allowed = settings.allowed_origins
+    return ANY_ORIGIN in allowed or origin.lower() in (o.lower() for o in allowed)
+
+
 def _origin_authority(origin: str) -> str | None:
     parts = urlsplit(origin)
     return parts.netloc.lower() if parts.scheme in ("http", "https") and parts.netloc else None
@@ -117,8 +132,9 @@ class BrowserGuard:
         self.check(connection)
 
     def check(self, connection: ASGIConnection) -> None:
+        settings = self._settings()
         host = connection.headers.get("host", "")
-        allowed = served_hosts(self._settings(), self._keys_required())
+        allowed = served_hosts(settings, self._keys_required())
         if allowed is not None and host_name(host) not in allowed:
             raise InvalidRequestError(
                 f"this gateway is not served under the name {host_name(host)[:100]!r} "
@@ -127,6 +143,12 @@ class BrowserGuard:
         if connection.scope.get("method", "GET") in SAFE_METHODS:
             return
         origin = connection.headers.get("origin")
+        if origin is None or not origin_allowed(settings, origin, connection.scope["path"]):
+            self._check_same_site(connection, origin, host)
+        self._check_json(connection)
+
+    @staticmethod
+    def _check_same_site(connection: ASGIConnection, origin: str | None, host: str) -> None:
         if origin is not None and _origin_authority(origin) != host.strip().lower():
             raise CrossSiteRequestError(
                 f"a request from another site (Origin {origin[:100]!r}) may not call this gateway; "
@@ -134,6 +156,9 @@ class BrowserGuard:
             )
         if connection.headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
             raise CrossSiteRequestError("a request from another site (Sec-Fetch-Site) may not call this gateway")
+
+    @staticmethod
+    def _check_json(connection: ASGIConnection) -> None:
         if _has_body(connection):
             media_type = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
             if media_type != JSON_MEDIA_TYPE:

@@ -43,6 +43,7 @@ from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth, request_key
+from gateway.http.cors import cross_origin
 from gateway.http.errors import Handlers, error_body, mapped_handlers
 from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
@@ -448,7 +449,7 @@ def create_router_app(
             ("/v1/embeddings", "createEmbedding"),
         )
     ]
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *openai,
             get("/v1/models", guards=api, operation_id="listModels")(list_models),
@@ -469,3 +470,5 @@ def create_router_app(
         logging_config=None,
         debug=False,
     )
+    # [gateway] allowed_origins as a gateway has it, read per request (a reload replaces router.config).
+    return cross_origin(app, lambda: router.config.gateway)

@@ -82,6 +82,7 @@ def test_parse_config_applies_gateway_and_planner_defaults() -> None:
     assert config.gateway.model_dump() == {
         "host": "127.0.0.1",
         "allowed_hosts": None,
+        "allowed_origins": [],
         "allow_unauthenticated_network": False,
         "port": 8080,
         "api_keys": [],

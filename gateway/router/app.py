@@ -45,6 +45,7 @@ from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.http.auth import Auth, request_key
 from gateway.http.cors import cross_origin
 from gateway.http.errors import Handlers, error_body, mapped_handlers
+from gateway.http.network import BrowserGuard
 from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
@@ -458,6 +459,9 @@ def create_router_app(
             get("/metrics", guards=[auth.guard("metrics")], operation_id="metrics")(metrics_endpoint),
             post("/admin/reload", guards=[auth.guard("admin")], status_code=200, operation_id="reload")(admin_reload),
         ],
+        # Who may reach it from a browser, as on a gateway (gateway.http.network: Host, Origin,
+        # JSON bodies), with the config in force (a reload replaces router.config).
+        guards=[BrowserGuard(lambda: router.config.gateway, auth.keys_required)],
         dependencies={
             "router": Provide(lambda: router, use_cache=True, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),

@@ -8,6 +8,8 @@ import json
 import httpx
 import pytest
 from litestar.testing import TestClient
+
+from tests.unit.http.apps import BASE_URL
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.loading import parse_config
@@ -106,7 +108,7 @@ def client(nodes):
         return nodes[request.url.host.removeprefix("node-")].handle(request)
 
     app = create_router_app(parse_config(CLUSTER, environ={}), transport=httpx.MockTransport(route))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE_URL) as c:
         yield c
 
 
@@ -185,9 +187,10 @@ def test_a_nodes_own_error_answer_is_passed_through(client, nodes):
 
 
 def test_a_bad_body_is_a_400_before_any_node_is_asked(client, nodes):
-    r = client.post("/v1/completions", content=b"[1, 2]", headers=KEY)
+    json_type = {**KEY, "Content-Type": "application/json"}
+    r = client.post("/v1/completions", content=b"[1, 2]", headers=json_type)
     assert r.status_code == 400 and r.json()["error"]["message"] == "the request body must be a JSON object"
-    r = client.post("/v1/completions", content=b"{nope", headers=KEY)
+    r = client.post("/v1/completions", content=b"{nope", headers=json_type)
     assert r.status_code == 400
     assert not nodes["a"].seen and not nodes["b"].seen
 
@@ -233,3 +236,15 @@ def test_a_node_dying_mid_stream_ends_the_stream_with_an_error_event(client, nod
     assert events[-1] == "data: [DONE]"
     text = client.get("/metrics").text
     assert sample(text, "vram_gateway_router_requests_total", node="a", model="code", status="502") == 1
+
+
+def test_the_router_refuses_what_a_web_page_could_make_it_do_as_a_gateway_does(client, nodes):
+    """gateway.http.network's guard on the router too: a page's form POST, another site's Origin,
+    and a Host the router is not served under (DNS rebinding) never reach a handler."""
+    form = client.post("/v1/completions", content=b"model=code&prompt=x", headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
+    foreign = client.post("/v1/completions", json={"model": "code", "prompt": "x"}, headers={**KEY, "Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "another site" in foreign.json()["error"]["message"]
+    rebound = client.get("/v1/models", headers={**KEY, "Host": "evil.example"})
+    assert rebound.status_code == 400 and "allowed_hosts" in rebound.json()["error"]["message"]
+    assert not nodes["a"].seen and not nodes["b"].seen

@@ -11,6 +11,8 @@ import openai
 import pytest
 import tomli_w
 from litestar.testing import TestClient
+
+from tests.unit.http.apps import BASE_URL
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.keys import key_digest
@@ -127,12 +129,12 @@ def node() -> FakeNode:
 def router(node):
     clock = Clock()
     app = create_router_app(parse_config(cluster(), environ={}), transport=httpx.MockTransport(node.handle), key_clock=clock)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE_URL) as client:
         yield client, clock
 
 
 def oai(client: TestClient, name: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver.local/v1", api_key=f"sk-{name}", http_client=client, max_retries=0)
+    return openai.OpenAI(base_url=f"{BASE_URL}/v1", api_key=f"sk-{name}", http_client=client, max_retries=0)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -272,7 +274,7 @@ def test_per_key_series_count_answers_tokens_and_refusals_by_name_never_the_key(
 
 def test_a_scoped_key_may_not_use_a_default_model_outside_its_scope(node):
     app = create_router_app(parse_config(cluster(default_model="b"), environ={}), transport=httpx.MockTransport(node.handle))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE_URL) as client:
         r = client.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-app"})
         assert r.status_code == 403
         assert r.json()["error"]["message"] == "key 'app' may not use the default model; its models: a"

@@ -9,6 +9,8 @@ import pytest
 import tomli_w
 from litestar.testing import TestClient
 
+from tests.unit.http.apps import BASE_URL
+
 from gateway.config.keys import key_digest
 from gateway.config.loading import load_config
 from gateway.http.auth import RELOAD_TOKEN_HEADER
@@ -64,7 +66,7 @@ def setup(tmp_path):
     def start(doc: dict) -> TestClient:
         write(doc)
         app = create_router_app(load_config(path, environ={}), transport=httpx.MockTransport(nodes.handle), config_path=path, reload_token=TOKEN)
-        return TestClient(app)
+        return TestClient(app, base_url=BASE_URL)
 
     return start, write, nodes, tmp_path
 

@@ -31,6 +31,8 @@ from typing import Any
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
@@ -41,9 +43,9 @@ from gateway.access.keyring import ApiKey
 from gateway.access.limits import Clock
 from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
-from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
+from gateway.errors import GatewayError, InvalidRequestError, RoutingLoopError, UpstreamError
 from gateway.http.auth import Auth, request_key
-from gateway.http.errors import Handlers, error_body, mapped_handlers
+from gateway.http.errors import ROUTING_LOOP, Handlers, error_body, mapped_handlers
 from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
@@ -55,6 +57,10 @@ from gateway.router.reload import reload_router
 log = logging.getLogger("gateway.router")
 
 NODE_HEADER = "X-Gateway-Node"
+# Sent with every request a router makes to a node (its polls, the requests it forwards): a
+# router that receives it refuses (508), so a [[nodes]] url that points at a router (itself or
+# another) is a node marked down with that reason, not a loop of requests and nested listings.
+ROUTED_HEADER = "X-Gateway-Routed"
 # Answers of a node that mean "not now, try another replica" (OpenAI error codes of our nodes).
 RETRY_CODES = {503: "model_unavailable", 429: "queue_full"}
 FAILOVER_REASON = {"model_unavailable": "node_unavailable", "queue_full": "queue_full"}
@@ -127,7 +133,7 @@ class Router:
         return httpx.Timeout(connect=self.poll_timeout_s, read=None, write=None, pool=None)
 
     def node_headers(self, request_id: str | None = None) -> dict[str, str]:
-        headers = {}
+        headers = {ROUTED_HEADER: "1"}
         if self.config.gateway.internal_api_key:
             headers["authorization"] = f"Bearer {self.config.gateway.internal_api_key}"
         if request_id:
@@ -145,7 +151,10 @@ class Router:
         if not self._current(node):
             return  # removed or given a new address by a reload while this poll was out
         if resp.status_code != 200:
-            self._down(node, f"/v1/models answered HTTP {resp.status_code}")
+            if _error_code(resp.content) == ROUTING_LOOP:
+                self._down(node, f"{node.url} is a router, not a node's gateway (its url must point at a node)")
+            else:
+                self._down(node, f"/v1/models answered HTTP {resp.status_code}")
             return
         try:
             listing = resp.json()
@@ -359,6 +368,15 @@ def _passed(upstream: httpx.Response, node: NodeState) -> dict[str, str]:
 # ---------------------------------------------------------------- routes
 
 
+async def refuse_routed(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The router-wide guard: a request another router (or this one) sent is refused."""
+    if ROUTED_HEADER in connection.headers:
+        raise RoutingLoopError(
+            "this is a router, not a node's gateway: a router's [[nodes]] url points here "
+            "(point each node's url at that node's gateway)"
+        )
+
+
 async def _forward(request: Request, router: NamedDependency[Router]) -> Response | Stream:
     return await router.forward(request, request.url.path, request_key(request))
 
@@ -461,6 +479,7 @@ def create_router_app(
             "router": Provide(lambda: router, use_cache=True, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
         },
+        guards=[refuse_routed],
         exception_handlers=_error_handlers(router),
         lifespan=[lifespan],
         openapi_config=None,

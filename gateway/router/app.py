@@ -46,6 +46,7 @@ from gateway.config.source import ConfigFile
 from gateway.errors import GatewayError, InvalidRequestError, RoutingLoopError, UpstreamError
 from gateway.http.auth import Auth, request_key
 from gateway.http.errors import ROUTING_LOOP, Handlers, error_body, mapped_handlers
+from gateway.http.network import BrowserGuard
 from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
 from gateway.router.directory import Directory, NodeState
@@ -479,7 +480,9 @@ def create_router_app(
             "router": Provide(lambda: router, use_cache=True, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
         },
-        guards=[refuse_routed],
+        # The gateway's checks of Host, Origin and content type (gateway.http.network): a router
+        # without keys on loopback is as open to a web page (DNS rebinding) as a gateway.
+        guards=[refuse_routed, BrowserGuard(lambda: router.config.gateway, auth.keys_required)],
         exception_handlers=_error_handlers(router),
         lifespan=[lifespan],
         openapi_config=None,

@@ -106,7 +106,7 @@ def client(nodes):
         return nodes[request.url.host.removeprefix("node-")].handle(request)
 
     app = create_router_app(parse_config(CLUSTER, environ={}), transport=httpx.MockTransport(route))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -185,9 +185,10 @@ def test_a_nodes_own_error_answer_is_passed_through(client, nodes):
 
 
 def test_a_bad_body_is_a_400_before_any_node_is_asked(client, nodes):
-    r = client.post("/v1/completions", content=b"[1, 2]", headers=KEY)
+    typed = {**KEY, "content-type": "application/json"}
+    r = client.post("/v1/completions", content=b"[1, 2]", headers=typed)
     assert r.status_code == 400 and r.json()["error"]["message"] == "the request body must be a JSON object"
-    r = client.post("/v1/completions", content=b"{nope", headers=KEY)
+    r = client.post("/v1/completions", content=b"{nope", headers=typed)
     assert r.status_code == 400
     assert not nodes["a"].seen and not nodes["b"].seen
 

@@ -127,12 +127,12 @@ def node() -> FakeNode:
 def router(node):
     clock = Clock()
     app = create_router_app(parse_config(cluster(), environ={}), transport=httpx.MockTransport(node.handle), key_clock=clock)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, clock
 
 
 def oai(client: TestClient, name: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver.local/v1", api_key=f"sk-{name}", http_client=client, max_retries=0)
+    return openai.OpenAI(base_url="http://127.0.0.1/v1", api_key=f"sk-{name}", http_client=client, max_retries=0)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -272,7 +272,7 @@ def test_per_key_series_count_answers_tokens_and_refusals_by_name_never_the_key(
 
 def test_a_scoped_key_may_not_use_a_default_model_outside_its_scope(node):
     app = create_router_app(parse_config(cluster(default_model="b"), environ={}), transport=httpx.MockTransport(node.handle))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-app"})
         assert r.status_code == 403
         assert r.json()["error"]["message"] == "key 'app' may not use the default model; its models: a"

@@ -64,7 +64,7 @@ def router() -> TestClient:
     transport = SelfAndReal()
     app = create_router_app(parse_config(CLUSTER, environ={}), transport=transport)
     transport.app = app
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 def test_a_node_url_that_points_at_the_router_is_down_with_the_reason():

@@ -64,7 +64,7 @@ def setup(tmp_path):
     def start(doc: dict) -> TestClient:
         write(doc)
         app = create_router_app(load_config(path, environ={}), transport=httpx.MockTransport(nodes.handle), config_path=path, reload_token=TOKEN)
-        return TestClient(app)
+        return TestClient(app, base_url="http://127.0.0.1")
 
     return start, write, nodes, tmp_path
 

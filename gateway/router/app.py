@@ -90,6 +90,7 @@ class Router:
         self.directory = directory
         self.metrics = metrics
         self.access = Access(lambda: self.config, clock=key_clock, on_keys=metrics.keys.add_keys)
+        self.reloading = asyncio.Lock()  # gateway.router.reload: one reload at a time
         self._client: httpx.AsyncClient | None = None
 
     @property

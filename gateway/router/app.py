@@ -176,7 +176,8 @@ class Router:
     def _down(self, node: NodeState, reason: str) -> None:
         if not self._current(node):
             return
-        if node.up:
+        if node.up or not node.polled:
+            # Going down, or down from the first poll (a wrong url, a node not started yet).
             log.warning("node %s: down (%s)", node.name, reason)
         self.directory.mark_down(node.name, reason)
 

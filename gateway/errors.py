@@ -25,6 +25,7 @@ __all__ = [
     "QueueFullError",
     "QueueTimeoutError",
     "RateLimitError",
+    "RoutingLoopError",
     "UnsupportedMediaTypeError",
     "UpstreamError",
     "VerifyError",
@@ -126,6 +127,11 @@ class VerifyError(GatewayError):
 class UpstreamError(GatewayError):
     """A node behind the router broke the connection after the request reached it (502; not
     retried elsewhere, since the node may have run it)."""
+
+
+class RoutingLoopError(GatewayError):
+    """A request a router sent to a node reached a router (508): a ``[[nodes]]`` url points at
+    a router (that router itself, or another one) instead of a node's gateway."""
 
 
 class ImportOrderError(GatewayError):

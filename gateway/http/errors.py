@@ -27,6 +27,7 @@ from gateway.errors import (
     QueueFullError,
     QueueTimeoutError,
     RateLimitError,
+    RoutingLoopError,
     UnsupportedMediaTypeError,
     UpstreamError,
 )
@@ -38,6 +39,8 @@ from gateway.runtime.requests import WorkerExited
 log = logging.getLogger("gateway")
 
 RETRY_AFTER_S = "1"
+# The error code of a request that went from a router to a router (RoutingLoopError, 508).
+ROUTING_LOOP = "routing_loop"
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -105,6 +108,8 @@ def classify(exc: GatewayError) -> tuple[int, dict[str, Any], dict[str, str], st
         return 429, error_body(str(exc), "rate_limit_error", None, "queue_full"), {"Retry-After": RETRY_AFTER_S}, "queue_full"
     if isinstance(exc, UpstreamError):
         return 502, error_body(str(exc), "server_error", None, "node_failed"), {}, None
+    if isinstance(exc, RoutingLoopError):
+        return 508, error_body(str(exc), "server_error", None, ROUTING_LOOP), {}, None
     if isinstance(exc, (QueueTimeoutError, ModelUnavailableError)):
         reason = "queue_timeout" if isinstance(exc, QueueTimeoutError) else "model_unavailable"
         return 503, error_body(str(exc), "service_unavailable", None, reason), {"Retry-After": RETRY_AFTER_S}, reason

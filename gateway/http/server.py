@@ -114,7 +114,9 @@ class _Server(Granian):  # type: ignore[misc, valid-type]
     Respawning would reload every model; our reload keeps unchanged models serving. The app
     process does the work (``POST /admin/reload``); this process only forwards the signal. A
     SIGHUP that comes while the app is still starting (loading its models) is kept, and sent
-    once the app answers; SIGHUPs meanwhile join it.
+    once the app answers; SIGHUPs meanwhile join it. One that comes while the app is already
+    working on a reload (which read the file before this SIGHUP's edit, perhaps) is sent again
+    once that reload answers; several meanwhile make one more reload.
 
     granian stops accepting connections as soon as it is told to stop, so during the drain a
     load balancer's health check would be refused rather than told. So the first SIGTERM (or
@@ -127,43 +129,61 @@ class _Server(Granian):  # type: ignore[misc, valid-type]
     drain_url: str = ""
     reload_token: str = ""
     drain_timeout_s: float = 0.0
-    _reload_queued: bool = False
     _stopping: bool = False
+    # The reload thread's state, shared with the main loop's _reload (under _reload_lock): a
+    # thread is forwarding (_reload_running), and a SIGHUP came after its last POST was sent
+    # (_reload_again: the app may have read the file before that SIGHUP's edit).
+    _reload_running: bool = False
+    _reload_again: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reload_lock = threading.Lock()
 
     def _reload(self, spawn_target, target_loader):  # noqa: ANN001
         self.reload_signal = False
         self.main_loop_interrupt.clear()
-        if self._reload_queued:
-            log.info("SIGHUP: a reload is already waiting for the app to start; this one joins it")
-            return
-        self._reload_queued = True
+        with self._reload_lock:
+            if self._reload_running:
+                self._reload_again = True
+                log.info("SIGHUP: a reload is under way; the file is read again once it answers")
+                return
+            self._reload_running = True
         threading.Thread(target=self._post_reload, name="reload", daemon=True).start()
 
     def _post_reload(self) -> None:
+        while True:
+            self._post_one_reload()
+            with self._reload_lock:
+                if not self._reload_again or self._stopping:
+                    self._reload_running = False
+                    return
+
+    def _post_one_reload(self) -> None:
         import urllib.error
 
         waited = False
-        try:
-            while True:
-                try:
-                    body = self._post(self.reload_url, timeout=3600)
-                except urllib.error.HTTPError as exc:
-                    log.error("SIGHUP: reload refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
-                    return
-                except OSError as exc:
-                    # Nothing listens yet: the app is starting. Keep the reload until it answers.
-                    if self._stopping:
-                        log.error("SIGHUP: not reloaded, the gateway is stopping: %s", exc)
-                        return
-                    if not waited:
-                        log.info("SIGHUP: the app is still starting; the reload runs once it answers")
-                        waited = True
-                    time.sleep(RELOAD_RETRY_S)
-                    continue
-                log.info("SIGHUP: %s", body)
+        while True:
+            with self._reload_lock:
+                # This POST reads the file as it is now: the SIGHUPs so far are answered by it.
+                self._reload_again = False
+            try:
+                body = self._post(self.reload_url, timeout=3600)
+            except urllib.error.HTTPError as exc:
+                log.error("SIGHUP: reload refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
                 return
-        finally:
-            self._reload_queued = False
+            except OSError as exc:
+                # Nothing listens yet: the app is starting. Keep the reload until it answers.
+                if self._stopping:
+                    log.error("SIGHUP: not reloaded, the gateway is stopping: %s", exc)
+                    return
+                if not waited:
+                    log.info("SIGHUP: the app is still starting; the reload runs once it answers")
+                    waited = True
+                time.sleep(RELOAD_RETRY_S)
+                continue
+            log.info("SIGHUP: %s", body)
+            return
 
     def signal_handler_interrupt(self, *args, **kwargs):  # noqa: ANN002, ANN003
         if self._stopping or not self.drain_url:

@@ -31,6 +31,8 @@ from typing import Any
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
@@ -41,10 +43,10 @@ from gateway.access.keyring import ApiKey
 from gateway.access.limits import Clock
 from gateway.config.schema import Config
 from gateway.config.source import ConfigFile
-from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
+from gateway.errors import GatewayError, InvalidRequestError, RoutingLoopError, UpstreamError
 from gateway.http.auth import Auth, request_key
 from gateway.http.cors import cross_origin
-from gateway.http.errors import Handlers, error_body, mapped_handlers
+from gateway.http.errors import ROUTING_LOOP, Handlers, error_body, mapped_handlers
 from gateway.http.network import BrowserGuard
 from gateway.http.proxy import CLIENT_CLOSED, client_gone, unless_disconnected
 from gateway.observability.telemetry import REQUEST_ID_HEADER
@@ -57,6 +59,10 @@ from gateway.router.reload import reload_router
 log = logging.getLogger("gateway.router")
 
 NODE_HEADER = "X-Gateway-Node"
+# Sent with every request a router makes to a node (its polls, the requests it forwards): a
+# router that receives it refuses (508), so a [[nodes]] url that points at a router (itself or
+# another) is a node marked down with that reason, not a loop of requests and nested listings.
+ROUTED_HEADER = "X-Gateway-Routed"
 # Answers of a node that mean "not now, try another replica" (OpenAI error codes of our nodes).
 RETRY_CODES = {503: "model_unavailable", 429: "queue_full"}
 FAILOVER_REASON = {"model_unavailable": "node_unavailable", "queue_full": "queue_full"}
@@ -85,6 +91,7 @@ class Router:
         self.directory = directory
         self.metrics = metrics
         self.access = Access(lambda: self.config, clock=key_clock, on_keys=metrics.keys.add_keys)
+        self.reloading = asyncio.Lock()  # gateway.router.reload: one reload at a time
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -129,7 +136,7 @@ class Router:
         return httpx.Timeout(connect=self.poll_timeout_s, read=None, write=None, pool=None)
 
     def node_headers(self, request_id: str | None = None) -> dict[str, str]:
-        headers = {}
+        headers = {ROUTED_HEADER: "1"}
         if self.config.gateway.internal_api_key:
             headers["authorization"] = f"Bearer {self.config.gateway.internal_api_key}"
         if request_id:
@@ -147,7 +154,10 @@ class Router:
         if not self._current(node):
             return  # removed or given a new address by a reload while this poll was out
         if resp.status_code != 200:
-            self._down(node, f"/v1/models answered HTTP {resp.status_code}")
+            if _error_code(resp.content) == ROUTING_LOOP:
+                self._down(node, f"{node.url} is a router, not a node's gateway (its url must point at a node)")
+            else:
+                self._down(node, f"/v1/models answered HTTP {resp.status_code}")
             return
         try:
             listing = resp.json()
@@ -167,7 +177,8 @@ class Router:
     def _down(self, node: NodeState, reason: str) -> None:
         if not self._current(node):
             return
-        if node.up:
+        if node.up or not node.polled:
+            # Going down, or down from the first poll (a wrong url, a node not started yet).
             log.warning("node %s: down (%s)", node.name, reason)
         self.directory.mark_down(node.name, reason)
 
@@ -361,6 +372,15 @@ def _passed(upstream: httpx.Response, node: NodeState) -> dict[str, str]:
 # ---------------------------------------------------------------- routes
 
 
+async def refuse_routed(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The router-wide guard: a request another router (or this one) sent is refused."""
+    if ROUTED_HEADER in connection.headers:
+        raise RoutingLoopError(
+            "this is a router, not a node's gateway: a router's [[nodes]] url points here "
+            "(point each node's url at that node's gateway)"
+        )
+
+
 async def _forward(request: Request, router: NamedDependency[Router]) -> Response | Stream:
     return await router.forward(request, request.url.path, request_key(request))
 
@@ -459,13 +479,13 @@ def create_router_app(
             get("/metrics", guards=[auth.guard("metrics")], operation_id="metrics")(metrics_endpoint),
             post("/admin/reload", guards=[auth.guard("admin")], status_code=200, operation_id="reload")(admin_reload),
         ],
-        # Who may reach it from a browser, as on a gateway (gateway.http.network: Host, Origin,
-        # JSON bodies), with the config in force (a reload replaces router.config).
-        guards=[BrowserGuard(lambda: router.config.gateway, auth.keys_required)],
         dependencies={
             "router": Provide(lambda: router, use_cache=True, sync_to_thread=False),
             "config_file": Provide(lambda: config_file, use_cache=True, sync_to_thread=False),
         },
+        # The gateway's checks of Host, Origin and content type (gateway.http.network): a router
+        # without keys on loopback is as open to a web page (DNS rebinding) as a gateway.
+        guards=[refuse_routed, BrowserGuard(lambda: router.config.gateway, auth.keys_required)],
         exception_handlers=_error_handlers(router),
         lifespan=[lifespan],
         openapi_config=None,

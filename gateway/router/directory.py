@@ -49,6 +49,7 @@ class NodeState:
     url: str
     up: bool = False
     reason: str = "not polled yet"
+    polled: bool = False  # a poll has answered or failed (the first failure is logged too)
     since: float = 0.0  # when ``up`` last changed (monotonic)
     models: dict[str, NodeModel] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)  # this router's requests, per model
@@ -110,6 +111,7 @@ class Directory:
     def update(self, node: str, listing: Any) -> None:
         """A node's /v1/models answer: it is up, and serves what it lists."""
         state = self.nodes[node]
+        state.polled = True
         data = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(data, list):
             self.mark_down(node, "its /v1/models answer has no model list")
@@ -138,7 +140,7 @@ class Directory:
         state = self.nodes[node]
         if state.up:
             state.since = self._clock()
-        state.up, state.reason = False, reason
+        state.up, state.reason, state.polled = False, reason, True
 
     # ------------------------------------------------------------------ choosing
 

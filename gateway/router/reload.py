@@ -19,6 +19,7 @@ log, for the next start.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -36,10 +37,13 @@ from gateway.http.network import exposure_problem
 
 class Reloadable(Protocol):
     """What a reload needs of the router (gateway.router.app.Router): its config in force, a way
-    to install a new one, and a poll of every node."""
+    to install a new one, a poll of every node, and the lock that runs one reload at a time."""
 
     @property
     def config(self) -> Config: ...
+
+    @property
+    def reloading(self) -> asyncio.Lock: ...
 
     def apply(self, config: Config) -> None: ...
 
@@ -111,17 +115,21 @@ def plan_reload(running: Config, new: Config) -> tuple[Config, RouterReloadResul
 
 
 async def reload_router(router: Reloadable, config_file: ConfigFile) -> RouterReloadResult:
-    """Re-read the cluster config and apply it, or refuse it with every problem."""
-    try:
-        new = config_file.read()
-    except ConfigError as exc:
-        result = RouterReloadResult(False, problems=list(exc.problems))
-    else:
-        applied, result = plan_reload(router.config, new)
-        if result.reloaded:
-            router.apply(applied)
-            # Know the new nodes before answering: the next request may be for one of them.
-            await router.poll_all()
+    """Re-read the cluster config and apply it, or refuse it with every problem. The file is
+    read and checked in a thread: a big keys file takes seconds to parse, and the router's
+    requests and polls go on meanwhile."""
+    # One at a time: a reload that read the file first must not apply it after a later one.
+    async with router.reloading:
+        try:
+            new = await asyncio.to_thread(config_file.read)
+        except ConfigError as exc:
+            result = RouterReloadResult(False, problems=list(exc.problems))
+        else:
+            applied, result = plan_reload(router.config, new)
+            if result.reloaded:
+                router.apply(applied)
+                # Know the new nodes before answering: the next request may be for one of them.
+                await router.poll_all()
     if result.reloaded:
         log.info(
             "reloaded %s: nodes %s; models %s; keys %s",

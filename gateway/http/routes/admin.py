@@ -37,7 +37,8 @@ log = logging.getLogger("gateway")
 async def admin_reload(pool: NamedDependency[ModelPool], config_file: NamedDependency[ConfigFile]) -> Response:
     """Re-read models.toml and apply it; 422 with every problem when it is refused."""
     try:
-        new = config_file.read()
+        # Off the event loop: a big keys file takes seconds to parse, and requests go on meanwhile.
+        new = await asyncio.to_thread(config_file.read)
     except ConfigError as exc:
         result = ReloadResult(False, problems=list(exc.problems))
     else:

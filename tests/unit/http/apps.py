@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
 from litestar.testing import TestClient
 
 from gateway.config.loading import load_config
+from gateway.config.source import ConfigFile
 from gateway.http.app import create_app
 from gateway.runtime.fake import FakeTransport
+from testkit.serving import HANG_S
 
 # The name the test clients reach the app under: one it serves (gateway.http.network.served_hosts).
 BASE_URL = "http://127.0.0.1"
@@ -30,3 +34,26 @@ def write_config(path: Path, tiny: Path, models: list[dict], *, gpus: list[str] 
 def client_for(cfg: Path, transport: FakeTransport | None = None) -> TestClient:
     app = create_app(load_config(cfg, environ={}), config_path=cfg, transport=transport or FakeTransport())
     return TestClient(app, base_url=BASE_URL)
+
+
+@dataclass
+class HeldRead:
+    """A reload's config read held until the test releases it (``hold_config_reads``)."""
+
+    reading: threading.Event = field(default_factory=threading.Event)  # a read has begun
+    release: threading.Event = field(default_factory=threading.Event)
+    gave_up: list[bool] = field(default_factory=list)  # per read: it waited HANG_S for the release
+
+
+def hold_config_reads(monkeypatch) -> HeldRead:
+    """Every ConfigFile.read (a reload's) waits for ``release`` before it reads."""
+    held = HeldRead()
+    read = ConfigFile.read
+
+    def held_read(self: ConfigFile):
+        held.reading.set()
+        held.gave_up.append(not held.release.wait(HANG_S))
+        return read(self)
+
+    monkeypatch.setattr(ConfigFile, "read", held_read)
+    return held

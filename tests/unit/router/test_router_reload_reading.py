@@ -15,10 +15,10 @@ import tomli_w
 from litestar.testing import TestClient
 
 from gateway.config.loading import load_config
-from gateway.config.source import ConfigFile
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.router.app import create_router_app
 from testkit.serving import HANG_S
+from tests.unit.http.apps import hold_config_reads
 
 TOKEN = "the-reload-token"
 
@@ -35,26 +35,17 @@ def test_the_router_answers_while_a_reload_reads_the_file(tmp_path, monkeypatch)
         "nodes": [{"name": "n", "gpus": ["24GiB"], "url": "http://node-n:8080"}],
         "models": [{"name": "a", "path": "/m/a.gguf"}],
     }))
-    reading, release = threading.Event(), threading.Event()
-    read = ConfigFile.read
-    gave_up: list[bool] = []  # the read waited HANG_S for the test: /health could not answer
-
-    def slow_read(self: ConfigFile):
-        reading.set()
-        gave_up.append(not release.wait(HANG_S))
-        return read(self)
-
-    monkeypatch.setattr(ConfigFile, "read", slow_read)
+    held = hold_config_reads(monkeypatch)
     app = create_router_app(load_config(path, environ={}), transport=httpx.MockTransport(node), config_path=path, reload_token=TOKEN)
     answers: list[int] = []
     with TestClient(app, base_url="http://127.0.0.1") as client:
         reloading = threading.Thread(target=lambda: answers.append(client.post("/admin/reload", headers={RELOAD_TOKEN_HEADER: TOKEN}).status_code))
         reloading.start()
         try:
-            assert reading.wait(HANG_S)
+            assert held.reading.wait(HANG_S)
             assert client.get("/health").status_code == 200
         finally:
-            release.set()
+            held.release.set()
             reloading.join(HANG_S)
-    assert gave_up == [False], "/health answered only once the reload's read gave up"
+    assert held.gave_up == [False], "/health answered only once the reload's read gave up"
     assert answers == [200]

@@ -10,6 +10,7 @@ import socket
 import tempfile
 import threading
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,14 @@ class _Server(Granian):  # type: ignore[misc, valid-type]
             try:
                 body = self._post(self.reload_url, timeout=3600)
             except urllib.error.HTTPError as exc:
+                if exc.code == HTTPStatus.CONFLICT and not self._stopping:
+                    # Another reload is running (`gateway reload`, the page's): it may have read
+                    # the file before this SIGHUP's edit, so this one runs once that one is done.
+                    if not waited:
+                        log.info("SIGHUP: another reload is running; this one runs once it is done")
+                        waited = True
+                    time.sleep(RELOAD_RETRY_S)
+                    continue
                 log.error("SIGHUP: reload refused (%s): %s", exc.code, exc.read().decode(errors="replace"))
                 return
             except OSError as exc:

@@ -25,6 +25,7 @@ class FakeApp:
 
     def __init__(self) -> None:
         self.posts: list[str] = []
+        self.busy = 0  # the first POSTs answered 409: another reload (`gateway reload`) is running
         self.first_in = threading.Event()
         self.release = threading.Event()
         app = self
@@ -35,6 +36,13 @@ class FakeApp:
                 if len(app.posts) == 1:
                     app.first_in.set()
                     app.release.wait(HANG_S)
+                if len(app.posts) <= app.busy:
+                    body = b'{"error": {"message": "a reload is already running", "type": "conflict"}}'
+                    self.send_response(409)
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 body = b'{"reloaded": true}'
                 self.send_response(200)
                 self.send_header("content-length", str(len(body)))
@@ -94,3 +102,14 @@ def test_a_single_sighup_is_forwarded_once(app: FakeApp) -> None:
     assert app.first_in.wait(HANG_S)
     wait_forwarding_done()
     assert app.posts == ["token"]
+
+
+def test_a_sighup_while_another_reload_runs_is_sent_again_once_that_one_is_done(app: FakeApp) -> None:
+    # An operator's `gateway reload` (or the page's) is running: the app answers 409. That one
+    # may have read the file before this SIGHUP's edit, so the SIGHUP's reload must still run.
+    app.busy = 2
+    app.release.set()
+    server = forwarding_to(app)
+    server._reload(None, None)
+    wait_forwarding_done()
+    assert app.posts == ["token", "token", "token"]

@@ -13,6 +13,8 @@ APP = "vram-gateway"
 PORT = 8080
 NODE_PREFIX = f"{APP}-node-"
 ROUTER_NAME = f"{APP}-router"
+# Kubernetes' default cluster DNS domain (a cluster may set another: list it in allowed_hosts).
+CLUSTER_DOMAIN = "cluster.local"
 # Kubernetes Service names are DNS-1035 labels: at most 63 lowercase letters, digits and -.
 _MAX_NAME = 63
 _HASH_CHARS = 8
@@ -32,6 +34,15 @@ def object_name(prefix: str, name: str) -> str:
 def node_object_name(node: str) -> str:
     """The ConfigMap, Deployment and Service of one node's gateway."""
     return object_name(NODE_PREFIX, node)
+
+
+def service_hosts(name: str, namespace: str | None) -> list[str]:
+    """The names a Service is reached by inside the cluster: its own name (from its namespace),
+    and with a known namespace also ``name.ns``, ``name.ns.svc`` and the full name under the
+    default cluster domain (``cluster.local``)."""
+    if not namespace:
+        return [name]
+    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"]
 
 
 def node_url(node: NodeConfig) -> str:

@@ -16,6 +16,7 @@ import tomli_w
 from gateway.cluster.naming import PORT, node_url
 from gateway.config.schema import Config, ModelConfig
 from gateway.errors import ConfigError
+from gateway.http.network import LOOPBACK_NAMES
 from gateway.placement.planning import ModelFiles, model_request, plan_policy
 from planner.cluster import ClusterModel, ClusterPlan, Node, NodePlan, plan_cluster
 from planner.devices import declared_devices
@@ -28,7 +29,9 @@ PLACEMENT_FILE = "placement.toml"
 MODELS_MOUNT = "/models"
 # [gateway] keys a node's gateway takes from the cluster config. The others are the router's:
 # where it listens (host, port), clients' keys (api_keys: a node takes the internal key from its
-# Secret), default_model (kept only where that model runs) and what probes may see unasked.
+# Secret), default_model (kept only where that model runs), what probes may see unasked and who
+# may reach it (allowed_hosts, allowed_origins, allow_unauthenticated_network: a node's are its
+# own, set by ``keyless_network`` when the cluster has no internal key).
 NODE_GATEWAY_KEYS = (
     "log_level",
     "log_format",
@@ -45,6 +48,24 @@ NODE_GATEWAY_KEYS = (
 LOCAL_PLANNER_KEYS = {"model_headers"}
 # Secrets never go into a ConfigMap: the Deployments read them from Secrets instead.
 SECRET_GATEWAY_KEYS = ("api_keys", "internal_api_key")
+
+
+def keyless_network(gateway: dict[str, Any], service_names: list[str]) -> None:
+    """Make a [gateway] table of a pod that runs without API keys serve the cluster network.
+
+    Its pod listens on 0.0.0.0, which a gateway without keys refuses unless
+    ``allow_unauthenticated_network`` says so: written here, so the choice is visible in the
+    manifests. Its ``allowed_hosts`` are the names it is reached by: its Service's
+    (``service_names``), loopback (kubectl port-forward, the probes) and any the table already
+    lists. Names rather than "*": the Host check is what keeps a browser from using the pod
+    through a kubectl port-forward on someone's machine (a page whose name is re-bound to
+    127.0.0.1 carries that name), and inside the cluster the Service names are what clients
+    send. A client using another name (an Ingress, another cluster domain, a pod IP: Prometheus
+    scraping pods) needs it listed in the cluster config's allowed_hosts, or keys.
+    """
+    gateway["allow_unauthenticated_network"] = True
+    names = [*gateway.get("allowed_hosts", ()), *service_names, *LOOPBACK_NAMES]
+    gateway["allowed_hosts"] = list(dict.fromkeys(names))
 
 
 def cluster_nodes(config: Config) -> list[Node]:

@@ -22,12 +22,14 @@ from typing import Any
 
 import yaml
 
-from gateway.cluster.naming import APP, PORT, ROUTER_NAME, node_object_name
+from gateway.access.keyring import keys_required
+from gateway.cluster.naming import APP, PORT, ROUTER_NAME, node_object_name, service_hosts
 from gateway.cluster.planning import (
     PLACEMENT_FILE,
     MODELS_MOUNT,
     SECRET_GATEWAY_KEYS,
     dump_placement,
+    keyless_network,
     node_config_doc,
     router_config_doc,
     toml_text,
@@ -106,7 +108,8 @@ def _labels(component: str, extra: Mapping[str, str] | None = None) -> dict[str,
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
-    # optional: a cluster without the Secret runs without keys (ClusterIP only), as on one box.
+    # optional: without the Secret a pod runs without keys if its config allows that (a cluster
+    # config without keys renders allow_unauthenticated_network), else it refuses to start.
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
 
 
@@ -122,7 +125,14 @@ def _probes(ready_path: str, startup_failures: int) -> dict[str, Any]:
     return {
         # The port opens once every model has loaded or failed (minutes for big models).
         "startupProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "failureThreshold": startup_failures},
-        "readinessProbe": {"httpGet": {"path": ready_path, "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        # The kubelet's Host would be the pod's IP, which is not among the names a gateway
+        # without keys serves (allowed_hosts); it asks as a local client.
+        "readinessProbe": {
+            "httpGet": {"path": ready_path, "port": "http", "httpHeaders": [{"name": "Host", "value": "localhost"}]},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
         # Liveness asks only whether the server answers: restarting because a model failed
         # to load would reload every other model for nothing.
         "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 20, "failureThreshold": 3},
@@ -162,6 +172,9 @@ def _node_manifests(config: Config, node: NodePlan, options: RenderOptions) -> t
     name = node_object_name(node.name)
     node_config = next(n for n in config.nodes or () if n.name == node.name)
     doc = node_config_doc(config, node, options.models_dir)
+    if config.gateway.internal_api_key is None:
+        # No internal key: the node serves the cluster network without one, under its Service's names.
+        keyless_network(doc["gateway"], service_hosts(name, options.namespace))
     comment = (
         f"Node {node.name}: its models, from {options.source} by `gateway render k8s` (do not edit).\n"
         f"Planned onto {_gpus_text(config, node)}; the gateway plans again at start\n"
@@ -249,6 +262,9 @@ def _router_manifests(config: Config, nodes: list[NodePlan], options: RenderOpti
     serving = {n.name for n in nodes}
     doc = router_config_doc(config, options.models_dir)
     doc["nodes"] = [n for n in doc["nodes"] if n["name"] in serving]
+    if not keys_required(config):
+        # No client keys: the router serves the cluster network without them, under its Service's names.
+        keyless_network(doc["gateway"], service_hosts(ROUTER_NAME, options.namespace))
     comment = (
         f"The router's view of the cluster, from {options.source} by `gateway render k8s` (do not edit).\n"
         "It forwards each request to a node that serves its model; node addresses are the nodes' Services."
@@ -331,6 +347,12 @@ def render(config: Config, result: ClusterPlan, options: RenderOptions = RenderO
     header = f"{GENERATED} from {options.source} (do not edit): the router, the one address clients use.\n"
     files[f"{ROUTER_NAME}.yaml"] = _yaml(_router_manifests(config, serving, options), header)
     files[PLACEMENT_FILE] = dump_placement(result)
+    keyless = [part for part, keyless in (("router", not keys_required(config)), ("nodes", config.gateway.internal_api_key is None)) if keyless]
+    if keyless:
+        notes.append(
+            f"no keys in the config for the {' and the '.join(keyless)}: rendered with allow_unauthenticated_network = true "
+            "(anyone inside the cluster may use every model) and allowed_hosts = their Service names and loopback"
+        )
     secrets = [k for k in SECRET_GATEWAY_KEYS if getattr(config.gateway, k)]
     if secrets:
         notes.append(

@@ -10,12 +10,16 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.access.keyring import keys_required
 from gateway.cli.main import main, validate
+from gateway.cluster.naming import node_object_name
 from gateway.cluster.render_k8s import GPU_RESOURCE, NODE_LABEL
 from gateway.config.loading import load_config, parse_config
+from gateway.http.network import exposure_problem, host_name, served_hosts
 from tests.cluster_example import write_example
 
 yaml = pytest.importorskip("yaml")
@@ -217,3 +221,54 @@ def test_a_plan_that_does_not_fit_writes_nothing(tmp_path, config_path, models_d
     assert not (tmp_path / "out").exists()
     err = capsys.readouterr().err
     assert "error: the models do not fit:" in err and "fits on no node: node " in err
+
+
+def pod_config(path: Path, file: str):
+    """The config a pod of ``path`` starts with: its ConfigMap's file under the env its container
+    sets (a Secret's value is absent, as when the optional Secret was not created)."""
+    kinds = by_kind(path)
+    (container,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return parse_config(kinds["ConfigMap"]["data"][file], environ=environ)
+
+
+def test_a_cluster_without_keys_starts_and_the_router_reaches_its_nodes(out):
+    # Issue 21 items 3 and 8: a pod on 0.0.0.0 without keys exits at start unless its config says
+    # allow_unauthenticated_network, and a node answers only the Host names it is served under.
+    router = pod_config(out / "vram-gateway-router.yaml", "cluster.toml")
+    assert router.gateway.host == "0.0.0.0"
+    assert exposure_problem(router, keys_required(router)) is None
+    served = served_hosts(router.gateway, keys_required(router))
+    assert served is not None and {"vram-gateway-router", "localhost", "127.0.0.1"} <= served
+    for node in router.nodes:
+        path = out / f"{node_object_name(node.name)}.yaml"
+        config = pod_config(path, "models.toml")
+        assert config.gateway.host == "0.0.0.0"
+        assert exposure_problem(config, keys_required(config)) is None, path.name
+        served = served_hosts(config.gateway, keys_required(config))
+        # The Host the router sends (its node URL) and the probes' (localhost) are served; another is not.
+        assert host_name(urlsplit(node.url).netloc) in served, path.name
+        assert "localhost" in served and "evil.example" not in served
+        probe = by_kind(path)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        assert {"name": "Host", "value": "localhost"} in probe["httpGet"]["httpHeaders"]
+
+
+def test_with_a_namespace_the_routers_full_service_names_are_served(tmp_path, config_path, models_dir):
+    assert render(tmp_path / "out", config_path, models_dir, "--namespace", "llm") == 0
+    router = pod_config(tmp_path / "out" / "vram-gateway-router.yaml", "cluster.toml")
+    served = served_hosts(router.gateway, False)
+    assert {"vram-gateway-router.llm", "vram-gateway-router.llm.svc", "vram-gateway-router.llm.svc.cluster.local"} <= served
+
+
+def test_a_cluster_with_keys_renders_no_keyless_network_and_refuses_to_start_without_its_secrets(tmp_path, config_path, models_dir):
+    text = config_path.read_text().replace("port = 8080", 'port = 8080\napi_keys = ["sk-client"]\ninternal_api_key = "sk-internal"', 1)
+    cfg = tmp_path / "with-keys.toml"
+    cfg.write_text(text)
+    assert render(tmp_path / "out", cfg, models_dir) == 0
+    files = [(tmp_path / "out" / "vram-gateway-router.yaml", "cluster.toml")]
+    files += [(p, "models.toml") for p in node_files(tmp_path / "out")]
+    for path, file in files:
+        config = pod_config(path, file)
+        assert not config.gateway.allow_unauthenticated_network and config.gateway.allowed_hosts is None, path.name
+        # The keys come from the Secrets; without them the pod fails closed.
+        assert exposure_problem(config, keys_required(config)) is not None, path.name

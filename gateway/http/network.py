@@ -10,7 +10,8 @@ whoever connects. Two things would break that trust, and both are refused here:
   app-wide guard (``BrowserGuard``) therefore refuses, before any handler runs:
 
   - a ``Host`` that is not one of the names this gateway is served under (``allowed_hosts``),
-    which is what a rebinding page sends;
+    which is what a rebinding page sends (an IP address is always served: there is no name to
+    re-bind);
   - an unsafe method (POST, ...) whose ``Origin`` is another site's, or that the browser marks
     as cross-site (``Sec-Fetch-Site``), unless it calls the OpenAI API (``/v1/*``) from an
     origin the operator lists in ``[gateway] allowed_origins`` (``origin_allowed``; the CORS
@@ -90,6 +91,17 @@ def served_hosts(settings: GatewaySettings, keys_required: bool) -> frozenset[st
     return frozenset(names)
 
 
+def is_ip_literal(name: str) -> bool:
+    """An address rather than a name. A ``Host`` that is one is always served: DNS rebinding needs
+    a name to re-bind, and a page whose origin is an address is this gateway's own page or reaches
+    another machine; so a scraper or probe that calls a pod by its IP is answered."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def host_name(header: str) -> str:
     """The name in a ``Host`` header, without its port or brackets, lower case."""
     text = header.strip().lower()
@@ -135,7 +147,7 @@ class BrowserGuard:
         settings = self._settings()
         host = connection.headers.get("host", "")
         allowed = served_hosts(settings, self._keys_required())
-        if allowed is not None and host_name(host) not in allowed:
+        if allowed is not None and host_name(host) not in allowed and not is_ip_literal(host_name(host)):
             raise InvalidRequestError(
                 f"this gateway is not served under the name {host_name(host)[:100]!r} "
                 "(the Host header; [gateway] allowed_hosts lists the names it answers to)"

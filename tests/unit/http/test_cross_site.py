@@ -104,6 +104,13 @@ def test_the_loopback_names_are_served(open_cfg, host):
         assert client.get("/ui/state", headers={"Host": host}).status_code == 200
 
 
+@pytest.mark.parametrize("host", ["10.0.0.7:8080", "192.168.1.20", "[fd00::7]:8080"])
+def test_an_ip_address_is_served_as_the_host_there_is_no_name_to_rebind(open_cfg, host):
+    # A scraper or probe calling a pod by its IP (Prometheus' pod annotations) is answered.
+    with loopback_client(open_cfg) as client:
+        assert client.get("/health", headers={"Host": host}).status_code == 200
+
+
 def test_allowed_hosts_names_the_hosts_served(tmp_path, tiny):
     cfg = write_config(tmp_path / "m.toml", tiny, [{"name": "eager"}], gpus=["8GiB"], allowed_hosts=["gpu1.lan", "127.0.0.1"])
     with loopback_client(cfg) as client:

@@ -5,11 +5,13 @@ fixture (tests/conftest.py) starts them and kills them after the test.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -54,13 +56,42 @@ class WorkerProcess:
         )
         self._messages: queue.Queue[tuple[float, dict] | None] = queue.Queue()
         self._stderr = bytearray()
+        # The output hold (``output_held_after``): while ``_reading`` is clear, nothing reads the
+        # worker's stdout, so the worker blocks on its next write once the pipe is full.
+        self._reading = threading.Event()
+        self._reading.set()
+        self._hold_after: Callable[[dict], bool] | None = None
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
 
     def _read_stdout(self) -> None:
         for line in self.proc.stdout:
-            self._messages.put((time.monotonic(), decode(line)))
+            message = decode(line)
+            self._messages.put((time.monotonic(), message))
+            hold = self._hold_after
+            if hold is not None and hold(message):
+                self._hold_after = None
+                self._reading.clear()
+            self._reading.wait()
         self._messages.put(None)
+
+    @contextlib.contextmanager
+    def output_held_after(self, matches: Callable[[dict], bool]) -> Iterator[None]:
+        """Stop reading the worker's output right after the first message that ``matches``, until
+        the block ends.
+
+        The worker writes each decode step's lines from its decode loop, so once the pipe (64 KiB)
+        and the reader's buffer are full, its next write blocks and its generations stop: past the
+        held message a stream can make only what fits there (a few hundred chunks), however fast
+        the machine. A test that must act while a long generation is still running (a cancel)
+        holds it this way instead of racing it. Messages read before the hold stay available.
+        """
+        self._hold_after = matches
+        try:
+            yield
+        finally:
+            self._hold_after = None
+            self._reading.set()
 
     def _read_stderr(self) -> None:
         while chunk := self.proc.stderr.read1(65536):
@@ -125,6 +156,7 @@ class WorkerProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
+        self._reading.set()  # a held reader reads on to EOF and ends
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)

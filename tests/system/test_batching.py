@@ -151,11 +151,16 @@ def test_a_cancelled_stream_frees_its_slot_for_a_waiting_request(spawn, tiny):
     def ended(request_id: int) -> bool:
         return any(m["id"] == request_id and m["type"] in ("result", "end", "error") for m in arrived)
 
-    worker.request(1, "completion", {**GREEDY, "max_tokens": 4000}, stream=True)
-    until(lambda: chunks_of(1) >= 1)
-    worker.request(2, "completion", {**GREEDY, "max_tokens": 4}, stream=True)
-    until(lambda: chunks_of(1) >= 6)  # request 1 goes on while request 2 waits for the one slot
-    worker.send(type="cancel", id=1)
+    # Request 1 cannot end by itself before its cancel is read, however fast the machine: the
+    # test stops reading the worker's output after request 1's first chunk, so the worker blocks
+    # on its writes a few hundred tokens later (tests/workers.py, output_held_after), far short of
+    # its 4000. Request 2 and the cancel are written meanwhile, in that order: the worker reads
+    # request 2 while request 1 holds the one slot.
+    with worker.output_held_after(lambda m: m.get("id") == 1 and m["type"] == "chunk"):
+        worker.request(1, "completion", {**GREEDY, "max_tokens": 4000}, stream=True)
+        until(lambda: chunks_of(1) >= 1)
+        worker.request(2, "completion", {**GREEDY, "max_tokens": 4}, stream=True)
+        worker.send(type="cancel", id=1)
     until(lambda: ended(1) and ended(2))
 
     end1 = next(m for m in arrived if m["id"] == 1 and m["type"] != "chunk")

@@ -5,10 +5,11 @@ metrics, and failover and 503 once a node is killed (those tests come last)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
-import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,6 +25,9 @@ INTERNAL_KEY = "internal-key"
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 # Often enough that a test waits well under a second for the router to see a change.
 POLL_S = 0.2
+# A streamed generation on only-b that cannot end by itself in the instant between its first
+# event reaching the client and the test holding the node's worker (its context, 8192, has room).
+LONG = 8000
 
 
 def _node_config(port: int, models: list[dict], declared: bool) -> dict:
@@ -41,8 +45,8 @@ def cluster(tmp_path_factory, gemma_path):
     gemma = {"name": "gemma", "path": str(gemma_path), "chat_format": "gemma", "n_ctx": 512, "flash_attn": True}
     nodes = {
         "node-a": ([gemma], False),
-        "node-b": ([tiny_model, {"name": "only-b", "path": str(tiny), "n_ctx": 256}], True),
-        "node-c": ([tiny_model, {"name": "only-c", "path": str(tiny), "n_ctx": 256}], True),
+        "node-b": ([tiny_model, {"name": "only-b", "path": str(tiny), "n_ctx": 8192}], True),
+        "node-c": ([tiny_model, {"name": "only-c", "path": str(tiny), "n_ctx": 8192}], True),
     }
     ports = {name: free_port() for name in nodes}
     procs: dict = {}
@@ -126,28 +130,52 @@ def test_the_model_list_merges_the_nodes_with_where_each_model_runs(cluster):
     assert data["gemma"]["nodes"][0]["planned"]["cuda_visible_devices"] == ""  # the node's own entry
 
 
+def _node_closed_requests(node: str, model: str) -> float:
+    """The node's count of requests for ``model`` that their client closed (499)."""
+    text = httpx.get(node + "/metrics", headers={"Authorization": f"Bearer {INTERNAL_KEY}"}, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("vram_gateway_requests_total{") and f'model="{model}"' in line and 'status="499"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _events(r: httpx.Response) -> Iterator[str]:
+    """The stream's ``data:`` lines as they come."""
+    return (line for line in r.iter_lines() if line.startswith("data: "))
+
+
 def test_a_streamed_generation_comes_through_as_the_node_makes_it(cluster):
+    base, node = cluster["base"], cluster["nodes"]["node-b"]
+    internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
+    closed_before = _node_closed_requests(node, "only-b")
     body = {"model": "gemma", "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0, "stream": True}
-    # The same generation straight from the node, for comparison.
-    direct = httpx.post(cluster["nodes"]["node-a"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {INTERNAL_KEY}"}, timeout=60)
-    arrivals, pieces = [], []
-    start = time.monotonic()
-    with httpx.stream("POST", cluster["base"] + "/v1/completions", json=body, headers=AUTH, timeout=60) as r:
+    # The same events as straight from the node.
+    direct = httpx.post(cluster["nodes"]["node-a"] + "/v1/completions", json=body, headers=internal, timeout=60)
+    with httpx.stream("POST", base + "/v1/completions", json=body, headers=AUTH, timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                arrivals.append(time.monotonic() - start)
-                pieces.append(line)
+        pieces = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert pieces[-1] == "data: [DONE]"
 
     def texts(lines: list[str]) -> list[str]:
         return [json.loads(line[6:])["choices"][0]["text"] for line in lines if line != "data: [DONE]"]
 
     assert texts(pieces) == texts([line for line in direct.text.splitlines() if line.startswith("data: ")])
-    # Token by token: a buffering proxy would hand every event over at once; here they arrive
-    # as the node makes them, each at its own time (to the millisecond).
-    assert len(arrivals) >= 10
-    assert len({round(t, 3) for t in arrivals}) >= len(arrivals) // 2, arrivals
+
+    # Token by token: a buffering proxy would hand the first event over only with the rest. Here
+    # the client has it while the node still generates: once it has come, the node's worker is
+    # held, and the generation is still there, unfinished, holding its slot.
+    long = {"model": "only-b", "prompt": "a", "max_tokens": LONG, "logit_bias": {"97": 50}, "stream": True}
+    with httpx.stream("POST", base + "/v1/completions", json=long, headers=AUTH, timeout=HANG_S) as r:
+        events = _events(r)  # kept: an iterator dropped midway closes the stream
+        first = next(events)
+        with worker_held(node, "only-b", internal):
+            running = queue_running(node, "only-b", internal)
+    assert json.loads(first[6:])["choices"][0]["text"] == "a"
+    assert running == 1
+    # The client left: the node lets the generation go (test_a_client_that_goes_away_...), and
+    # counts it, before the next test counts its own.
+    wait_for(lambda: queue_running(node, "only-b", internal) == 0)
+    wait_for(lambda: _node_closed_requests(node, "only-b") == closed_before + 1)
 
 
 def test_the_least_busy_replica_gets_the_request(cluster):
@@ -191,27 +219,25 @@ def test_the_least_busy_replica_gets_the_request(cluster):
 
 
 def test_a_client_that_goes_away_stops_the_generation_on_the_node(cluster):
-    body = {"model": "only-b", "prompt": "a", "max_tokens": 8000, "logit_bias": {"97": 50}, "stream": True}
+    node = cluster["nodes"]["node-b"]
     internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
-    with httpx.stream("POST", cluster["base"] + "/v1/completions", json=body, headers=AUTH, timeout=60) as r:
-        for _ in zip(range(3), r.iter_lines()):
-            pass  # a few events, then hang up
-
-    def idle() -> bool:
-        models = httpx.get(cluster["nodes"]["node-b"] + "/v1/models", headers=internal, timeout=5).json()["data"]
-        return next(m for m in models if m["id"] == "only-b")["queue"]["running"] == 0
-
-    wait_for(idle)
+    closed_before = _node_closed_requests(node, "only-b")
+    body = {"model": "only-b", "prompt": "a", "max_tokens": LONG, "logit_bias": {"97": 50}, "stream": True}
+    with contextlib.ExitStack() as held:
+        with httpx.stream("POST", cluster["base"] + "/v1/completions", json=body, headers=AUTH, timeout=HANG_S) as r:
+            events = _events(r)  # kept: an iterator dropped midway closes the stream
+            for _ in range(3):
+                next(events)  # a few events...
+            # ...then the node's worker is held, so the generation cannot end by itself while the
+            # test looks, however fast the machine; it runs, unfinished...
+            held.enter_context(worker_held(node, "only-b", internal))
+            assert queue_running(node, "only-b", internal) == 1
+        # ...when the client hangs up: the router closes its stream from the node, which lets the
+        # generation go (its slot free, recorded there as closed by its client) while the worker
+        # is still held.
+        wait_for(lambda: queue_running(node, "only-b", internal) == 0)
+        wait_for(lambda: _node_closed_requests(node, "only-b") == closed_before + 1)
     assert complete(cluster["base"], "only-b").status_code == 200
-
-
-def _node_closed_requests(node: str, model: str) -> float:
-    """The node's count of requests for ``model`` that their client closed (499)."""
-    text = httpx.get(node + "/metrics", headers={"Authorization": f"Bearer {INTERNAL_KEY}"}, timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("vram_gateway_requests_total{") and f'model="{model}"' in line and 'status="499"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_a_client_that_leaves_a_whole_answer_stops_the_generation_on_the_node(cluster):

@@ -26,6 +26,7 @@ from gateway.placement.decisions import Place, Refuse, Resident, gate_room, less
 from gateway.placement.gate import Exceeds, Pass, check_load
 from gateway.placement.launch import ModelLaunch, launch_from_placement
 from gateway.placement.planning import inventory, plan_policy
+from planner.devices import Device
 from planner.plan import ModelRequest
 from planner.units import MIB
 
@@ -54,11 +55,14 @@ class LoadGate:
         *,
         taken: Mapping[int, int] | None = None,
         leaving: set[str] | frozenset[str] = frozenset(),
+        devices: list[Device] | None = None,
     ) -> Pass | Exceeds:
         """Does ``launch``'s dry run fit in the memory free now, less ``taken`` (by GPU: memory
-        promised to models about to start), with ``leaving``'s models gone? A failed dry run
+        promised to models about to start), with ``leaving``'s models gone? ``devices``: that
+        inventory as the caller read it already (else it is read here). A failed dry run
         refuses the load (ModelUnavailableError)."""
-        devices = less_room(inventory(config, self.read_nvml), dict(taken or {}))
+        if devices is None:
+            devices = less_room(inventory(config, self.read_nvml), dict(taken or {}))
         run = await self.dry_run(launch.worker_spec(model), launch.worker_env(dict(self.base_env)))
         if not run.ok:
             raise ModelUnavailableError(f"model {name!r}: the load gate's dry run failed: {run.error}")
@@ -113,7 +117,8 @@ class LoadGate:
             if not config.planner.load_gate or not decision.placement.gpus:
                 return decision
             launch = launch_from_placement(decision.placement, path)
-            verdict = await self.check(name, model, launch, config, residents(), taken=taken, leaving=set(decision.evict))
+            # The inventory this placement was planned on, not a second NVML read.
+            verdict = await self.check(name, model, launch, config, residents(), leaving=set(decision.evict), devices=devices)
             if isinstance(verdict, Pass):
                 return decision
             reason = verdict.reason

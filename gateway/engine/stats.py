@@ -31,6 +31,11 @@ class StepStats:
         self._cached += n_tokens
 
     def pending(self, busy: int) -> bool:
+        """Whether a message is due at ``due()``. Never without a sender: the decode loop's idle
+        wait sleeps until then, and a report that nobody sends would stay due, so the loop
+        would wake at once forever (a spinning thread holding the GIL)."""
+        if self._send is None:
+            return False
         pending = bool(self._sizes) or self._cached > 0 or busy != self._busy_sent
         if pending and self._window is None:
             self._window = self._clock()
@@ -41,7 +46,7 @@ class StepStats:
         return (self._window if self._window is not None else self._clock()) + STATS_INTERVAL_S
 
     def maybe_send(self, busy: int) -> None:
-        if self._send is None or not self.pending(busy) or self._clock() < self.due():
+        if not self.pending(busy) or self._clock() < self.due():
             return
         message = Stats(
             busy_slots=busy,

@@ -545,10 +545,14 @@ def multi_turn_check(base: str, rounds: int, bias: dict[str, float]) -> dict[str
 
 def overhead_check(model: Path, base: str, n_ctx: int, threads: int) -> dict[str, dict[str, float]]:
     """bench/serving_overhead.py's paired added latency of a 4-token completion, with this bench's
-    context and threads (per client: "httpx" and "lean client")."""
+    context and threads (per request kind and client: "unseeded, httpx", ..., "seeded, lean client")."""
     llm = _llama(model, n_ctx, threads)
     try:
-        return bench_gateway.paired_overhead(llm, base, "gemma")
+        return {
+            f"{kind}, {client}": over
+            for kind, seeded in (("unseeded", False), ("seeded", True))
+            for client, over in bench_gateway.paired_overhead(llm, base, "gemma", seeded=seeded).items()
+        }
     finally:
         llm.close()
 

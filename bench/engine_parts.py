@@ -51,6 +51,7 @@ if __name__ == "__main__":
     native.load_first()
 
 import concurrency  # noqa: E402
+from gateway.engine.decode_thread import PIPELINE_MIN_TOKENS  # noqa: E402
 from gateway.engine.step_profile import BATCH, DECODE, PARTS, SAMPLE, SCHEDULE, SEND, TEXT, StepProfiler, StepReport  # noqa: E402
 from testkit.ggufmaker import write_tiny_llama  # noqa: E402
 
@@ -72,10 +73,19 @@ CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
 def engine_run(
-    model: Path, streams: int, tokens: int, n_ctx: int, threads: int, bias: dict[str, float], profile: bool, clock: str = "wall"
+    model: Path,
+    streams: int,
+    tokens: int,
+    n_ctx: int,
+    threads: int,
+    bias: dict[str, float],
+    profile: bool,
+    clock: str = "wall",
+    pipeline_min_tokens: int | None = PIPELINE_MIN_TOKENS,
 ) -> EngineRun:
     """``streams`` streamed completions through an in-process BatchEngine, with a StepProfiler
-    when ``profile`` (reading ``clock``: CLOCKS)."""
+    when ``profile`` (reading ``clock``: CLOCKS); ``pipeline_min_tokens``: the engine's (None:
+    every step's text taken before the next decode)."""
     from llama_cpp import llama_cpp as capi
 
     from gateway.engine import loading
@@ -130,8 +140,8 @@ def engine_run(
         serve(warm, 1, 2)
         warm.stop()
         capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
-        profiler = StepProfiler(clock=CLOCKS[clock]) if profile else None
-        engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler)
+        profiler = StepProfiler(clock=CLOCKS[clock], wall_clock=clock == "wall") if profile else None
+        engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler, pipeline_min_tokens=pipeline_min_tokens)
         done, seconds = serve(engine, streams, tokens)
         engine.stop()  # the loop's last pass ends before the profile is read
         return EngineRun(profiler.report() if profiler is not None else None, done, seconds)
@@ -203,7 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--clock", choices=sorted(CLOCKS), default="wall", help="the step profile's clock: wall time, or the loop thread's CPU time (default wall)"
     )
+    parser.add_argument(
+        "--pipeline-min-tokens",
+        default=str(PIPELINE_MIN_TOKENS),
+        help=f"the engine's: text beside the next decode from that many greedy tokens a step, or 'off' (default {PIPELINE_MIN_TOKENS})",
+    )
     args = parser.parse_args(argv)
+    if args.pipeline_min_tokens == "off":
+        pipeline_min: int | None = None
+    elif args.pipeline_min_tokens.isdigit():
+        pipeline_min = int(args.pipeline_min_tokens)
+    else:
+        parser.error(f"--pipeline-min-tokens: {args.pipeline_min_tokens!r} (a whole number, or 'off')")
     counts = [int(c) for c in args.streams.split(",") if c]
     paths = [p for p in args.paths.split(",") if p]
     unknown = sorted(set(paths) - set(PATHS))
@@ -224,12 +245,16 @@ def main(argv: list[str] | None = None) -> None:
             f"flash attention, {args.threads} threads; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
             f"{args.tokens} greedy tokens per stream, EOS suppressed; {datetime.date.today()}"
         )
-        print(f"ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode'), {args.clock} clock\n")
+        print(
+            "ms columns: per step of the in-process engine (the parts outside llama_decode add up to 'outside decode', less the "
+            f"text and sending that ran beside the next decode on the wall clock), {args.clock} clock, "
+            f"text beside the next decode: {'off' if pipeline_min is None else f'from {pipeline_min} greedy tokens a step'}\n"
+        )
         print(header(), flush=True)
         for streams in counts:
             same = (model, streams, args.tokens, args.n_ctx, args.threads, bias)
-            plain = engine_run(*same, profile=False) if "engine" in paths else None
-            engine = engine_run(*same, profile=True, clock=args.clock) if "engine" in paths else None
+            plain = engine_run(*same, profile=False, pipeline_min_tokens=pipeline_min) if "engine" in paths else None
+            engine = engine_run(*same, profile=True, clock=args.clock, pipeline_min_tokens=pipeline_min) if "engine" in paths else None
             gateway = gateway_tokens_s(model, tmp, streams, args.tokens, args.n_ctx, args.threads, bias) if "gateway" in paths else None
             batch = None
             if "batch" in paths:

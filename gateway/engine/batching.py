@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.engine.decode_thread import PIPELINE_MIN_TOKENS, DecodeThread
 from gateway.engine.jobs import EmbeddingJob, Embeddings, Failure, GenerationJob, Job, Summary
 from gateway.engine.llama_batch import Batch
 from gateway.engine.loading import LoadedModel
@@ -80,10 +81,13 @@ class BatchEngine:
         after_step: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         profiler: StepProfiler | None = None,
+        pipeline_min_tokens: int | None = PIPELINE_MIN_TOKENS,
     ) -> None:
         """``after_step``: called on the loop's thread after each step that did work (the worker
         flushes the stream chunks the step's jobs wrote). ``profiler``: splits each step's time
-        by part (a benchmark's; None costs the loop an ``is not None`` test here and there)."""
+        by part (a benchmark's; None costs the loop an ``is not None`` test here and there).
+        ``pipeline_min_tokens``: a step with at least that many greedy tokens to take does their
+        text and sending while the next step decodes (gateway.engine.decode_thread); None: never."""
         from llama_cpp import llama_cpp as capi
 
         self._capi = capi
@@ -101,6 +105,16 @@ class BatchEngine:
         self._profiler = profiler
         self._greedy_rows = GreedyRows()
         self._step_logits = StepLogits(loaded.ctx, loaded.n_vocab)
+        # A step takes at most one greedy token a slot: with fewer slots nothing is ever deferred.
+        pipelined = pipeline_min_tokens is not None and len(self.slots) >= pipeline_min_tokens
+        self._pipeline_min = pipeline_min_tokens if pipelined else None
+        self._decoder = DecodeThread(self._decode, clock) if pipelined else None
+        # The last step's greedy tokens whose text waits for the next decode: (sequence, token,
+        # piece or None for an end of generation), and when they were sampled.
+        self._deferred: list[tuple[Sequence, int, bytes | None]] = []
+        self._deferred_at = 0.0
+        self._decoding = False  # a decode runs on the decode thread: no llama.cpp call here
+        self._free_after_decode: list[GenerationJob] = []
 
         self._lock = threading.Condition()
         self._inbox: deque[Job] = deque()
@@ -138,6 +152,8 @@ class BatchEngine:
             self._lock.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if self._decoder is not None and not self._thread.is_alive():
+            self._decoder.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -269,13 +285,20 @@ class BatchEngine:
         profiler = self._profiler
         if profiler is not None:
             profiler.switch(BATCH)
+        deferred = self._deferred
+        if deferred:
+            self._deferred = []
         batch = self._batch
         batch.clear()
         state = SeqState.GENERATING
-        generating = [seq for seq in map(_busy, self.slots) if seq is not None and seq.state is state]
+        # A sequence whose deferred token ends it (end of generation, max_tokens) has none
+        # pending: it is not decoded again, its text is taken below.
+        generating = [seq for seq in map(_busy, self.slots) if seq is not None and seq.state is state and seq.pending is not None]
+        tokens: list[int] = []
         if generating:
             # Each column read by one map over the sequences (attrgetter: no Python frame a token).
-            first = batch.add_singles(list(map(_pending, generating)), list(map(_n_past, generating)), list(map(_slot_index, generating)))
+            tokens = list(map(_pending, generating))
+            first = batch.add_singles(tokens, list(map(_n_past, generating)), list(map(_slot_index, generating)))
             for k, seq in enumerate(generating, first):
                 seq.batch_index = seq.logits_row = k  # the batch's first tokens, each with its logits
         chunks: list[tuple[Sequence, int]] = []
@@ -291,14 +314,18 @@ class BatchEngine:
             chunks.append((seq, take))
             budget -= take
         if batch.n == 0:
+            if deferred:  # every deferred token ended its sequence
+                self._take_plain(deferred, self._deferred_at)
+                return True
             return False
 
         if profiler is not None:
             profiler.switch(DECODE)
         started = self._clock()
-        ret = self._decode()
+        ret = self._decode_beside(deferred) if deferred else self._decode()
+        decoded_at = self._decoder.ended_at if deferred and self._decoder is not None else self._clock()
         if ret == 1:
-            ret = self._make_room(generating, chunks)
+            ret = self._make_room([seq for seq in generating if not seq.done], chunks)
             if ret is None:
                 return True  # the next step is built without what gave way
         if ret != 0:
@@ -307,16 +334,20 @@ class BatchEngine:
         now = self._clock()
         if profiler is not None:
             profiler.switch(BATCH)
-        self._budget.observe(len(generating), sum(take for _, take in chunks), now - started)
+        self._budget.observe(len(generating), sum(take for _, take in chunks), decoded_at - started)
         self._stats.decoded(batch.n)
 
         # The step's bookkeeping first, then its sampling in the same order as one pass:
-        # (sequence, batch index of its logits).
-        to_sample = [(seq, seq) for seq in generating]  # (sequence, the one whose logits it samples from)
-        for seq in generating:
-            seq.slot.cached.append(seq.pending)  # type: ignore[arg-type]
+        # (sequence, batch index of its logits). A sequence that a stop string in its deferred
+        # text ended meanwhile was decoded all the same: its slot keeps that token's cell.
+        for seq, token in zip(generating, tokens):
+            seq.slot.cached.append(token)
             seq.n_past += 1
             seq.pending = None
+        if deferred:
+            done = SeqState.DONE
+            generating = [seq for seq in generating if seq.state is not done]
+        to_sample = [(seq, seq) for seq in generating]  # (sequence, the one whose logits it samples from)
         for seq, take in chunks:
             seq.slot.cached.extend(seq.job.prompt[seq.prompt_pos : seq.prompt_pos + take])
             seq.prompt_pos += take
@@ -340,18 +371,70 @@ class BatchEngine:
             else:
                 self._sample(seq, source.batch_index, now, token)
         if plain:
-            self._take_plain(plain, now)
+            items = self._with_pieces(plain)
+            if self._pipeline_min is not None and len(items) >= self._pipeline_min:
+                self._defer(items, now)
+            else:
+                self._take_plain(items, now)
         return True
 
-    def _take_plain(self, plain: list[tuple[Sequence, int]], now: float) -> None:
-        """The step's tokens that its greedy pass picked for sequences that need no logits
-        (no log-probabilities, no stopping criteria): their pieces looked up at once, each
-        taken as ``_sample`` takes it, without its per-token sampling and profiler work."""
+    def _with_pieces(self, plain: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int, bytes | None]]:
+        """The greedy tokens with their pieces (None: an end of generation), looked up at once."""
+        profiler = self._profiler
+        previous = profiler.switch(TEXT) if profiler is not None else ""
+        items = [(seq, token, piece) for (seq, token), piece in zip(plain, self.vocab.pieces([token for _, token in plain]))]
+        if profiler is not None:
+            profiler.switch(previous)
+        return items
+
+    def _defer(self, items: list[tuple[Sequence, int, bytes | None]], now: float) -> None:
+        """Take these tokens' text during the next decode (``_decode_beside``). Whether a token
+        ends its sequence by an end of generation or max_tokens is known now: those are not
+        decoded again. Any other continues and is decoded next step; a stop string its text
+        completes ends it then, a step late, its last token decoded but never sent."""
+        for seq, token, piece in items:
+            if piece is not None and len(seq.completion) + 1 < seq.job.max_tokens:
+                seq.pending = token
+        self._deferred, self._deferred_at = items, now
+
+    def _decode_beside(self, deferred: list[tuple[Sequence, int, bytes | None]]) -> int:
+        """llama_decode on the decode thread while this one takes the last step's deferred
+        tokens and writes their stream chunks (``after_step``); its result. No llama.cpp call
+        is made here meanwhile: a job that ends frees its sampler chains after the decode."""
+        decoder = self._decoder
+        if decoder is None:  # not reached: tokens are deferred only with a decode thread
+            raise RuntimeError("deferred tokens without a decode thread")
+        profiler = self._profiler
+        decoder.start()
+        self._decoding = True
+        work_started = self._clock()
+        try:
+            self._take_plain(deferred, self._deferred_at)
+            if self._after_step is not None:
+                previous = profiler.switch(SEND) if profiler is not None else ""
+                self._after_step()
+                if profiler is not None:
+                    profiler.switch(previous)
+            work_ended = self._clock()
+        finally:
+            ret = decoder.wait()
+            self._decoding = False
+            jobs, self._free_after_decode = self._free_after_decode, []
+            for job in jobs:
+                job.free_chains()
+        if profiler is not None:
+            profiler.overlapped(max(0.0, min(work_ended, decoder.ended_at) - work_started))
+        return ret
+
+    def _take_plain(self, items: list[tuple[Sequence, int, bytes | None]], now: float) -> None:
+        """The tokens that a step's greedy pass picked for sequences that need no logits (no
+        log-probabilities, no stopping criteria), with their pieces: each taken as ``_sample``
+        takes it, without its per-token sampling and profiler work."""
         profiler = self._profiler
         previous = profiler.switch(TEXT) if profiler is not None else ""
         running_of = self._running
         done = SeqState.DONE
-        for (seq, token), piece in zip(plain, self.vocab.pieces([token for _, token in plain])):
+        for seq, token, piece in items:
             if seq.state is done:
                 continue
             running = running_of[seq.job]
@@ -396,6 +479,7 @@ class BatchEngine:
                 profiler.switch(previous)
 
     def _decode(self) -> int:
+        """llama_decode of the step's batch, on the loop's thread or the decode thread."""
         ret = int(self._capi.llama_decode(self._ctx, self._batch.view()))
         if self._profiler is not None:
             # llama_decode may return before the backend has finished (its scheduler computes
@@ -428,9 +512,10 @@ class BatchEngine:
         jobs = dict.fromkeys([s.job for s in generating] + [s.job for s, _ in chunks])
         for job in jobs:
             running = self._running.get(job)
-            if running is not None:
-                for seq in running.sequences:
-                    self._kv.clear(seq.slot)  # what the failed decode left there is unknown
+            if running is None:  # it ended meanwhile (its deferred text ended it)
+                continue
+            for seq in running.sequences:
+                self._kv.clear(seq.slot)  # what the failed decode left there is unknown
             self._fail(job, ErrorKind.ENGINE, f"llama_decode failed ({ret})")
 
     def _sample(self, seq: Sequence, index: int, now: float, picked: int | None = None) -> None:
@@ -493,7 +578,7 @@ class BatchEngine:
     def _end(self, running: _Running) -> None:
         job = running.job
         del self._running[job]
-        job.free_chains()
+        self._free_chains(job)
         job.emit(
             Summary(
                 prompt_tokens=len(job.prompt),
@@ -512,8 +597,15 @@ class BatchEngine:
         if running is not None:
             for seq in running.sequences:
                 self._release(seq)
-            running.job.free_chains()
+            self._free_chains(running.job)
         job.emit(Failure(kind, message))
+
+    def _free_chains(self, job: GenerationJob) -> None:
+        """Free a finished job's sampler chains, after the decode running on the decode thread."""
+        if self._decoding:
+            self._free_after_decode.append(job)
+        else:
+            job.free_chains()
 
     # ------------------------------------------------------------------ embeddings
 

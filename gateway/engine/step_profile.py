@@ -6,6 +6,12 @@ part, the one switched to last, so the parts of a step always add up to the step
 loop switches parts where its work changes; a part may be entered inside another (a stream
 chunk is sent from inside the text part) and hands the time back when it ends (``timed``).
 
+When the decode runs on the decode thread (gateway.engine.decode_thread), the loop's own parts go
+on while it computes: the decode part then holds only the wait for it, and ``overlapped`` adds
+the time of the loop's work that ran beside it (on the engine's wall clock), so that
+``decode_s`` is the decode's whole time and ``outside_decode_s`` what the loop added to the
+step. With a thread CPU clock nothing is subtracted (the loop thread's CPU time is all its own).
+
 Without a profiler (the worker's case) the loop only tests ``is not None`` at those places.
 bench/engine_parts.py drives an engine in-process with one and prints the parts per step.
 """
@@ -35,19 +41,29 @@ class StepReport:
     steps: int
     step_s: float
     parts_s: dict[str, float]
+    overlapped_s: float = 0.0  # the loop's work done while the decode thread decoded
 
     def per_step_ms(self, part: str) -> float:
-        return 1000.0 * self.parts_s[part] / self.steps if self.steps else 0.0
+        seconds = self.decode_s if part == DECODE else self.parts_s[part]
+        return 1000.0 * seconds / self.steps if self.steps else 0.0
+
+    @property
+    def decode_s(self) -> float:
+        """llama_decode's whole time: what the loop waited for it, and what ran beside it."""
+        return self.parts_s[DECODE] + self.overlapped_s
 
     @property
     def outside_decode_s(self) -> float:
-        return sum(s for part, s in self.parts_s.items() if part != DECODE)
+        """What the loop's own work added to the steps (its parts, less what overlapped)."""
+        return sum(s for part, s in self.parts_s.items() if part != DECODE) - self.overlapped_s
 
 
 class StepProfiler:
     """Splits each step's time by part. Used from the decode loop's thread only."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, *, wall_clock: bool = True) -> None:
+        """``wall_clock``: ``clock`` is a wall clock (False for a thread's CPU time: then the
+        decode's overlap is not subtracted)."""
         self._clock = clock
         self._totals = dict.fromkeys(PARTS, 0.0)
         self._step = dict.fromkeys(PARTS, 0.0)
@@ -56,12 +72,16 @@ class StepProfiler:
         self._part = SCHEDULE
         self._started = 0.0
         self._last = 0.0
+        self._overlapped = 0.0
+        self._step_overlapped = 0.0
+        self._wall = wall_clock
 
     def begin(self) -> None:
         """A step starts, in the schedule part."""
         now = self._clock()
         self._started = self._last = now
         self._part = SCHEDULE
+        self._step_overlapped = 0.0
         for part in PARTS:
             self._step[part] = 0.0
 
@@ -82,8 +102,14 @@ class StepProfiler:
             return
         self._steps += 1
         self._step_s += now - self._started
+        self._overlapped += self._step_overlapped
         for part in PARTS:
             self._totals[part] += self._step[part]
+
+    def overlapped(self, seconds: float) -> None:
+        """``seconds`` of this step's other parts ran while the decode thread decoded (wall)."""
+        if self._wall:
+            self._step_overlapped += seconds
 
     def timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` with its time counted as ``part``, then handed back to the part it was called in."""
@@ -102,7 +128,7 @@ class StepProfiler:
         return _TimedSink(self.timed(part, sink.delta), self.timed(part, sink.finish))
 
     def report(self) -> StepReport:
-        return StepReport(self._steps, self._step_s, dict(self._totals))
+        return StepReport(self._steps, self._step_s, dict(self._totals), self._overlapped)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,172 @@
+"""gateway.engine.decode_thread, and the decode loop that takes a step's text beside the next decode.
+
+The engine's tests run a tiny random-weight model in this process (the worker's protocol and
+processes are tests/system/test_batching.py's): the same requests with the overlap on every step
+and without it must send the same text, ends and token counts.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import msgspec
+import pytest
+
+from gateway.engine.decode_thread import DecodeThread
+from testkit.ggufmaker import write_tiny_llama
+
+
+def test_a_decode_runs_on_its_own_thread_while_the_caller_works_and_its_result_comes_back():
+    entered, release = threading.Event(), threading.Event()
+    threads = []
+
+    def decode() -> int:
+        threads.append(threading.current_thread())
+        entered.set()
+        release.wait(30)
+        return 7
+
+    decoder = DecodeThread(decode)
+    try:
+        decoder.start()
+        assert entered.wait(30)  # start returned with the decode under way, not before it began
+        assert threads[0] is not threading.current_thread()
+        release.set()
+        assert decoder.wait() == 7
+        release.clear()
+        entered.clear()
+        decoder.start()
+        release.set()
+        assert decoder.wait() == 7
+    finally:
+        decoder.close()
+
+
+def test_a_failing_decode_raises_in_the_caller_and_the_thread_takes_the_next_one():
+    results = iter([RuntimeError("decode broke"), 0])
+
+    def decode() -> int:
+        r = next(results)
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+    decoder = DecodeThread(decode)
+    try:
+        decoder.start()
+        with pytest.raises(RuntimeError, match="decode broke"):
+            decoder.wait()
+        decoder.start()
+        assert decoder.wait() == 0
+    finally:
+        decoder.close()
+
+
+def test_a_second_start_before_the_wait_is_refused():
+    release = threading.Event()
+    decoder = DecodeThread(lambda: int(release.wait(30)))
+    try:
+        decoder.start()
+        with pytest.raises(RuntimeError, match="while the last one is"):
+            decoder.start()
+        release.set()
+        assert decoder.wait() == 1
+    finally:
+        decoder.close()
+
+
+# ---------------------------------------------------------------- the decode loop, pipelined or not
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from gateway.engine import loading
+    from gateway.engine.protocol import WorkerSpec
+    from gateway.engine.vocab import Vocab
+
+    path = write_tiny_llama(tmp_path_factory.mktemp("pipeline") / "tiny.gguf", n_layers=2, n_embd=64, ctx=256)
+    loaded = loading.load(WorkerSpec(name="tiny", model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, slots=12))
+    yield loaded, Vocab(loaded.model)
+    loaded.close()
+
+
+PROMPTS = ["The capital of France is", "Water boils at", "1 2 3 4", "A haiku:", "Once upon a time", "ab" * 9]
+
+
+def _serve(tiny_model, requests: list[dict], pipeline_min_tokens: int | None):
+    """Every request at once through one BatchEngine: per request, its streamed lines (the
+    worker's sink) or its whole result, and whether any step's text ran beside a decode."""
+    from llama_cpp import llama_cpp as capi
+
+    from gateway.engine.batching import BatchEngine
+    from gateway.engine.completion import CompletionOptions, Completions
+    from gateway.engine.jobs import RequestScope
+    from gateway.engine.step_profile import StepProfiler
+
+    loaded, vocab = tiny_model
+    capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
+    lines: dict[int, list[tuple[str, str | None]]] = {i: [] for i in range(len(requests))}
+    pending: list[bytes] = []
+    lock = threading.Lock()
+
+    def flush() -> None:
+        with lock:
+            for line in pending:
+                message = msgspec.json.decode(line)
+                choice = message["data"]["choices"][0]  # a chunk's id and creation time differ by run
+                lines[message["id"]].append((choice["text"], choice["finish_reason"]))
+            pending.clear()
+
+    profiler = StepProfiler()
+    engine = BatchEngine(loaded, vocab, after_step=flush, profiler=profiler, pipeline_min_tokens=pipeline_min_tokens)
+    completions = Completions(engine, loaded, vocab)
+    started = []
+    for i, params in enumerate(requests):
+        options = CompletionOptions.of(params)
+
+        def queue(line: bytes) -> None:
+            with lock:
+                pending.append(line)
+
+        started.append((options, completions.start(RequestScope(i), options, on_line=queue if options.stream else None, request_id=i)))
+    engine.start()
+    try:
+        out = []
+        for i, (options, s) in enumerate(started):
+            if options.stream:
+                summary = s.reader.wait()
+                out.append(("stream", lines[i], summary.completion_tokens))
+            else:
+                result = completions.result(s)
+                out.append(("whole", [c["text"] for c in result["choices"]], [c["finish_reason"] for c in result["choices"]], result["usage"]))
+    finally:
+        engine.stop()
+    return out, profiler.report().overlapped_s > 0
+
+
+@pytest.mark.llama
+def test_text_taken_beside_the_next_decode_sends_what_the_step_by_step_loop_sends(tiny_model):
+    eog_bias = {}  # none: some streams may end on an end-of-generation token
+    base = [
+        {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 6 + 5 * i, "temperature": 0, "stream": i % 3 != 2, "logit_bias": eog_bias}
+        for i in range(12)
+    ]
+    plain, overlapped = _serve(tiny_model, base, None)
+    assert not overlapped
+    # Stop strings from the texts themselves, so that some streams end on one mid-way (a stop
+    # found in a deferred step's text ends its stream a step late: what is sent must not change).
+    texts = ["".join(text for text, _ in r[1]) if r[0] == "stream" else r[1][0] for r in plain]
+    requests = []
+    for i, (params, text) in enumerate(zip(base, texts)):
+        if i % 2 == 0 and len(text) > 6:
+            params = {**params, "stop": [text[len(text) // 2 : len(text) // 2 + 2]]}
+        requests.append(params)
+    assert any("stop" in r for r in requests)
+
+    step_by_step, overlapped = _serve(tiny_model, requests, None)
+    assert not overlapped
+    pipelined, overlapped = _serve(tiny_model, requests, 1)
+    assert overlapped  # the text of most steps ran beside the next decode
+    assert pipelined == step_by_step
+    finishes = [finish for r in step_by_step if r[0] == "stream" for _, finish in r[1] if finish]
+    assert "stop" in finishes and "length" in finishes

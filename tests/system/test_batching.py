@@ -440,3 +440,30 @@ def test_a_full_shared_pool_ends_the_newest_request_with_length_and_keeps_servin
     worker.request(3, "completion", {**GREEDY, "prompt": "something new", "max_tokens": 100})
     result = worker.answer(3)[-1]
     assert result["type"] == "result" and result["data"]["usage"]["completion_tokens"] == 100
+
+
+def test_many_streams_at_once_end_as_asked_while_their_text_is_taken_beside_the_next_decode(spawn, tiny):
+    # Ten greedy streams in ten slots: most steps have more greedy tokens than the engine's
+    # threshold (gateway.engine.decode_thread.PIPELINE_MIN_TOKENS), so their text and chunks are
+    # taken while the next step decodes on its own thread, and a stop string ends its stream a
+    # step late. The bias makes every token an "a", whatever the random weights.
+    worker = _ready(spawn, dataclasses.replace(tiny, n_ctx=128, slots=10, n_threads=1))
+    asks = {i: {**GREEDY, "max_tokens": 40 + 4 * i} for i in range(1, 11)}
+    for i in (2, 5, 9):
+        asks[i]["stop"] = ["a" * 30]  # found at the 30th token: no text
+    asks[4]["logprobs"] = 1  # sampled one by one beside the others
+    for i, params in asks.items():
+        worker.request(i, "completion", params, stream=True)
+
+    got = _collect(worker, set(asks))
+
+    for i, params in asks.items():
+        messages = [m for _, m in got[i]]
+        end = messages[-1]
+        assert end["type"] == "end", end
+        finishes = [m["data"]["choices"][0]["finish_reason"] for m in messages if m["type"] == "chunk"]
+        if "stop" in params:
+            assert (_text(messages), finishes[-1], end["usage"]["completion_tokens"]) == ("", "stop", 30), i
+        else:
+            assert (_text(messages), finishes[-1]) == ("a" * params["max_tokens"], "length"), i
+            assert end["usage"]["completion_tokens"] == params["max_tokens"]

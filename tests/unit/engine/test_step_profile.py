@@ -101,3 +101,46 @@ def test_a_timed_call_that_raises_hands_the_time_back_to_its_caller_part():
     assert report.parts_s[SEND] == pytest.approx(0.004)
     assert report.parts_s[TEXT] == pytest.approx(0.001)
     assert set(report.parts_s) == set(PARTS)
+
+
+def _overlapped_step(profiler: StepProfiler, clock: FakeClock) -> None:
+    """A step whose decode (10 ms) runs on the decode thread while the loop takes 3 ms of the
+    last step's text and sending, then waits 7 ms for it."""
+    profiler.begin()
+    profiler.switch(BATCH)
+    clock.advance(0.002)
+    profiler.switch(DECODE)
+    previous = profiler.switch(TEXT)
+    clock.advance(0.002)
+    profiler.switch(SEND)
+    clock.advance(0.001)
+    profiler.switch(previous)
+    clock.advance(0.007)
+    profiler.overlapped(0.003)
+    profiler.switch(SAMPLE)
+    clock.advance(0.001)
+    profiler.end(counted=True)
+
+
+def test_work_beside_the_decode_thread_counts_as_the_decodes_time_not_as_the_steps_extra():
+    clock = FakeClock()
+    profiler = StepProfiler(clock)
+    _overlapped_step(profiler, clock)
+
+    report = profiler.report()
+    assert report.step_s == pytest.approx(0.013)
+    assert report.parts_s[TEXT] == pytest.approx(0.002) and report.parts_s[SEND] == pytest.approx(0.001)
+    assert report.decode_s == pytest.approx(0.010)  # 7 ms waited, 3 ms beside
+    assert report.per_step_ms(DECODE) == pytest.approx(10.0)
+    assert report.outside_decode_s == pytest.approx(0.003)  # batch and sample: what the step added
+    assert report.decode_s + report.outside_decode_s == pytest.approx(report.step_s)
+
+
+def test_a_thread_clock_profile_keeps_the_loops_own_time_whole():
+    clock = FakeClock()
+    profiler = StepProfiler(clock, wall_clock=False)  # the loop thread's CPU time: the decode's is another thread's
+    _overlapped_step(profiler, clock)
+
+    report = profiler.report()
+    assert report.overlapped_s == 0.0
+    assert report.outside_decode_s == pytest.approx(0.006)

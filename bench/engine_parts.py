@@ -51,7 +51,8 @@ if __name__ == "__main__":
     native.load_first()
 
 import concurrency  # noqa: E402
-from gateway.engine.decode_thread import PIPELINE_MIN_TOKENS  # noqa: E402
+from gateway.cpus import available_cpus  # noqa: E402
+from gateway.engine.decode_thread import PIPELINE_MIN_TOKENS, overlap_threshold  # noqa: E402
 from gateway.engine.step_profile import BATCH, DECODE, PARTS, SAMPLE, SCHEDULE, SEND, TEXT, StepProfiler, StepReport  # noqa: E402
 from testkit.ggufmaker import write_tiny_llama  # noqa: E402
 
@@ -215,12 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--pipeline-min-tokens",
-        default=str(PIPELINE_MIN_TOKENS),
-        help=f"the engine's: text beside the next decode from that many greedy tokens a step, or 'off' (default {PIPELINE_MIN_TOKENS})",
+        default="auto",
+        help="text beside the next decode from that many greedy tokens a step, 'off', or 'auto' (the worker's rule: "
+        f"{PIPELINE_MIN_TOKENS} when --threads leaves a core free, else off; the default)",
     )
     args = parser.parse_args(argv)
-    if args.pipeline_min_tokens == "off":
-        pipeline_min: int | None = None
+    if args.pipeline_min_tokens == "auto":
+        pipeline_min: int | None = overlap_threshold(args.threads, available_cpus())
+    elif args.pipeline_min_tokens == "off":
+        pipeline_min = None
     elif args.pipeline_min_tokens.isdigit():
         pipeline_min = int(args.pipeline_min_tokens)
     else:

@@ -9,7 +9,8 @@ cores. On a GPU llama_decode returns once its work is queued and the first logit
 it; the overlap then comes from the same order without needing a second core.
 
 A hand-off costs two thread wake-ups, so the loop uses it only for steps with enough text work
-to hide (``PIPELINE_MIN_TOKENS``). ``start`` returns once this thread has taken the decode: had
+to hide (``PIPELINE_MIN_TOKENS``), and only where the decode's threads leave a core free
+(``overlap_threshold``). ``start`` returns once this thread has taken the decode: had
 the loop gone on with its Python work at once, this thread would have waited for the GIL (up to
 the interpreter's 5 ms switch interval) before it could call llama_decode.
 """
@@ -25,6 +26,17 @@ from enum import Enum
 # about what the overlap saves (bench/engine_parts.py; docs/benchmarks.md, "Issue 24: text and
 # sending beside the next decode").
 PIPELINE_MIN_TOKENS = 8
+
+
+def overlap_threshold(decode_threads: int, cpus: int) -> int | None:
+    """The decode loop's ``pipeline_min_tokens`` for a decode on ``decode_threads`` threads of
+    ``cpus``: PIPELINE_MIN_TOKENS when the decode leaves a core for the loop's own work, None
+    (never overlap) when its threads take them all. llama.cpp's threads wait for each other at
+    every graph node, so the loop's work preempting one of them stalls the whole decode: with 2
+    threads on 2 cores the overlap cost 1-25% of the tokens/s it was meant to add (the same
+    section of docs/benchmarks.md). A model wholly on GPUs decodes on few threads (the launch
+    gives it 2), which leaves the rest."""
+    return PIPELINE_MIN_TOKENS if decode_threads < cpus else None
 
 
 class _State(Enum):

@@ -150,10 +150,12 @@ class Worker:
     def load(self, log: Any) -> None:
         """Load the model and its context, start the decode loop and send "ready"; or send
         "failed" and exit 1."""
-        from gateway.engine import loading
+        from gateway.cpus import available_cpus
+        from gateway.engine import llama_params, loading
         from gateway.engine.batching import BatchEngine
         from gateway.engine.chat import Chat, chat_setup
         from gateway.engine.completion import Completions
+        from gateway.engine.decode_thread import overlap_threshold
         from gateway.engine.embedding import Embeddings
         from gateway.engine.vocab import Vocab
 
@@ -163,7 +165,9 @@ class Worker:
         try:
             loaded = loading.load(self.spec, loading.LoadProgress(self.send))
             vocab = Vocab(loaded.model)
-            engine = BatchEngine(loaded, vocab, send_stats=self.send, after_step=self.flush)
+            # The step's text beside the next decode only where the decode leaves a core for it.
+            overlap = overlap_threshold(llama_params.thread_counts(self.spec)[0], available_cpus())
+            engine = BatchEngine(loaded, vocab, send_stats=self.send, after_step=self.flush, pipeline_min_tokens=overlap)
             completions = Completions(engine, loaded, vocab)
             chat = Chat(completions, chat_setup(loaded.model, completions.metadata, self.spec.chat_format))
             embeddings = Embeddings(engine, loaded, vocab)

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 import msgspec
 
 from gateway.config.schema import Config, ModelConfig
+from gateway.cpus import available_cpus
 from gateway.engine.protocol import WorkerSpec
 from gateway.placement.mapping import run_settings, worker_context
-from gateway.placement.threads import Threads, available_cpus, computes_on_cpu, configured_threads, default_threads
+from gateway.placement.threads import Threads, computes_on_cpu, configured_threads, default_threads
 from planner.plan import Placement, Plan
 
 

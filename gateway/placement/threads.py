@@ -16,12 +16,11 @@ while reading prompts. The rule, for the models started together:
 - ``n_threads`` / ``n_threads_batch`` in a model's config override this for that model only
   (``n_threads_batch`` follows ``n_threads`` when only that is set, as in llama.cpp).
 
-Pure: the CPU count is passed in (``available_cpus`` reads it, at launch time).
+Pure: the CPU count is passed in (gateway.cpus.available_cpus reads it, at launch time).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,15 +33,6 @@ GPU_MODEL_THREADS = 2
 class Threads:
     n_threads: int
     n_threads_batch: int
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers and taskset set),
-    else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def computes_on_cpu(n_gpus: int, n_gpu_layers: int) -> bool:

@@ -170,3 +170,12 @@ def test_text_taken_beside_the_next_decode_sends_what_the_step_by_step_loop_send
     assert pipelined == step_by_step
     finishes = [finish for r in step_by_step if r[0] == "stream" for _, finish in r[1] if finish]
     assert "stop" in finishes and "length" in finishes
+
+
+def test_text_goes_beside_the_decode_only_where_the_decodes_threads_leave_a_core():
+    from gateway.engine.decode_thread import PIPELINE_MIN_TOKENS, overlap_threshold
+
+    assert overlap_threshold(1, 2) == PIPELINE_MIN_TOKENS  # a CPU model on one of two cores
+    assert overlap_threshold(2, 16) == PIPELINE_MIN_TOKENS  # a model on GPUs: two threads of sixteen
+    assert overlap_threshold(2, 2) is None  # every core decodes: the loop's work would stall it
+    assert overlap_threshold(4, 2) is None

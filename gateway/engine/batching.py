@@ -325,7 +325,7 @@ class BatchEngine:
         ret = self._decode_beside(deferred) if deferred else self._decode()
         decoded_at = self._decoder.ended_at if deferred and self._decoder is not None else self._clock()
         if ret == 1:
-            ret = self._make_room([seq for seq in generating if not seq.done], chunks)
+            ret = self._make_room(generating, chunks)
             if ret is None:
                 return True  # the next step is built without what gave way
         if ret != 0:
@@ -491,8 +491,13 @@ class BatchEngine:
 
     def _make_room(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]]) -> int | None:
         """No KV cells for the batch (a full shared pool): free what matters least. The retried
-        decode's result, or None when the step must be built again without something."""
-        idle_caches = [s for s in self.slots if s.busy is None and s.cached]
+        decode's result, or None when the step must be built again without something. A slot
+        that a stop string in deferred text freed during the decode still has its last token in
+        the batch: clearing it, the retry would write that cell back at its old position while
+        its ``cached`` restarts at 0, so it is no idle cache to clear here (the next step's is)."""
+        in_batch = {seq.slot.index for seq in generating}
+        generating = [seq for seq in generating if not seq.done]
+        idle_caches = [s for s in self.slots if s.busy is None and s.cached and s.index not in in_batch]
         for slot in idle_caches:
             self._kv.clear(slot)
         if idle_caches:

@@ -179,3 +179,68 @@ def test_text_goes_beside_the_decode_only_where_the_decodes_threads_leave_a_core
     assert overlap_threshold(2, 16) == PIPELINE_MIN_TOKENS  # a model on GPUs: two threads of sixteen
     assert overlap_threshold(2, 2) is None  # every core decodes: the loop's work would stall it
     assert overlap_threshold(4, 2) is None
+
+
+@pytest.mark.llama
+def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_when_a_full_pool_makes_room(tiny_model):
+    """A stop string in a deferred step's text ends its stream while the next decode (holding
+    its last token) runs. When that decode finds no KV cells (returns 1), making room must not
+    clear that slot's cache: the retried decode writes the token's cell back, and the slot's
+    ``cached`` would say [token] at position 0 while its one cell sits at the old position (a
+    later prompt starting with that token would reuse it and fail its batch's decode)."""
+    from types import SimpleNamespace
+
+    from llama_cpp import llama_cpp as capi
+
+    from gateway.engine.batching import BatchEngine
+    from gateway.engine.completion import CompletionOptions, Completions
+    from gateway.engine.jobs import RequestScope
+
+    loaded, vocab = tiny_model
+    base = [{"prompt": PROMPTS[i], "max_tokens": 24, "temperature": 0} for i in range(3)]
+    plain, _ = _serve(tiny_model, base, None)
+    text = plain[0][1][0]
+    assert len(text) > 8
+    requests = [{**base[0], "stop": [text[len(text) // 2 : len(text) // 2 + 2]]}, *base[1:]]
+
+    capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
+    engine = BatchEngine(loaded, vocab, pipeline_min_tokens=1)
+    ended_late = threading.Event()
+    taken = threading.Event()
+    failed_once = []
+    original_take = engine._take_plain
+
+    def take(items, now):
+        in_batch = [seq for seq, _, _ in items if seq.pending is not None]
+        try:
+            original_take(items, now)
+        finally:
+            if any(seq.done for seq in in_batch):
+                ended_late.set()
+            taken.set()
+
+    def decode(ctx, batch):
+        if threading.current_thread().name == "decode-call":
+            taken.wait(30)
+            taken.clear()
+            if ended_late.is_set() and not failed_once:
+                failed_once.append(True)
+                return 1  # no KV cells: the loop makes room and decodes again on its own thread
+        return capi.llama_decode(ctx, batch)
+
+    engine._take_plain = take
+    engine._capi = SimpleNamespace(**{name: getattr(capi, name) for name in dir(capi) if name.startswith("llama_")})
+    engine._capi.llama_decode = decode
+    completions = Completions(engine, loaded, vocab)
+    started = [completions.start(RequestScope(i), CompletionOptions.of(p), request_id=i) for i, p in enumerate(requests)]
+    engine.start()
+    try:
+        results = [completions.result(s) for s in started]
+    finally:
+        engine.stop()
+    assert failed_once  # the step that ended a stream a step late found the pool full
+    assert results[0]["choices"][0]["finish_reason"] == "stop"
+    memory = capi.llama_get_memory(loaded.ctx)
+    for slot in engine.slots:
+        # Its cached tokens are its cells from position 0 on: the last one at len(cached) - 1.
+        assert capi.llama_memory_seq_pos_max(memory, slot.index) == len(slot.cached) - 1, slot.index

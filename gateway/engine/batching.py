@@ -509,8 +509,10 @@ class BatchEngine:
         elif chunks:
             newest = max((seq for seq, _ in chunks), key=lambda s: s.admitted)
             self._fail(newest.job, ErrorKind.INVALID_REQUEST, "the prompt does not fit in the free KV cache cells (kv_pool_tokens)")
-        else:
+        elif generating:
             self._finish(max(generating, key=lambda s: s.admitted), "length")
+        # else: every sequence in the batch ended meanwhile (deferred stop strings); the next
+        # step is built without them, and their slots' caches may go then
         return None
 
     def _fail_batch(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]], ret: int) -> None:

@@ -182,12 +182,14 @@ def test_text_goes_beside_the_decode_only_where_the_decodes_threads_leave_a_core
 
 
 @pytest.mark.llama
-def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_when_a_full_pool_makes_room(tiny_model):
+@pytest.mark.parametrize("prompts", [PROMPTS[:3], [PROMPTS[0]] * 2], ids=["beside-others", "all-ended"])
+def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_when_a_full_pool_makes_room(tiny_model, prompts):
     """A stop string in a deferred step's text ends its stream while the next decode (holding
     its last token) runs. When that decode finds no KV cells (returns 1), making room must not
     clear that slot's cache: the retried decode writes the token's cell back, and the slot's
     ``cached`` would say [token] at position 0 while its one cell sits at the old position (a
-    later prompt starting with that token would reuse it and fail its batch's decode)."""
+    later prompt starting with that token would reuse it and fail its batch's decode). When every
+    stream in the batch ended so, nothing running is left to give way: the step is built again."""
     from types import SimpleNamespace
 
     from llama_cpp import llama_cpp as capi
@@ -197,11 +199,12 @@ def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_whe
     from gateway.engine.jobs import RequestScope
 
     loaded, vocab = tiny_model
-    base = [{"prompt": PROMPTS[i], "max_tokens": 24, "temperature": 0} for i in range(3)]
+    base = [{"prompt": prompt, "max_tokens": 24, "temperature": 0} for prompt in prompts]
     plain, _ = _serve(tiny_model, base, None)
     text = plain[0][1][0]
     assert len(text) > 8
-    requests = [{**base[0], "stop": [text[len(text) // 2 : len(text) // 2 + 2]]}, *base[1:]]
+    stop = [text[len(text) // 2 : len(text) // 2 + 2]]
+    requests = [{**params, "stop": stop} if params["prompt"] == prompts[0] else params for params in base]
 
     capi.llama_memory_clear(capi.llama_get_memory(loaded.ctx), True)
     engine = BatchEngine(loaded, vocab, pipeline_min_tokens=1)
@@ -239,7 +242,7 @@ def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_whe
     finally:
         engine.stop()
     assert failed_once  # the step that ended a stream a step late found the pool full
-    assert results[0]["choices"][0]["finish_reason"] == "stop"
+    assert [r["choices"][0]["finish_reason"] for r in results] == [p.get("finish", "stop") if "stop" in p else "length" for p in requests]
     memory = capi.llama_get_memory(loaded.ctx)
     for slot in engine.slots:
         # Its cached tokens are its cells from position 0 on: the last one at len(cached) - 1.

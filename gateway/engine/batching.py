@@ -516,6 +516,11 @@ class BatchEngine:
         return None
 
     def _fail_batch(self, generating: list[Sequence], chunks: list[tuple[Sequence, int]], ret: int) -> None:
+        for seq in generating:
+            if seq.done and seq.slot.busy is None:
+                # Ended meanwhile by its deferred text, its last token in this batch: its slot,
+                # a prompt cache now, may hold that token's cell past what ``cached`` lists.
+                self._kv.clear(seq.slot)
         jobs = dict.fromkeys([s.job for s in generating] + [s.job for s, _ in chunks])
         for job in jobs:
             running = self._running.get(job)

@@ -181,15 +181,12 @@ def test_text_goes_beside_the_decode_only_where_the_decodes_threads_leave_a_core
     assert overlap_threshold(4, 2) is None
 
 
-@pytest.mark.llama
-@pytest.mark.parametrize("prompts", [PROMPTS[:3], [PROMPTS[0]] * 2], ids=["beside-others", "all-ended"])
-def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_when_a_full_pool_makes_room(tiny_model, prompts):
-    """A stop string in a deferred step's text ends its stream while the next decode (holding
-    its last token) runs. When that decode finds no KV cells (returns 1), making room must not
-    clear that slot's cache: the retried decode writes the token's cell back, and the slot's
-    ``cached`` would say [token] at position 0 while its one cell sits at the old position (a
-    later prompt starting with that token would reuse it and fail its batch's decode). When every
-    stream in the batch ended so, nothing running is left to give way: the step is built again."""
+def _end_a_stream_a_step_late_then_fail_its_decode(tiny_model, prompts: list[str], ret: int):
+    """The prompts' greedy streams, the first prompt's with a stop string found mid-way, through
+    a pipelined engine whose decode returns ``ret`` once: on the decode of the step whose
+    deferred text ended a stream (1: before writing any cell, as for a full KV pool; otherwise
+    after decoding, as when a later ubatch of the batch fails). The engine (stopped), each
+    request's finish reasons or its error, and whether the decode failed."""
     from types import SimpleNamespace
 
     from llama_cpp import llama_cpp as capi
@@ -228,7 +225,9 @@ def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_whe
             taken.clear()
             if ended_late.is_set() and not failed_once:
                 failed_once.append(True)
-                return 1  # no KV cells: the loop makes room and decodes again on its own thread
+                if ret != 1:
+                    capi.llama_decode(ctx, batch)
+                return ret
         return capi.llama_decode(ctx, batch)
 
     engine._take_plain = take
@@ -237,13 +236,49 @@ def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_whe
     completions = Completions(engine, loaded, vocab)
     started = [completions.start(RequestScope(i), CompletionOptions.of(p), request_id=i) for i, p in enumerate(requests)]
     engine.start()
+    outcomes: list[object] = []
     try:
-        results = [completions.result(s) for s in started]
+        for s in started:
+            try:
+                outcomes.append([c["finish_reason"] for c in completions.result(s)["choices"]])
+            except Exception as exc:  # noqa: BLE001 - a failed request's error is its outcome
+                outcomes.append(exc)
     finally:
         engine.stop()
-    assert failed_once  # the step that ended a stream a step late found the pool full
-    assert [r["choices"][0]["finish_reason"] for r in results] == [p.get("finish", "stop") if "stop" in p else "length" for p in requests]
-    memory = capi.llama_get_memory(loaded.ctx)
+    return engine, outcomes, bool(failed_once)
+
+
+def _assert_each_slot_caches_its_cells(engine) -> None:
+    from llama_cpp import llama_cpp as capi
+
+    memory = capi.llama_get_memory(engine.loaded.ctx)
     for slot in engine.slots:
         # Its cached tokens are its cells from position 0 on: the last one at len(cached) - 1.
         assert capi.llama_memory_seq_pos_max(memory, slot.index) == len(slot.cached) - 1, slot.index
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("prompts", [PROMPTS[:3], [PROMPTS[0]] * 2], ids=["beside-others", "all-ended"])
+def test_a_slot_whose_stream_ended_a_step_late_keeps_cells_and_cache_in_step_when_a_full_pool_makes_room(tiny_model, prompts):
+    """A stop string in a deferred step's text ends its stream while the next decode (holding
+    its last token) runs. When that decode finds no KV cells (returns 1), making room must not
+    clear that slot's cache: the retried decode writes the token's cell back, and the slot's
+    ``cached`` would say [token] at position 0 while its one cell sits at the old position (a
+    later prompt starting with that token would reuse it and fail its batch's decode). When every
+    stream in the batch ended so, nothing running is left to give way: the step is built again."""
+    engine, outcomes, failed = _end_a_stream_a_step_late_then_fail_its_decode(tiny_model, prompts, 1)
+    assert failed  # the step that ended a stream a step late found the pool full
+    assert outcomes == [["stop"] if prompt == prompts[0] else ["length"] for prompt in prompts]
+    _assert_each_slot_caches_its_cells(engine)
+
+
+@pytest.mark.llama
+def test_a_failed_decode_leaves_no_unknown_cell_in_the_slot_of_a_stream_that_ended_a_step_late(tiny_model):
+    """A decode that fails after writing cells (a later ubatch's error) fails the jobs still
+    running; the stream its deferred text ended meanwhile had its last token in that batch, and
+    its slot, kept as a prompt cache, must not hold a cell its ``cached`` does not list (a prompt
+    reusing the whole cache would be decoded at a position already taken)."""
+    engine, outcomes, failed = _end_a_stream_a_step_late_then_fail_its_decode(tiny_model, PROMPTS[:3], -3)
+    assert failed
+    assert outcomes[0] == ["stop"] and all(isinstance(o, Exception) for o in outcomes[1:])
+    _assert_each_slot_caches_its_cells(engine)

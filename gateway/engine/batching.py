@@ -328,6 +328,7 @@ class BatchEngine:
             ret = self._make_room(generating, chunks)
             if ret is None:
                 return True  # the next step is built without what gave way
+            decoded_at = self._clock()  # the retry ran here: the step's decode time is its
         if ret != 0:
             self._fail_batch(generating, chunks, ret)
             return True

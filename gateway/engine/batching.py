@@ -170,10 +170,8 @@ class BatchEngine:
                 worked = self._embedding is not None and self._embedding_step()
                 # A generation step follows every embedding step: streams keep flowing.
                 worked = self._generation_step() or worked
-                if worked and self._after_step is not None:
-                    if profiler is not None:
-                        profiler.switch(SEND)
-                    self._after_step()
+                if worked:
+                    self._flush()
                 if profiler is not None:
                     profiler.end(counted=worked)
                 if not worked:
@@ -187,6 +185,16 @@ class BatchEngine:
                 if job is not None:
                     job.emit(failure)
             os._exit(1)
+
+    def _flush(self) -> None:
+        """``after_step``: the chunks the loop queued go out (its time is the send part's)."""
+        if self._after_step is None:
+            return
+        profiler = self._profiler
+        previous = profiler.switch(SEND) if profiler is not None else ""
+        self._after_step()
+        if profiler is not None:
+            profiler.switch(previous)
 
     def _take_inbox(self) -> bool:
         """Move new jobs and cancels in; False when the loop must stop."""
@@ -322,8 +330,10 @@ class BatchEngine:
         if profiler is not None:
             profiler.switch(DECODE)
         started = self._clock()
-        ret = self._decode_beside(deferred) if deferred else self._decode()
-        decoded_at = self._decoder.ended_at if deferred and self._decoder is not None else self._clock()
+        if deferred:
+            ret, decoded_at = self._decode_beside(deferred)
+        else:
+            ret, decoded_at = self._decode(), self._clock()
         if ret == 1:
             ret = self._make_room(generating, chunks)
             if ret is None:
@@ -398,10 +408,11 @@ class BatchEngine:
                 seq.pending = token
         self._deferred, self._deferred_at = items, now
 
-    def _decode_beside(self, deferred: list[tuple[Sequence, int, bytes | None]]) -> int:
+    def _decode_beside(self, deferred: list[tuple[Sequence, int, bytes | None]]) -> tuple[int, float]:
         """llama_decode on the decode thread while this one takes the last step's deferred
-        tokens and writes their stream chunks (``after_step``); its result. No llama.cpp call
-        is made here meanwhile: a job that ends frees its sampler chains after the decode."""
+        tokens and writes their stream chunks (``after_step``); its result and when it ended. No
+        llama.cpp call is made here meanwhile: a job that ends frees its sampler chains after
+        the decode."""
         decoder = self._decoder
         if decoder is None:  # not reached: tokens are deferred only with a decode thread
             raise RuntimeError("deferred tokens without a decode thread")
@@ -411,11 +422,7 @@ class BatchEngine:
         work_started = self._clock()
         try:
             self._take_plain(deferred, self._deferred_at)
-            if self._after_step is not None:
-                previous = profiler.switch(SEND) if profiler is not None else ""
-                self._after_step()
-                if profiler is not None:
-                    profiler.switch(previous)
+            self._flush()
             work_ended = self._clock()
         finally:
             ret = decoder.wait()
@@ -425,7 +432,7 @@ class BatchEngine:
                 job.free_chains()
         if profiler is not None:
             profiler.overlapped(max(0.0, min(work_ended, decoder.ended_at) - work_started))
-        return ret
+        return ret, decoder.ended_at
 
     def _take_plain(self, items: list[tuple[Sequence, int, bytes | None]], now: float) -> None:
         """The tokens that a step's greedy pass picked for sequences that need no logits (no

@@ -57,3 +57,18 @@ def hold_config_reads(monkeypatch) -> HeldRead:
 
     monkeypatch.setattr(ConfigFile, "read", held_read)
     return held
+
+
+def health_during_held_reload(client: TestClient, held: HeldRead, headers: dict[str, str]) -> tuple[int, list[int]]:
+    """POST /admin/reload on a thread while ``held`` holds its config read, and GET /health
+    meanwhile: (the /health status, the reload's statuses once the read is released)."""
+    answers: list[int] = []
+    reloading = threading.Thread(target=lambda: answers.append(client.post("/admin/reload", headers=headers).status_code))
+    reloading.start()
+    try:
+        assert held.reading.wait(HANG_S)
+        health = client.get("/health").status_code
+    finally:
+        held.release.set()
+        reloading.join(HANG_S)
+    return health, answers

@@ -10,7 +10,7 @@ import pytest
 from gateway.runtime.fake import FakeScript, FakeTransport
 from testkit.ggufmaker import write_tiny_llama
 from testkit.serving import HANG_S, wait_until
-from tests.unit.http.apps import AUTH, KEY, client_for, hold_config_reads, write_config
+from tests.unit.http.apps import AUTH, KEY, client_for, health_during_held_reload, hold_config_reads, write_config
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -303,15 +303,8 @@ def test_the_gateway_answers_while_a_reload_reads_its_config(cfg, monkeypatch):
     """A big keys file takes seconds to parse; the read runs off the event loop, so /health and
     requests go on meanwhile. The read is held (an Event) while the test asks /health."""
     held = hold_config_reads(monkeypatch)
-    answers: list[int] = []
     with client_for(cfg) as client:
-        reloading = threading.Thread(target=lambda: answers.append(client.post("/admin/reload", headers=AUTH).status_code))
-        reloading.start()
-        try:
-            assert held.reading.wait(HANG_S)
-            assert client.get("/health").status_code == 200
-        finally:
-            held.release.set()
-            reloading.join(HANG_S)
+        health, answers = health_during_held_reload(client, held, AUTH)
+    assert health == 200
     assert held.gave_up == [False], "/health answered only once the reload's read gave up"
     assert answers == [200]

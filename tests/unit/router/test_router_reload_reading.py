@@ -8,7 +8,6 @@ The config file's read is held (an Event) while the test asks /health; nothing w
 
 from __future__ import annotations
 
-import threading
 
 import httpx
 import tomli_w
@@ -17,8 +16,7 @@ from litestar.testing import TestClient
 from gateway.config.loading import load_config
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.router.app import create_router_app
-from testkit.serving import HANG_S
-from tests.unit.http.apps import hold_config_reads
+from tests.unit.http.apps import health_during_held_reload, hold_config_reads
 
 TOKEN = "the-reload-token"
 
@@ -37,15 +35,8 @@ def test_the_router_answers_while_a_reload_reads_the_file(tmp_path, monkeypatch)
     }))
     held = hold_config_reads(monkeypatch)
     app = create_router_app(load_config(path, environ={}), transport=httpx.MockTransport(node), config_path=path, reload_token=TOKEN)
-    answers: list[int] = []
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        reloading = threading.Thread(target=lambda: answers.append(client.post("/admin/reload", headers={RELOAD_TOKEN_HEADER: TOKEN}).status_code))
-        reloading.start()
-        try:
-            assert held.reading.wait(HANG_S)
-            assert client.get("/health").status_code == 200
-        finally:
-            held.release.set()
-            reloading.join(HANG_S)
+        health, answers = health_during_held_reload(client, held, {RELOAD_TOKEN_HEADER: TOKEN})
+    assert health == 200
     assert held.gave_up == [False], "/health answered only once the reload's read gave up"
     assert answers == [200]

@@ -23,6 +23,7 @@ from gateway.errors import ConfigError
 from gateway.router.app import create_router_app
 from testkit.ggufmaker import write_tiny_llama
 from tests.unit.http.apps import AUTH, BASE_URL, KEY, client_for, write_config
+from tests.unit.router.nodes import completion, models_listing
 
 APP = "http://localhost:3000"
 EVIL = "http://evil.example"
@@ -195,10 +196,8 @@ def test_the_environment_sets_the_allowed_origins(tmp_path, tiny):
 def test_the_router_answers_an_allowed_origin_and_follows_a_reload(tmp_path):
     def node(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
-            data = [{"id": "a", "object": "model", "created": 1, "state": "ready", "queue": {"max_concurrency": 4}}]
-            return httpx.Response(200, json={"object": "list", "data": data})
-        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 1, "model": "a", "choices": [], "usage": usage})
+            return models_listing("a")
+        return completion("a")
 
     path = tmp_path / "cluster.toml"
 

@@ -13,6 +13,7 @@ from litestar.testing import TestClient
 
 from gateway.config.loading import parse_config
 from gateway.router.app import create_router_app
+from tests.unit.router.nodes import models_listing
 
 CLUSTER = """
 [gateway]
@@ -40,8 +41,7 @@ class Node:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
-            data = [{"id": "chat", "object": "model", "created": 1, "state": "ready", "queue": {"max_concurrency": 4}}]
-            return httpx.Response(200, json={"object": "list", "data": data})
+            return models_listing("chat")
         self.asked.append(request.url.path)
         return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 1, "model": "chat", "choices": []})
 

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config.keys import key_digest
 from gateway.config.loading import parse_config
 from gateway.router.app import create_router_app
+from tests.unit.router.nodes import models_listing
 
 KEYS = {
     "app": {"models": ["a"]},
@@ -58,8 +59,7 @@ class FakeNode:
         if request.headers.get("authorization") != "Bearer internal-key":
             return httpx.Response(401, json={"error": {"message": "no", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
         if request.url.path == "/v1/models":
-            data = [{"id": m, "object": "model", "created": 1, "state": "ready", "queue": {"max_concurrency": 4}} for m in ("a", "b")]
-            return httpx.Response(200, json={"object": "list", "data": data})
+            return models_listing("a", "b")
         body = json.loads(request.content)
         self.seen.append(body)
         if request.url.path == "/v1/responses":

@@ -13,6 +13,7 @@ from litestar.testing import TestClient
 
 from gateway.config.loading import parse_config
 from gateway.router.app import create_router_app
+from tests.unit.router.nodes import completion, models_listing
 
 # What a router sends with each request to a node (gateway.router.app.ROUTED_HEADER).
 ROUTED_HEADER = "X-Gateway-Routed"
@@ -43,10 +44,8 @@ replicas = 2
 
 def real_node(request: httpx.Request) -> httpx.Response:
     if request.url.path == "/v1/models":
-        data = [{"id": "chat", "object": "model", "created": 1, "state": "ready", "queue": {"max_concurrency": 4}}]
-        return httpx.Response(200, json={"object": "list", "data": data})
-    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 1, "model": "chat", "choices": [], "usage": usage})
+        return models_listing("chat")
+    return completion("chat", "chat.completion")
 
 
 class SelfAndReal(httpx.AsyncBaseTransport):

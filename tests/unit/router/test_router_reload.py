@@ -15,6 +15,7 @@ from gateway.config.keys import key_digest
 from gateway.config.loading import load_config
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.router.app import create_router_app
+from tests.unit.router.nodes import completion, models_listing
 
 TOKEN = "the-reload-token"
 
@@ -49,10 +50,8 @@ class Nodes:
         host = request.url.host.removeprefix("node-")
         if request.url.path == "/v1/models":
             self.polled.append(host)
-            data = [{"id": m, "object": "model", "created": 1, "state": "ready", "queue": {"max_concurrency": 4}} for m in ("a", "b")]
-            return httpx.Response(200, json={"object": "list", "data": data})
-        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        return httpx.Response(200, json={"id": "c", "object": "text_completion", "created": 1, "model": "a", "choices": [], "usage": usage})
+            return models_listing("a", "b")
+        return completion("a")
 
 
 @pytest.fixture

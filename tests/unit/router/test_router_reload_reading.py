@@ -17,13 +17,13 @@ from gateway.config.loading import load_config
 from gateway.http.auth import RELOAD_TOKEN_HEADER
 from gateway.router.app import create_router_app
 from tests.unit.http.apps import health_during_held_reload, hold_config_reads
+from tests.unit.router.nodes import models_listing
 
 TOKEN = "the-reload-token"
 
 
 def node(request: httpx.Request) -> httpx.Response:
-    data = [{"id": "a", "object": "model", "created": 1, "state": "ready", "queue": {"max_concurrency": 4}}]
-    return httpx.Response(200, json={"object": "list", "data": data})
+    return models_listing("a")
 
 
 def test_the_router_answers_while_a_reload_reads_the_file(tmp_path, monkeypatch):

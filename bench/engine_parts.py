@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.pipeline_min_tokens.isdigit():
         pipeline_min = int(args.pipeline_min_tokens)
     else:
-        parser.error(f"--pipeline-min-tokens: {args.pipeline_min_tokens!r} (a whole number, or 'off')")
+        parser.error(f"--pipeline-min-tokens: {args.pipeline_min_tokens!r} (a whole number, 'off' or 'auto')")
     counts = [int(c) for c in args.streams.split(",") if c]
     paths = [p for p in args.paths.split(",") if p]
     unknown = sorted(set(paths) - set(PATHS))

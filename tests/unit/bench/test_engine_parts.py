@@ -36,3 +36,16 @@ def test_the_engine_parts_bench_prints_one_row_with_every_path_at_one_stream():
     assert off > 0 and on > 0
     for path in ("gateway tok/s (HTTP)", "batch API alone tok/s"):
         assert float(cells[path]) > 0, path
+
+
+def test_a_pipeline_threshold_that_is_no_number_off_or_auto_is_refused_before_anything_runs():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "engine_parts.py"), "--pipeline-min-tokens", "eight"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "--pipeline-min-tokens: 'eight' (a whole number, 'off' or 'auto')" in proc.stderr
+    assert "|" not in proc.stdout
